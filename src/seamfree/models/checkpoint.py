@@ -1,0 +1,177 @@
+"""Checkpoints that carry their full configuration, so a model is rebuilt without any training script."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from seamfree.errors import CheckpointError, ConfigError
+from seamfree.layers.batchrenorm import _BatchRenorm
+from seamfree.models.unet import UNet
+from seamfree.models.vit import ViTSegmenter
+
+__all__ = ["ARCHITECTURES", "build_model", "load_model", "model_metadata", "save_model"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "seamfree-checkpoint"
+FORMAT_VERSION = 1
+ARCHITECTURES: dict[str, type[nn.Module]] = {"unet": UNet, "vit": ViTSegmenter}
+
+
+def build_model(architecture: str, config: dict[str, Any]) -> nn.Module:
+    """Return a new, untrained model of ``architecture`` built from its constructor ``config``."""
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(
+            f"unknown architecture {architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    config = dict(config)
+    if architecture == "unet":
+        spatial_dims = config.pop("spatial_dims")
+        in_channels, out_channels = config.pop("in_channels"), config.pop("out_channels")
+        return UNet(spatial_dims, in_channels, out_channels, **config)
+    in_channels, out_channels = config.pop("in_channels"), config.pop("out_channels")
+    return ViTSegmenter(in_channels, out_channels, **config)
+
+
+def _current_config(model: nn.Module) -> dict[str, Any]:
+    """Return the model's config with the BatchRenorm schedule actually in its layers."""
+    config = dict(model.config)  # type: ignore[arg-type]
+    renorm = next((m for m in model.modules() if isinstance(m, _BatchRenorm)), None)
+    if renorm is not None and config.get("norm") == "batchrenorm":
+        s = renorm.schedule
+        config["norm_options"] = {
+            **dict(config.get("norm_options") or {}),
+            "warmup_steps": s.warmup_steps, "ramp_steps": s.ramp_steps, "r_max": s.r_max, "d_max": s.d_max,
+        }
+    return config
+
+
+def save_model(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` with its architecture, configuration and ``metadata`` to ``path``; return the path.
+
+    ``metadata`` holds training facts (patch size, batch size, iterations, dataset, metrics) that
+    diagnostics use as defaults. The file is written atomically (temporary file, then rename).
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> net = UNet(2, 1, 1, depth=1, features=2)
+    >>> path = save_model(net, tempfile.mkdtemp() + "/net.pt", metadata={"patch_size": [64, 64]})
+    >>> load_model(path).config["norm"]
+    'batchrenorm'
+    """
+    architecture = getattr(model, "architecture", None)
+    if architecture not in ARCHITECTURES or not isinstance(getattr(model, "config", None), dict):
+        raise CheckpointError(
+            f"save_model stores seamfree models (UNet, ViTSegmenter), got {type(model).__name__}; "
+            "save other models with torch.jit.save(torch.jit.script(model), path)"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": architecture,
+        "config": _current_config(model),
+        "metadata": dict(metadata or {}),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    temporary = path.with_name(path.name + ".partial")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def model_metadata(model: nn.Module) -> dict[str, Any]:
+    """Return the training metadata a model was loaded with (empty for foreign models)."""
+    return dict(getattr(model, "seamfree_metadata", {}) or {})
+
+
+def load_model(
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", allow_pickle: bool = False
+) -> nn.Module:
+    """Return the model stored at ``path``, in eval mode, on ``device``.
+
+    Reads seamfree checkpoints (rebuilt from their configuration), TorchScript files, ``torch.export``
+    programs (``.pt2``; their input shapes are fixed at export), and, only with
+    ``allow_pickle=True``, a pickled full ``nn.Module`` (unpickling runs code from the file: only for files
+    you trust).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file {str(path)!r} does not exist; pass the path of a checkpoint")
+    try:
+        with warnings.catch_warnings():
+            # torch.load hands TorchScript archives to torch.jit.load, warning twice; that is what we want.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            payload = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, zipfile.BadZipFile) as exc:
+        return _load_foreign(path, device, allow_pickle, exc)
+    if isinstance(payload, torch.jit.ScriptModule):
+        logger.info("loaded TorchScript model from %s", path)
+        return payload.eval()
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return _rebuild(path, payload, device)
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise CheckpointError(
+            f"{str(path)!r} holds only a state_dict, not a model; build the model and call "
+            "model.load_state_dict(torch.load(path)), or save it with seamfree.save_model"
+        )
+    raise CheckpointError(f"{str(path)!r} is not a model checkpoint (found a {type(payload).__name__})")
+
+
+def _rebuild(path: Path, payload: dict[str, Any], device: str | torch.device) -> nn.Module:
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint format version {version}, this seamfree reads {FORMAT_VERSION}; "
+            "upgrade seamfree"
+        )
+    try:
+        model = build_model(payload["architecture"], payload["config"])
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
+        raise CheckpointError(f"cannot rebuild the model in {str(path)!r}: {exc}") from exc
+    model.seamfree_metadata = dict(payload.get("metadata") or {})  # type: ignore[assignment]
+    return model.to(device).eval()
+
+
+def _load_foreign(path: Path, device: str | torch.device, allow_pickle: bool, cause: Exception) -> nn.Module:
+    try:
+        # Deprecated in recent torch, but users' existing models are TorchScript files: keep reading them.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=device)
+        logger.info("loaded TorchScript model from %s", path)
+        return module.eval()
+    except (RuntimeError, ValueError):
+        pass
+    try:
+        program = torch.export.load(str(path))
+        logger.info("loaded torch.export program from %s", path)
+        return program.module().to(device)
+    except Exception:  # not an exported program either: try pickle
+        pass
+    if not allow_pickle:
+        raise CheckpointError(
+            f"cannot load {str(path)!r} as a seamfree checkpoint or TorchScript ({type(cause).__name__}); "
+            "if it is a pickled nn.Module you trust, pass allow_pickle=True (CLI: --allow-pickle)"
+        ) from cause
+    try:
+        module = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # unpickling can fail in arbitrary ways
+        raise CheckpointError(f"cannot unpickle {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, nn.Module):
+        raise CheckpointError(f"{str(path)!r} unpickles to a {type(module).__name__}, not an nn.Module")
+    logger.warning("loaded a pickled module from %s (code from the file was executed)", path)
+    return module.eval()

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from seamfree.errors import ConfigError
+from seamfree.layers import (
+    NORM_NAMES,
+    BatchRenorm2d,
+    audit_norms,
+    convert_norm,
+    create_norm_layer,
+    get_norm_layer,
+    recalibrate_norm,
+)
+from seamfree.models import UNet
+
+EXPECTED_VERDICT = {
+    "batch": "tile-independent",
+    "batchrenorm": "tile-independent",
+    "instance": "tile-dependent",
+    "instance_tracked": "tile-independent",
+    "group": "tile-dependent",
+    "layer": "tile-independent",
+    "layer_spatial": "tile-dependent",
+    "none": "no-normalization",
+}
+
+
+@pytest.mark.parametrize("name", NORM_NAMES)
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_factory_builds_every_norm(name, spatial_dims):
+    layer = create_norm_layer(name, 8, spatial_dims)
+    x = torch.randn(2, 8, *([6] * spatial_dims))
+    assert layer(x).shape == x.shape
+    assert callable(get_norm_layer(name, spatial_dims))
+
+
+def test_unknown_norm_lists_known_names():
+    with pytest.raises(ConfigError, match=r"unknown normalization 'batchnrom' \(did you mean 'batch"):
+        get_norm_layer("batchnrom")
+    with pytest.raises(ConfigError, match="known names: batch, batchrenorm, instance"):
+        create_norm_layer("weird", 4)
+
+
+@pytest.mark.parametrize("name", NORM_NAMES)
+def test_audit_verdict_for_every_factory_name(name):
+    audit = audit_norms(UNet(2, 1, 1, depth=1, features=4, norm=name))
+    assert audit.verdict == EXPECTED_VERDICT[name]
+    if EXPECTED_VERDICT[name] == "tile-dependent":
+        assert len(audit.tile_dependent_layers) == 6  # two per block, three blocks
+        assert audit.layers[0].name == "encoders.0.1"
+
+
+def test_audit_monai_and_torch_em_style_blocks():
+    # MONAI's UnetResBlock / torch-em's ConvBlock are plain torch layers: audit them as such.
+    monai_like = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.InstanceNorm3d(4, affine=True),
+                               nn.LeakyReLU(0.01), nn.Conv3d(4, 4, 3, padding=1), nn.InstanceNorm3d(4))
+    torch_em_like = nn.Sequential(nn.GroupNorm(4, 1 * 4), nn.Conv2d(4, 4, 3), nn.ReLU())
+    tracked = nn.Sequential(nn.Conv2d(1, 4, 3), nn.InstanceNorm2d(4, track_running_stats=True))
+    untracked_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
+    assert audit_norms(monai_like).verdict == "tile-dependent"
+    assert audit_norms(torch_em_like).layers[0].statistics == "per-tile"
+    assert audit_norms(tracked).verdict == "tile-independent"
+    assert audit_norms(untracked_bn).layers[0].note.startswith("track_running_stats=False")
+    assert audit_norms(nn.Sequential(nn.LayerNorm([8, 8]))).verdict == "tile-dependent"
+
+
+def test_audit_reports_unknown_norm_like_modules():
+    class FancyNorm(nn.Module):
+        def forward(self, x):
+            return x / x.norm()
+
+    audit = audit_norms(nn.Sequential(nn.Conv2d(1, 1, 3), FancyNorm()))
+    assert audit.verdict == "unknown"
+    assert audit.layers[0].type == "FancyNorm"
+    assert audit.layers[0].tile_dependent is None
+    assert audit.to_dict()["layers"][0]["statistics"] == "unknown"
+
+
+def test_audit_flags_attention_as_global_context():
+    from seamfree.models import ViTSegmenter
+
+    audit = audit_norms(ViTSegmenter(1, 1, img_size=32, embed_dim=16, depth=2, heads=2, norm="batch"))
+    assert audit.verdict == "tile-dependent"
+    assert {layer.type for layer in audit.tile_dependent_layers} == {"SelfAttention"}
+
+
+def _trained_bn_unet() -> UNet:
+    torch.manual_seed(0)
+    model = UNet(2, 1, 2, depth=2, features=4, norm="batch")
+    for _ in range(3):
+        model(torch.randn(2, 1, 16, 16) * 2 + 1)
+    return model.eval()
+
+
+def test_convert_batchnorm_to_batchrenorm_keeps_eval_outputs():
+    model = _trained_bn_unet()
+    converted = convert_norm(model, "batchrenorm")
+    assert not any(isinstance(m, nn.BatchNorm2d) and not isinstance(m, BatchRenorm2d)
+                   for m in converted.modules())
+    assert sum(isinstance(m, BatchRenorm2d) for m in converted.modules()) == 10
+    assert converted.config["norm"] == "batchrenorm"
+    assert model.config["norm"] == "batch"  # input untouched
+    x = torch.randn(2, 1, 32, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), model(x), rtol=0, atol=0)
+    renorm = next(m for m in converted.modules() if isinstance(m, BatchRenorm2d))
+    assert renorm.step == renorm.schedule.warmup_steps  # fine-tuning renormalizes from the start
+    assert not converted.training
+
+
+def test_convert_rejects_targets_without_running_statistics():
+    with pytest.raises(ConfigError, match="retrain with it instead"):
+        convert_norm(_trained_bn_unet(), "instance")
+
+
+def test_recalibrate_moves_running_statistics_to_target_data():
+    model = nn.Sequential(nn.BatchNorm2d(2), nn.Dropout(0.5)).eval()
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 2, 16, 16, generator=generator) * torch.tensor([2.0, 0.5]).view(1, 2, 1, 1)
+               + torch.tensor([5.0, -3.0]).view(1, 2, 1, 1) for _ in range(8)]
+    weight_before = model[0].weight.clone()
+    recalibrate_norm(model, batches)
+    torch.testing.assert_close(model[0].running_mean, torch.tensor([5.0, -3.0]), atol=0.05, rtol=0)
+    torch.testing.assert_close(model[0].running_var, torch.tensor([4.0, 0.25]), atol=0.1, rtol=0.03)
+    assert not model.training and not model[0].training
+    torch.testing.assert_close(model[0].weight, weight_before)
+    assert model[0].momentum == 0.1
+
+
+def test_recalibrate_keeps_renorm_schedule_and_mode():
+    model = UNet(2, 1, 1, depth=1, features=2, norm="batchrenorm").train()
+    for _ in range(3):
+        model(torch.randn(1, 1, 8, 8))
+    recalibrate_norm(model, [torch.randn(1, 1, 8, 8)])
+    assert model.training
+    assert all(m.step == 3 for m in model.modules() if isinstance(m, BatchRenorm2d))
+
+
+def test_recalibrate_without_batches_leaves_model_unchanged():
+    model = _trained_bn_unet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="received no batches"):
+        recalibrate_norm(model, [])
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+    with pytest.raises(ConfigError, match="no normalization layers with running statistics"):
+        recalibrate_norm(nn.Sequential(nn.Conv2d(1, 1, 1)), [torch.zeros(1, 1, 2, 2)])
