@@ -1,0 +1,270 @@
+"""Open images lazily, whatever their format, as channel-first arrays: shape ``(C, *spatial)``.
+
+Formats: numpy arrays and ``.npy`` (memory-mapped), zarr v3 arrays and OME-Zarr groups (level 0 of the
+multiscale image), TIFF/BigTIFF (memory-mapped when uncompressed, chunk-wise through tifffile's zarr store
+otherwise) and HDF5 datasets. Axis strings such as ``"ZYX"`` or ``"YXC"`` are accepted here, at the I/O
+boundary, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seamfree.errors import DataError, ShapeError, require
+
+__all__ = ["SUPPORTED_DTYPES", "ImageSource", "open_image", "parse_axes"]
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (
+    "bool", "uint8", "uint16", "uint32", "int8", "int16", "int32", "float16", "float32", "float64",
+))
+_SPATIAL = "ZYX"
+
+
+def parse_axes(axes: str, ndim: int) -> tuple[int | None, int]:
+    """Return ``(channel_axis, spatial_dims)`` for an axis string like ``"CZYX"``, ``"YXC"`` or ``"ZYX"``."""
+    upper = axes.upper()
+    if len(upper) != ndim or len(set(upper)) != ndim or not set(upper) <= set("CZYX"):
+        raise ShapeError(
+            f"axes {axes!r} do not describe an array with {ndim} dimensions; use one letter per dimension from "
+            "C (channel), Z, Y, X, e.g. 'ZYX', 'CYX' or 'YXC'"
+        )
+    spatial = [a for a in upper if a != "C"]
+    if "".join(spatial) != _SPATIAL[-len(spatial):]:
+        raise ShapeError(f"spatial axes must be in z, y, x order, got {axes!r}; transpose the array first")
+    return (upper.index("C") if "C" in upper else None), len(spatial)
+
+
+@dataclass
+class ImageSource:
+    """A lazily read image, presented as channel-first ``(C, *spatial)``.
+
+    Attributes
+    ----------
+    data : array-like
+        The stored array (numpy, memmap, zarr, h5py dataset), sliced on demand.
+    channel_axis : int or None
+        Axis of ``data`` holding channels; None when the image has a single, implicit channel.
+    path : str or None
+        Where it was read from, for messages and fingerprints.
+    spatial_chunks : tuple of int or None
+        Chunk shape of the storage along the spatial axes, when chunked.
+    scale : tuple of float or None
+        Physical voxel size per spatial axis, when the format records it.
+    """
+
+    data: Any
+    channel_axis: int | None
+    path: str | None = None
+    spatial_chunks: tuple[int, ...] | None = None
+    scale: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        dtype = np.dtype(self.data.dtype)
+        if dtype not in SUPPORTED_DTYPES:
+            names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+            raise DataError(f"unsupported image dtype {dtype} in {self.where}; supported: {names}")
+
+    @property
+    def where(self) -> str:
+        return repr(self.path) if self.path else "the input array"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Channel-first shape ``(C, *spatial)``."""
+        shape = tuple(int(s) for s in self.data.shape)
+        if self.channel_axis is None:
+            return (1, *shape)
+        return (shape[self.channel_axis], *(s for i, s in enumerate(shape) if i != self.channel_axis))
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.shape) - 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.data.dtype)
+
+    def read(self, window: Sequence[slice]) -> np.ndarray:
+        """Return the region ``window`` (spatial slices) as a ``(C, *window)`` array in the stored dtype."""
+        if len(window) != self.spatial_dims:
+            raise ShapeError(f"window {tuple(window)} needs {self.spatial_dims} spatial slices")
+        index: list[slice] = list(window)
+        if self.channel_axis is None:
+            return np.asarray(self.data[tuple(index)])[np.newaxis]
+        index.insert(self.channel_axis, slice(None))
+        return np.moveaxis(np.asarray(self.data[tuple(index)]), self.channel_axis, 0)
+
+    def read_all(self) -> np.ndarray:
+        """Return the whole image in memory (only for images that fit)."""
+        return self.read(tuple(slice(0, s) for s in self.spatial_shape))
+
+
+def _default_channel_axis(ndim: int, spatial_dims: int | None, where: str) -> int | None:
+    if spatial_dims is None:
+        return None
+    if ndim == spatial_dims:
+        return None
+    if ndim == spatial_dims + 1:
+        return 0
+    raise ShapeError(
+        f"{where} has {ndim} dimensions but the model expects {spatial_dims} spatial dimensions "
+        f"(with an optional channel axis first); pass axes=... (CLI --axes) to say which axis is which"
+    )
+
+
+def open_image(
+    source: str | os.PathLike[str] | np.ndarray | Any,
+    *,
+    spatial_dims: int | None = None,
+    axes: str | None = None,
+    key: str | None = None,
+) -> ImageSource:
+    """Return an :class:`ImageSource` for an array or a file path.
+
+    Parameters
+    ----------
+    source : path or array-like
+        A numpy/zarr/h5py array, or the path of a ``.npy``, ``.zarr``/OME-Zarr, ``.tif``/``.tiff`` or
+        ``.h5``/``.hdf5`` file.
+    spatial_dims : int, optional
+        Spatial dimensions the caller expects (2 or 3); used to tell a channel axis from a spatial one.
+    axes : str, optional
+        Axis order of the stored array, e.g. ``"ZYX"``, ``"CYX"``, ``"YXC"``. Default: from OME-Zarr
+        metadata, else channel-first.
+    key : str, optional
+        Dataset inside an HDF5 file or array inside a zarr group.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> open_image(np.zeros((3, 16, 16)), spatial_dims=2).shape
+    (3, 16, 16)
+    """
+    if isinstance(source, ImageSource):
+        return source
+    if isinstance(source, str | os.PathLike):
+        data, channel_axis_meta, path, scale = _open_path(Path(source), key)
+    else:
+        data, channel_axis_meta, path, scale = source, None, None, None
+        if not hasattr(data, "shape") or not hasattr(data, "dtype"):
+            raise DataError(f"expected an array or a file path, got a {type(source).__name__}")
+    where = repr(path) if path else "the input array"
+    if axes is not None:
+        channel_axis, parsed_dims = parse_axes(axes, len(data.shape))
+        if spatial_dims is not None and parsed_dims != spatial_dims:
+            raise ShapeError(f"axes {axes!r} give {parsed_dims} spatial dimensions, the model needs {spatial_dims}")
+    elif channel_axis_meta is not None:
+        channel_axis = channel_axis_meta if channel_axis_meta >= 0 else None
+    else:
+        channel_axis = _default_channel_axis(len(data.shape), spatial_dims, where)
+    spatial_count = len(data.shape) - (channel_axis is not None)
+    if spatial_count not in (1, 2, 3):
+        raise ShapeError(f"{where} has shape {tuple(data.shape)}: expected 2 or 3 spatial dimensions")
+    chunks = getattr(data, "chunks", None)
+    spatial_chunks = None
+    if isinstance(chunks, tuple) and len(chunks) == len(data.shape):
+        spatial_chunks = tuple(int(c) for i, c in enumerate(chunks) if i != channel_axis)
+    return ImageSource(data, channel_axis, path, spatial_chunks, scale)
+
+
+def _open_path(path: Path, key: str | None) -> tuple[Any, int | None, str, tuple[float, ...] | None]:
+    """Return (array, channel axis from metadata or None (-1: known to have none), path, scale)."""
+    if not path.exists():
+        raise DataError(f"input {str(path)!r} does not exist")
+    name = path.name.lower()
+    if name.endswith(".npy"):
+        return np.load(path, mmap_mode="r"), None, str(path), None
+    if name.endswith((".tif", ".tiff")):
+        return _open_tiff(path), None, str(path), None
+    if name.endswith((".h5", ".hdf5", ".hdf", ".n5h5")):
+        return _open_hdf5(path, key), None, str(path), None
+    if name.endswith(".zarr") or (path / "zarr.json").exists() or (path / ".zarray").exists():
+        return _open_zarr(path, key)
+    raise DataError(
+        f"cannot tell the format of {str(path)!r}; supported: .npy, .zarr (OME-Zarr), .tif/.tiff, .h5/.hdf5"
+    )
+
+
+def _open_tiff(path: Path) -> Any:
+    tifffile = require("tifffile", "tiff")
+    try:
+        return tifffile.memmap(str(path), mode="r")  # type: ignore[attr-defined]
+    except ValueError:
+        pass  # compressed or tiled: read chunk-wise through tifffile's zarr store
+    zarr = require("zarr", "zarr")
+    store = tifffile.imread(str(path), aszarr=True)  # type: ignore[attr-defined]
+    return zarr.open(store, mode="r")  # type: ignore[attr-defined]
+
+
+def _open_hdf5(path: Path, key: str | None) -> Any:
+    h5py = require("h5py", "h5")
+    handle = h5py.File(path, "r")  # type: ignore[attr-defined]
+    if key is None:
+        datasets: list[str] = []
+        handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)  # type: ignore[attr-defined]
+        if len(datasets) != 1:
+            raise DataError(
+                f"{str(path)!r} holds {len(datasets)} datasets ({', '.join(datasets[:5])}); "
+                "choose one with key=... (CLI --key)"
+            )
+        key = datasets[0]
+    if key not in handle:
+        raise DataError(f"{str(path)!r} has no dataset {key!r}; it holds {list(handle.keys())}")
+    return handle[key]
+
+
+def _open_zarr(path: Path, key: str | None) -> tuple[Any, int | None, str, tuple[float, ...] | None]:
+    zarr = require("zarr", "zarr")
+    try:
+        node = zarr.open(str(path), mode="r")  # type: ignore[attr-defined]
+    except Exception as exc:  # zarr raises several unrelated types for unreadable stores
+        raise DataError(f"cannot open {str(path)!r} as zarr: {exc}") from exc
+    if isinstance(node, zarr.Array):  # type: ignore[attr-defined]
+        return node, None, str(path), None
+    multiscales = _ome_multiscales(dict(node.attrs))
+    if key is None and multiscales:
+        return _open_ome_level0(node, multiscales, path)
+    arrays = [name for name, _ in node.arrays()]
+    if key is None and len(arrays) == 1:
+        key = arrays[0]
+    if key is None or key not in arrays:
+        raise DataError(f"{str(path)!r} is a zarr group with arrays {arrays}; choose one with key=... (CLI --key)")
+    return node[key], None, f"{path}/{key}", None
+
+
+def _ome_multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]]:
+    ome = attrs.get("ome", attrs)  # OME-Zarr 0.5 nests under "ome"; 0.4 has it at the top level
+    return list(ome.get("multiscales", []))
+
+
+def _open_ome_level0(
+    group: Any, multiscales: list[dict[str, Any]], path: Path
+) -> tuple[Any, int | None, str, tuple[float, ...] | None]:
+    image = multiscales[0]
+    level0 = image["datasets"][0]
+    axes = [a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])]
+    array = group[level0["path"]]
+    if "t" in axes:
+        raise ShapeError(f"{str(path)!r} has a time axis (axes {axes}); select one time point first")
+    channel_axis = axes.index("c") if "c" in axes else -1
+    scale = None
+    for transform in level0.get("coordinateTransformations", []):
+        if transform.get("type") == "scale":
+            scale = tuple(float(s) for i, s in enumerate(transform["scale"]) if not axes or axes[i] != "c")
+    if not axes:
+        channel_axis = 0 if array.ndim == 4 else -1
+    logger.debug("OME-Zarr %s: level 0 %s, axes %s", path, level0["path"], axes)
+    return array, channel_axis, f"{path}/{level0['path']}", scale

@@ -1,0 +1,5 @@
+"""Helpers for seamfree's own tests and for users' tests: hypothesis strategies, reproducible models."""
+
+from seamfree.testing.models import randomize_norm_statistics
+
+__all__ = ["randomize_norm_statistics"]
