@@ -25,7 +25,8 @@ def _grid_or_skip(shape, core, halo, stride, overlap=0):
     except HaloError:
         return None
     except ConfigError as exc:
-        assert "overlap" in str(exc)
+        if "overlap" not in str(exc):
+            raise
         return None
 
 
@@ -40,11 +41,10 @@ def test_crop_cores_partition_the_image_exactly(geometry):
     padded = grid.padded_shape
     for tile in grid.tiles():
         count[tile.write] += 1
-        for read, crop, write, s, n, p, h in zip(tile.read, tile.crop, tile.write, stride, shape, padded,
-                                                 grid.halo):
+        for read, crop, write, s, p, h in zip(tile.read, tile.crop, tile.write, stride, padded, grid.halo):
             assert read.start % s == 0, "tile windows start on the network stride"
             assert (read.stop - read.start) % s == 0
-            assert 0 <= read.start and read.stop <= p, "tiles stay inside the padded image"
+            assert read.start >= 0 and read.stop <= p, "tiles stay inside the padded image"
             assert crop.stop - crop.start == write.stop - write.start
             assert read.start + crop.start == write.start
             # the core has the full halo of real context, or reaches the padded border

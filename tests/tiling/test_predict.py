@@ -139,7 +139,7 @@ def test_existing_output_of_other_shape_or_dtype_is_never_overwritten(rng, tmp_p
         predict(net, image, foreign, config=PredictConfig(core=16))
     out = tmp_path / "out.zarr"
     predict(net, image, out, config=PredictConfig(core=16))
-    with pytest.raises(OutputExistsError, match="dtype float32, this prediction needs .* uint8"):
+    with pytest.raises(OutputExistsError, match=r"dtype float32, this prediction needs .* uint8"):
         predict(net, image, out, config=PredictConfig(core=16, output_kind="uint8"))
     with pytest.raises(OutputExistsError, match="made with different settings"):
         predict(net, image, out, config=PredictConfig(core=32))

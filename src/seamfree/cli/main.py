@@ -21,10 +21,11 @@ logger = logging.getLogger("seamfree.cli")
 EXIT_BAD_INPUT = 2
 
 
-def _int_tuple(text: str) -> tuple[int, ...]:
-    """Parse ``"256"`` or ``"32,256,256"`` into a tuple of ints."""
+def _int_tuple(text: str) -> int | tuple[int, ...]:
+    """Parse ``"256"`` (every axis) into an int, ``"32,256,256"`` into a tuple of ints."""
     try:
-        return tuple(int(part) for part in text.split(","))
+        values = tuple(int(part) for part in text.split(","))
+        return values[0] if len(values) == 1 else values
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from exc
 
@@ -56,6 +57,58 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from seamfree.models import load_model
+    from seamfree.tiling import IntensityNormalization, PredictConfig, PredictionReport, predict
+
+    model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    if args.offset is not None:
+        normalization = IntensityNormalization(args.normalization, offset=(args.offset,), scale=(args.scale,))
+    else:
+        normalization = IntensityNormalization(args.normalization)
+    config = PredictConfig(
+        core=args.core, halo=args.halo if args.halo is not None else "auto", stitching=args.stitching,
+        overlap=args.overlap, blend_window=args.blend_window, batch_size=args.batch_size, device=args.device,
+        amp=args.amp, tta=args.tta, normalization=normalization, output_kind=args.output_kind,
+        threshold=args.threshold, pinned_core=args.core is not None and args.pin_core,
+        allow_small_halo=args.allow_small_halo, overwrite=args.overwrite,
+    )
+    report: list[PredictionReport] = []
+    predict(model, args.image, args.out, config=config, axes=args.axes, progress=not args.quiet, report=report)
+    done = report[0]
+    print(f"wrote {args.out}: {done.tiles_computed} of {done.tiles_total} tiles computed in {done.seconds:.1f} s "
+          f"(core {done.grid.core}, halo {done.grid.halo}, {done.grid.compute_ratio:.2f}× voxels computed)")
+    return 0
+
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("predict", help="seamless tiled prediction of a 2D/3D image of any size")
+    p.add_argument("model", type=Path, help="checkpoint (seamfree, TorchScript or pickled module)")
+    p.add_argument("image", help="input: .zarr/OME-Zarr, .tif, .h5 (with --key) or .npy")
+    p.add_argument("out", type=Path, help="output: .zarr (OME-Zarr) or .tif; rerun to resume")
+    p.add_argument("--axes", help="axis order of the input, e.g. ZYX, CYX, YXC (default: channel-first)")
+    p.add_argument("--core", type=_int_tuple, help="core shape, e.g. 512 or 32,256,256 (default: from memory)")
+    p.add_argument("--pin-core", action="store_true", help="error if --core is not a multiple of the stride")
+    p.add_argument("--halo", type=_int_tuple, help="halo per side (default: measured receptive field)")
+    p.add_argument("--allow-small-halo", action="store_true", help="accept a halo below the receptive field")
+    p.add_argument("--stitching", choices=["crop", "blend"], default="crop")
+    p.add_argument("--overlap", type=_int_tuple, help="core overlap for --stitching blend")
+    p.add_argument("--blend-window", choices=["linear", "gaussian"], default="linear")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision on CUDA")
+    p.add_argument("--tta", action="store_true", help="average over flips of the spatial axes")
+    p.add_argument("--normalization", choices=["percentile", "meanstd", "none", "per_tile"], default="percentile")
+    p.add_argument("--offset", type=float, help="given intensity offset (skips the statistics pass)")
+    p.add_argument("--scale", type=float, help="given intensity scale, with --offset")
+    p.add_argument("--output-kind", choices=["float32", "uint8", "mask"], default="float32")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--overwrite", action="store_true", help="delete an existing output instead of resuming")
+    p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``seamfree`` command."""
     parser = argparse.ArgumentParser(
@@ -79,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", type=Path, required=True, help="path of the converted checkpoint")
     convert.add_argument("--allow-pickle", action="store_true")
     convert.set_defaults(handler=_cmd_convert)
+
+    _add_predict(commands)
 
     return parser
 

@@ -66,6 +66,19 @@ class ImageSource:
     path: str | None = None
     spatial_chunks: tuple[int, ...] | None = None
     scale: tuple[float, ...] | None = None
+    handle: Any = None
+
+    def close(self) -> None:
+        """Close the file this source holds open (TIFF store, HDF5 file); a no-op for arrays."""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> ImageSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __post_init__(self) -> None:
         dtype = np.dtype(self.data.dtype)
@@ -155,8 +168,9 @@ def open_image(
     """
     if isinstance(source, ImageSource):
         return source
+    handle = None
     if isinstance(source, str | os.PathLike):
-        data, channel_axis_meta, path, scale = _open_path(Path(source), key)
+        data, channel_axis_meta, path, scale, handle = _open_path(Path(source), key)
     else:
         data, channel_axis_meta, path, scale = source, None, None, None
         if not hasattr(data, "shape") or not hasattr(data, "dtype"):
@@ -177,36 +191,39 @@ def open_image(
     spatial_chunks = None
     if isinstance(chunks, tuple) and len(chunks) == len(data.shape):
         spatial_chunks = tuple(int(c) for i, c in enumerate(chunks) if i != channel_axis)
-    return ImageSource(data, channel_axis, path, spatial_chunks, scale)
+    return ImageSource(data, channel_axis, path, spatial_chunks, scale, handle)
 
 
-def _open_path(path: Path, key: str | None) -> tuple[Any, int | None, str, tuple[float, ...] | None]:
-    """Return (array, channel axis from metadata or None (-1: known to have none), path, scale)."""
+def _open_path(path: Path, key: str | None) -> tuple[Any, int | None, str, tuple[float, ...] | None, Any]:
+    """Return (array, channel axis from metadata or None (-1: known to have none), path, scale, handle)."""
     if not path.exists():
         raise DataError(f"input {str(path)!r} does not exist")
     name = path.name.lower()
     if name.endswith(".npy"):
-        return np.load(path, mmap_mode="r"), None, str(path), None
+        return np.load(path, mmap_mode="r"), None, str(path), None, None
     if name.endswith((".tif", ".tiff")):
-        return _open_tiff(path), None, str(path), None
+        array, handle = _open_tiff(path)
+        return array, None, str(path), None, handle
     if name.endswith((".h5", ".hdf5", ".hdf", ".n5h5")):
-        return _open_hdf5(path, key), None, str(path), None
+        dataset = _open_hdf5(path, key)
+        return dataset, None, str(path), None, dataset.file
     if name.endswith(".zarr") or (path / "zarr.json").exists() or (path / ".zarray").exists():
-        return _open_zarr(path, key)
+        return (*_open_zarr(path, key), None)
     raise DataError(
         f"cannot tell the format of {str(path)!r}; supported: .npy, .zarr (OME-Zarr), .tif/.tiff, .h5/.hdf5"
     )
 
 
-def _open_tiff(path: Path) -> Any:
+def _open_tiff(path: Path) -> tuple[Any, Any]:
+    """Return (array, handle to close): a memory map, or tifffile's zarr store for compressed/tiled files."""
     tifffile = require("tifffile", "tiff")
     try:
-        return tifffile.memmap(str(path), mode="r")  # type: ignore[attr-defined]
+        return tifffile.memmap(str(path), mode="r"), None  # type: ignore[attr-defined]
     except ValueError:
         pass  # compressed or tiled: read chunk-wise through tifffile's zarr store
     zarr = require("zarr", "zarr")
     store = tifffile.imread(str(path), aszarr=True)  # type: ignore[attr-defined]
-    return zarr.open(store, mode="r")  # type: ignore[attr-defined]
+    return zarr.open(store, mode="r"), store  # type: ignore[attr-defined]
 
 
 def _open_hdf5(path: Path, key: str | None) -> Any:

@@ -369,9 +369,19 @@ def predict(
     (1, 70, 50)
     """
     config = config or PredictConfig()
+    dims, _, _ = model_geometry(model)
+    source = open_image(image, spatial_dims=dims, axes=axes)
+    try:
+        return _predict_source(model, source, output, config, progress, report)
+    finally:
+        if source is not image:
+            source.close()
+
+
+def _predict_source(model: nn.Module, source: ImageSource, output: Any, config: PredictConfig,
+                    progress: bool | Callable[[int], None], report: list[PredictionReport] | None) -> Any:
     started = time.perf_counter()
     dims, in_channels, stride = model_geometry(model)
-    source = open_image(image, spatial_dims=dims, axes=axes)
     _check_model_input(source, in_channels, dims)
     normalization = compute_normalization(source, config.normalization)
     was_training = model.training
@@ -494,16 +504,17 @@ def predict_whole(
     the network stride, exactly as :func:`predict` pads it. Only for images that fit in memory.
     """
     dims, in_channels, stride = model_geometry(model)
-    source = open_image(image, spatial_dims=dims, axes=axes)
-    _check_model_input(source, in_channels, dims)
-    normalization = compute_normalization(source, normalization or IntensityNormalization())
-    padded = tuple(slice(0, round_up(n, s)) for n, s in zip(source.spatial_shape, stride))
-    x = normalization.apply(read_window(source, padded))[np.newaxis]
+    with open_image(image, spatial_dims=dims, axes=axes) as source:
+        _check_model_input(source, in_channels, dims)
+        normalization = compute_normalization(source, normalization or IntensityNormalization())
+        padded = tuple(slice(0, round_up(n, s)) for n, s in zip(source.spatial_shape, stride))
+        x = normalization.apply(read_window(source, padded))[np.newaxis]
     was_training = model.training
     model.eval()
     try:
         out = _forward(model, x, PredictConfig(device=device), _resolve_activation(model, activation))
     finally:
         model.train(was_training)
-    return out[(0, slice(None), *(slice(0, n) for n in source.spatial_shape))]
+    crop: tuple[int | slice, ...] = (0, slice(None), *(slice(0, n) for n in source.spatial_shape))
+    return out[crop]
 

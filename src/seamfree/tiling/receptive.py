@@ -1,7 +1,7 @@
 """Receptive field, halo and tiling suggestions, measured on the model rather than assumed.
 
 *Theoretical* receptive field: the support of the input gradient of one output voxel, with the model in eval
-mode, made piecewise-linear-free (activations → identity, max-pooling → average pooling, float64) so that no
+mode, made piecewise-linear-free (activations → identity, max-pooling → average pooling) so that no
 inactive ReLU or max-pool routing hides part of the support. A pooling network's support depends on the output
 position modulo the network stride, so it is measured at every stride phase and the maximum is kept.
 *Effective* receptive field: where the gradient of the real model exceeds ``tolerance`` × its maximum.
@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.PReLU, nn.Tanh, nn.Sigmoid,
                 nn.Softplus, nn.ReLU6, nn.Hardswish, nn.Softmax, nn.SELU, nn.CELU)
-_MAX_POOL = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d}
+_MAX_POOL: dict[type[nn.Module], type[nn.Module]] = {
+    nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d,
+}
 
 
 @dataclass(frozen=True)
@@ -100,15 +102,15 @@ def _pooling_stride(model: nn.Module, dims: int) -> tuple[int, ...]:
 
 
 def _structural_copy(model: nn.Module, remove_tile_dependent: bool) -> nn.Module:
-    probe = copy.deepcopy(model).double().eval()
+    probe = copy.deepcopy(model).float().eval()
     for parent in probe.modules():
         for name, child in parent.named_children():
             replacement: nn.Module | None = None
             if isinstance(child, _ACTIVATIONS):
                 replacement = nn.Identity()
-            elif type(child) in _MAX_POOL:
-                pool = child
-                replacement = _MAX_POOL[type(child)](pool.kernel_size, pool.stride, pool.padding)  # type: ignore[call-arg, arg-type]
+            elif isinstance(child, nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d):
+                average = _MAX_POOL[type(child)]
+                replacement = average(child.kernel_size, child.stride, child.padding)
             elif remove_tile_dependent:
                 known = _classify(child)
                 if known is not None and known[1] and known[0] == "per-tile":
@@ -170,7 +172,7 @@ def _axis_radius(structural: nn.Module, in_channels: int, stride: tuple[int, ...
     length = start
     while True:
         probe = tuple(length if a == axis else 2 * s for a, s in enumerate(stride))
-        maps, centre = _gradient_maps(structural, in_channels, probe, stride, torch.float64, stride[axis])
+        maps, centre = _gradient_maps(structural, in_channels, probe, stride, torch.float32, stride[axis])
         radius, touches = _radius(maps, centre, stride, 0.0, [axis])
         if not touches:
             return radius[axis], False
@@ -224,9 +226,13 @@ def measure_receptive_field(
 
 def _effective_radius(model: nn.Module, in_channels: int, probe: tuple[int, ...], stride: tuple[int, ...],
                       tolerance: float) -> tuple[int, ...]:
+    """Effective radius per axis, each from a probe long on that axis and four strides wide on the others."""
     real = copy.deepcopy(model).float().eval()
-    maps, centre = _gradient_maps(real, in_channels, probe, stride, torch.float32, phases=1, seed=1)
-    radius, _ = _radius(maps, centre, stride, tolerance, range(len(stride)))
+    radius = []
+    for axis in range(len(stride)):
+        thin = tuple(p if a == axis else min(p, 4 * s) for a, (p, s) in enumerate(zip(probe, stride)))
+        maps, centre = _gradient_maps(real, in_channels, thin, stride, torch.float32, phases=1, seed=1)
+        radius.append(_radius(maps, centre, stride, tolerance, [axis])[0][axis])
     return tuple(radius)
 
 

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from seamfree.errors import DataError, OutputExistsError, ShapeError
+from seamfree.io import open_image, parse_axes
+from seamfree.models import UNet
+from seamfree.testing import randomize_norm_statistics
+from seamfree.tiling import PredictConfig, predict
+
+zarr = pytest.importorskip("zarr")
+tifffile = pytest.importorskip("tifffile")
+h5py = pytest.importorskip("h5py")
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return randomize_norm_statistics(UNet(3, 1, 1, depth=1, features=4, norm="batchrenorm")).eval()
+
+
+@pytest.fixture
+def volume(rng):
+    return rng.integers(0, 255, size=(32, 48, 40), dtype=np.uint8)
+
+
+CONFIG = PredictConfig(core=(8, 16, 16))
+
+
+def test_zarr_in_zarr_out_equals_in_memory(net, volume, tmp_path):
+    source = zarr.create_array(str(tmp_path / "in.zarr"), shape=volume.shape, chunks=(8, 16, 16), dtype="u1")
+    source[:] = volume
+    expected = predict(net, volume, config=CONFIG)
+    result = predict(net, tmp_path / "in.zarr", tmp_path / "out.ome.zarr", config=CONFIG)
+    np.testing.assert_array_equal(result[:], expected)
+    assert len(list((tmp_path / "out.ome.zarr" / ".seamfree" / "done").iterdir())) == 36
+    group = zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r")
+    assert group.attrs["seamfree"]["status"] == "complete"
+    multiscale = group.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in multiscale["axes"]] == ["c", "z", "y", "x"]
+    assert group["0"].chunks == (1, 8, 16, 16)  # chunks aligned with the cores
+    # reading our own OME-Zarr output back goes through level 0
+    assert open_image(tmp_path / "out.ome.zarr").shape == (1, *volume.shape)
+
+
+def test_resume_after_interruption_gives_identical_output(net, volume, tmp_path):
+    expected = predict(net, volume, config=CONFIG)
+    out = tmp_path / "out.zarr"
+
+    def interrupt(done):
+        if done >= 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict(net, volume, out, config=PredictConfig(core=(8, 16, 16), batch_size=1), progress=interrupt)
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["seamfree"]["status"] == "incomplete"  # never looks complete
+    done = len(list((out / ".seamfree" / "done").iterdir()))
+    assert 5 <= done < 36
+    computed = []
+    predict(net, volume, out, config=CONFIG, report=computed)
+    assert computed[0].tiles_computed == computed[0].tiles_total - done
+    np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], expected)
+
+
+def test_blend_resume_and_tiff_output(net, volume, tmp_path):
+    config = PredictConfig(core=(8, 16, 16), stitching="blend")
+    expected = predict(net, volume, config=config)
+
+    def interrupt(done):
+        if done >= 7:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "pred.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict(net, volume, out, config=PredictConfig(core=(8, 16, 16), stitching="blend", batch_size=1),
+                progress=interrupt)
+    assert not out.exists()  # only NAME.partial.tif until complete
+    assert (tmp_path / "pred.partial.tif").exists()
+    assert predict(net, volume, out, config=config) == out
+    np.testing.assert_allclose(tifffile.imread(out), expected, atol=1e-6)
+    with pytest.raises(OutputExistsError, match="already exists"):
+        predict(net, volume, out, config=config)
+
+
+def test_tiff_and_hdf5_inputs(net, volume, tmp_path):
+    expected = predict(net, volume, config=CONFIG)
+    tifffile.imwrite(tmp_path / "plain.tif", volume)
+    tifffile.imwrite(tmp_path / "compressed.tif", volume, compression="zlib", tile=(16, 16))
+    with h5py.File(tmp_path / "in.h5", "w") as handle:
+        handle.create_dataset("raw", data=volume, chunks=(8, 16, 16))
+        handle.create_dataset("other", data=volume[:2])
+    for path, key in [("plain.tif", None), ("compressed.tif", None), ("in.h5", "raw")]:
+        np.testing.assert_array_equal(predict(net, tmp_path / path, config=CONFIG, **({"axes": None})) if key is None
+                                      else predict(net, open_image(tmp_path / path, key=key, spatial_dims=3),
+                                                   config=CONFIG), expected)
+    with pytest.raises(DataError, match="holds 2 datasets"):
+        open_image(tmp_path / "in.h5")
+
+
+def test_axes_strings_and_channel_last(rng):
+    image = rng.random((30, 20, 3))
+    source = open_image(image, axes="YXC")
+    assert source.shape == (3, 30, 20)
+    np.testing.assert_array_equal(source.read((slice(0, 2), slice(5, 6)))[:, :, 0], image[0:2, 5].T)
+    assert parse_axes("CZYX", 4) == (0, 3)
+    with pytest.raises(ShapeError, match="z, y, x order"):
+        parse_axes("XY", 2)
+    with pytest.raises(ShapeError, match="do not describe an array with 3 dimensions"):
+        parse_axes("YX", 3)
+    with pytest.raises(DataError, match="does not exist"):
+        open_image("/nonexistent/image.zarr")
+
+
+def test_unwritable_output_is_reported(net, volume, tmp_path):
+    with pytest.raises(OutputExistsError, match="does not exist; create it first"):
+        predict(net, volume, tmp_path / "missing" / "out.zarr", config=CONFIG)
+    marker = tmp_path / "out.zarr"
+    predict(net, volume[:8], marker, config=CONFIG)
+    fingerprint = json.loads((marker / ".seamfree" / "fingerprint.json").read_text())
+    assert fingerprint["input"]["shape"] == [1, 8, 48, 40]
