@@ -4,13 +4,26 @@ The public verbs live here; everything the command line does is one of these fun
 """
 
 from seamfree.errors import SeamfreeError
+from seamfree.io import open_image
 from seamfree.layers import audit_norms, convert_norm, create_norm_layer, get_norm_layer, recalibrate_norm
 from seamfree.models import UNet, ViTSegmenter, load_model, save_model
+from seamfree.tiling import (
+    IntensityNormalization,
+    PredictConfig,
+    TileGrid,
+    measure_receptive_field,
+    predict,
+    predict_whole,
+    suggest_tiling,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "IntensityNormalization",
+    "PredictConfig",
     "SeamfreeError",
+    "TileGrid",
     "UNet",
     "ViTSegmenter",
     "__version__",
@@ -19,6 +32,11 @@ __all__ = [
     "create_norm_layer",
     "get_norm_layer",
     "load_model",
+    "measure_receptive_field",
+    "open_image",
+    "predict",
+    "predict_whole",
     "recalibrate_norm",
     "save_model",
+    "suggest_tiling",
 ]
