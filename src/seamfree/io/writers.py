@@ -37,10 +37,12 @@ class OutputTarget:
 
     shape: tuple[int, ...]
     dtype: np.dtype
+    array: Any
 
     def write(self, window: Sequence[slice], data: np.ndarray) -> None:
-        """Write ``data``, shape ``(C, *window)``, into the spatial ``window``."""
-        raise NotImplementedError
+        """Write ``data``, shape ``(C, *window)``, into the spatial ``window`` of ``self.array``."""
+        self._check(window, data)
+        self.array[(slice(None), *window)] = data
 
     def is_done(self, block: Sequence[int]) -> bool:
         raise NotImplementedError
@@ -66,10 +68,6 @@ class ArrayOutput(OutputTarget):
         self.shape = tuple(array.shape)
         self.dtype = np.dtype(array.dtype)
         self._done: set[tuple[int, ...]] = set()
-
-    def write(self, window: Sequence[slice], data: np.ndarray) -> None:
-        self._check(window, data)
-        self.array[(slice(None), *window)] = data
 
     def is_done(self, block: Sequence[int]) -> bool:
         return tuple(block) in self._done
@@ -178,10 +176,6 @@ class ZarrOutput(_MarkedOutput):
             )
         return group
 
-    def write(self, window: Sequence[slice], data: np.ndarray) -> None:
-        self._check(window, data)
-        self.array[(slice(None), *window)] = data
-
     def finalize(self) -> Any:
         self.group.attrs["seamfree"] = {"status": "complete"}
         return self.array
@@ -237,10 +231,6 @@ class TiffOutput(_MarkedOutput):
     @property
     def location(self) -> Path:
         return self.partial
-
-    def write(self, window: Sequence[slice], data: np.ndarray) -> None:
-        self._check(window, data)
-        self.array[(slice(None), *window)] = data
 
     def mark_done(self, block: Sequence[int]) -> None:
         self.array.flush()
