@@ -3,7 +3,15 @@
 from seamfree.tiling.blend import BlendAccumulator, weight_window
 from seamfree.tiling.grid import Tile, TileGrid, as_axis_tuple
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
-from seamfree.tiling.predict import PredictConfig, PredictionReport, predict, predict_whole, read_window
+from seamfree.tiling.predict import (
+    PredictConfig,
+    PredictionReport,
+    predict,
+    predict_tiles,
+    predict_whole,
+    read_window,
+    resolve_activation,
+)
 from seamfree.tiling.receptive import (
     ReceptiveField,
     TilingSuggestion,
@@ -24,8 +32,10 @@ __all__ = [
     "compute_normalization",
     "measure_receptive_field",
     "predict",
+    "predict_tiles",
     "predict_whole",
     "read_window",
+    "resolve_activation",
     "suggest_tiling",
     "weight_window",
 ]

@@ -106,6 +106,7 @@ class TileGrid:
         *,
         network_stride: int | Sequence[int] = 1,
         overlap: int | Sequence[int] = 0,
+        offset: int | Sequence[int] = 0,
         pinned: bool = False,
     ) -> TileGrid:
         """Return a validated grid; core and halo are rounded up to the network stride.
@@ -122,6 +123,10 @@ class TileGrid:
             Total downsampling of the network.
         overlap : int or sequence of int
             Overlap of neighbouring cores (blend stitching); 0 for crop stitching.
+        offset : int or sequence of int
+            Shift of the core boundaries (crop stitching only): cores start at ``offset + k·core`` and a first,
+            shorter core covers ``[0, offset)``. Rounded up to the network stride. Diagnostics use it to
+            stitch the image a second time with seams in other places (the shifted-grid tile mismatch).
         pinned : bool
             If True, a core that is not a multiple of the network stride is an error instead of being
             rounded up with a logged notice.
@@ -134,7 +139,8 @@ class TileGrid:
         core_t = as_axis_tuple(core, ndim, "core")
         halo_t = as_axis_tuple(halo, ndim, "halo")
         overlap_t = as_axis_tuple(overlap, ndim, "overlap")
-        if any(c < 1 for c in core_t) or any(h < 0 for h in halo_t) or any(o < 0 for o in overlap_t):
+        offset_t = as_axis_tuple(offset, ndim, "offset")
+        if any(c < 1 for c in core_t) or any(h < 0 for h in halo_t) or any(o < 0 for o in overlap_t + offset_t):
             raise ConfigError(f"core must be positive and halo/overlap non-negative, got core={core_t}, "
                               f"halo={halo_t}, overlap={overlap_t}")
         core_t = _align_core(core_t, stride, pinned)
@@ -145,7 +151,10 @@ class TileGrid:
         core_t = tuple(p if c + 2 * h >= p else c for c, h, p in zip(core_t, halo_t, padded))
         _check_halo(core_t, halo_t, padded)
         overlap_t = _align_overlap(overlap_t, core_t, stride, padded)
-        starts = tuple(_core_starts(p, c, c - o) for p, c, o in zip(padded, core_t, overlap_t))
+        offset_t = tuple(round_up(f, s) % c if c < p else 0 for f, s, c, p in zip(offset_t, stride, core_t, padded))
+        if any(offset_t) and any(overlap_t):
+            raise ConfigError(f"offset {offset_t} works with crop stitching only (overlap 0), got overlap {overlap_t}")
+        starts = tuple(_core_starts(p, c, c - o, f) for p, c, o, f in zip(padded, core_t, overlap_t, offset_t))
         return cls(shape, core_t, halo_t, stride, overlap_t, starts)
 
     @property
@@ -179,11 +188,14 @@ class TileGrid:
         """Return (read, crop, write, core) slices of each core along one axis."""
         n, p = self.image_shape[axis], self.padded_shape[axis]
         c, h, t = self.core[axis], self.halo[axis], self.tile_shape[axis]
+        starts = self._starts[axis]
         result = []
-        for a in self._starts[axis]:
+        for i, a in enumerate(starts):
+            # A core ends where the next begins (the first core of a shifted grid is shorter), or at the image end.
+            end = starts[i + 1] if not self.overlap[axis] and i + 1 < len(starts) else a + c
             start = min(max(a - h, 0), p - t)
-            b = min(a + c, n)
-            result.append((slice(start, start + t), slice(a - start, b - start), slice(a, b), slice(a, a + c)))
+            b = min(end, n)
+            result.append((slice(start, start + t), slice(a - start, b - start), slice(a, b), slice(a, end)))
         return result
 
     def tiles(self) -> Iterator[Tile]:
@@ -240,12 +252,12 @@ def _align_overlap(
     return tuple(result)
 
 
-def _core_starts(padded: int, core: int, step: int) -> tuple[int, ...]:
+def _core_starts(padded: int, core: int, step: int, offset: int = 0) -> tuple[int, ...]:
     """Return core origins along one axis: every ``step``; the last one ends at the image border (blend)."""
     if core >= padded:
         return (0,)
     if step == core:  # crop: cores partition the axis; the last one is clipped to the image
-        return tuple(range(0, padded, core))
+        return ((0,) if offset else ()) + tuple(range(offset, padded, core))
     starts = list(range(0, padded - core, step))
     starts.append(padded - core)
     return tuple(starts)

@@ -33,7 +33,8 @@ from seamfree.tiling.grid import Tile, TileGrid, as_axis_tuple, round_up
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
 from seamfree.tiling.receptive import ReceptiveField, measure_receptive_field, model_geometry, suggest_tiling
 
-__all__ = ["PredictConfig", "PredictionReport", "predict", "predict_whole", "read_window"]
+__all__ = ["PredictConfig", "PredictionReport", "check_model_input", "forward_batch", "predict", "predict_tiles",
+           "predict_whole", "read_window", "resolve_activation"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ class PredictConfig:
         Accept a halo smaller than the receptive field (not exact; for demonstrations and comparisons).
     overwrite : bool
         Delete an existing output path first instead of resuming into it.
+    grid_offset : int or tuple
+        Shift of the core boundaries (crop stitching), see :meth:`TileGrid.create`; diagnostics use it to put
+        the seams elsewhere.
     """
 
     core: int | tuple[int, ...] | None = None
@@ -101,6 +105,7 @@ class PredictConfig:
     pinned_core: bool = False
     allow_small_halo: bool = False
     overwrite: bool = False
+    grid_offset: int | tuple[int, ...] = 0
 
     def __post_init__(self) -> None:
         if self.stitching not in ("crop", "blend"):
@@ -156,7 +161,8 @@ def read_window(source: ImageSource, window: Sequence[slice]) -> np.ndarray:
     return data[(slice(None), *(slice(o, o + w.stop - w.start) for o, w in zip(offsets, window)))]
 
 
-def _resolve_activation(model: nn.Module, activation: Activation) -> str:
+def resolve_activation(model: nn.Module, activation: Activation) -> str:
+    """Return the activation applied to the model output ("auto": sigmoid/softmax for seamfree logits)."""
     if activation != "auto":
         return activation
     config = getattr(model, "config", None)
@@ -178,7 +184,8 @@ def _flips(spatial_dims: int) -> list[tuple[int, ...]]:
     return [combo for r in range(spatial_dims + 1) for combo in itertools.combinations(axes, r)]
 
 
-def _forward(model: nn.Module, batch: np.ndarray, config: PredictConfig, activation: str) -> np.ndarray:
+def forward_batch(model: nn.Module, batch: np.ndarray, config: PredictConfig, activation: str) -> np.ndarray:
+    """Return the activated predictions (N, C_out, *spatial) of a normalized batch, with optional AMP/TTA."""
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(config.device)
     use_amp = config.amp and x.device.type == "cuda"
     flips = _flips(x.dim() - 2) if config.tta else [()]
@@ -193,7 +200,8 @@ def _forward(model: nn.Module, batch: np.ndarray, config: PredictConfig, activat
     return (total / len(flips)).cpu().numpy()
 
 
-def _check_model_input(source: ImageSource, in_channels: int, spatial_dims: int) -> None:
+def check_model_input(source: ImageSource, in_channels: int, spatial_dims: int) -> None:
+    """Raise ShapeError unless the image has the model's number of spatial axes and input channels."""
     if source.spatial_dims != spatial_dims:
         raise ShapeError(
             f"the image has {source.spatial_dims} spatial dimensions (shape {source.shape}), the model expects "
@@ -234,7 +242,7 @@ def _resolve_grid(
         overlap = config.overlap if config.overlap is not None else tuple(round_up(c // 4, s) for c, s in
                                                                           zip(core_t, stride))
     grid = TileGrid.create(source.spatial_shape, core_t, halo, network_stride=stride, overlap=overlap,
-                           pinned=config.pinned_core)
+                           offset=config.grid_offset, pinned=config.pinned_core)
     return grid, rf, int(batch)
 
 
@@ -382,14 +390,14 @@ def _predict_source(model: nn.Module, source: ImageSource, output: Any, config: 
                     progress: bool | Callable[[int], None], report: list[PredictionReport] | None) -> Any:
     started = time.perf_counter()
     dims, in_channels, stride = model_geometry(model)
-    _check_model_input(source, in_channels, dims)
+    check_model_input(source, in_channels, dims)
     normalization = compute_normalization(source, config.normalization)
     was_training = model.training
     model.eval()
     try:
         grid, rf, batch_size = _resolve_grid(model, source, config, stride)
         _check_halo_vs_rf(grid, rf, model, config)
-        activation = _resolve_activation(model, config.activation)
+        activation = resolve_activation(model, config.activation)
         out_channels = _output_channels(model, source, grid, normalization, config, activation)
         stored_channels = 1 if config.output_kind == "mask" else out_channels
         dtype = np.dtype(np.float32 if config.output_kind == "float32" else np.uint8)
@@ -421,7 +429,7 @@ def _output_channels(model: nn.Module, source: ImageSource, grid: TileGrid,
         return int(config_channels)
     first = next(grid.tiles())
     tile = normalization.apply(read_window(source, first.read))[np.newaxis]
-    out = _forward(model, tile, replace(config, tta=False), activation)
+    out = forward_batch(model, tile, replace(config, tta=False), activation)
     if out.shape[2:] != tile.shape[2:]:
         raise ShapeError(
             f"the model's output spatial shape {out.shape[2:]} differs from its input {tile.shape[2:]}; "
@@ -446,19 +454,56 @@ def _run(model: nn.Module, source: ImageSource, grid: TileGrid, target: OutputTa
     else:
         todo = [t for t in grid.tiles() if not target.is_done(t.index)]
     bar = _progress_bar(progress, len(grid), len(grid) - len(todo))
-    stop = threading.Event()
-    with torch.inference_mode():
-        for tiles, batch in _prefetch(source, iter(todo), normalization, batch_size, stop):
-            predictions = _forward(model, batch, config, activation)
-            for tile, prediction in zip(tiles, predictions):
-                if blender is not None:
-                    blender.add(tile, prediction)
-                    continue
-                target.write(tile.write, _convert_output(prediction[(slice(None), *tile.crop)], config))
-                target.mark_done(tile.index)
-            bar(len(tiles))
+    for tiles, predictions in _predict_batches(model, source, todo, normalization, config, activation, batch_size):
+        for tile, prediction in zip(tiles, predictions):
+            if blender is not None:
+                blender.add(tile, prediction)
+                continue
+            target.write(tile.write, _convert_output(prediction[(slice(None), *tile.crop)], config))
+            target.mark_done(tile.index)
+        bar(len(tiles))
     bar(0, close=True)
     return len(todo)
+
+
+def _predict_batches(model: nn.Module, source: ImageSource, tiles: Sequence[Tile],
+                     normalization: IntensityNormalization, config: PredictConfig, activation: str,
+                     batch_size: int) -> Iterator[tuple[list[Tile], np.ndarray]]:
+    """Yield (tiles, predictions of their whole windows) batch by batch, reading ahead in a thread."""
+    stop = threading.Event()
+    with torch.inference_mode():
+        for batch_tiles, batch in _prefetch(source, iter(tiles), normalization, batch_size, stop):
+            yield batch_tiles, forward_batch(model, batch, config, activation)
+
+
+def predict_tiles(
+    model: nn.Module,
+    source: ImageSource,
+    tiles: Sequence[Tile],
+    *,
+    normalization: IntensityNormalization,
+    config: PredictConfig | None = None,
+    batch_size: int = 1,
+) -> Iterator[tuple[Tile, np.ndarray]]:
+    """Yield ``(tile, prediction)`` for each tile: the activated prediction of its whole read window.
+
+    The low-level step of :func:`predict` for callers that choose their own tiles (diagnostics compare
+    overlapping tiles). ``normalization`` must be resolved (see :func:`compute_normalization`); the model is
+    put in eval mode for the duration and restored.
+    """
+    config = config or PredictConfig()
+    if not normalization.resolved:
+        raise ConfigError(f"predict_tiles needs resolved intensity statistics, got {normalization}; "
+                          "call compute_normalization(source, normalization) first")
+    activation = resolve_activation(model, config.activation)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch_tiles, predictions in _predict_batches(model, source, tiles, normalization, config, activation,
+                                                         batch_size):
+            yield from zip(batch_tiles, predictions)
+    finally:
+        model.train(was_training)
 
 
 def _block_id(window: tuple[slice, ...]) -> tuple[int, ...]:
@@ -505,14 +550,14 @@ def predict_whole(
     """
     dims, in_channels, stride = model_geometry(model)
     with open_image(image, spatial_dims=dims, axes=axes) as source:
-        _check_model_input(source, in_channels, dims)
+        check_model_input(source, in_channels, dims)
         normalization = compute_normalization(source, normalization or IntensityNormalization())
         padded = tuple(slice(0, round_up(n, s)) for n, s in zip(source.spatial_shape, stride))
         x = normalization.apply(read_window(source, padded))[np.newaxis]
     was_training = model.training
     model.eval()
     try:
-        out = _forward(model, x, PredictConfig(device=device), _resolve_activation(model, activation))
+        out = forward_batch(model, x, PredictConfig(device=device), resolve_activation(model, activation))
     finally:
         model.train(was_training)
     crop: tuple[int | slice, ...] = (0, slice(None), *(slice(0, n) for n in source.spatial_shape))

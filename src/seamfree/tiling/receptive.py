@@ -26,7 +26,8 @@ from seamfree.errors import ConfigError, ShapeError
 from seamfree.layers.audit import _classify, audit_norms
 from seamfree.tiling.grid import round_up
 
-__all__ = ["ReceptiveField", "TilingSuggestion", "measure_receptive_field", "model_geometry", "suggest_tiling"]
+__all__ = ["ReceptiveField", "TilingSuggestion", "default_memory_budget", "measure_receptive_field", "model_geometry",
+           "suggest_tiling"]
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ def suggest_tiling(
     dims, in_channels, stride = model_geometry(model)
     if len(image_shape) != dims:
         raise ShapeError(f"image_shape {image_shape} has {len(image_shape)} axes, the model is {dims}D")
-    budget = memory_budget or _default_budget(device)
+    budget = memory_budget or default_memory_budget(device)
     bytes_per_voxel = activation_bytes_per_voxel(model, in_channels, stride)
     padded = [round_up(n, s) for n, s in zip(image_shape, stride)]
     counts = [1] * dims
@@ -319,7 +320,8 @@ def suggest_tiling(
     return TilingSuggestion(tuple(core), rf.halo, batch, tuple(tile), int(tile_bytes * batch), ratio)
 
 
-def _default_budget(device: str) -> int:
+def default_memory_budget(device: str) -> int:
+    """Return the default bytes for activations: half the free GPU memory, or min(RAM/4, 4 GiB) on CPU."""
     if device.startswith("cuda") and torch.cuda.is_available():
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free * 0.5)

@@ -1,0 +1,331 @@
+"""``diagnose(model, image)``: will tiling hurt this model on this image, why, and what to do.
+
+Steps: norm audit → receptive field → the image region to work on (all of it up to ``max_voxels``) →
+prediction A on the diagnosis grid → grid B shifted by half a core (tile mismatch) → seam score of A →
+train/eval disparity on training-like batches → exactness of A against one whole-image forward (on the
+largest region that fits in memory) → a plain-language recommendation and a suggested tiling for the image.
+Cost: about two tiled predictions of the region plus one whole forward (``benchmarks/diagnose.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from seamfree.diagnostics.disparity import TrainEvalDisparity, train_eval_disparity
+from seamfree.diagnostics.exactness import ExactnessCheck, exactness_check, whole_forward_crop
+from seamfree.diagnostics.mismatch import TileMismatch, shifted_tiles, tile_mismatch
+from seamfree.diagnostics.recommend import Recommendation, recommend
+from seamfree.diagnostics.seams import SeamScore, seam_score
+from seamfree.errors import ConfigError, ShapeError
+from seamfree.io.readers import open_image
+from seamfree.layers.audit import NormAudit, audit_norms
+from seamfree.metrics import binarize, dice, masks_from_ground_truth
+from seamfree.models.checkpoint import model_metadata
+from seamfree.tiling.grid import TileGrid, as_axis_tuple
+from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
+from seamfree.tiling.predict import (
+    PredictConfig,
+    check_model_input,
+    predict,
+    predict_tiles,
+    read_window,
+    resolve_activation,
+)
+from seamfree.tiling.receptive import (
+    ReceptiveField,
+    TilingSuggestion,
+    default_memory_budget,
+    measure_receptive_field,
+    model_geometry,
+    suggest_tiling,
+)
+
+__all__ = ["DiagnoseConfig", "Diagnosis", "diagnose"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    """Options of :func:`diagnose`.
+
+    Attributes
+    ----------
+    core : int or tuple, optional
+        Core of the diagnosis grid. Default: the core ``predict`` would choose, at most half the region per
+        axis, so that there are seams to look at.
+    halo : "auto", int or tuple
+        Halo; "auto" is the measured receptive-field radius.
+    offset : int or tuple, optional
+        Shift of grid B against grid A (default: half the core).
+    normalization : IntensityNormalization
+        Input intensities (statistics from the whole image, once).
+    patch_size, batch_size : optional
+        Training patch and batch size for TED; default from the checkpoint metadata, else 256 (2D) /
+        64 (3D) per axis and 2.
+    ted_batches : int
+        Number of batches for TED.
+    activation : {"auto", "none", "sigmoid", "softmax"}
+    threshold : float
+        θ for Dice-based indicators.
+    max_voxels : int
+        Larger images are diagnosed on a central region of about this many voxels.
+    region : tuple of (start, stop), optional
+        Explicit region (image coordinates) instead of the central one.
+    memory_budget : int, optional
+        Bytes for the whole-image forward of the exactness check (default as for ``predict``).
+    device : str
+    seed : int
+        Seed of the TED patch positions.
+    """
+
+    core: int | tuple[int, ...] | None = None
+    halo: Literal["auto"] | int | tuple[int, ...] = "auto"
+    offset: int | tuple[int, ...] | None = None
+    normalization: IntensityNormalization = field(default_factory=IntensityNormalization)
+    patch_size: int | tuple[int, ...] | None = None
+    batch_size: int | None = None
+    ted_batches: int = 8
+    activation: Literal["auto", "none", "sigmoid", "softmax"] = "auto"
+    threshold: float = 0.5
+    max_voxels: int = 1 << 24
+    region: tuple[tuple[int, int], ...] | None = None
+    memory_budget: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ted_batches < 1:
+            raise ConfigError(f"ted_batches must be >= 1, got {self.ted_batches}")
+        if not 0.0 < self.threshold < 1.0 and self.activation != "none":
+            raise ConfigError(f"threshold must lie in (0, 1) for probabilities, got {self.threshold}")
+        if self.max_voxels < 1:
+            raise ConfigError(f"max_voxels must be positive, got {self.max_voxels}")
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Everything :func:`diagnose` found; ``to_dict`` is the JSON report (schema in docs/diagnose.md)."""
+
+    name: str
+    audit: NormAudit
+    receptive_field: ReceptiveField
+    geometry: dict[str, Any]
+    tile_mismatch: TileMismatch
+    disparity: TrainEvalDisparity
+    seams: SeamScore
+    exactness: ExactnessCheck
+    recommendation: Recommendation
+    suggested_tiling: TilingSuggestion
+    dice: float | None
+    seconds: dict[str, float]
+    image: np.ndarray = field(repr=False, compare=False)
+    prediction: np.ndarray = field(repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        suggestion = self.suggested_tiling
+        return {
+            "schema_version": SCHEMA_VERSION, "name": self.name, "audit": self.audit.to_dict(),
+            "receptive_field": self.receptive_field.to_dict(), "geometry": self.geometry,
+            "tile_mismatch": self.tile_mismatch.to_dict(), "train_eval_disparity": self.disparity.to_dict(),
+            "seams": self.seams.to_dict(), "exactness": self.exactness.to_dict(),
+            "recommendation": self.recommendation.to_dict(),
+            "suggested_tiling": {"core": list(suggestion.core), "halo": list(suggestion.halo),
+                                 "batch_size": suggestion.batch_size, "compute_ratio": suggestion.compute_ratio},
+            "dice": self.dice, "seconds": self.seconds,
+        }
+
+
+def diagnose(
+    model: nn.Module,
+    image: Any,
+    *,
+    ground_truth: Any = None,
+    config: DiagnoseConfig | None = None,
+    axes: str | None = None,
+    name: str = "model",
+) -> Diagnosis:
+    """Return the diagnosis of ``model`` on ``image``: audit, TM, TED, seam score, exactness, advice.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Segmentation model whose output has the input's spatial shape. Left unchanged (parameters,
+        running statistics, schedule counters, mode).
+    image : array-like or path
+        2D/3D image, ``(C, *spatial)`` or ``spatial``, or a path readable by :func:`open_image`.
+    ground_truth : array-like or path, optional
+        Mask or labels of the image's spatial shape: adds Dice of the tiled prediction and ΔDice to TED.
+    config : DiagnoseConfig, optional
+    axes : str, optional
+        Axis order of ``image`` when it is not channel-first.
+    name : str
+        Label of the model in reports.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from seamfree.models import UNet
+    >>> net = UNet(2, 1, 1, depth=2, features=4, norm="instance")
+    >>> d = diagnose(net, np.random.rand(96, 96), config=DiagnoseConfig(core=32, patch_size=32, ted_batches=1))
+    >>> d.recommendation.verdict, d.disparity.dice
+    ('tiling artifacts', 0.0)
+    """
+    config = config or DiagnoseConfig()
+    dims, in_channels, stride = model_geometry(model)
+    with open_image(image, spatial_dims=dims, axes=axes) as source:
+        check_model_input(source, in_channels, dims)
+        _check_output_shape(model, in_channels, stride, config.device)
+        normalization = compute_normalization(source, config.normalization)
+        window = _region(source.spatial_shape, config)
+        region = read_window(source, window)
+        full_shape = source.spatial_shape
+    gt = _ground_truth(ground_truth, full_shape, window, dims)
+    return _diagnose_region(model, region, window, full_shape, gt, normalization, config, name)
+
+
+def _diagnose_region(model: nn.Module, region: np.ndarray, window: tuple[slice, ...], full_shape: tuple[int, ...],
+                     gt: np.ndarray | None, normalization: IntensityNormalization, config: DiagnoseConfig,
+                     name: str) -> Diagnosis:
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    dims, _, stride = model_geometry(model)
+    audit = audit_norms(model)
+    rf = measure_receptive_field(model, spatial_dims=dims)
+    halo = rf.halo if config.halo == "auto" else as_axis_tuple(config.halo, dims, "halo")
+    seconds["receptive_field"] = _lap(clock)
+    source = open_image(region, spatial_dims=dims)
+    grid_a, grid_b = _grids(model, source.spatial_shape, halo, stride, rf, config)
+    predict_config = PredictConfig(core=grid_a.core, halo=grid_a.halo, normalization=normalization,
+                                   activation=config.activation, threshold=config.threshold,
+                                   device=config.device, allow_small_halo=True, batch_size=1)
+    activation = resolve_activation(model, config.activation)
+    clock = time.perf_counter()
+    first = predict(model, source, config=predict_config)
+    seconds["prediction"] = _lap(clock)
+    second = np.full_like(first, np.nan)
+    for tile, values in predict_tiles(model, source, shifted_tiles(grid_b), normalization=normalization,
+                                      config=predict_config):
+        second[(slice(None), *tile.write)] = values[(slice(None), *tile.crop)]
+    mismatch = tile_mismatch(first, second, grid_a, grid_b, activation=activation, threshold=config.threshold)
+    seconds["tile_mismatch"] = _lap(clock) - seconds["prediction"]
+    clock = time.perf_counter()
+    seams = seam_score(first, grid_a)
+    patch, batch_size = _training_batch(model, dims, config)
+    disparity = train_eval_disparity(model, source, normalization=normalization, patch_size=patch,
+                                     batch_size=batch_size, batches=config.ted_batches, ground_truth=gt,
+                                     config=predict_config, seed=config.seed)
+    seconds["train_eval_disparity"] = _lap(clock)
+    clock = time.perf_counter()
+    budget = config.memory_budget or default_memory_budget(config.device)
+    exactness = exactness_check(model, source, first, config=predict_config,
+                                region=whole_forward_crop(model, source.spatial_shape, budget))
+    seconds["exactness"] = _lap(clock)
+    dice_tiled = None
+    if gt is not None:
+        masks = masks_from_ground_truth(gt, first.shape[0], source.spatial_shape)
+        predicted = binarize(first, activation=activation, threshold=config.threshold)
+        dice_tiled = float(np.mean([dice(predicted[c], masks[c]) for c in range(first.shape[0])]))
+    suggestion = suggest_tiling(model, full_shape, memory_budget=config.memory_budget, device=config.device,
+                                receptive_field=rf)
+    geometry = {
+        "image_shape": list(full_shape), "region": [[w.start, w.stop] for w in window],
+        "core": list(grid_a.core), "halo": list(grid_a.halo), "offset": [c // 2 for c in grid_a.core]
+        if config.offset is None else list(as_axis_tuple(config.offset, dims, "offset")),
+        "tile_shape": list(grid_a.tile_shape), "grid_shape": list(grid_a.grid_shape),
+        "network_stride": list(stride), "compute_ratio": grid_a.compute_ratio,
+        "normalization": normalization.to_dict(), "activation": activation, "threshold": config.threshold,
+    }
+    advice = recommend(audit, rf, grid_a.halo, mismatch, disparity, seams, exactness, suggestion)
+    return Diagnosis(name, audit, rf, geometry, mismatch, disparity, seams, exactness, advice, suggestion,
+                     dice_tiled, seconds, region, first)
+
+
+def _lap(start: float) -> float:
+    return round(time.perf_counter() - start, 3)
+
+
+def _check_output_shape(model: nn.Module, in_channels: int, stride: tuple[int, ...], device: str) -> None:
+    probe = torch.zeros((1, in_channels, *(max(2 * s, 16) for s in stride)), device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(probe)
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.shape[2:] != probe.shape[2:]:
+        shape = tuple(out.shape[2:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ShapeError(
+            f"the model's output spatial shape {shape} differs from its input {tuple(probe.shape[2:])}; "
+            "diagnose (and tiled prediction) need a model that predicts every input voxel, e.g. a U-Net "
+            "with 'same' padding"
+        )
+
+
+def _region(shape: tuple[int, ...], config: DiagnoseConfig) -> tuple[slice, ...]:
+    if config.region is not None:
+        window = tuple(slice(int(a), int(b)) for a, b in config.region)
+        if len(window) != len(shape) or any(not 0 <= w.start < w.stop <= n for w, n in zip(window, shape)):
+            raise ConfigError(f"region {config.region} is not a non-empty box inside the image {shape}; "
+                              f"give one (start, stop) pair per spatial axis")
+        return window
+    if math.prod(shape) <= config.max_voxels:
+        return tuple(slice(0, n) for n in shape)
+    factor = (config.max_voxels / math.prod(shape)) ** (1 / len(shape))
+    extent = [min(n, max(1, int(n * factor))) for n in shape]
+    window = tuple(slice((n - e) // 2, (n - e) // 2 + e) for n, e in zip(shape, extent))
+    logger.info("the image %s is larger than max_voxels: diagnosing the central region %s", shape,
+                [(w.start, w.stop) for w in window])
+    return window
+
+
+def _ground_truth(ground_truth: Any, shape: tuple[int, ...], window: tuple[slice, ...],
+                  dims: int) -> np.ndarray | None:
+    if ground_truth is None:
+        return None
+    with open_image(ground_truth, spatial_dims=dims) as gt_source:
+        if gt_source.spatial_shape != shape:
+            raise ShapeError(f"ground truth has spatial shape {gt_source.spatial_shape}, the image {shape}; "
+                             "pass the mask of this image")
+        gt = gt_source.read(window)
+    return gt[0] if gt.shape[0] == 1 else gt
+
+
+def _grids(model: nn.Module, shape: tuple[int, ...], halo: tuple[int, ...], stride: tuple[int, ...],
+           rf: ReceptiveField, config: DiagnoseConfig) -> tuple[TileGrid, TileGrid]:
+    dims = len(shape)
+    if config.core is None:
+        suggested = suggest_tiling(model, shape, memory_budget=config.memory_budget, device=config.device,
+                                   receptive_field=replace(rf, radius=halo)).core
+        core = tuple(min(c, max(s, n // 2 // s * s)) for c, n, s in zip(suggested, shape, stride))
+    else:
+        core = as_axis_tuple(config.core, dims, "core")
+    grid_a = TileGrid.create(shape, core, halo, network_stride=stride)
+    offset = tuple(c // 2 for c in grid_a.core) if config.offset is None else config.offset
+    grid_b = TileGrid.create(shape, grid_a.core, halo, network_stride=stride, offset=offset)
+    if len(grid_a) < 2 or not shifted_tiles(grid_b):
+        largest = tuple(max(s, (n - 2 * h) // 2 // s * s) for n, h, s in zip(shape, halo, stride))
+        raise ShapeError(
+            f"tile mismatch needs at least two overlapping tiles, but the image region {shape} fits in one tile "
+            f"(core {grid_a.core}, halo {grid_a.halo}); pass a smaller core, e.g. core={largest}, or a larger "
+            f"image (at least {tuple(2 * c + 2 * h for c, h in zip(grid_a.core, grid_a.halo))})"
+        )
+    return grid_a, grid_b
+
+
+def _training_batch(model: nn.Module, dims: int, config: DiagnoseConfig) -> tuple[tuple[int, ...], int]:
+    metadata = model_metadata(model)
+    patch = config.patch_size or metadata.get("patch_size") or (256 if dims == 2 else 64)
+    batch_size = config.batch_size or int(metadata.get("batch_size") or 2)
+    return as_axis_tuple(patch, dims, "patch_size"), batch_size

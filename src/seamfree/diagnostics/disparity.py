@@ -1,0 +1,194 @@
+"""Train/eval disparity (TED): does the model predict differently with batch statistics than with running ones?
+
+Batches are formed like training batches (random patches of the training patch size, the training batch
+size). Each batch is predicted twice: in eval mode (running statistics) and with "train-mode normalization":
+every normalization layer normalizes with the statistics of the current batch, as in training, but no
+running statistic, BatchRenorm schedule counter or weight changes, and dropout stays off. The second pass
+runs on a private copy of the model, so the caller's model is left exactly as it was.
+
+``TED_dice = 1 − Dice(P_train > θ, P_eval > θ)``, ``TED_abs = mean |P_train − P_eval|``, pooled over all
+patches; with ground truth also ``ΔDice = Dice(P_train, GT) − Dice(P_eval, GT)``. Zero by construction for
+norms without running statistics (the same computation in both modes).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from seamfree.errors import ConfigError
+from seamfree.io.readers import ImageSource
+from seamfree.metrics import binarize, dice, masks_from_ground_truth
+from seamfree.tiling.grid import as_axis_tuple
+from seamfree.tiling.normalize import IntensityNormalization
+from seamfree.tiling.predict import PredictConfig, forward_batch, read_window, resolve_activation
+from seamfree.tiling.receptive import model_geometry
+
+__all__ = ["TrainEvalDisparity", "batch_statistics_copy", "train_eval_disparity"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainEvalDisparity:
+    """Train/eval disparity of one model on patches of one image (channel values averaged).
+
+    Attributes
+    ----------
+    dice, abs : float
+        TED_dice and TED_abs.
+    per_channel : list of dict
+    delta_dice : float or None
+        Dice(train-mode, GT) − Dice(eval, GT), with ground truth.
+    dice_train, dice_eval : float or None
+        The two Dice scores against ground truth.
+    patch_size : tuple of int
+    batch_size, batches : int
+    layers_with_running_statistics : int
+        Normalization layers whose behaviour differs between the two modes.
+    """
+
+    dice: float
+    abs: float
+    per_channel: list[dict[str, float]]
+    delta_dice: float | None
+    dice_train: float | None
+    dice_eval: float | None
+    patch_size: tuple[int, ...]
+    batch_size: int
+    batches: int
+    layers_with_running_statistics: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dice": self.dice, "abs": self.abs, "per_channel": self.per_channel,
+                "delta_dice": self.delta_dice, "dice_train": self.dice_train, "dice_eval": self.dice_eval,
+                "patch_size": list(self.patch_size), "batch_size": self.batch_size, "batches": self.batches,
+                "layers_with_running_statistics": self.layers_with_running_statistics}
+
+
+def batch_statistics_copy(model: nn.Module) -> tuple[nn.Module, int]:
+    """Return a copy of ``model`` that normalizes with batch statistics and changes nothing, and a layer count.
+
+    The copy is in train mode with dropout off; every layer with running statistics has momentum 0 (its
+    running statistics stay as they are). Call :func:`_restore_counters` after each forward to undo the step
+    counters that torch increments (BatchRenorm's schedule reads them).
+    """
+    twin = copy.deepcopy(model)
+    twin.train()
+    count = 0
+    for module in twin.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd | nn.Dropout):
+            module.eval()
+        if isinstance(module, _NormBase) and module.track_running_stats:
+            module.momentum = 0.0
+            count += 1
+    return twin, count
+
+
+def _counters(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: buf.clone() for name, buf in model.named_buffers() if name.endswith("num_batches_tracked")}
+
+
+def _restore_counters(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    buffers = dict(model.named_buffers())
+    for name, value in saved.items():
+        buffers[name].copy_(value)
+
+
+def _patch_origins(shape: tuple[int, ...], patch: tuple[int, ...], count: int, seed: int) -> list[tuple[int, ...]]:
+    rng = np.random.default_rng(seed)
+    return [tuple(int(rng.integers(0, n - p + 1)) for n, p in zip(shape, patch)) for _ in range(count)]
+
+
+def _patch_size(model: nn.Module, source: ImageSource, patch_size: int | tuple[int, ...]) -> tuple[int, ...]:
+    dims, _, stride = model_geometry(model)
+    patch = as_axis_tuple(patch_size, dims, "patch_size")
+    fitted = tuple(max(s, min(p, n) // s * s) for p, n, s in zip(patch, source.spatial_shape, stride))
+    if any(f > n for f, n in zip(fitted, source.spatial_shape)):
+        raise ConfigError(
+            f"the image {source.spatial_shape} is smaller than one patch of the network stride {stride}; "
+            "train/eval disparity needs a larger image"
+        )
+    if fitted != patch:
+        logger.info("TED patch size %s adjusted to %s (image %s, network stride %s)", patch, fitted,
+                    source.spatial_shape, stride)
+    return fitted
+
+
+@torch.no_grad()
+def train_eval_disparity(
+    model: nn.Module,
+    source: ImageSource,
+    *,
+    normalization: IntensityNormalization,
+    patch_size: int | tuple[int, ...],
+    batch_size: int = 2,
+    batches: int = 8,
+    ground_truth: np.ndarray | None = None,
+    config: PredictConfig | None = None,
+    seed: int = 0,
+) -> TrainEvalDisparity:
+    """Return the train/eval disparity of ``model`` on random training-like batches of ``source``.
+
+    ``normalization`` must be resolved (global statistics); ``ground_truth`` (spatial shape of the image)
+    adds ΔDice. The model's parameters, buffers and mode are unchanged afterwards.
+    """
+    config = config or PredictConfig()
+    if batch_size < 1 or batches < 1:
+        raise ConfigError(f"batch_size and batches must be >= 1, got {batch_size} and {batches}")
+    patch = _patch_size(model, source, patch_size)
+    activation = resolve_activation(model, config.activation)
+    twin, count = batch_statistics_copy(model)
+    counters = _counters(twin)
+    was_training = model.training
+    model.eval()
+    eval_outputs, train_outputs, truths = [], [], []
+    try:
+        origins = _patch_origins(source.spatial_shape, patch, batch_size * batches, seed)
+        for first in range(0, len(origins), batch_size):
+            windows = [tuple(slice(o, o + p) for o, p in zip(origin, patch))
+                       for origin in origins[first:first + batch_size]]
+            batch = np.stack([normalization.apply(read_window(source, w)) for w in windows])
+            eval_outputs.append(forward_batch(model, batch, config, activation))
+            train_outputs.append(forward_batch(twin, batch, config, activation))
+            _restore_counters(twin, counters)
+            if ground_truth is not None:
+                truths.extend(np.asarray(ground_truth[w]) if ground_truth.ndim == len(patch)
+                              else np.asarray(ground_truth[(slice(None), *w)]) for w in windows)
+    finally:
+        model.train(was_training)
+    p_eval = np.concatenate(eval_outputs)
+    p_train = np.concatenate(train_outputs)
+    return _summarize(p_train, p_eval, truths, activation, config.threshold, patch, batch_size, batches, count)
+
+
+def _summarize(p_train: np.ndarray, p_eval: np.ndarray, truths: list[np.ndarray], activation: str,
+               threshold: float, patch: tuple[int, ...], batch_size: int, batches: int,
+               count: int) -> TrainEvalDisparity:
+    channels = p_eval.shape[1]
+    # Pool all patches into one (C, N·patch) array so that Dice is computed over every voxel at once.
+    train_flat = np.moveaxis(p_train, 1, 0).reshape(channels, -1)
+    eval_flat = np.moveaxis(p_eval, 1, 0).reshape(channels, -1)
+    m_train = binarize(train_flat, activation=activation, threshold=threshold)
+    m_eval = binarize(eval_flat, activation=activation, threshold=threshold)
+    per_channel = [{"dice": 1.0 - dice(m_train[c], m_eval[c]),
+                    "abs": float(np.abs(train_flat[c] - eval_flat[c]).mean(dtype=np.float64))}
+                   for c in range(channels)]
+    delta = dice_train = dice_eval = None
+    if truths:
+        gt = np.concatenate([masks_from_ground_truth(t, channels, patch).reshape(channels, -1) for t in truths],
+                            axis=1)
+        dice_train = float(np.mean([dice(m_train[c], gt[c]) for c in range(channels)]))
+        dice_eval = float(np.mean([dice(m_eval[c], gt[c]) for c in range(channels)]))
+        delta = dice_train - dice_eval
+    return TrainEvalDisparity(
+        float(np.mean([pc["dice"] for pc in per_channel])), float(np.mean([pc["abs"] for pc in per_channel])),
+        per_channel, delta, dice_train, dice_eval, patch, batch_size, batches, count,
+    )

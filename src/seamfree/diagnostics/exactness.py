@@ -1,0 +1,98 @@
+"""Exactness check: tiled prediction against one whole-image forward on a region that fits in memory."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from seamfree.io.readers import ImageSource
+from seamfree.metrics import binarize
+from seamfree.tiling.normalize import IntensityNormalization
+from seamfree.tiling.predict import PredictConfig, predict, predict_whole, read_window
+from seamfree.tiling.receptive import activation_bytes_per_voxel, model_geometry
+
+__all__ = ["ExactnessCheck", "exactness_check", "whole_forward_crop"]
+
+logger = logging.getLogger(__name__)
+
+# Float32 results of different but mathematically equal convolutions differ by rounding only.
+EXACT_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class ExactnessCheck:
+    """Tiled vs whole-image prediction on ``region``.
+
+    Attributes
+    ----------
+    max_abs, mean_abs : float
+        Max and mean |tiled − whole| over the region and channels.
+    flips : float
+        Fraction of voxels whose binarized prediction differs.
+    exact : bool
+        ``max_abs <= tolerance``.
+    region : tuple of slice
+        Where it was checked (image coordinates).
+    """
+
+    max_abs: float
+    mean_abs: float
+    flips: float
+    exact: bool
+    tolerance: float
+    region: tuple[slice, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_abs": self.max_abs, "mean_abs": self.mean_abs, "flips": self.flips, "exact": self.exact,
+                "tolerance": self.tolerance, "region": [[s.start, s.stop] for s in self.region]}
+
+
+def whole_forward_crop(model: nn.Module, spatial_shape: tuple[int, ...], memory_budget: int) -> tuple[slice, ...]:
+    """Return the largest origin-anchored region whose whole-image forward fits ``memory_budget`` bytes."""
+    _, in_channels, stride = model_geometry(model)
+    per_voxel = activation_bytes_per_voxel(model, in_channels, stride)
+    shape = list(spatial_shape)
+    while math.prod(shape) * per_voxel > memory_budget and max(shape) > 2 * max(stride):
+        axis = int(np.argmax(shape))
+        shape[axis] = max(stride[axis], shape[axis] // 2 // stride[axis] * stride[axis])
+    return tuple(slice(0, s) for s in shape)
+
+
+def exactness_check(
+    model: nn.Module,
+    source: ImageSource,
+    tiled: np.ndarray | None,
+    *,
+    config: PredictConfig,
+    region: tuple[slice, ...] | None = None,
+    tolerance: float = EXACT_TOLERANCE,
+) -> ExactnessCheck:
+    """Return how far tiled prediction is from the whole-image forward on ``region``.
+
+    ``tiled`` is the tiled prediction of the whole ``source`` when the caller has it and ``region`` is the
+    whole image (no second tiled run is needed); otherwise the region is predicted tiled with ``config``.
+    ``config.normalization`` must be resolved, so that the region is normalized like the whole image.
+    """
+    whole_region = tuple(slice(0, n) for n in source.spatial_shape)
+    region = region or whole_region
+    crop = read_window(source, region)
+    normalization: IntensityNormalization = config.normalization
+    whole = predict_whole(model, crop, normalization=normalization, activation=config.activation,
+                          device=config.device)
+    if tiled is None or region != whole_region:
+        tiled = predict(model, crop, config=config)
+    else:
+        tiled = tiled[(slice(None), *region)]
+    difference = np.abs(tiled - whole)
+    activation = "softmax" if config.activation == "softmax" else "sigmoid"
+    flips = float(np.mean(binarize(tiled, activation=activation, threshold=config.threshold)
+                          != binarize(whole, activation=activation, threshold=config.threshold)))
+    max_abs = float(difference.max())
+    logger.info("exactness on %s: max |tiled − whole| %.2e", [(s.start, s.stop) for s in region], max_abs)
+    return ExactnessCheck(max_abs, float(difference.mean(dtype=np.float64)), flips, max_abs <= tolerance,
+                          tolerance, region)
