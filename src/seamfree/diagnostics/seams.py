@@ -3,9 +3,12 @@
 For every seam (a core boundary inside the image) along every axis, the jump of the prediction across it,
 ``|P[b] − P[b − 1]|``, is compared with the same finite difference on every other line parallel to it::
 
-    seam score = mean |jump| on seam lines / mean |jump| on all other lines
+    seam score = mean |jump| on seam lines / mean |jump| on the other lines of the same stride phase
 
-averaged over channels. About 1 means seamless (the seams look like any other place of the image); a
+averaged over channels. Only lines at the same position modulo the network stride are compared: a pooling
+network's output has a faint periodic pattern with the period of its stride (the pooling grid), and seams,
+being stride-aligned, always sit at the same phase of it; comparing with every line would call that pattern
+a seam. About 1 means seamless (the seams look like any other place of the image); a
 tile-dependent model gives clearly more. The seam map holds each seam voxel's jump (0 elsewhere).
 """
 
@@ -78,9 +81,12 @@ def seam_score(prediction: np.ndarray, grid: TileGrid) -> SeamScore:
         lines = np.array(seam_positions(grid, axis), dtype=int) - 1
         is_seam = np.zeros(jumps.shape[axis], dtype=bool)
         is_seam[lines] = True
+        stride = grid.network_stride[axis]
+        same_phase = (np.arange(jumps.shape[axis]) + 1) % stride == 0  # jump k is between voxels k and k + 1
+        interior = same_phase & ~is_seam
         line_means = jumps.mean(axis=tuple(a for a in range(jumps.ndim) if a != axis), dtype=np.float64)
-        seam_sum_axis, interior_sum_axis = float(line_means[is_seam].sum()), float(line_means[~is_seam].sum())
-        n_seam, n_interior = int(is_seam.sum()), int((~is_seam).sum())
+        seam_sum_axis, interior_sum_axis = float(line_means[is_seam].sum()), float(line_means[interior].sum())
+        n_seam, n_interior = int(is_seam.sum()), int(interior.sum())
         seams += n_seam
         seam_sum += seam_sum_axis
         seam_count += n_seam

@@ -1,0 +1,65 @@
+"""``seamfree demo``: the newcomer's first command. No download, no GPU, a few minutes on a laptop CPU.
+
+It trains two identical small 2D U-Nets on synthetic nuclei images, one with InstanceNorm and one with
+BatchRenorm, then predicts a larger synthetic image tiled with both and writes one diagnosis report with the
+two side by side. The images contain what exposes per-tile normalization: a background gradient, an empty
+region, bright debris and a brightness shift between the two halves. Expected: InstanceNorm shows seams
+(positive tile mismatch), BatchRenorm is seamless (tile mismatch at floating-point noise) with a small
+train/eval disparity.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from seamfree.data.synthetic import SyntheticSpec, synthetic_image
+from seamfree.diagnostics.diagnose import DiagnoseConfig, Diagnosis, diagnose
+from seamfree.diagnostics.report import write_report
+from seamfree.models.checkpoint import load_model
+from seamfree.training.config import load_config
+from seamfree.training.loop import train
+
+__all__ = ["DemoResult", "run_demo"]
+
+logger = logging.getLogger(__name__)
+
+DEMO_CONDITIONS = {"object_size": 7.0, "gradient": 0.6, "empty_fraction": 0.15, "debris": 6, "region_shift": 0.4}
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Where the demo wrote its report, and the two diagnoses."""
+
+    report: Path
+    diagnoses: tuple[Diagnosis, ...]
+
+
+def run_demo(out_dir: str | Path = "seamfree-demo", *, iterations: int = 400, image_size: int = 1024,
+             core: int = 128, seed: int = 0, progress: bool = False) -> DemoResult:
+    """Train the InstanceNorm and BatchRenorm U-Nets, diagnose both on a large image; return the report path."""
+    out = Path(out_dir)
+    diagnoses = []
+    image, mask = synthetic_image((image_size, image_size), SyntheticSpec("nuclei", **DEMO_CONDITIONS),
+                                  seed=seed + 10_000)
+    for norm in ("instance", "batchrenorm"):
+        config = load_config(base={
+            "data": {"source": "synthetic", "synthetic_kind": "nuclei", "synthetic_shape": [256, 256],
+                     "synthetic_train": 6, "synthetic_val": 1, "synthetic_options": DEMO_CONDITIONS, "seed": seed},
+            "model": {"depth": 3, "features": 8, "norm": norm,
+                      # a short run: faster-moving running statistics, warm-up over the first 30 %
+                      "norm_options": {"momentum": 0.05} if norm == "batchrenorm" else {}},
+            "training": {"iterations": iterations, "batch_size": 4, "patch_size": [64, 64],
+                         "learning_rate": 3e-3, "validate_every": iterations, "renorm_warmup": 0.3,
+                         "renorm_ramp": 0.3, "seed": seed, "val_core": 128},
+            "output": str(out / f"train-{norm}"),
+        })
+        logger.info("training the %s U-Net (%d iterations)", norm, iterations)
+        result = train(config, progress=progress)
+        model = load_model(result.last)
+        logger.info("diagnosing the %s U-Net on a %d² image", norm, image_size)
+        diagnoses.append(diagnose(model, image, ground_truth=mask, name=f"{norm} U-Net",
+                                  config=DiagnoseConfig(core=core, patch_size=64, batch_size=4, seed=seed)))
+    report = write_report(diagnoses, out / "report")
+    return DemoResult(report, tuple(diagnoses))

@@ -1,0 +1,70 @@
+"""Recalibrate a model's running statistics on target images (the cheap fix for a domain shift)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from seamfree.errors import ConfigError
+from seamfree.io.readers import open_image
+from seamfree.layers.convert import recalibrate_norm
+from seamfree.tiling.grid import as_axis_tuple
+from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
+from seamfree.tiling.predict import read_window
+from seamfree.tiling.receptive import model_geometry
+
+__all__ = ["recalibrate_on_images"]
+
+logger = logging.getLogger(__name__)
+
+
+def recalibrate_on_images(
+    model: nn.Module,
+    images: Sequence[Any],
+    *,
+    patch_size: int | tuple[int, ...],
+    batch_size: int = 4,
+    batches: int = 32,
+    seed: int = 0,
+    device: str = "cpu",
+) -> nn.Module:
+    """Return ``model`` (modified in place) with running statistics re-estimated on patches of ``images``.
+
+    Patches of ``patch_size`` are drawn at random positions (seeded) from every image, each image normalized
+    with its own global intensity statistics as in prediction; the statistics are cumulative averages over
+    ``batches`` batches of ``batch_size``.
+    """
+    if not images:
+        raise ConfigError("recalibration needs at least one image, got none")
+    dims, _, stride = model_geometry(model)
+    patch = as_axis_tuple(patch_size, dims, "patch_size")
+    rng = np.random.default_rng(seed)
+    sources = [open_image(image, spatial_dims=dims) for image in images]
+    try:
+        norms = [compute_normalization(s, IntensityNormalization()) for s in sources]
+        for source in sources:
+            if any(p > n for p, n in zip(patch, source.spatial_shape)) or any(p % s for p, s in zip(patch, stride)):
+                raise ConfigError(f"patch_size {patch} must fit the image {source.spatial_shape} and be a multiple of "
+                                  f"the network stride {stride}")
+
+        def generate() -> Iterator[torch.Tensor]:
+            for _ in range(batches):
+                items = []
+                for _ in range(batch_size):
+                    k = int(rng.integers(len(sources)))
+                    origin = [int(rng.integers(0, n - p + 1)) for n, p in zip(sources[k].spatial_shape, patch)]
+                    window = tuple(slice(o, o + p) for o, p in zip(origin, patch))
+                    items.append(norms[k].apply(read_window(sources[k], window)))
+                yield torch.from_numpy(np.stack(items))
+
+        recalibrate_norm(model, generate(), device=device)
+    finally:
+        for source in sources:
+            source.close()
+    logger.info("recalibrated on %d batches of %d patches %s from %d image(s)", batches, batch_size, patch, len(images))
+    return model

@@ -1,0 +1,103 @@
+"""diagnose: bad input, the JSON/HTML report, the CLI, and the report as a browser renders it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from seamfree.cli.main import main
+from seamfree.diagnostics import DiagnoseConfig, diagnose
+from seamfree.diagnostics.report import check_rendering, find_chromium, write_report
+from seamfree.errors import ShapeError
+from seamfree.models import UNet, save_model
+from seamfree.testing import randomize_norm_statistics
+
+FAST = DiagnoseConfig(core=48, patch_size=32, batch_size=2, ted_batches=2)
+
+
+class Shrinking(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3)  # no padding: the output is smaller than the input
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_output_shape_differing_from_input_is_a_clear_error(rng):
+    with pytest.raises(ShapeError, match="output spatial shape .* differs from its input"):
+        diagnose(Shrinking(), rng.random((96, 96)), config=FAST)
+
+
+def test_image_too_small_for_two_overlapping_tiles(rng):
+    net = UNet(2, 1, 1, depth=2, features=4, norm="instance")
+    with pytest.raises(ShapeError, match="at least two overlapping tiles.*pass a smaller core"):
+        diagnose(net, rng.random((40, 40)), config=DiagnoseConfig(core=64, patch_size=32))
+
+
+def test_ground_truth_of_another_shape_is_an_error(rng):
+    net = UNet(2, 1, 1, depth=2, features=4, norm="batch")
+    with pytest.raises(ShapeError, match="ground truth has spatial shape"):
+        diagnose(net, rng.random((96, 96)), ground_truth=np.zeros((90, 96)), config=FAST)
+
+
+@pytest.fixture(scope="module")
+def two_diagnoses():
+    rng = np.random.default_rng(1)
+    image = rng.normal(0, 1, size=(160, 160)).astype(np.float32)
+    image[:70, :70] += 3
+    truth = (image > 1).astype(np.uint8)
+    out = []
+    for norm in ("instance", "batchrenorm"):
+        torch.manual_seed(0)
+        net = randomize_norm_statistics(UNet(2, 1, 1, depth=2, features=4, norm=norm)).eval()
+        out.append(diagnose(net, image, ground_truth=truth, config=FAST, name=f"{norm} net"))
+    return out
+
+
+def test_report_json_follows_the_documented_schema(two_diagnoses, tmp_path):
+    page = write_report(two_diagnoses, tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["schema_version"] == 1 and len(data["diagnoses"]) == 2
+    first = data["diagnoses"][0]
+    for key in ("audit", "receptive_field", "geometry", "tile_mismatch", "train_eval_disparity", "seams",
+                "exactness", "recommendation", "suggested_tiling", "dice", "seconds"):
+        assert key in first, key
+    assert first["tile_mismatch"]["dice"] > 0 and data["diagnoses"][1]["tile_mismatch"]["abs"] == 0
+    assert first["dice"] is not None and first["train_eval_disparity"]["delta_dice"] is not None
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") == 9  # 4 figures per model + the indicator bars
+    assert "instance net" in html and "batchrenorm net" in html and "InstanceNorm2d" in html
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir())[0] == "batchrenorm-net_input.png"
+
+
+def test_report_renders_in_headless_chromium(two_diagnoses, tmp_path):
+    if find_chromium() is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+    page = write_report(two_diagnoses, tmp_path)
+    seen = check_rendering(page, tmp_path / "shot.png")
+    assert seen.figures_loaded and seen.figure_count == 9
+    assert seen.nonblank_fraction > 0.05  # a blank or broken page is (almost) all white
+
+
+def test_cli_diagnose_writes_the_report_and_bad_checkpoint_exits_2(tmp_path, rng, capsys):
+    torch.manual_seed(0)
+    model = save_model(UNet(2, 1, 1, depth=2, features=4, norm="batchrenorm"), tmp_path / "m.pt",
+                       metadata={"patch_size": [32, 32], "batch_size": 2})
+    np.save(tmp_path / "image.npy", rng.random((128, 128)).astype(np.float32))
+    code = main(["diagnose", str(model), str(tmp_path / "image.npy"), "--out", str(tmp_path / "rep"),
+                 "--core", "48", "--ted-batches", "1"])
+    assert code == 0
+    assert "report:" in capsys.readouterr().out
+    assert (tmp_path / "rep" / "report.html").exists() and (tmp_path / "rep" / "report.json").exists()
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    code = main(["diagnose", str(tmp_path / "broken.pt"), str(tmp_path / "image.npy"), "--out", str(tmp_path / "x")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "broken.pt" in err and not (tmp_path / "x" / "report.html").exists()
+    code = main(["diagnose", str(model), str(tmp_path / "image.npy"), "--out", str(tmp_path / "y"), "--core", "512"])
+    assert code == 2 and "two overlapping tiles" in capsys.readouterr().err

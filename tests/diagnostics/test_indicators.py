@@ -1,0 +1,127 @@
+"""Tile mismatch, train/eval disparity, seam score and exactness on tiny fixed-weight models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from seamfree.diagnostics import DiagnoseConfig, diagnose, seam_score
+from seamfree.diagnostics.disparity import train_eval_disparity
+from seamfree.diagnostics.mismatch import shifted_tiles
+from seamfree.io import open_image
+from seamfree.layers import set_renorm_schedule
+from seamfree.models import UNet
+from seamfree.testing import randomize_norm_statistics
+from seamfree.tiling import IntensityNormalization, TileGrid
+
+FAST = DiagnoseConfig(core=48, patch_size=32, batch_size=2, ted_batches=2)
+
+
+def _net(norm, depth=2, out=1):
+    torch.manual_seed(0)
+    return randomize_norm_statistics(UNet(2, 1, out, depth=depth, features=4, norm=norm)).eval()
+
+
+@pytest.fixture
+def image(rng):
+    # structure with an atypical region: per-tile statistics differ from tile to tile
+    image = rng.normal(0, 1, size=(160, 176)).astype(np.float32)
+    image[:60, :70] += 4.0
+    return image
+
+
+def test_fixed_statistics_give_tile_mismatch_at_noise_and_exact_tiling(image):
+    for norm in ("none", "batch", "batchrenorm"):
+        d = diagnose(_net(norm), image, config=FAST)
+        assert d.tile_mismatch.abs < 1e-6 and d.tile_mismatch.shifted_abs < 1e-6, norm
+        assert d.tile_mismatch.dice < 1e-3, norm
+        assert d.exactness.exact and d.exactness.max_abs < 1e-5, norm
+        assert d.recommendation.verdict != "tiling artifacts", norm
+
+
+def test_per_tile_statistics_give_clear_mismatch_and_zero_disparity(image):
+    d = diagnose(_net("instance"), image, config=FAST)
+    assert d.tile_mismatch.abs > 1e-3
+    assert d.tile_mismatch.shifted_abs > 1e-3
+    assert d.disparity.dice == 0.0 and d.disparity.abs == 0.0  # the same computation in both modes
+    assert not d.exactness.exact
+    assert d.recommendation.verdict == "tiling artifacts"
+    assert "InstanceNorm2d" in d.recommendation.message and "BatchRenorm" in " ".join(d.recommendation.actions)
+    assert np.nanmax(d.tile_mismatch.map) > 1e-3
+
+
+def test_pairs_cover_exactly_the_compared_voxels(image):
+    d = diagnose(_net("instance"), image, config=FAST)
+    tm = d.tile_mismatch
+    voxels = sum(math.prod(s.stop - s.start for s in pair.block) for pair in tm.pairs)
+    assert voxels == tm.compared_voxels == int(np.isfinite(tm.map).sum())
+    assert len({(p.a, p.b) for p in tm.pairs}) == len(tm.pairs) >= 4
+    assert all(0.0 <= v <= 1.0 for p in tm.pairs for v in p.dice)
+
+
+def test_multichannel_outputs_are_reported_per_channel(image):
+    d = diagnose(_net("instance", out=3), image, config=FAST)
+    assert len(d.tile_mismatch.per_channel) == 3 and len(d.disparity.per_channel) == 3
+    mean = np.mean([c["abs"] for c in d.tile_mismatch.per_channel])
+    assert d.tile_mismatch.abs == pytest.approx(mean)
+
+
+@pytest.mark.parametrize("norm", ["batch", "batchrenorm", "instance_tracked"])
+def test_disparity_leaves_the_model_exactly_as_it_was(norm, image):
+    net = _net(norm)
+    if norm == "batchrenorm":
+        set_renorm_schedule(net, warmup_steps=0, ramp_steps=1)
+        for m in net.modules():
+            if hasattr(m, "num_batches_tracked") and m.num_batches_tracked is not None:
+                m.num_batches_tracked.fill_(7)
+    net.train()  # the caller's mode must come back too
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with open_image(image, spatial_dims=2) as source:
+        ted = train_eval_disparity(net, source, normalization=IntensityNormalization("meanstd", offset=(0.0,),
+                                   scale=(1.0,)), patch_size=32, batch_size=2, batches=3)
+    assert net.training
+    after = net.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+    assert ted.abs > 0  # random running statistics do not match the batches
+    assert ted.layers_with_running_statistics == 10  # 5 conv blocks × 2 norms
+
+
+def test_disparity_with_ground_truth_gives_delta_dice(image):
+    truth = (image > 1.0).astype(np.uint8)
+    with open_image(image, spatial_dims=2) as source:
+        ted = train_eval_disparity(_net("batch"), source, normalization=IntensityNormalization("none"),
+                                   patch_size=32, batch_size=2, batches=2, ground_truth=truth)
+    assert ted.delta_dice == pytest.approx(ted.dice_train - ted.dice_eval)
+
+
+def test_seam_score_sees_steps_at_seams_and_ignores_the_stride_pattern(rng):
+    grid = TileGrid.create((128, 128), 32, 8, network_stride=4)
+    smooth = rng.normal(0, 0.1, size=(1, 128, 128)).astype(np.float32)
+    assert seam_score(smooth, grid).score == pytest.approx(1.0, abs=0.15)
+    periodic = smooth.copy()
+    periodic[:, :, 3::4] += 1.0  # a stride-4 pattern, like a pooling network's, is not a seam
+    periodic[:, 3::4, :] += 1.0
+    assert seam_score(periodic, grid).score == pytest.approx(1.0, abs=0.15)
+    stepped = smooth.copy()
+    for k in range(4):  # every core gets its own offset: visible seams
+        stepped[:, 32 * k:32 * (k + 1), :] += 0.5 * k
+    result = seam_score(stepped, grid)
+    assert result.score > 2 and result.per_axis[0] > 4 and result.per_axis[1] == pytest.approx(1.0, abs=0.15)
+    assert result.map[32].max() > 0.4 and result.map[16, 10] == 0 and result.map[16, 32] > 0
+
+
+def test_shifted_grid_tiles_have_whole_cores():
+    grid = TileGrid.create((200, 120), 64, 16, network_stride=8, offset=32)
+    tiles = shifted_tiles(grid)
+    assert tiles and all(w.stop - w.start == 64 for t in tiles for w in t.write)
+
+
+def test_no_normalization_is_fine_and_said_so(image):
+    d = diagnose(_net("none"), image, config=FAST)
+    assert d.audit.verdict == "no-normalization"
+    assert d.recommendation.verdict == "seamless" and "no normalization" in d.recommendation.message
