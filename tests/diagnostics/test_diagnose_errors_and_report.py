@@ -29,13 +29,13 @@ class Shrinking(nn.Module):
 
 
 def test_output_shape_differing_from_input_is_a_clear_error(rng):
-    with pytest.raises(ShapeError, match="output spatial shape .* differs from its input"):
+    with pytest.raises(ShapeError, match=r"output spatial shape .* differs from its input"):
         diagnose(Shrinking(), rng.random((96, 96)), config=FAST)
 
 
 def test_image_too_small_for_two_overlapping_tiles(rng):
     net = UNet(2, 1, 1, depth=2, features=4, norm="instance")
-    with pytest.raises(ShapeError, match="at least two overlapping tiles.*pass a smaller core"):
+    with pytest.raises(ShapeError, match=r"at least two overlapping tiles.*pass a smaller core"):
         diagnose(net, rng.random((40, 40)), config=DiagnoseConfig(core=64, patch_size=32))
 
 

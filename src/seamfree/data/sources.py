@@ -47,7 +47,8 @@ def _synthetic(config: DataConfig, spatial_dims: int) -> tuple[list[Pair], list[
 
 def _files(images: tuple[str, ...], masks: tuple[str, ...], spatial_dims: int) -> list[Pair]:
     if len(images) != len(masks):
-        raise ConfigError(f"data lists {len(images)} image file(s) but {len(masks)} mask file(s); give one mask per image")
+        raise ConfigError(f"data lists {len(images)} image file(s) but {len(masks)} mask file(s); "
+                          "give one mask per image")
     pairs = []
     for image_path, mask_path in zip(images, masks):
         with open_image(image_path, spatial_dims=spatial_dims) as source:

@@ -145,7 +145,7 @@ def _membranes(shape: tuple[int, ...], spec: SyntheticSpec, rng: np.random.Gener
         lower = [slice(None)] * len(shape)
         lower[axis] = slice(0, -1)
         boundary[tuple(lower)] |= change
-    thickness = max(1, int(round(spacing / 16)))
+    thickness = max(1, round(spacing / 16))
     mask = ndimage.binary_dilation(boundary, iterations=thickness)
     per_cell = rng.uniform(0.55, 0.85, size=label).astype(np.float32)
     image = per_cell[cells]

@@ -23,8 +23,15 @@ from typing import Any, Literal
 from seamfree.errors import ConfigError
 from seamfree.layers.factory import NORM_NAMES
 
-__all__ = ["AugmentConfig", "DataConfig", "ModelConfig", "TrainConfig", "TrainingConfig", "load_config",
-           "config_to_dict"]
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "TrainingConfig",
+    "config_to_dict",
+    "load_config",
+]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from seamfree.errors import ConfigError
 
-__all__ = ["LOSSES", "bce_loss", "dice_loss", "dice_bce_loss", "get_loss"]
+__all__ = ["LOSSES", "bce_loss", "dice_bce_loss", "dice_loss", "get_loss"]
 
 
 def dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
