@@ -117,7 +117,7 @@ def _nuclei(shape: tuple[int, ...], spec: SyntheticSpec, rng: np.random.Generato
         axes = [r * rng.uniform(0.75, 1.25) for _ in shape]
         box = tuple(slice(max(0, int(c - a - 1)), min(n, int(c + a + 2))) for c, a, n in zip(center, axes, shape))
         grids = np.ogrid[box]
-        inside = sum(((g - c) / a) ** 2 for g, c, a in zip(grids, center, axes)) <= 1.0
+        inside = np.asarray(sum(((g - c) / a) ** 2 for g, c, a in zip(grids, center, axes)) <= 1.0)
         brightness = rng.uniform(0.5, 1.0)
         region = image[box]
         region[inside] = np.maximum(region[inside], brightness * (0.85 + 0.15 * rng.random(int(inside.sum()))))

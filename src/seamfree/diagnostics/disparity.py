@@ -149,7 +149,9 @@ def train_eval_disparity(
     counters = _counters(twin)
     was_training = model.training
     model.eval()
-    eval_outputs, train_outputs, truths = [], [], []
+    eval_outputs: list[np.ndarray] = []
+    train_outputs: list[np.ndarray] = []
+    truths: list[np.ndarray] = []
     try:
         origins = _patch_origins(source.spatial_shape, patch, batch_size * batches, seed)
         for first in range(0, len(origins), batch_size):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from seamfree.data.synthetic import SyntheticSpec, synthetic_image
 from seamfree.diagnostics.diagnose import DiagnoseConfig, Diagnosis, diagnose
@@ -25,7 +26,8 @@ __all__ = ["DemoResult", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-DEMO_CONDITIONS = {"object_size": 7.0, "gradient": 0.6, "empty_fraction": 0.15, "debris": 6, "region_shift": 0.4}
+DEMO_CONDITIONS: dict[str, Any] = {"object_size": 7.0, "gradient": 0.3, "empty_fraction": 0.15, "debris": 6,
+                                   "region_shift": 0.15}
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class DemoResult:
     diagnoses: tuple[Diagnosis, ...]
 
 
-def run_demo(out_dir: str | Path = "seamfree-demo", *, iterations: int = 400, image_size: int = 1024,
+def run_demo(out_dir: str | Path = "seamfree-demo", *, iterations: int = 300, image_size: int = 1024,
              core: int = 128, seed: int = 0, progress: bool = False) -> DemoResult:
     """Train the InstanceNorm and BatchRenorm U-Nets, diagnose both on a large image; return the report path."""
     out = Path(out_dir)
