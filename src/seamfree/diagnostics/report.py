@@ -245,9 +245,8 @@ def write_report(diagnoses: Diagnosis | Sequence[Diagnosis], out_dir: str | os.P
         sections.append(_model_section(d, figures))
     bars = _bars_figure(items)
     (out / "figures" / "indicators.png").write_bytes(bars)
-    (out / "report.json").write_text(json.dumps({"schema_version": items[0].to_dict()["schema_version"],
-                                                 "diagnoses": [d.to_dict() for d in items]}, indent=2,
-                                                default=_json_default))
+    document = {"schema_version": items[0].to_dict()["schema_version"], "diagnoses": [d.to_dict() for d in items]}
+    (out / "report.json").write_text(json.dumps(_strict_json(document), indent=2, allow_nan=False))
     title = "seamfree diagnosis: " + ", ".join(d.name for d in items)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style><script>{_LOADED_SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
@@ -260,12 +259,17 @@ def write_report(diagnoses: Diagnosis | Sequence[Diagnosis], out_dir: str | os.P
     return out / "report.html"
 
 
-def _json_default(value: Any) -> Any:
+def _strict_json(value: Any) -> Any:
+    """Return ``value`` with numpy scalars as Python numbers and NaN/inf as null (strict JSON has neither)."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
     if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and math.isnan(value):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
         return None
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+    return value
 
 
 @dataclass(frozen=True)
