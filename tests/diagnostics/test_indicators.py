@@ -125,3 +125,16 @@ def test_no_normalization_is_fine_and_said_so(image):
     d = diagnose(_net("none"), image, config=FAST)
     assert d.audit.verdict == "no-normalization"
     assert d.recommendation.verdict == "seamless" and "no normalization" in d.recommendation.message
+
+
+def test_three_dimensional_volumes_are_diagnosed(rng):
+    torch.manual_seed(0)
+    volume = rng.normal(0, 1, size=(40, 72, 72)).astype(np.float32)
+    volume[:, :30, :30] += 3
+    config = DiagnoseConfig(core=(16, 32, 32), patch_size=(16, 32, 32), batch_size=2, ted_batches=1)
+    for norm, artifacts in (("instance", True), ("batchrenorm", False)):
+        net = randomize_norm_statistics(UNet(3, 1, 1, depth=1, features=2, norm=norm)).eval()
+        d = diagnose(net, volume, config=config)
+        assert (d.tile_mismatch.abs > 1e-3) == artifacts, norm
+        assert d.seams.score is not None and len(d.seams.per_axis) == 3
+        assert d.tile_mismatch.map.shape == volume.shape

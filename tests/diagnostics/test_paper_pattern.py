@@ -56,3 +56,30 @@ def test_batch_renorm_is_seamless_with_far_less_disparity(diagnoses):
     assert d.disparity.abs < 0.5 * bn.disparity.abs
     print({k: (v.tile_mismatch.dice, v.tile_mismatch.abs, v.disparity.dice, v.disparity.abs, v.dice)
            for k, v in diagnoses.items()})
+
+
+@pytest.mark.slow
+def test_the_pattern_holds_on_real_electron_microscopy(data_dir, tmp_path_factory, monkeypatch):
+    """isbi2012 membranes: the same three models, trained briefly on the real sections, diagnosed on a test one."""
+    from seamfree.data.datasets import load_dataset
+
+    monkeypatch.setenv("SEAMFREE_DATA", str(data_dir))
+    image, mask = load_dataset("isbi2012", "test", root=data_dir)[0]
+    found = {}
+    for norm in ("instance", "batch", "batchrenorm"):
+        config = load_config(base={
+            "data": {"source": "isbi2012", "limit": 6},
+            "model": {"depth": 2, "features": 8, "norm": norm,
+                      "norm_options": {"momentum": 0.05} if norm != "instance" else {}},
+            "training": {"iterations": 150, "batch_size": 2, "patch_size": [64, 64], "learning_rate": 3e-3,
+                         "validate_every": 1000, "renorm_warmup": 0.3, "renorm_ramp": 0.3},
+            "output": str(tmp_path_factory.mktemp(f"isbi-{norm}")),
+        })
+        model = load_model(train(config).last)
+        found[norm] = diagnose(model, image, ground_truth=mask, name=norm,
+                               config=DiagnoseConfig(core=128, ted_batches=6))
+    print({k: (v.tile_mismatch.dice, v.tile_mismatch.abs, v.disparity.dice, v.disparity.abs) for k, v in found.items()})
+    assert found["instance"].tile_mismatch.abs > 1e-3 and found["instance"].disparity.abs == 0.0
+    assert found["batch"].tile_mismatch.abs < 1e-6 and found["batch"].disparity.abs > 1e-3
+    assert found["batchrenorm"].tile_mismatch.abs < 1e-6
+    assert found["batchrenorm"].disparity.abs < 0.5 * found["batch"].disparity.abs

@@ -55,6 +55,24 @@ def test_crop_cores_partition_the_image_exactly(geometry):
 
 
 @settings(max_examples=200, deadline=None)
+@given(geometries(), st.integers(0, 40))
+def test_shifted_grids_also_partition_the_image_with_full_context(geometry, offset):
+    shape, core, halo, stride = geometry
+    try:
+        grid = TileGrid.create(shape, core, halo, network_stride=stride, offset=offset)
+    except HaloError:
+        return
+    count = np.zeros(shape, dtype=np.int32)
+    for tile in grid.tiles():
+        count[tile.write] += 1
+        for read, write, s, p, h in zip(tile.read, tile.write, stride, grid.padded_shape, grid.halo):
+            assert read.start % s == 0 and write.start % s == 0
+            assert write.start - read.start >= h or read.start == 0
+            assert read.stop - write.stop >= h or read.stop == p
+    assert (count == 1).all()
+
+
+@settings(max_examples=200, deadline=None)
 @given(geometries(), st.integers(1, 16))
 def test_blend_cores_cover_the_image(geometry, overlap):
     shape, core, halo, stride = geometry

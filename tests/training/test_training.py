@@ -110,3 +110,24 @@ def test_recalibration_on_images_moves_running_statistics(rng):
     assert not net.training and any(float(m.abs().sum()) > 0 for m in means)
     if before is not None:
         assert not torch.equal(before, net.encoders[0].norm1.running_mean)
+
+
+def test_fine_tuning_converts_and_freezes_and_the_cli_trains(tmp_path, capsys):
+    from seamfree.cli.main import main
+    from seamfree.models import UNet, save_model
+
+    torch.manual_seed(0)
+    start = save_model(UNet(2, 1, 1, depth=2, features=4, norm="batch"), tmp_path / "bn.pt")
+    config = tmp_path / "fine.yaml"
+    config.write_text(f"model:\n  checkpoint: {start}\n  convert_norm: batchrenorm\n  freeze_encoder: true\n"
+                      "data:\n  synthetic_shape: [96, 96]\n  synthetic_train: 1\n  synthetic_val: 1\n"
+                      "training:\n  batch_size: 2\n  patch_size: [32, 32]\n  validate_every: 5\n  val_core: 64\n")
+    code = main(["train", str(config), "--iterations", "5", "--out", str(tmp_path / "ft"), "-q"])
+    assert code == 0 and "best validation Dice" in capsys.readouterr().out
+    tuned = load_model(tmp_path / "ft" / "last.pt")
+    original = load_model(start)
+    assert tuned.config["norm"] == "batchrenorm"
+    assert torch.equal(tuned.encoders[0][0].weight, original.encoders[0][0].weight)  # frozen
+    assert not torch.equal(tuned.head.weight, original.head.weight)  # trained
+    assert main(["train", str(config), "--set", "model.norm=batchrenom"]) == 2
+    assert "did you mean 'batchrenorm'" in capsys.readouterr().err
