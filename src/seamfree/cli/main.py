@@ -73,6 +73,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         threshold=args.threshold, pinned_core=args.core is not None and args.pin_core,
         allow_small_halo=args.allow_small_halo, overwrite=args.overwrite,
     )
+    if args.workers or args.scheduler:
+        from seamfree.distributed import ClusterConfig, predict_distributed
+
+        cluster = ClusterConfig(scheduler=args.scheduler, workers=args.workers or 2,
+                                threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
+                                tiles_per_task=args.tiles_per_task, timeout=args.timeout)
+        summary = predict_distributed(args.model, args.image, args.out, config=config, cluster=cluster,
+                                      axes=args.axes, progress=not args.quiet)
+        print(f"wrote {args.out}: {summary.tiles_computed} of {summary.tiles_total} tiles in {summary.tasks} tasks on "
+              f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.voxels_per_second:.3g} voxels/s)")
+        return 0
     report: list[PredictionReport] = []
     predict(model, args.image, args.out, config=config, axes=args.axes, progress=not args.quiet, report=report)
     done = report[0]
@@ -259,6 +270,12 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="delete an existing output instead of resuming")
     p.add_argument("--allow-pickle", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, help="run on a dask LocalCluster with this many worker processes")
+    p.add_argument("--scheduler", help="run on the dask cluster of this scheduler address (tcp://host:8786)")
+    p.add_argument("--threads-per-worker", type=int, default=1)
+    p.add_argument("--memory-limit", default="auto", help="LocalCluster memory per worker, e.g. 1GiB")
+    p.add_argument("--tiles-per-task", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the scheduler")
     p.set_defaults(handler=_cmd_predict)
 
 

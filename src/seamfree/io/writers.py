@@ -21,7 +21,8 @@ import numpy as np
 
 from seamfree.errors import OutputExistsError, ShapeError, require
 
-__all__ = ["ArrayOutput", "OutputTarget", "TiffOutput", "ZarrOutput", "create_output", "output_format"]
+__all__ = ["ArrayOutput", "OutputTarget", "TiffOutput", "ZarrBlockWriter", "ZarrOutput", "create_output",
+           "output_format"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,31 @@ class ZarrOutput(_MarkedOutput):
     def finalize(self) -> Any:
         self.group.attrs["seamfree"] = {"status": "complete"}
         return self.array
+
+
+class ZarrBlockWriter(_MarkedOutput):
+    """Write access to an existing seamfree OME-Zarr output from another process (a dask worker).
+
+    The driver creates the output and its fingerprint (:class:`ZarrOutput`); workers only write the chunks of
+    their blocks and the blocks' done markers, and never change the metadata.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        zarr = require("zarr", "zarr")
+        self.path = Path(path)
+        self.marker_root = self.path / MARKER_DIR
+        try:
+            group = zarr.open_group(str(self.path), mode="r+")  # type: ignore[attr-defined]
+            self.array = group["0"]
+        except Exception as exc:
+            raise OutputExistsError(f"cannot open the output {str(self.path)!r} for writing on this worker: {exc}; "
+                                    "the output must be on storage every worker can reach") from exc
+        self.shape = tuple(self.array.shape)
+        self.dtype = np.dtype(self.array.dtype)
+
+    @property
+    def location(self) -> Path:
+        return self.path
 
 
 def _ome_metadata(spatial_dims: int, scale: tuple[float, ...] | None) -> dict[str, Any]:

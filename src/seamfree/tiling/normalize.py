@@ -22,7 +22,7 @@ import numpy as np
 from seamfree.errors import ConfigError, DataError
 from seamfree.io.readers import ImageSource
 
-__all__ = ["IntensityNormalization", "compute_normalization", "iter_blocks"]
+__all__ = ["BlockStatistics", "IntensityNormalization", "compute_normalization", "iter_blocks"]
 
 Method = Literal["percentile", "meanstd", "none", "per_tile"]
 METHODS = ("percentile", "meanstd", "none", "per_tile")
@@ -121,45 +121,76 @@ def compute_normalization(
     normalization = normalization or IntensityNormalization()
     if normalization.resolved:
         return normalization
-    channels = source.shape[0]
-    total = math.prod(source.spatial_shape)
-    exact_histogram = source.dtype in (np.dtype("uint8"), np.dtype("uint16"), np.dtype("bool"))
-    stride = max(1, total // max_samples)
-    sums = np.zeros(channels)
-    squares = np.zeros(channels)
-    histograms = [np.zeros(1 << 16, dtype=np.int64) for _ in range(channels)] if exact_histogram else None
-    samples: list[np.ndarray] = []
+    statistics = BlockStatistics.for_source(source, max_samples)
     for window in iter_blocks(source):
-        block = source.read(window).reshape(channels, -1)
+        statistics.add(source, window)
+    return statistics.finish(normalization)
+
+
+class BlockStatistics:
+    """Per-channel intensity statistics accumulated block by block (sums, histogram or sample).
+
+    ``add`` one block at a time, or ``merge`` the statistics of single blocks computed elsewhere (a dask
+    worker) in block order: the result is then identical to one sequential pass.
+    """
+
+    def __init__(self, channels: int, total: int, exact_histogram: bool, stride: int) -> None:
+        self.channels, self.total, self.stride = channels, total, stride
+        self.sums = np.zeros(channels)
+        self.squares = np.zeros(channels)
+        self.histograms = np.zeros((channels, 1 << 16), dtype=np.int64) if exact_histogram else None
+        self.samples: list[np.ndarray] = []
+
+    @classmethod
+    def for_source(cls, source: ImageSource, max_samples: int = 4_000_000) -> BlockStatistics:
+        """Return empty statistics for ``source`` (exact histograms for 8/16-bit images)."""
+        total = math.prod(source.spatial_shape)
+        exact = source.dtype in (np.dtype("uint8"), np.dtype("uint16"), np.dtype("bool"))
+        return cls(source.shape[0], total, exact, max(1, total // max_samples))
+
+    def add(self, source: ImageSource, window: tuple[slice, ...]) -> None:
+        """Add the voxels of ``window``; DataError naming the block if it holds NaN or Inf."""
+        block = source.read(window).reshape(self.channels, -1)
         if block.dtype.kind == "f" and not np.isfinite(block).all():
             raise DataError(
                 f"the input {source.where} contains NaN or Inf values in the region {window}; "
                 "clean or mask them before prediction (e.g. numpy.nan_to_num)"
             )
         values = block.astype(np.float64)
-        sums += values.sum(axis=1)
-        squares += np.square(values).sum(axis=1)
-        if histograms is not None:
-            for c in range(channels):
-                histograms[c][: 1 << 16] += np.bincount(block[c].astype(np.int64), minlength=1 << 16)[: 1 << 16]
+        self.sums += values.sum(axis=1)
+        self.squares += np.square(values).sum(axis=1)
+        if self.histograms is not None:
+            for c in range(self.channels):
+                self.histograms[c] += np.bincount(block[c].astype(np.int64), minlength=1 << 16)[: 1 << 16]
         else:
-            samples.append(block[:, ::stride].astype(np.float32))
-    mean = sums / total
-    std = np.sqrt(np.maximum(squares / total - mean**2, 0.0))
-    if normalization.method == "meanstd":
-        offset, scale = mean, np.maximum(std, 1e-6)
-    else:
-        if histograms is not None:
-            lo = np.array([_histogram_percentile(h, normalization.low) for h in histograms])
-            hi = np.array([_histogram_percentile(h, normalization.high) for h in histograms])
+            self.samples.append(block[:, ::self.stride].astype(np.float32))
+
+    def merge(self, other: BlockStatistics) -> None:
+        """Add statistics computed on other blocks."""
+        self.sums += other.sums
+        self.squares += other.squares
+        if self.histograms is not None and other.histograms is not None:
+            self.histograms += other.histograms
+        self.samples.extend(other.samples)
+
+    def finish(self, normalization: IntensityNormalization) -> IntensityNormalization:
+        """Return ``normalization`` with the offset and scale these statistics give."""
+        mean = self.sums / self.total
+        std = np.sqrt(np.maximum(self.squares / self.total - mean**2, 0.0))
+        if normalization.method == "meanstd":
+            offset, scale = mean, np.maximum(std, 1e-6)
         else:
-            sample = np.concatenate(samples, axis=1)
-            lo, hi = np.percentile(sample, [normalization.low, normalization.high], axis=1)
-        offset, scale = lo, np.maximum(hi - lo, 1e-6)
-    return IntensityNormalization(
-        normalization.method, normalization.low, normalization.high,
-        tuple(float(v) for v in offset), tuple(float(v) for v in scale),
-    )
+            if self.histograms is not None:
+                lo = np.array([_histogram_percentile(h, normalization.low) for h in self.histograms])
+                hi = np.array([_histogram_percentile(h, normalization.high) for h in self.histograms])
+            else:
+                sample = np.concatenate(self.samples, axis=1)
+                lo, hi = np.percentile(sample, [normalization.low, normalization.high], axis=1)
+            offset, scale = lo, np.maximum(hi - lo, 1e-6)
+        return IntensityNormalization(
+            normalization.method, normalization.low, normalization.high,
+            tuple(float(v) for v in offset), tuple(float(v) for v in scale),
+        )
 
 
 def _histogram_percentile(histogram: np.ndarray, q: float) -> float:

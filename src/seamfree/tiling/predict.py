@@ -33,8 +33,20 @@ from seamfree.tiling.grid import Tile, TileGrid, as_axis_tuple, round_up
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
 from seamfree.tiling.receptive import ReceptiveField, measure_receptive_field, model_geometry, suggest_tiling
 
-__all__ = ["PredictConfig", "PredictionReport", "check_model_input", "forward_batch", "predict", "predict_tiles",
-           "predict_whole", "read_window", "resolve_activation"]
+__all__ = [
+    "PredictConfig",
+    "PredictionPlan",
+    "PredictionReport",
+    "check_model_input",
+    "forward_batch",
+    "plan_prediction",
+    "predict",
+    "predict_tiles",
+    "predict_whole",
+    "read_window",
+    "resolve_activation",
+    "write_tiles",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -386,12 +398,31 @@ def predict(
             source.close()
 
 
-def _predict_source(model: nn.Module, source: ImageSource, output: Any, config: PredictConfig,
-                    progress: bool | Callable[[int], None], report: list[PredictionReport] | None) -> Any:
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class PredictionPlan:
+    """Everything decided before the first tile runs: geometry, statistics, output layout, fingerprint.
+
+    Made by :func:`plan_prediction`; shared by :func:`predict` and the distributed runner, so that both write
+    the same output (and either can resume the other's).
+    """
+
+    grid: TileGrid
+    receptive_field: ReceptiveField | None
+    batch_size: int
+    activation: str
+    out_channels: int
+    normalization: IntensityNormalization
+    fingerprint: dict[str, Any]
+    output_shape: tuple[int, ...]
+    output_dtype: np.dtype
+
+
+def plan_prediction(model: nn.Module, source: ImageSource, config: PredictConfig,
+                    normalization: IntensityNormalization | None = None) -> PredictionPlan:
+    """Return the plan of a tiled prediction of ``source`` (``normalization``: statistics already computed)."""
     dims, in_channels, stride = model_geometry(model)
     check_model_input(source, in_channels, dims)
-    normalization = compute_normalization(source, config.normalization)
+    normalization = normalization or compute_normalization(source, config.normalization)
     was_training = model.training
     model.eval()
     try:
@@ -399,15 +430,47 @@ def _predict_source(model: nn.Module, source: ImageSource, output: Any, config: 
         _check_halo_vs_rf(grid, rf, model, config)
         activation = resolve_activation(model, config.activation)
         out_channels = _output_channels(model, source, grid, normalization, config, activation)
-        stored_channels = 1 if config.output_kind == "mask" else out_channels
-        dtype = np.dtype(np.float32 if config.output_kind == "float32" else np.uint8)
-        target = create_output(
-            output, shape=(stored_channels, *source.spatial_shape), dtype=dtype, chunks=grid.core,
-            fingerprint=_fingerprint(source, model, config, grid, normalization, activation),
-            scale=source.scale, overwrite=config.overwrite,
-        )
-        computed = _run(model, source, grid, target, normalization, config, activation, batch_size,
-                        out_channels, progress)
+    finally:
+        model.train(was_training)
+    stored_channels = 1 if config.output_kind == "mask" else out_channels
+    dtype = np.dtype(np.float32 if config.output_kind == "float32" else np.uint8)
+    return PredictionPlan(grid, rf, batch_size, activation, out_channels, normalization,
+                          _fingerprint(source, model, config, grid, normalization, activation),
+                          (stored_channels, *source.spatial_shape), dtype)
+
+
+def write_tiles(model: nn.Module, source: ImageSource, tiles: Sequence[Tile], target: OutputTarget,
+                plan: PredictionPlan, config: PredictConfig) -> int:
+    """Predict ``tiles`` (crop stitching), write each core and mark it done; return how many were written.
+
+    Tiles already marked done are skipped, so a block of tiles can be retried after any interruption.
+    """
+    todo = [t for t in tiles if not target.is_done(t.index)]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch_tiles, predictions in _predict_batches(model, source, todo, plan.normalization, config,
+                                                         plan.activation, plan.batch_size):
+            for tile, prediction in zip(batch_tiles, predictions):
+                target.write(tile.write, _convert_output(prediction[(slice(None), *tile.crop)], config))
+                target.mark_done(tile.index)
+    finally:
+        model.train(was_training)
+    return len(todo)
+
+
+def _predict_source(model: nn.Module, source: ImageSource, output: Any, config: PredictConfig,
+                    progress: bool | Callable[[int], None], report: list[PredictionReport] | None) -> Any:
+    started = time.perf_counter()
+    plan = plan_prediction(model, source, config)
+    grid = plan.grid
+    target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=grid.core,
+                           fingerprint=plan.fingerprint, scale=source.scale, overwrite=config.overwrite)
+    was_training = model.training
+    model.eval()
+    try:
+        computed = _run(model, source, grid, target, plan.normalization, config, plan.activation, plan.batch_size,
+                        plan.out_channels, progress)
         result = target.finalize()
     finally:
         model.train(was_training)
@@ -415,8 +478,8 @@ def _predict_source(model: nn.Module, source: ImageSource, output: Any, config: 
     logger.info("predicted %d of %d tiles (core %s, halo %s) in %.1f s", computed, len(grid), grid.core,
                 grid.halo, seconds)
     if report is not None:
-        report.append(PredictionReport(grid, rf, normalization, len(grid), computed, seconds, batch_size,
-                                       activation))
+        report.append(PredictionReport(grid, plan.receptive_field, plan.normalization, len(grid), computed, seconds,
+                                       plan.batch_size, plan.activation))
     return result
 
 

@@ -1,0 +1,164 @@
+"""Distributed prediction: equals single-process prediction, resumes after kills, survives a lost worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("distributed")
+zarr = pytest.importorskip("zarr")
+
+from seamfree.distributed import ClusterConfig, predict_distributed  # noqa: E402
+from seamfree.errors import ConfigError, DataError, OutputExistsError  # noqa: E402
+from seamfree.models import UNet, save_model  # noqa: E402
+from seamfree.testing import randomize_norm_statistics  # noqa: E402
+from seamfree.tiling import IntensityNormalization, PredictConfig, predict  # noqa: E402
+
+CONFIG = PredictConfig(core=(8, 32, 32), batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dask")
+    torch.manual_seed(0)
+    net = randomize_norm_statistics(UNet(3, 1, 2, depth=1, features=4, norm="batchrenorm")).eval()
+    model = save_model(net, folder / "model.pt")
+    rng = np.random.default_rng(0)
+    volume = rng.normal(100, 20, size=(24, 96, 128)).astype(np.float32)
+    array = zarr.create_array(str(folder / "volume.zarr"), shape=volume.shape, chunks=(8, 32, 32), dtype="f4")
+    array[:] = volume
+    reference = predict(net, volume, config=CONFIG)
+    return folder, model, reference
+
+
+def _output(path):
+    group = zarr.open_group(str(path), mode="r")
+    return group.attrs["seamfree"]["status"], np.asarray(group["0"][:])
+
+
+def test_two_workers_give_the_single_process_result_bitwise(inputs, tmp_path):
+    folder, model, reference = inputs
+    report = predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr", config=CONFIG,
+                                 cluster=ClusterConfig(workers=2, tiles_per_task=3))
+    status, result = _output(tmp_path / "out.zarr")
+    assert status == "complete" and report.tiles_computed == report.tiles_total > 4 and report.workers == 2
+    np.testing.assert_array_equal(result, reference)
+    again = predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr", config=CONFIG,
+                                cluster=ClusterConfig(workers=1))
+    assert again.tiles_computed == 0  # everything was marked done: nothing to redo
+    # the same output can be resumed by the single-process engine and vice versa: one fingerprint
+    predict(_load(model), str(folder / "volume.zarr"),
+            tmp_path / "out.zarr", config=CONFIG)
+
+
+def _load(path):
+    from seamfree.models import load_model
+
+    return load_model(path)
+
+
+def test_distributed_statistics_equal_the_sequential_pass(inputs, tmp_path):
+    folder, model, _ = inputs
+    config = PredictConfig(core=(8, 32, 32), batch_size=1, normalization=IntensityNormalization("meanstd"))
+    predict_distributed(model, folder / "volume.zarr", tmp_path / "a.zarr", config=config,
+                        cluster=ClusterConfig(workers=2))
+    single = predict(_load(model), str(folder / "volume.zarr"), config=config)
+    np.testing.assert_array_equal(_output(tmp_path / "a.zarr")[1], single)
+
+
+def test_losing_a_worker_mid_run_still_gives_identical_output(inputs, tmp_path):
+    from distributed import Client, LocalCluster
+
+    folder, model, reference = inputs
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+
+        def kill_one():
+            marker = tmp_path / "out.zarr" / ".seamfree" / "done"
+            deadline = time.time() + 60
+            while time.time() < deadline and not (marker.exists() and any(marker.iterdir())):
+                time.sleep(0.05)
+            os.kill(pids[0], signal.SIGKILL)  # mid-run: some tiles are done, most are not
+
+        killer = threading.Thread(target=kill_one)
+        killer.start()
+        predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr", config=CONFIG,
+                            cluster=ClusterConfig(scheduler=cluster.scheduler_address, tiles_per_task=1))
+        killer.join()
+    status, result = _output(tmp_path / "out.zarr")
+    assert status == "complete"
+    np.testing.assert_array_equal(result, reference)
+
+
+def test_bad_input_is_refused_clearly(inputs, tmp_path):
+    folder, model, _ = inputs
+    started = time.perf_counter()
+    with pytest.raises(DataError, match="could not reach the dask scheduler"):
+        predict_distributed(model, folder / "volume.zarr", tmp_path / "o.zarr", config=CONFIG,
+                            cluster=ClusterConfig(scheduler="tcp://127.0.0.1:1", timeout=3))
+    assert time.perf_counter() - started < 30
+    with pytest.raises(ConfigError, match="path every worker can open"):
+        predict_distributed(model, np.zeros((20, 70, 90)), tmp_path / "o.zarr", config=CONFIG,  # type: ignore[arg-type]
+                            cluster=ClusterConfig(workers=1))
+    with pytest.raises(ConfigError, match="OME-Zarr"):
+        predict_distributed(model, folder / "volume.zarr", tmp_path / "o.tif", config=CONFIG)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root can write anywhere; the check is meaningful otherwise
+            with pytest.raises(OutputExistsError, match="not writable"):
+                predict_distributed(model, folder / "volume.zarr", locked / "o.zarr", config=CONFIG,
+                                    cluster=ClusterConfig(workers=1))
+    finally:
+        locked.chmod(0o700)
+    big = zarr.create_array(str(tmp_path / "big.zarr"), shape=(20, 70, 90), chunks=(20, 70, 90), dtype="f4")
+    big[:] = 1.0
+    with pytest.raises(DataError, match="rechunk"):
+        predict_distributed(model, tmp_path / "big.zarr", tmp_path / "o.zarr",
+                            config=PredictConfig(core=(8, 16, 16), halo=(0, 0, 0), allow_small_halo=True,
+                                                 batch_size=1), cluster=ClusterConfig(workers=1))
+
+
+def test_resume_with_other_settings_is_refused(inputs, tmp_path):
+    folder, model, _ = inputs
+    predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr", config=CONFIG,
+                        cluster=ClusterConfig(workers=1))
+    with pytest.raises(OutputExistsError, match=r"fingerprint|different"):
+        predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr",
+                            config=PredictConfig(core=(8, 32, 32), batch_size=1, tta=True),
+                            cluster=ClusterConfig(workers=1))
+
+
+@pytest.mark.slow
+def test_runs_killed_at_random_moments_resume_to_the_identical_output(inputs, tmp_path):
+    folder, model, reference = inputs
+    rng = np.random.default_rng(7)
+    command = [sys.executable, "-m", "seamfree.cli.main", "predict", str(model), str(folder / "volume.zarr"),
+               str(tmp_path / "out.zarr"), "--workers", "2", "--core", "8,32,32", "--batch-size", "1",
+               "--tiles-per-task", "1", "-q"]
+    for run in range(10):
+        out = tmp_path / "out.zarr"
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(2.0, 9.0)))  # startup, statistics, or somewhere among the tiles
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and its whole LocalCluster
+        process.wait()
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        assert finished.returncode == 0, finished.stderr[-2000:]
+        status, result = _output(out)
+        assert status == "complete", run
+        np.testing.assert_array_equal(result, reference, err_msg=f"run {run}")
