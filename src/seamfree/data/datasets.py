@@ -19,7 +19,6 @@ Splits are fixed and documented here (and in ``seamfree data info NAME``):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from seamfree.errors import ConfigError, DataError, require
+from seamfree.io.files import file_sha256
 
 __all__ = [
     "DATASETS",
@@ -157,14 +157,6 @@ def dataset_path(name: str, root: str | Path | None = None) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(name: str, root: str | Path | None = None) -> dict[str, list[str]]:
     """Return {"missing": [...], "corrupt": [...]} files of dataset ``name`` (both empty: all verified)."""
     dataset = get_dataset(name)
@@ -174,7 +166,7 @@ def verify(name: str, root: str | Path | None = None) -> dict[str, list[str]]:
         path = folder / relative
         if not path.exists():
             report["missing"].append(relative)
-        elif _sha256(path) != digest:
+        elif file_sha256(path) != digest:
             report["corrupt"].append(relative)
     return report
 
@@ -195,7 +187,7 @@ def fetch(name: str, root: str | Path | None = None, *, progress: Callable[[int,
     manifest = dataset.manifest()
     for done, (relative, digest) in enumerate(sorted(manifest.items()), start=1):
         target = folder / relative
-        if target.exists() and _sha256(target) == digest:
+        if target.exists() and file_sha256(target) == digest:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
@@ -206,7 +198,7 @@ def fetch(name: str, root: str | Path | None = None, *, progress: Callable[[int,
             partial.unlink(missing_ok=True)
             raise DataError(f"could not download {url}: {exc}; check the connection and rerun "
                             f"`seamfree data fetch {name}` (files already fetched are kept)") from exc
-        actual = _sha256(partial)
+        actual = file_sha256(partial)
         if actual != digest:
             partial.unlink()
             raise DataError(f"checksum mismatch for {url}: expected sha256 {digest}, got {actual}; the release "

@@ -15,7 +15,6 @@ over the input's chunks (one task per block, merged in block order: the same num
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from seamfree.errors import ConfigError, DataError, require
+from seamfree.io.files import file_sha256
 from seamfree.io.readers import ImageSource, open_image
 from seamfree.io.writers import ZarrBlockWriter, create_output, output_format
 from seamfree.models.checkpoint import load_model
@@ -96,19 +96,11 @@ _MODELS: dict[tuple[str, str], torch.nn.Module] = {}
 _SOURCES: dict[tuple[str, str | None, int], ImageSource] = {}
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _worker_model(path: str, digest: str, threads: int) -> torch.nn.Module:
     key = (path, digest)
     if key not in _MODELS:
         torch.set_num_threads(threads)
-        if _file_digest(Path(path)) != digest:
+        if file_sha256(Path(path)) != digest:
             raise DataError(f"the model file {path} seen by this worker differs from the driver's; the workers "
                             "must see the same file (shared storage)")
         _MODELS[key] = load_model(path).eval()
@@ -248,7 +240,7 @@ def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
     from distributed import as_completed
 
     groups = [list(todo[i:i + cluster.tiles_per_task]) for i in range(0, len(todo), cluster.tiles_per_task)]
-    futures = client.map(_run_block, groups, model=str(model_path.resolve()), digest=_file_digest(model_path),
+    futures = client.map(_run_block, groups, model=str(model_path.resolve()), digest=file_sha256(model_path),
                          image=image, axes=axes, output=str(output.resolve()), plan=plan, config=config,
                          threads=cluster.threads_per_worker, pure=False)
     done = total - len(todo)
