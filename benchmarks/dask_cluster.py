@@ -48,7 +48,7 @@ def run(model: Path, volume: Path, workers: int, memory_limit: str, workdir: Pat
                            normalization=IntensityNormalization("percentile", offset=(0.0,), scale=(255.0,)))
     out = workdir / f"pred_{volume.stem}_{workers}.zarr"
     with LocalCluster(n_workers=workers, threads_per_worker=1, memory_limit=memory_limit, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         start = time.perf_counter()
         report = predict_distributed(model, volume, out, config=config,
                                      cluster=ClusterConfig(scheduler=cluster.scheduler_address, tiles_per_task=2))

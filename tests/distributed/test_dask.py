@@ -78,7 +78,7 @@ def test_losing_a_worker_mid_run_still_gives_identical_output(inputs, tmp_path):
     from distributed import Client, LocalCluster
 
     folder, model, reference = inputs
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         pids = list(client.run(os.getpid).values())
 

@@ -140,7 +140,8 @@ def _client(cluster: ClusterConfig) -> tuple[Any, Any]:
 
     if cluster.scheduler is None:
         local = LocalCluster(n_workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
-                             memory_limit=cluster.memory_limit, processes=True, dashboard_address=None)
+                             memory_limit=cluster.memory_limit, processes=True,
+                             dashboard_address=":0")  # a free port: never collide with a cluster already running
         return Client(local), local
     try:
         return Client(cluster.scheduler, timeout=cluster.timeout), None
