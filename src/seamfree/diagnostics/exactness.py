@@ -12,8 +12,7 @@ from torch import nn
 
 from seamfree.io.readers import ImageSource
 from seamfree.metrics import binarize
-from seamfree.tiling.normalize import IntensityNormalization
-from seamfree.tiling.predict import PredictConfig, predict, predict_whole, read_window
+from seamfree.tiling.predict import PredictConfig, predict, predict_whole, read_window, resolve_activation
 from seamfree.tiling.receptive import activation_bytes_per_voxel, model_geometry
 
 __all__ = ["ExactnessCheck", "exactness_check", "whole_forward_crop"]
@@ -81,15 +80,14 @@ def exactness_check(
     whole_region = tuple(slice(0, n) for n in source.spatial_shape)
     region = region or whole_region
     crop = read_window(source, region)
-    normalization: IntensityNormalization = config.normalization
-    whole = predict_whole(model, crop, normalization=normalization, activation=config.activation,
+    whole = predict_whole(model, crop, normalization=config.normalization, activation=config.activation,
                           device=config.device)
     if tiled is None or region != whole_region:
         tiled = predict(model, crop, config=config)
     else:
         tiled = tiled[(slice(None), *region)]
     difference = np.abs(tiled - whole)
-    activation = "softmax" if config.activation == "softmax" else "sigmoid"
+    activation = resolve_activation(model, config.activation)
     flips = float(np.mean(binarize(tiled, activation=activation, threshold=config.threshold)
                           != binarize(whole, activation=activation, threshold=config.threshold)))
     max_abs = float(difference.max())

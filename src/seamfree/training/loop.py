@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +320,3 @@ def _bar(progress: bool, total: int, initial: int) -> Callable[[dict[str, Any] |
         bar.update(1)
     return update
 
-
-def with_overrides(config: TrainConfig, **training: Any) -> TrainConfig:
-    """Return ``config`` with some training options replaced (a convenience for scripts and tests)."""
-    return replace(config, training=replace(config.training, **training))
