@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# SEAMFREE_TEST_THREADS=1 keeps the suite usable next to another torch job on a small machine.
+torch.set_num_threads(int(os.environ.get("SEAMFREE_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 DATA_DIR = Path(os.environ.get("SEAMFREE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

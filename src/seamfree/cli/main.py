@@ -163,6 +163,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from seamfree.study import describe_hardware, load_study_config, plan_runs, run_directories, run_study
+    from seamfree.study.results import write_results
+
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.threads:
+        overrides.append(f"threads={args.threads}")
+    config = load_study_config(args.config, profile=args.profile, overrides=overrides)
+    if args.list:
+        directories = run_directories(config, args.out)
+        for run in plan_runs(config):
+            state = "done" if (directories[run.name] / "result.json").exists() else "to do"
+            print(f"{state:6s} {run.name}")
+        return 0
+    for name in ("seamfree.tiling", "seamfree.diagnostics", "seamfree.training"):
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    result = run_study(config, args.out, only=args.only)
+    command = "seamfree study " + " ".join(args.argv)
+    page = write_results(result.rows, args.results or args.out / "results.md",
+                         run_dirs=run_directories(config, args.out), command=command, profile=config.profile,
+                         hardware=describe_hardware(config.device))
+    done = sum(row["status"] == "done" for row in result.rows)
+    print(f"\n{len(result.ran)} run(s) trained and measured, {len(result.cached)} from the cache, "
+          f"{len(result.failed)} failed; {done} of {len(result.rows)} runs of profile {config.profile} done")
+    print(f"table:   {result.table}\nresults: {page}")
+    if result.failed:
+        print("failed runs (their errors are in the table; rerun the command to retry them): "
+              + ", ".join(result.failed), file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from seamfree.data import datasets
 
@@ -245,6 +279,23 @@ def _add_training(commands: argparse._SubParsersAction) -> None:
     d.set_defaults(handler=_cmd_demo)
 
 
+def _add_study(commands: argparse._SubParsersAction) -> None:
+    s = commands.add_parser("study", help="reproduce the paper's trade-off on real data: norms x batch sizes x "
+                            "datasets, ViT, 3D, transfer; a CSV and a results page")
+    s.add_argument("config", type=Path, nargs="?", help="YAML changing the profile (see examples/study.yaml)")
+    s.add_argument("--profile", default="quick", help="quick (minutes), standard (~1.5 h on 2 CPU cores) or full "
+                   "(paper-scale; use a GPU)")
+    s.add_argument("--out", type=Path, default=Path("seamfree-study"), help="output folder; rerun to resume")
+    s.add_argument("--only", action="append", metavar="PATTERN",
+                   help="run only runs whose name matches (and the runs they start from), e.g. 'grid/isbi2012/*'")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. grid.batch_sizes=[1,8]")
+    s.add_argument("--results", type=Path, help="results page to write (default: OUT/results.md)")
+    s.add_argument("--list", action="store_true", help="list the runs and which are done; run nothing")
+    s.add_argument("--device", help="cpu or cuda")
+    s.add_argument("--threads", type=int, help="torch CPU threads")
+    s.set_defaults(handler=_cmd_study)
+
+
 def _add_predict(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("predict", help="seamless tiled prediction of a 2D/3D image of any size")
     p.add_argument("model", type=Path, help="checkpoint (seamfree, TorchScript or pickled module)")
@@ -306,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     _add_diagnose(commands)
     _add_training(commands)
+    _add_study(commands)
     data = commands.add_parser("data", help="public datasets: list, info (source, licence, citation), fetch")
     data.add_argument("action", choices=["list", "info", "fetch"])
     data.add_argument("name", nargs="?", help="dataset name (see `seamfree data list`)")
@@ -319,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args.argv = raw[raw.index(args.command) + 1:] if args.command in raw else []
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",

@@ -30,7 +30,9 @@ __all__ = [
     "TrainConfig",
     "TrainingConfig",
     "config_to_dict",
+    "from_mapping",
     "load_config",
+    "set_dotted",
 ]
 
 
@@ -172,7 +174,7 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping of its options, got {value!r}")
-        return _build(annotation, value, where)
+        return from_mapping(annotation, value, where)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None:
@@ -200,7 +202,11 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: Any, values: dict[str, Any], where: str) -> Any:
+def from_mapping(cls: Any, values: dict[str, Any], where: str = "") -> Any:
+    """Return the frozen dataclass ``cls`` built from ``values`` (nested mappings, lists → tuples).
+
+    Unknown keys raise ConfigError with a did-you-mean; ``where`` prefixes key names in messages.
+    """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in values:
@@ -212,7 +218,8 @@ def _build(cls: Any, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``values[a][b] = value`` for ``dotted`` = "a.b", creating sections as needed."""
     parts = dotted.split(".")
     node = values
     for part in parts[:-1]:
@@ -240,8 +247,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in override:
             raise ConfigError(f"override {override!r} must look like section.key=value, e.g. training.batch_size=2")
         key, _, text = override.partition("=")
-        _set_dotted(values, key.strip(), yaml.safe_load(text))
-    return _build(TrainConfig, values, "")
+        set_dotted(values, key.strip(), yaml.safe_load(text))
+    return from_mapping(TrainConfig, values, "")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

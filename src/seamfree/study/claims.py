@@ -1,0 +1,266 @@
+"""The study's claims (PAPER.md), each checked against the rows of a study table.
+
+Every check returns a verdict ("reproduced", "partly", "not reproduced", "inconclusive", "not measured") and the
+numbers it rests on, so that results.md states plainly which claims hold on this data and which do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CLAIMS", "Claim", "ClaimCheck", "check_claims"]
+
+TILE_WISE = ("instance", "group", "layer", "layer_spatial")
+GLOBAL = ("batch", "batchrenorm", "instance_tracked", "none")
+# TM_abs above this is a tiling artifact (the diagnosis threshold); below EXACT it is floating-point noise.
+ARTIFACT = 1e-4
+EXACT = 1e-5
+# BatchRenorm "keeps accuracy" when its Dice is within this of the best norm of the same dataset and batch size.
+ACCURACY_MARGIN = 0.03
+# Dice differences below this are ties: a comparison between tied models proves nothing.
+TIE = 0.005
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """The verdict on one claim and the evidence, in words with numbers."""
+
+    claim: str
+    verdict: str
+    evidence: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper and the function that checks it on study rows."""
+
+    text: str
+    check: Callable[[list[Row]], tuple[str, str]]
+
+
+def _done(rows: Sequence[Row], **where: Any) -> list[Row]:
+    selected = []
+    for row in rows:
+        if row.get("status") != "done":
+            continue
+        if all((row.get(k) in v) if isinstance(v, tuple) else row.get(k) == v for k, v in where.items()):
+            selected.append(row)
+    return selected
+
+
+def _in_distribution(rows: Sequence[Row], kinds: tuple[str, ...] = ("grid", "volume")) -> list[Row]:
+    return [r for r in _done(rows, stage="in-distribution") if r["kind"] in kinds]
+
+
+def _share(count: int, total: int) -> str:
+    if total == 0:
+        return "not measured"
+    if count == total:
+        return "reproduced"
+    return "partly" if count >= total / 2 else "not reproduced"
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def _tile_wise_artifacts(rows: list[Row]) -> tuple[str, str]:
+    selected = [r for r in _in_distribution(rows) if r["norm"] in TILE_WISE]
+    hits = [r for r in selected if (r["tm_abs"] or 0) > ARTIFACT]
+    values = [r["tm_dice"] for r in selected if r["tm_dice"] is not None]
+    return _share(len(hits), len(selected)), (
+        f"{len(hits)} of {len(selected)} tile-wise CNN models have TM_abs > {ARTIFACT:g}; TM_dice "
+        f"{_fmt(min(values, default=None))}–{_fmt(max(values, default=None))}")
+
+
+def _global_exact(rows: list[Row]) -> tuple[str, str]:
+    selected = [r for r in _in_distribution(rows) if r["norm"] in GLOBAL]
+    hits = [r for r in selected if (r["tm_abs"] or 0) < EXACT and (r["exact_max_abs"] or 0) < 1e-3]
+    worst = max((r["tm_abs"] or 0 for r in selected), default=None)
+    return _share(len(hits), len(selected)), (
+        f"{len(hits)} of {len(selected)} CNN models with global statistics (BatchNorm, BatchRenorm, tracked "
+        f"InstanceNorm, none) have TM_abs < {EXACT:g} (largest {_fmt(worst)})")
+
+
+def _tile_wise_no_disparity(rows: list[Row]) -> tuple[str, str]:
+    selected = [r for r in _in_distribution(rows, ("grid", "volume", "vit")) if r["norm"] in TILE_WISE]
+    hits = [r for r in selected if (r["ted_abs"] or 0) <= 1e-6]
+    return _share(len(hits), len(selected)), f"{len(hits)} of {len(selected)} tile-wise models have TED_abs ≤ 1e-6"
+
+
+def _pairs_by_batch(rows: list[Row], norm: str) -> list[tuple[Row, Row]]:
+    """Return (smallest-batch row, largest-batch row) of ``norm`` for each dataset and seed with both."""
+    pairs = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        for seed in sorted({r["seed"] for r in rows}):
+            group = sorted(_done(rows, kind="grid", norm=norm, dataset=dataset, seed=seed),
+                           key=lambda r: r["batch_size"])
+            if len(group) >= 2:
+                pairs.append((group[0], group[-1]))
+    return pairs
+
+
+def _batchnorm_disparity(rows: list[Row]) -> tuple[str, str]:
+    pairs = _pairs_by_batch(rows, "batch")
+    grows = [p for p in pairs if (p[0]["ted_dice"] or 0) > (p[1]["ted_dice"] or 0)]
+    positive = [r for r in _done(rows, kind="grid", norm="batch") if (r["ted_dice"] or 0) > 0.01]
+    total = len(_done(rows, kind="grid", norm="batch"))
+    detail = "; ".join(f"{a['dataset']}: b{a['batch_size']} {_fmt(a['ted_dice'])} vs b{b['batch_size']} "
+                       f"{_fmt(b['ted_dice'])}" for a, b in pairs)
+    verdict = _share(len(grows) + len(positive), len(pairs) + total)
+    return verdict, (f"TED_dice > 0.01 in {len(positive)} of {total} BatchNorm models; larger at the smallest batch "
+                     f"in {len(grows)} of {len(pairs)} datasets ({detail})")
+
+
+def _batchnorm_accuracy(rows: list[Row]) -> tuple[str, str]:
+    selected = _done(rows, kind="grid", norm="batch")
+    hits = [r for r in selected if (r["delta_dice"] or 0) > 0]
+    values = ", ".join(f"{r['dataset']} b{r['batch_size']}: {_fmt(r['delta_dice'])}" for r in selected)
+    return _share(len(hits), len(selected)), (
+        f"ΔDice = Dice(train-mode) − Dice(eval) > 0 in {len(hits)} of {len(selected)} BatchNorm models ({values})")
+
+
+def _renorm_no_disparity(rows: list[Row]) -> tuple[str, str]:
+    compared = []
+    for brn in _done(rows, kind="grid", norm="batchrenorm"):
+        bn = _done(rows, kind="grid", norm="batch", dataset=brn["dataset"], batch_size=brn["batch_size"],
+                   seed=brn["seed"])
+        if bn:
+            compared.append((brn, bn[0]))
+    hits = [p for p in compared if (p[0]["ted_dice"] or 0) <= (p[1]["ted_dice"] or 0)]
+    brn_values = [r["ted_dice"] or 0 for r in _done(rows, kind="grid", norm="batchrenorm")]
+    return _share(len(hits), len(compared)), (
+        f"BatchRenorm TED_dice ≤ BatchNorm's at the same batch size in {len(hits)} of {len(compared)} pairs; "
+        f"BatchRenorm TED_dice {_fmt(min(brn_values, default=None))}–{_fmt(max(brn_values, default=None))}")
+
+
+def _renorm_accuracy(rows: list[Row]) -> tuple[str, str]:
+    compared, hits, gaps = 0, 0, []
+    for brn in _done(rows, kind="grid", norm="batchrenorm"):
+        peers = _done(rows, kind="grid", dataset=brn["dataset"], batch_size=brn["batch_size"], seed=brn["seed"])
+        best = max((r["dice"] or 0 for r in peers), default=0)
+        compared += 1
+        gap = best - (brn["dice"] or 0)
+        gaps.append(gap)
+        hits += gap <= ACCURACY_MARGIN
+    return _share(hits, compared), (
+        f"BatchRenorm's test Dice is within {ACCURACY_MARGIN} of the best norm (same dataset and batch size) in "
+        f"{hits} of {compared} cases; largest gap {_fmt(max(gaps, default=None))}")
+
+
+def _artifacts_grow(rows: list[Row]) -> tuple[str, str]:
+    selected = [r for r in _in_distribution(rows) if r["norm"] in TILE_WISE and r["tm_abs_small"] is not None]
+    hits = [r for r in selected if (r["tm_abs_small"] or 0) > (r["tm_abs"] or 0)]
+    drops = [(r["dice"] or 0) - (r["dice_small"] or 0) for r in selected]
+    return _share(len(hits), len(selected)), (
+        f"TM_abs with small tiles exceeds TM_abs with the study's tiles in {len(hits)} of {len(selected)} tile-wise "
+        f"models; Dice drop with small tiles {_fmt(min(drops, default=None))}–{_fmt(max(drops, default=None))}")
+
+
+def _best_transfer(rows: list[Row]) -> tuple[str, str]:
+    tuned = [r for r in _done(rows, kind="finetune")]
+    if not tuned:
+        return "not measured", "no fine-tuned transfer runs"
+    best = max(tuned, key=lambda r: r["dice"] or 0)
+    brn = [r for r in tuned if r["norm"] == "batchrenorm"]
+    values = ", ".join(f"{r['norm']} {_fmt(r['dice'])}" for r in sorted(tuned, key=lambda r: -(r["dice"] or 0)))
+    if not brn:
+        return "not measured", f"no BatchRenorm fine-tuning run ({values})"
+    gap = (best["dice"] or 0) - (brn[0]["dice"] or 0)
+    spread = (best["dice"] or 0) - min(r["dice"] or 0 for r in tuned)
+    if spread < TIE:
+        return "inconclusive", f"all fine-tuned models score alike (spread {spread:.3g}): {values}"
+    verdict = "reproduced" if gap <= TIE else "partly" if gap <= ACCURACY_MARGIN else "not reproduced"
+    return verdict, f"Dice on the target domain after fine-tuning: {values}"
+
+
+def _recalibration(rows: list[Row]) -> tuple[str, str]:
+    pairs = []
+    for recalibrated in _done(rows, kind="recalibrate"):
+        zero = _done(rows, kind="zero-shot", norm=recalibrated["norm"], dataset=recalibrated["dataset"])
+        if zero:
+            pairs.append((recalibrated["norm"], zero[0]["dice"] or 0, recalibrated["dice"] or 0))
+    batch = [p for p in pairs if p[0] == "batch"]
+    if not batch:
+        return "not measured", "no recalibrated BatchNorm run"
+    text = "; ".join(f"{norm}: zero-shot {_fmt(a)} → recalibrated {_fmt(b)}" for norm, a, b in pairs)
+    _, before, after = batch[0]
+    if abs(after - before) < TIE:
+        return "inconclusive", text
+    return ("reproduced" if after > before else "not reproduced"), text
+
+
+def _conversion(rows: list[Row]) -> tuple[str, str]:
+    converted = _done(rows, kind="convert")
+    tuned = _done(rows, kind="finetune", norm="batch")
+    if not converted or not tuned:
+        return "not measured", "no conversion run"
+    a, b = tuned[0], converted[0]
+    verdict = "reproduced" if (b["dice"] or 0) >= (a["dice"] or 0) - TIE else "not reproduced"
+    return verdict, (f"BatchNorm fine-tuned as BatchNorm: Dice {_fmt(a['dice'])}, TED_dice {_fmt(a['ted_dice'])}; "
+                     f"converted to BatchRenorm then fine-tuned: Dice {_fmt(b['dice'])}, TED_dice "
+                     f"{_fmt(b['ted_dice'])}")
+
+
+def _architecture(kind: str, label: str) -> Callable[[list[Row]], tuple[str, str]]:
+    def check(rows: list[Row]) -> tuple[str, str]:
+        selected = _done(rows, kind=kind)
+        if not selected:
+            return "not measured", f"no {label} runs"
+        by_norm = {r["norm"]: r for r in selected}
+        parts, hits, total = [], 0, 0
+        for norm, row in sorted(by_norm.items()):
+            parts.append(f"{norm}: TM_abs {_fmt(row['tm_abs'])}, TED_dice {_fmt(row['ted_dice'])}, Dice "
+                         f"{_fmt(row['dice'])}")
+        if "batch" in by_norm and "batchrenorm" in by_norm:
+            total += 1
+            hits += (by_norm["batchrenorm"]["ted_dice"] or 0) <= (by_norm["batch"]["ted_dice"] or 0)
+        for norm in TILE_WISE:
+            if norm in by_norm:
+                total += 1
+                hits += (by_norm[norm]["tm_abs"] or 0) > ARTIFACT
+        if kind == "volume":
+            for norm in ("batch", "batchrenorm"):
+                if norm in by_norm:
+                    total += 1
+                    hits += (by_norm[norm]["tm_abs"] or 0) < EXACT
+        return _share(hits, total), "; ".join(parts)
+    return check
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("Tile-wise norms (InstanceNorm, GroupNorm, LayerNorm) cause tiling artifacts", _tile_wise_artifacts),
+    Claim("Global statistics (BatchNorm, BatchRenorm in eval mode) make tiled prediction exact", _global_exact),
+    Claim("Tile-wise norms have no train/eval disparity", _tile_wise_no_disparity),
+    Claim("BatchNorm has a train/eval disparity that grows as the training batch shrinks", _batchnorm_disparity),
+    Claim("BatchNorm's accuracy drops in eval mode", _batchnorm_accuracy),
+    Claim("BatchRenorm removes the train/eval disparity, even with small batches", _renorm_no_disparity),
+    Claim("BatchRenorm keeps the accuracy", _renorm_accuracy),
+    Claim("Tiling artifacts grow as tiles shrink", _artifacts_grow),
+    Claim("BatchRenorm transfers best to a new dataset", _best_transfer),
+    Claim("Recalibrating BatchNorm statistics on target images is a cheap fix for a domain shift", _recalibration),
+    Claim("A trained BatchNorm model can be converted to BatchRenorm and fine-tuned", _conversion),
+    Claim("The pattern holds for ViT-based models", _architecture("vit", "ViT")),
+    Claim("The pattern holds in 3D (anisotropic EM stack)", _architecture("volume", "3D")),
+)
+
+
+def check_claims(rows: Sequence[Row]) -> list[ClaimCheck]:
+    """Return the verdict and evidence of every claim in :data:`CLAIMS` on the study ``rows``."""
+    checks = []
+    for claim in CLAIMS:
+        verdict, evidence = claim.check(list(rows))
+        checks.append(ClaimCheck(claim.text, verdict, evidence))
+    return checks
+
+
+def mean_of(rows: Sequence[Row], key: str) -> float | None:
+    """Return the mean of ``key`` over rows that have it (None if none)."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else None

@@ -1,0 +1,316 @@
+"""The study's configuration: a profile (quick, standard, full) with optional YAML and ``key=value`` overrides.
+
+A study configuration has these sections (see ``examples/study.yaml``)::
+
+    grid:        datasets × norms × training batch sizes × seeds, one 2D U-Net recipe
+    training:    the recipe shared by every grid run (iterations, patch, width, learning rate, BatchRenorm schedule)
+    evaluation:  test images per dataset, the diagnosis core, the small core, TED batches
+    vit:         ViT-based rows (one dataset; norms × batch sizes)
+    volume:      the 3D experiment on the drosophila-vnc stack (anisotropic U-Net)
+    transfer:    coelho2009 gnf → ic100: zero-shot, fine-tuning, BatchNorm → BatchRenorm conversion, recalibration
+
+Profiles are complete configurations; a YAML file and overrides change only the keys they name.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seamfree.errors import ConfigError
+from seamfree.layers.factory import NORM_NAMES
+from seamfree.training.config import from_mapping
+
+__all__ = [
+    "PROFILES",
+    "EvaluationConfig",
+    "GridConfig",
+    "Recipe",
+    "StudyConfig",
+    "StudyDataset",
+    "TransferConfig",
+    "ViTConfig",
+    "VolumeConfig",
+    "load_study_config",
+]
+
+
+@dataclass(frozen=True)
+class StudyDataset:
+    """A dataset of the study: a name from ``seamfree data list`` (or "synthetic"), with target or subset."""
+
+    name: str
+    target: str | None = None
+    subset: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Return the short name used in run names and tables, e.g. ``drosophila-vnc-mitochondria``."""
+        suffix = self.target or self.subset
+        return f"{self.name}-{suffix}" if suffix else self.name
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a network of the study is trained; identical for every norm and batch size it is used with.
+
+    ``renorm_warmup``/``renorm_ramp`` are fractions of the iterations; ``running_momentum`` is the running-
+    statistics momentum of every norm layer that keeps running statistics (BatchNorm, BatchRenorm, tracked
+    InstanceNorm), so that the norms differ only in how they normalize.
+    """
+
+    iterations: int = 500
+    patch_size: tuple[int, ...] = (128, 128)
+    depth: int = 3
+    features: int = 8
+    scale_factors: tuple[tuple[int, ...], ...] | None = None
+    learning_rate: float = 2e-3
+    renorm_warmup: float = 0.3
+    renorm_ramp: float = 0.3
+    running_momentum: float = 0.05
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.features < 1 or self.depth < 1:
+            raise ConfigError(f"iterations, features and depth must be >= 1, got {self.iterations}, "
+                              f"{self.features}, {self.depth}")
+        if not 0 < self.running_momentum <= 1:
+            raise ConfigError(f"running_momentum must lie in (0, 1], got {self.running_momentum}")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The main grid: every dataset × norm × batch size × seed, trained with the one 2D U-Net recipe."""
+
+    datasets: tuple[StudyDataset, ...] = ()
+    norms: tuple[str, ...] = ("batch", "batchrenorm", "instance", "instance_tracked", "group", "none")
+    batch_sizes: tuple[int, ...] = (1, 8)
+    seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        _check_norms(self.norms, "grid.norms")
+        _check_batch_sizes(self.batch_sizes, "grid.batch_sizes")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How each trained model is measured on the test split.
+
+    Attributes
+    ----------
+    test_images : int
+        At most this many test images per dataset (in split order).
+    core : int or tuple
+        Core of the diagnosis grid (Dice, TM, seam score, exactness).
+    small_core : int or tuple, optional
+        A smaller core, to show how artifacts grow as tiles shrink; default half the training patch.
+    ted_batches : int
+        Training-like batches for TED, per test image.
+    vit_halo : int
+        Halo of ViT tiles (self-attention has no finite receptive field to measure).
+    """
+
+    test_images: int = 2
+    core: int | tuple[int, ...] = 256
+    small_core: int | tuple[int, ...] | None = None
+    ted_batches: int = 4
+    vit_halo: int = 32
+
+    def __post_init__(self) -> None:
+        if self.test_images < 1 or self.ted_batches < 1:
+            raise ConfigError(f"test_images and ted_batches must be >= 1, got {self.test_images}, {self.ted_batches}")
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """ViT-based rows: the same dataset handling, a UNETR-like network whose decoder norm varies."""
+
+    dataset: StudyDataset | None = None
+    norms: tuple[str, ...] = ("batch", "batchrenorm", "layer")
+    batch_sizes: tuple[int, ...] = (8,)
+    recipe: Recipe = field(default_factory=Recipe)
+
+    def __post_init__(self) -> None:
+        _check_norms(self.norms, "vit.norms")
+        _check_batch_sizes(self.batch_sizes, "vit.batch_sizes")
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    """The 3D experiment: an anisotropic 3D U-Net on the drosophila-vnc stack (sub-stacks as splits).
+
+    The test sub-stack is measured on its central ``region``: with 4 sections, every tile carries a z halo
+    several times its core, so whole 1024² sections would cost minutes per model on a CPU.
+    """
+
+    enabled: bool = False
+    target: str = "mitochondria"
+    norms: tuple[str, ...] = ("batch", "batchrenorm", "instance")
+    batch_sizes: tuple[int, ...] = (2,)
+    recipe: Recipe = field(default_factory=lambda: Recipe(
+        iterations=200, patch_size=(4, 128, 128), scale_factors=((1, 2, 2), (1, 2, 2), (1, 2, 2))))
+    core: tuple[int, ...] = (4, 256, 256)
+    small_core: tuple[int, ...] = (4, 128, 128)
+    region: tuple[int, ...] = (4, 512, 512)
+
+    def __post_init__(self) -> None:
+        _check_norms(self.norms, "volume.norms")
+        _check_batch_sizes(self.batch_sizes, "volume.batch_sizes")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Transfer from one coelho2009 subset to the other, for the models of the grid trained on the source.
+
+    For every norm: the grid model trained on ``source_subset`` with ``batch_size`` is tested zero-shot on
+    ``target_subset``, then fine-tuned on its first ``finetune_images`` training images. BatchNorm models are
+    also converted to BatchRenorm and fine-tuned, and models with running statistics recalibrated.
+    """
+
+    enabled: bool = False
+    dataset: str = "coelho2009"
+    source_subset: str = "gnf"
+    target_subset: str = "ic100"
+    norms: tuple[str, ...] = ("batch", "batchrenorm", "instance", "instance_tracked", "group", "none")
+    batch_size: int = 8
+    finetune_images: int = 2
+    finetune_batch_size: int = 2
+    finetune_iterations: int = 100
+    finetune_learning_rate: float = 5e-4
+    convert: bool = True
+    recalibrate: bool = True
+
+    def __post_init__(self) -> None:
+        _check_norms(self.norms, "transfer.norms")
+        _check_batch_sizes((self.batch_size, self.finetune_batch_size), "transfer batch sizes")
+        if self.finetune_images < 1 or self.finetune_iterations < 1:
+            raise ConfigError(f"transfer.finetune_images and finetune_iterations must be >= 1, got "
+                              f"{self.finetune_images}, {self.finetune_iterations}")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study: what to train, how to measure, where to run."""
+
+    profile: str = "custom"
+    grid: GridConfig = field(default_factory=GridConfig)
+    training: Recipe = field(default_factory=Recipe)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    volume: VolumeConfig = field(default_factory=VolumeConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    device: str = "cpu"
+    threads: int | None = None
+
+
+def _check_norms(norms: tuple[str, ...], where: str) -> None:
+    unknown = [n for n in norms if n not in NORM_NAMES]
+    if unknown:
+        raise ConfigError(f"{where} has unknown normalization(s) {unknown}; known: {NORM_NAMES}")
+
+
+def _check_batch_sizes(sizes: tuple[int, ...], where: str) -> None:
+    if not sizes or any(b < 1 for b in sizes):
+        raise ConfigError(f"{where} must be one or more sizes >= 1, got {list(sizes)}")
+
+
+_REAL_DATASETS = [{"name": "drosophila-vnc", "target": "mitochondria"},
+                  {"name": "drosophila-vnc", "target": "membranes"},
+                  {"name": "isbi2012"},
+                  {"name": "coelho2009", "subset": "gnf"}]
+_ALL_NORMS = ["batch", "batchrenorm", "instance", "instance_tracked", "group", "none"]
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Every part of the study at toy scale: minutes on 2 CPU cores; the numbers only show the pipeline works.
+    "quick": {
+        "grid": {"datasets": [{"name": "isbi2012"}], "norms": ["batch", "batchrenorm", "instance"],
+                 "batch_sizes": [1, 4]},
+        "training": {"iterations": 60, "patch_size": [64, 64], "features": 4, "learning_rate": 3e-3,
+                     "checkpoint_every": 20},
+        "evaluation": {"test_images": 1, "core": 128, "ted_batches": 2},
+        "vit": {"dataset": {"name": "isbi2012"}, "norms": ["batch", "layer"], "batch_sizes": [2],
+                "recipe": {"iterations": 30, "patch_size": [64, 64], "features": 4, "checkpoint_every": 10}},
+        "volume": {"enabled": True, "norms": ["batch", "instance"],
+                   "recipe": {"iterations": 20, "patch_size": [4, 64, 64], "features": 4, "checkpoint_every": 10,
+                              "scale_factors": [[1, 2, 2], [1, 2, 2], [1, 2, 2]]},
+                   "core": [4, 128, 128], "small_core": [4, 64, 64], "region": [4, 256, 256]},
+        "transfer": {"enabled": True, "norms": ["batch", "batchrenorm"], "batch_size": 4,
+                     "finetune_iterations": 10},
+    },
+    # The whole grid with short training (500 iterations, 8-feature U-Nets): about 1.5 h on 2 CPU cores.
+    "standard": {
+        "grid": {"datasets": _REAL_DATASETS, "norms": _ALL_NORMS, "batch_sizes": [1, 8]},
+        "training": {"iterations": 500, "patch_size": [128, 128], "features": 8},
+        "evaluation": {"test_images": 2, "core": 256, "ted_batches": 4},
+        "vit": {"dataset": {"name": "isbi2012"}, "norms": ["batch", "batchrenorm", "layer"], "batch_sizes": [8],
+                "recipe": {"iterations": 400, "patch_size": [128, 128], "features": 8}},
+        "volume": {"enabled": True, "norms": ["batch", "batchrenorm", "instance"], "batch_sizes": [2],
+                   "recipe": {"iterations": 200, "patch_size": [4, 128, 128], "features": 8,
+                              "scale_factors": [[1, 2, 2], [1, 2, 2], [1, 2, 2]]}},
+        "transfer": {"enabled": True, "norms": _ALL_NORMS, "batch_size": 8, "finetune_iterations": 100},
+    },
+    # The real study: paper-like training budgets. CPU days on 2 cores; hours on one GPU.
+    "full": {
+        "grid": {"datasets": _REAL_DATASETS, "norms": _ALL_NORMS, "batch_sizes": [1, 2, 8], "seeds": [0, 1, 2]},
+        "training": {"iterations": 5000, "patch_size": [256, 256], "features": 32, "depth": 4,
+                     "learning_rate": 1e-3, "renorm_warmup": 0.1, "renorm_ramp": 0.4, "running_momentum": 0.01,
+                     "checkpoint_every": 250},
+        "evaluation": {"test_images": 10, "core": 512, "ted_batches": 16},
+        "vit": {"dataset": {"name": "isbi2012"}, "norms": ["batch", "batchrenorm", "layer"], "batch_sizes": [1, 8],
+                "recipe": {"iterations": 5000, "patch_size": [256, 256], "features": 32, "learning_rate": 1e-3,
+                           "renorm_warmup": 0.1, "renorm_ramp": 0.4, "running_momentum": 0.01}},
+        "volume": {"enabled": True, "norms": ["batch", "batchrenorm", "instance", "group"], "batch_sizes": [1, 2],
+                   "recipe": {"iterations": 3000, "patch_size": [4, 256, 256], "features": 16, "depth": 4,
+                              "scale_factors": [[1, 2, 2], [1, 2, 2], [1, 2, 2], [1, 2, 2]],
+                              "learning_rate": 1e-3, "renorm_warmup": 0.1, "renorm_ramp": 0.4,
+                              "running_momentum": 0.01, "checkpoint_every": 250},
+                   "core": [4, 512, 512], "small_core": [4, 128, 128], "region": [4, 1024, 1024]},
+        "transfer": {"enabled": True, "norms": _ALL_NORMS, "batch_size": 2, "finetune_iterations": 500},
+    },
+}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_study_config(path: str | Path | None = None, *, profile: str = "quick",
+                      overrides: list[str] | None = None) -> StudyConfig:
+    """Return the StudyConfig of ``profile`` updated by the YAML file ``path`` and ``section.key=value`` overrides.
+
+    Examples
+    --------
+    >>> config = load_study_config(profile="quick", overrides=["grid.batch_sizes=[1]"])
+    >>> config.grid.batch_sizes, config.profile
+    ((1,), 'quick')
+    """
+    import yaml
+
+    from seamfree.training.config import set_dotted
+
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown study profile {profile!r}; choose one of {sorted(PROFILES)}")
+    values = _merge(PROFILES[profile], {"profile": profile})
+    if path is not None:
+        file = Path(path)
+        if not file.exists():
+            raise ConfigError(f"study configuration {file} does not exist; see examples/study.yaml for one")
+        loaded = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file} must hold a mapping of sections (grid, training, evaluation, ...), got "
+                              f"{type(loaded).__name__}")
+        values = _merge(values, loaded)
+    for override in overrides or []:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} must look like section.key=value, e.g. grid.batch_sizes=[1]")
+        key, _, text = override.partition("=")
+        set_dotted(values, key.strip(), yaml.safe_load(text))
+    return from_mapping(StudyConfig, values)

@@ -1,0 +1,114 @@
+"""How the study measures one model on one test set: ``diagnose`` at two tile sizes, averaged over images.
+
+For every test image the model is diagnosed twice with ground truth: on the study's core (test Dice of the
+tiled eval-mode prediction, TM_dice/TM_abs, TED_dice/TED_abs/ΔDice on training-like batches, seam score,
+exactness) and on a small core (Dice, TM and seam score with small tiles). Values are means over images.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from seamfree.data.sources import Pair
+from seamfree.diagnostics.diagnose import DiagnoseConfig, Diagnosis, diagnose
+from seamfree.models.checkpoint import model_metadata
+
+__all__ = ["METRICS", "Evaluation", "evaluate_model", "load_test_pairs"]
+
+logger = logging.getLogger(__name__)
+
+# The metric columns of the study table, in order.
+METRICS = ("dice", "dice_small", "tm_dice", "tm_abs", "tm_dice_small", "tm_abs_small", "ted_dice", "ted_abs",
+           "delta_dice", "dice_train_mode", "dice_eval_mode", "seam_score", "seam_score_small", "exact_max_abs")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The metrics of one model on one test set, and the first image's small-tile prediction (for figures)."""
+
+    metrics: dict[str, float | None]
+    images: int
+    example: dict[str, np.ndarray]
+
+
+def load_test_pairs(dataset: dict[str, Any], *, spatial_dims: int, split: str, count: int) -> list[Pair]:
+    """Return the first ``count`` (image, mask) pairs of a split of a study dataset (or synthetic ones)."""
+    if dataset["name"] == "synthetic":
+        from seamfree.data.synthetic import SyntheticSpec, synthetic_image
+
+        spec = SyntheticSpec(dataset.get("target") or "nuclei")
+        pairs = [synthetic_image((384,) * spatial_dims, spec, seed=20_000 + k) for k in range(count)]
+        return [(image[np.newaxis], mask[np.newaxis]) for image, mask in pairs]
+    from seamfree.data.datasets import load_dataset
+
+    pairs = load_dataset(dataset["name"], split, target=dataset.get("target"), subset=dataset.get("subset"),
+                         spatial_dims=spatial_dims)
+    return pairs[:count]
+
+
+def _metrics(normal: Diagnosis, small: Diagnosis) -> dict[str, float | None]:
+    return {
+        "dice": normal.dice, "dice_small": small.dice,
+        "tm_dice": normal.tile_mismatch.dice, "tm_abs": normal.tile_mismatch.abs,
+        "tm_dice_small": small.tile_mismatch.dice, "tm_abs_small": small.tile_mismatch.abs,
+        "ted_dice": normal.disparity.dice, "ted_abs": normal.disparity.abs,
+        "delta_dice": normal.disparity.delta_dice, "dice_train_mode": normal.disparity.dice_train,
+        "dice_eval_mode": normal.disparity.dice_eval,
+        "seam_score": normal.seams.score, "seam_score_small": small.seams.score,
+        "exact_max_abs": normal.exactness.max_abs,
+    }
+
+
+def _central(shape: tuple[int, ...], region: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice((n - min(n, r)) // 2, (n - min(n, r)) // 2 + min(n, r)) for n, r in zip(shape, region))
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def evaluate_model(
+    model: nn.Module,
+    pairs: list[Pair],
+    *,
+    core: int | tuple[int, ...],
+    small_core: int | tuple[int, ...],
+    halo: str | int = "auto",
+    region: tuple[int, ...] | None = None,
+    ted_batches: int = 4,
+    seed: int = 0,
+) -> Evaluation:
+    """Return the study's metrics of ``model`` on ``pairs`` (means over images).
+
+    ``region`` limits each image to its central box of that spatial shape. TED uses the model's own training
+    patch and batch size (from its checkpoint metadata).
+    """
+    metadata = model_metadata(model)
+    per_image = []
+    example: dict[str, np.ndarray] = {}
+    for k, (image, mask) in enumerate(pairs):
+        if region is not None:
+            window = (slice(None), *_central(image.shape[1:], region))
+            image, mask = image[window], mask[window]
+        options: dict[str, Any] = {"halo": halo, "seed": seed, "max_voxels": 1 << 26,
+                                   "patch_size": metadata.get("patch_size"), "batch_size": metadata.get("batch_size")}
+        normal = diagnose(model, image, ground_truth=mask,
+                          config=DiagnoseConfig(core=core, ted_batches=ted_batches, **options))
+        small = diagnose(model, image, ground_truth=mask, config=DiagnoseConfig(core=small_core, ted_batches=1,
+                                                                                **options))
+        per_image.append(_metrics(normal, small))
+        if k == 0:
+            example = {"image": small.image[0].astype(np.float32), "prediction": small.prediction[0].astype(np.float16),
+                       "mask": np.asarray(mask[0] > 0, dtype=np.uint8),
+                       "core": np.asarray(small.geometry["core"]), "halo": np.asarray(small.geometry["halo"])}
+        logger.info("test image %d: Dice %.3f, TM_dice %.3g, TED_dice %.3g", k, normal.dice or float("nan"),
+                    normal.tile_mismatch.dice, normal.disparity.dice)
+    metrics = {name: _mean([m[name] for m in per_image]) for name in METRICS}
+    return Evaluation(metrics, len(pairs), example)

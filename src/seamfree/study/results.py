@@ -1,0 +1,327 @@
+"""``write_results(rows, path)``: the study's tables, figures and claim verdicts as one Markdown page.
+
+The page (docs/results.md in the repository) states the command that regenerates it and the hardware it ran
+on, then the verdict on each claim of the paper, the tables per experiment and three figures (Dice vs tile
+mismatch, TED vs training batch size, the same region predicted by an InstanceNorm and a BatchRenorm model).
+Figures are PNG files in ``figures/`` next to the page.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seamfree.errors import require
+from seamfree.study.claims import check_claims
+
+__all__ = ["Hardware", "describe_hardware", "write_results"]
+
+Row = dict[str, Any]
+
+NORM_ORDER = ("batch", "batchrenorm", "instance_tracked", "none", "instance", "group", "layer", "layer_spatial")
+NORM_LABELS = {"batch": "BatchNorm", "batchrenorm": "BatchRenorm", "instance": "InstanceNorm",
+               "instance_tracked": "InstanceNorm (tracked)", "group": "GroupNorm", "none": "none",
+               "layer": "LayerNorm", "layer_spatial": "LayerNorm (spatial)"}
+NORM_COLOURS = {"batch": "#1f77b4", "batchrenorm": "#2ca02c", "instance": "#d62728", "instance_tracked": "#9467bd",
+                "group": "#ff7f0e", "none": "#7f7f7f", "layer": "#e377c2", "layer_spatial": "#8c564b"}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where a study ran."""
+
+    cpu: str
+    cores: int
+    threads: int
+    device: str
+    torch: str
+    python: str
+
+    def describe(self) -> str:
+        return (f"{self.cpu}, {self.cores} CPU cores ({self.threads} torch threads), device {self.device}; "
+                f"torch {self.torch}, Python {self.python}")
+
+
+def describe_hardware(device: str = "cpu") -> Hardware:
+    """Return the CPU model, core count, torch threads and versions of this machine."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device.startswith("cuda") and torch.cuda.is_available():
+        device = f"{device} ({torch.cuda.get_device_name(0)})"
+    return Hardware(cpu, os.cpu_count() or 1, torch.get_num_threads(), device, torch.__version__,
+                    platform.python_version())
+
+
+def _norm_key(norm: str) -> int:
+    return NORM_ORDER.index(norm) if norm in NORM_ORDER else len(NORM_ORDER)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.1e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(headers: Sequence[str], lines: Sequence[Sequence[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(_fmt(v) for v in line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def _done(rows: Sequence[Row], kind: str) -> list[Row]:
+    return sorted((r for r in rows if r["kind"] == kind and r["status"] == "done"),
+                  key=lambda r: (r["dataset"], _norm_key(r["norm"]), r["batch_size"], r["seed"]))
+
+
+IN_DISTRIBUTION = ("norm", "batch", "Dice", "Dice small tiles", "TM_dice", "TM_abs", "TM_abs small tiles",
+                   "TED_dice", "ΔDice", "seam score", "seam score small", "max Δ tiled vs whole")
+
+
+def _in_distribution_lines(rows: Sequence[Row]) -> list[list[Any]]:
+    return [[NORM_LABELS.get(r["norm"], r["norm"]), r["batch_size"], r["dice"], r["dice_small"], r["tm_dice"],
+             r["tm_abs"], r["tm_abs_small"], r["ted_dice"], r["delta_dice"], r["seam_score"], r["seam_score_small"],
+             r["exact_max_abs"]] for r in rows]
+
+
+def _grid_section(rows: Sequence[Row]) -> str:
+    grid = _done(rows, "grid")
+    parts = []
+    for dataset in sorted({r["dataset"] for r in grid}):
+        selected = [r for r in grid if r["dataset"] == dataset]
+        parts.append(f"### {dataset}\n\n{_table(IN_DISTRIBUTION, _in_distribution_lines(selected))}")
+    return "\n\n".join(parts) if parts else "No grid run has finished."
+
+
+def _transfer_section(rows: Sequence[Row]) -> str:
+    kinds = ("zero-shot", "finetune", "convert", "recalibrate")
+    selected = [r for r in rows if r["kind"] in kinds and r["status"] == "done"]
+    if not selected:
+        return "No transfer run has finished."
+    selected.sort(key=lambda r: (_norm_key(r["norm"]), kinds.index(r["kind"])))
+    lines = [[NORM_LABELS.get(r["norm"], r["norm"]), r["stage"], r["dice"], r["dice_small"], r["tm_dice"],
+              r["ted_dice"], r["delta_dice"]] for r in selected]
+    source, test = selected[0]["dataset"], selected[0]["test"]
+    return (f"Trained on **{source}** (the grid's models), tested on **{test}**.\n\n"
+            + _table(("norm", "stage", "Dice", "Dice small tiles", "TM_dice", "TED_dice", "ΔDice"), lines))
+
+
+def _plt() -> Any:
+    require("matplotlib", "plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _dice_vs_tm(rows: Sequence[Row], path: Path) -> bool:
+    selected = [r for r in rows if r["status"] == "done" and r["kind"] in ("grid", "vit", "volume")
+                and r["dice"] is not None and r["tm_abs"] is not None]
+    if not selected:
+        return False
+    plt = _plt()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    markers = {"grid": "o", "vit": "^", "volume": "s"}
+    for norm in sorted({r["norm"] for r in selected}, key=_norm_key):
+        for kind, marker in markers.items():
+            points = [r for r in selected if r["norm"] == norm and r["kind"] == kind]
+            if points:
+                axis.scatter([max(r["tm_abs"], 1e-9) for r in points], [r["dice"] for r in points], marker=marker,
+                             color=NORM_COLOURS.get(norm, "black"), alpha=0.8, s=40,
+                             label=NORM_LABELS.get(norm, norm) if kind == "grid" else None)
+    axis.set_xscale("log")
+    axis.axvline(1e-4, color="grey", lw=0.8, ls="--")
+    axis.set_xlabel("tile mismatch TM_abs (log; values ≤ 1e-9 drawn at 1e-9)")
+    axis.set_ylabel("test Dice (tiled, eval mode)")
+    axis.set_title("Accuracy vs tile mismatch (○ 2D U-Net, △ ViT, □ 3D U-Net)")
+    axis.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def _ted_vs_batch(rows: Sequence[Row], path: Path) -> bool:
+    grid = _done(rows, "grid")
+    datasets = sorted({r["dataset"] for r in grid})
+    if not grid or len({r["batch_size"] for r in grid}) < 2:
+        return False
+    plt = _plt()
+    figure, axes = plt.subplots(1, len(datasets), figsize=(3.6 * len(datasets), 3.4), squeeze=False, sharey=True)
+    for axis, dataset in zip(axes[0], datasets):
+        for norm in sorted({r["norm"] for r in grid}, key=_norm_key):
+            points = sorted((r["batch_size"], r["ted_dice"]) for r in grid
+                             if r["dataset"] == dataset and r["norm"] == norm and r["ted_dice"] is not None)
+            if points:
+                axis.plot(*zip(*points), marker="o", color=NORM_COLOURS.get(norm, "black"),
+                          label=NORM_LABELS.get(norm, norm))
+        axis.set_xscale("log", base=2)
+        sizes = sorted({r["batch_size"] for r in grid})
+        axis.set_xticks(sizes, [str(b) for b in sizes])
+        axis.set_title(dataset, fontsize=9)
+        axis.set_xlabel("training batch size")
+    axes[0][0].set_ylabel("TED_dice")
+    axes[0][-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def _example(run_dirs: dict[str, Path], name: str) -> dict[str, np.ndarray] | None:
+    directory = run_dirs.get(name)
+    if directory is None or not (directory / "example.npz").exists():
+        return None
+    with np.load(directory / "example.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def _seams_pair(rows: Sequence[Row], run_dirs: dict[str, Path]) -> tuple[Row, Row] | None:
+    """Return an InstanceNorm run and a global-statistics run (BatchRenorm first) of one dataset and batch size."""
+    grid = [r for r in _done(rows, "grid") if _example(run_dirs, r["name"]) is not None]
+    for seamless in ("batchrenorm", "batch", "instance_tracked", "none"):
+        for dataset in sorted({r["dataset"] for r in grid}):
+            for batch in sorted({r["batch_size"] for r in grid}, reverse=True):
+                found = [next((r for r in grid if r["dataset"] == dataset and r["batch_size"] == batch
+                               and r["norm"] == norm), None) for norm in ("instance", seamless)]
+                if found[0] is not None and found[1] is not None:
+                    return found[0], found[1]
+    return None
+
+
+def _side_by_side(rows: Sequence[Row], run_dirs: dict[str, Path], path: Path) -> tuple[Row, Row] | None:
+    pair = _seams_pair(rows, run_dirs)
+    if pair is None:
+        return None
+    plt = _plt()
+    examples = [_example(run_dirs, r["name"]) for r in pair]
+    first = examples[0]
+    assert first is not None
+    image = first["image"]
+    core = [int(c) for c in first["core"]]
+    size = [min(n, max(6 * c, 384) // c * c) for n, c in zip(image.shape[-2:], core[-2:])]
+    window = (slice(0, size[0]), slice(0, size[1]))
+    middle = image.shape[0] // 2 if image.ndim == 3 else None
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4.6))
+
+    def plane(array: np.ndarray) -> np.ndarray:
+        return np.asarray(array[middle] if middle is not None else array, dtype=np.float32)[window]
+
+    axes[0].imshow(plane(image), cmap="gray")
+    axes[0].set_title(f"{pair[0]['dataset']} test image", fontsize=9)
+    for axis, row, example in zip(axes[1:], pair, examples):
+        assert example is not None
+        axis.imshow(plane(example["prediction"]), cmap="magma", vmin=0, vmax=1)
+        axis.set_title(f"{NORM_LABELS[row['norm']]} (batch {row['batch_size']}): TM_dice "
+                       f"{_fmt(row['tm_dice_small'])}, seam score {_fmt(row['seam_score_small'], 2)}", fontsize=9)
+    for axis in axes:
+        # seams marked outside the image only: lines drawn over the prediction would hide the seams themselves
+        axis.set_yticks([k * core[-2] - 0.5 for k in range(1, size[0] // core[-2] + 1)])
+        axis.set_xticks([k * core[-1] - 0.5 for k in range(1, size[1] // core[-1] + 1)])
+        axis.tick_params(length=6, color="cyan", labelleft=False, labelbottom=False, width=1.5)
+    figure.suptitle(f"The same region predicted with small tiles (core {core[-2]}×{core[-1]}; ticks: tile borders)",
+                    fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return pair
+
+
+def _claims_section(rows: Sequence[Row]) -> str:
+    checks = check_claims(rows)
+    lines = [[c.claim, f"**{c.verdict}**", c.evidence] for c in checks]
+    return _table(("claim of the paper", "here", "evidence"), lines)
+
+
+def _status_section(rows: Sequence[Row]) -> str:
+    failed = [r for r in rows if r["status"] == "failed"]
+    missing = [r for r in rows if r["status"] not in ("done", "failed")]
+    done = [r for r in rows if r["status"] == "done"]
+    text = f"{len(done)} of {len(rows)} runs finished"
+    if failed:
+        text += "; failed: " + "; ".join(f"`{r['name']}` ({r['error']})" for r in failed)
+    if missing:
+        text += f"; not run: {len(missing)} (" + ", ".join(f"`{r['name']}`" for r in missing[:10])
+        text += ", …)" if len(missing) > 10 else ")"
+    return text + "."
+
+
+def write_results(rows: Sequence[Row], path: str | Path, *, run_dirs: dict[str, Path], command: str,
+                  profile: str, hardware: Hardware) -> Path:
+    """Write the study's Markdown page to ``path`` (figures in ``figures/`` beside it); return the path.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        The study table (:func:`seamfree.study.runner.read_rows` or ``StudyResult.rows``).
+    path : str or Path
+        The Markdown file to write, e.g. ``docs/results.md``.
+    run_dirs : dict
+        Run name → its directory (for the side-by-side figure's predictions).
+    command : str
+        The command that regenerates the page.
+    profile : str
+        The study profile the rows come from.
+    hardware : Hardware
+    """
+    page = Path(path)
+    figures = page.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    done = [r for r in rows if r["status"] == "done"]
+    compute = sum((r.get("train_seconds") or 0) + (r.get("eval_seconds") or 0) for r in done)
+    parts = [
+        "# seamfree study: normalization, tiling artifacts and train/eval disparity on real microscopy data",
+        f"Generated by `{command}` (profile **{profile}**) on {datetime.now(UTC):%Y-%m-%d}.\n\n"
+        f"Hardware: {hardware.describe()}. Compute: {compute / 3600:.2f} h of training and evaluation "
+        f"over {len(done)} runs. {_status_section(rows)}",
+        "How to read it: every model is trained with the same recipe except its normalization and training batch "
+        "size, then measured on held-out test images with `seamfree.diagnose`: Dice of the tiled eval-mode "
+        "prediction; tile mismatch TM (two tilings shifted by half a tile, compared away from tile borders); "
+        "train/eval disparity TED and ΔDice = Dice(train-mode normalization) − Dice(eval mode) on training-like "
+        "batches; seam score (≈ 1 is seamless); and the same with small tiles (half the training patch). "
+        "Definitions: PAPER.md and docs/diagnose.md. The full table is `study.csv` in the study's output folder.",
+        "## The paper's claims on this data\n\n" + _claims_section(rows),
+        "## In-distribution: 2D U-Net grid\n\n" + _grid_section(rows),
+    ]
+    vit = _done(rows, "vit")
+    if vit:
+        parts.append("## ViT-based (UNETR-like) models\n\nSelf-attention spans the whole tile, so every ViT is "
+                     "tile-dependent whatever its decoder norm; the norms still decide TED.\n\n"
+                     + _table(IN_DISTRIBUTION, _in_distribution_lines(vit)))
+    volume = _done(rows, "volume")
+    if volume:
+        parts.append("## 3D: anisotropic U-Net on the drosophila-vnc stack\n\n"
+                     + _table(IN_DISTRIBUTION, _in_distribution_lines(volume)))
+    parts.append("## Transfer: a new microscope and cell line\n\n" + _transfer_section(rows))
+    figure_lines = []
+    if _dice_vs_tm(rows, figures / "dice_vs_tm.png"):
+        figure_lines.append("![Dice vs tile mismatch](figures/dice_vs_tm.png)")
+    if _ted_vs_batch(rows, figures / "ted_vs_batch.png"):
+        figure_lines.append("![TED vs training batch size](figures/ted_vs_batch.png)")
+    pair = _side_by_side(rows, run_dirs, figures / "seams.png")
+    if pair is not None:
+        names = f"{NORM_LABELS[pair[0]['norm']]} vs {NORM_LABELS[pair[1]['norm']]}"
+        figure_lines.append(f"![{pair[0]['dataset']}: {names} with small tiles](figures/seams.png)")
+    parts.append("## Figures\n\n" + ("\n\n".join(figure_lines) or "No figure: no run has finished."))
+    page.write_text("\n\n".join(parts) + "\n")
+    return page

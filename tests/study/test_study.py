@@ -1,0 +1,183 @@
+"""`seamfree study`: configuration, run planning and hashing, caching and resume, claims, results page, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from seamfree.cli.main import main
+from seamfree.errors import ConfigError
+from seamfree.study import (
+    check_claims,
+    load_study_config,
+    plan_runs,
+    read_rows,
+    run_directories,
+    run_study,
+    select_runs,
+)
+from seamfree.study.runner import COLUMNS
+
+TINY = {
+    "grid": {"datasets": [{"name": "synthetic"}], "norms": ["batch", "instance"], "batch_sizes": [1, 2]},
+    "training": {"iterations": 12, "patch_size": [64, 64], "features": 4, "checkpoint_every": 4},
+    "evaluation": {"test_images": 1, "core": 128, "ted_batches": 1},
+    "vit": {"dataset": None},
+    "volume": {"enabled": False},
+    "transfer": {"enabled": False},
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def test_profiles_plan_the_whole_grid_with_sources_first():
+    standard = plan_runs(load_study_config(profile="standard"))
+    names = [run.name for run in standard]
+    assert len(names) == len(set(names))
+    grid = [run for run in standard if run.kind == "grid"]
+    # 4 dataset/targets x 6 norms x batch sizes {1, 8}
+    assert len(grid) == 48 and {run.labels["batch_size"] for run in grid} == {1, 8}
+    assert {run.labels["norm"] for run in standard if run.kind == "vit"} == {"batch", "batchrenorm", "layer"}
+    assert {run.labels["norm"] for run in standard if run.kind == "volume"} >= {"batch", "batchrenorm", "instance"}
+    for index, run in enumerate(standard):
+        if run.source is not None:
+            assert run.source in names[:index]
+    kinds = {run.kind for run in standard}
+    assert kinds == {"grid", "vit", "volume", "zero-shot", "finetune", "convert", "recalibrate"}
+    full = plan_runs(load_study_config(profile="full"))
+    assert {run.labels["batch_size"] for run in full if run.kind == "grid"} == {1, 2, 8}
+
+
+def test_digest_changes_with_what_decides_the_result_only():
+    config = load_study_config(profile="quick")
+    same = load_study_config(profile="quick", overrides=["device=cuda", "threads=4"])
+    other = load_study_config(profile="quick", overrides=["training.iterations=61"])
+    digests = {run.name: run.digest() for run in plan_runs(config)}
+    assert digests == {run.name: run.digest() for run in plan_runs(same)}
+    changed = {run.name for run in plan_runs(other) if run.digest() != digests[run.name]}
+    assert {name for name in changed if name.startswith("grid/")} == {n for n in digests if n.startswith("grid/")}
+    assert not any(name.startswith(("vit/", "volume/")) for name in changed)
+
+
+def test_only_selects_runs_with_the_runs_they_start_from():
+    runs = plan_runs(load_study_config(profile="quick"))
+    chosen = select_runs(runs, ["transfer/*/unet-batch-*/recalibrate"])
+    assert [run.kind for run in chosen] == ["grid", "recalibrate"]
+    with pytest.raises(ConfigError, match="no run matches"):
+        select_runs(runs, ["nothing/*"])
+
+
+def test_bad_configuration_is_rejected_with_a_hint(tmp_path):
+    with pytest.raises(ConfigError, match="unknown study profile 'quik'"):
+        load_study_config(profile="quik")
+    with pytest.raises(ConfigError, match="did you mean 'norms'"):
+        load_study_config(profile="quick", overrides=["grid.norm=[batch]"])
+    with pytest.raises(ConfigError, match="unknown normalization"):
+        load_study_config(profile="quick", overrides=["grid.norms=[batchnorm]"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_study_config(tmp_path / "missing.yaml")
+
+
+def test_study_runs_caches_and_resumes(tiny_config, tmp_path):
+    config = load_study_config(tiny_config)
+    out = tmp_path / "study"
+    first = run_study(config, out, only=["grid/synthetic/unet-batch-b1-*"])
+    assert first.ran == ["grid/synthetic/unet-batch-b1-s0"] and not first.failed
+    rows = read_rows(first.table)
+    assert [row["status"] for row in rows] == ["done", "missing", "missing", "missing"]
+    assert list(rows[0]) == list(COLUMNS)
+    # an interrupted run: its training stopped after the first checkpoint; the rerun resumes it
+    directories = run_directories(config, out)
+    interrupted = directories["grid/synthetic/unet-instance-b2-s0"] / "train"
+    run_study(load_study_config(tiny_config, overrides=["training.iterations=4"]), tmp_path / "scratch",
+              only=["grid/synthetic/unet-instance-b2-*"])
+    partial = next((tmp_path / "scratch" / "runs").glob("grid/synthetic/unet-instance-b2-*/train"))
+    interrupted.parent.mkdir(parents=True)
+    partial.rename(interrupted)
+    second = run_study(config, out)
+    assert second.cached == ["grid/synthetic/unet-batch-b1-s0"] and len(second.ran) == 3
+    log = (interrupted / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == list(range(1, 13))
+    rows = read_rows(second.table)
+    assert all(row["status"] == "done" for row in rows)
+    instance = next(r for r in rows if r["norm"] == "instance" and r["batch_size"] == 2)
+    batch = next(r for r in rows if r["norm"] == "batch" and r["batch_size"] == 2)
+    # the paper's pattern, even after a few steps: per-tile statistics mismatch, running statistics do not
+    assert instance["tm_abs"] > 1e-4 and instance["ted_abs"] == 0.0
+    assert batch["tm_abs"] < 1e-6 and batch["exact_max_abs"] < 1e-5 and batch["ted_abs"] > 0
+    assert 0 <= batch["dice"] <= 1 and batch["dice_small"] is not None
+    third = run_study(config, out)
+    assert third.ran == [] and len(third.cached) == 4
+
+
+def test_a_failing_run_is_recorded_and_the_study_goes_on(tiny_config, tmp_path):
+    config = load_study_config(tiny_config, overrides=["training.learning_rate=1.0e+30"])
+    result = run_study(config, tmp_path / "study", only=["grid/synthetic/unet-batch-b1-*",
+                                                        "grid/synthetic/unet-instance-b1-*"])
+    assert len(result.failed) == 2
+    rows = read_rows(result.table)
+    assert {row["status"] for row in rows} == {"failed", "missing"}
+    assert "learning_rate" in next(r for r in rows if r["status"] == "failed")["error"]
+
+
+def test_claims_read_the_table():
+    def row(kind, norm, batch, **metrics):
+        base = {"status": "done", "kind": kind, "norm": norm, "batch_size": batch, "dataset": "d", "seed": 0,
+                "stage": "in-distribution", "dice": 0.9, "dice_small": 0.9, "tm_dice": 0.0, "tm_abs": 0.0,
+                "tm_abs_small": 0.0, "ted_dice": 0.0, "ted_abs": 0.0, "delta_dice": 0.0, "exact_max_abs": 0.0}
+        return {**base, **metrics}
+
+    rows = [row("grid", "instance", 1, tm_abs=0.01, tm_dice=0.05, tm_abs_small=0.03, dice_small=0.8),
+            row("grid", "instance", 8, tm_abs=0.01, tm_dice=0.04, tm_abs_small=0.02, dice_small=0.85),
+            row("grid", "batch", 1, ted_dice=0.3, ted_abs=0.1, delta_dice=0.2, dice=0.6),
+            row("grid", "batch", 8, ted_dice=0.05, ted_abs=0.02, delta_dice=0.01),
+            row("grid", "batchrenorm", 1, ted_dice=0.01, ted_abs=0.001),
+            row("grid", "batchrenorm", 8, ted_dice=0.005, ted_abs=0.001)]
+    verdicts = {c.claim: c.verdict for c in check_claims(rows)}
+    assert verdicts["Tile-wise norms (InstanceNorm, GroupNorm, LayerNorm) cause tiling artifacts"] == "reproduced"
+    assert verdicts["BatchNorm has a train/eval disparity that grows as the training batch shrinks"] == "reproduced"
+    assert verdicts["BatchRenorm removes the train/eval disparity, even with small batches"] == "reproduced"
+    assert verdicts["Tiling artifacts grow as tiles shrink"] == "reproduced"
+    assert verdicts["BatchRenorm transfers best to a new dataset"] == "not measured"
+    rows[0]["tm_abs"] = 1e-7
+    verdicts = {c.claim: c.verdict for c in check_claims(rows)}
+    assert verdicts["Tile-wise norms (InstanceNorm, GroupNorm, LayerNorm) cause tiling artifacts"] == "partly"
+
+
+def test_cli_runs_lists_and_writes_the_results_page(tiny_config, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["study", str(tiny_config), "--out", str(out), "--only", "grid/synthetic/*-b2-*"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 run(s) trained and measured" in printed and "results:" in printed
+    page = (out / "results.md").read_text()
+    assert f"seamfree study {tiny_config} --out {out} --only grid/synthetic/*-b2-*" in page
+    assert "## The paper's claims on this data" in page and "| InstanceNorm | 2 |" in page
+    for figure in ("dice_vs_tm.png", "seams.png"):
+        assert (out / "figures" / figure).stat().st_size > 10_000
+    with np.load(next((out / "runs").glob("grid/synthetic/unet-instance-b2-*/example.npz"))) as example:
+        assert example["prediction"].shape == example["image"].shape
+    assert main(["study", str(tiny_config), "--out", str(out), "--list"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("done") for line in listing) == 2 and len(listing) == 4
+
+
+def test_cli_bad_input_exits_2(tmp_path, capsys):
+    assert main(["study", "--profile", "huge", "--out", str(tmp_path)]) == 2
+    assert "unknown study profile 'huge'" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path), "--only", "nothing/*"]) == 2
+    assert "no run matches" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEAMFREE_DATA", str(tmp_path / "empty"))
+    assert main(["study", "--out", str(tmp_path / "out"), "--only", "grid/isbi2012/unet-batch-b1-*"]) == 2
+    assert "seamfree data fetch isbi2012" in capsys.readouterr().err
