@@ -179,9 +179,17 @@ def _cmd_study(args: argparse.Namespace) -> int:
             state = "done" if (directories[run.name] / "result.json").exists() else "to do"
             print(f"{state:6s} {run.name}")
         return 0
-    for name in ("seamfree.tiling", "seamfree.diagnostics", "seamfree.training"):
-        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
-    result = run_study(config, args.out, only=args.only)
+    # per-tile and per-step messages of the library would bury the study's progress; restored afterwards
+    quieted = {name: logging.getLogger(name) for name in ("seamfree.tiling", "seamfree.diagnostics",
+                                                         "seamfree.training")}
+    levels = {name: logger.level for name, logger in quieted.items()}
+    for logger in quieted.values():
+        logger.setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    try:
+        result = run_study(config, args.out, only=args.only)
+    finally:
+        for name, logger in quieted.items():
+            logger.setLevel(levels[name])
     command = "seamfree study " + " ".join(args.argv)
     page = write_results(result.rows, args.results or args.out / "results.md",
                          run_dirs=run_directories(config, args.out), command=command, profile=config.profile,
