@@ -127,6 +127,9 @@ def test_fine_tuning_converts_and_freezes_and_the_cli_trains(tmp_path, capsys):
     tuned = load_model(tmp_path / "ft" / "last.pt")
     original = load_model(start)
     assert tuned.config["norm"] == "batchrenorm"
+    # the converted layers ramp r_max/d_max over this fine-tuning (40 % of 5 steps), not the 4000-step default
+    schedules = {(m.schedule.warmup_steps, m.schedule.ramp_steps) for m in tuned.modules() if hasattr(m, "schedule")}
+    assert schedules == {(0, 2)}
     assert torch.equal(tuned.encoders[0][0].weight, original.encoders[0][0].weight)  # frozen
     assert not torch.equal(tuned.head.weight, original.head.weight)  # trained
     assert main(["train", str(config), "--set", "model.norm=batchrenom"]) == 2

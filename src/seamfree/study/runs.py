@@ -184,7 +184,8 @@ def _transfer_runs(config: StudyConfig) -> list[StudyRun]:
             runs.append(StudyRun(
                 f"{prefix}/convert-batchrenorm-finetune", "convert",
                 {**base, "stage": f"converted to BatchRenorm, fine-tuned ({t.finetune_images} images)"},
-                {"data": finetune_data, "model": {"checkpoint": "<source>", "convert_norm": "batchrenorm"},
+                {"data": finetune_data, "model": {"checkpoint": "<source>", "convert_norm": "batchrenorm",
+                                                  "norm_options": _norm_options("batchrenorm", recipe)},
                  "training": finetune_training}, evaluation, source.name))
         if norm in RUNNING_STATISTICS and t.recalibrate:
             runs.append(StudyRun(

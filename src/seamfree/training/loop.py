@@ -82,13 +82,26 @@ def _renorm_options(config: TrainConfig) -> dict[str, Any]:
     return options
 
 
+def _conversion_options(config: TrainConfig) -> dict[str, Any]:
+    """Return the options of converted layers: BatchRenorm skips its warm-up and ramps over this fine-tuning.
+
+    The layer defaults (1000 warm-up and 4000 ramp steps) are for training from scratch; after a 100-step
+    fine-tuning r_max would still be ~1.05, i.e. plain BatchNorm, the failure mode conversion is meant to fix.
+    """
+    options = dict(config.model.norm_options)
+    if config.model.convert_norm == "batchrenorm":
+        options.setdefault("warmup_steps", 0)
+        options.setdefault("ramp_steps", max(1, int(config.training.renorm_ramp * config.training.iterations)))
+    return options
+
+
 def build_training_model(config: TrainConfig) -> nn.Module:
     """Return the network to train: a new one from ``config.model``, or its checkpoint (converted, frozen)."""
     m = config.model
     if m.checkpoint:
         model = load_model(m.checkpoint)
         if m.convert_norm:
-            model = convert_norm(model, to=m.convert_norm)
+            model = convert_norm(model, to=m.convert_norm, options=_conversion_options(config))
     elif m.architecture == "vit":
         patch = config.training.patch_size
         model = ViTSegmenter(m.in_channels, m.out_channels, img_size=patch[-1], features=m.features, norm=m.norm,
