@@ -252,8 +252,10 @@ def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
         bar = tqdm(total=total, initial=done, unit="tile", desc="predict (dask)")
     sizes = {future.key: len(group) for future, group in zip(futures, groups)}
     computed = 0
-    for future in as_completed(futures):
-        computed += future.result()  # raises the task's error, if any
+    # results come through as_completed's own gather (raising a task's error): a bare future.result() per future
+    # once failed in CI with "Event ... bound to a different event loop" after a worker was killed
+    for future, result in as_completed(futures, with_results=True):
+        computed += result
         done += sizes[future.key]
         if bar is not None:
             bar.update(sizes[future.key])
