@@ -159,12 +159,16 @@ def test_cli_runs_lists_and_writes_the_results_page(tiny_config, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "2 run(s) trained and measured" in printed and "results:" in printed
     page = (out / "results.md").read_text()
-    assert f"seamfree study {tiny_config} --out {out} --only grid/synthetic/*-b2-*" in page
+    assert f"seamfree study {tiny_config} --profile quick --out {out} --results {out / 'results.md'}" in page
     assert "## The paper's claims on this data" in page and "| InstanceNorm | 2 |" in page
     for figure in ("dice_vs_tm.png", "seams.png"):
         assert (out / "figures" / figure).stat().st_size > 10_000
     with np.load(next((out / "runs").glob("grid/synthetic/unet-instance-b2-*/example.npz"))) as example:
         assert example["prediction"].shape == example["image"].shape
+    page_only = ["study", str(tiny_config), "--out", str(out), "--report-only", "--results", str(tmp_path / "r.md")]
+    assert main(page_only) == 0
+    assert "0 run(s) trained and measured" in capsys.readouterr().out
+    assert "2 of 4 runs finished" in (tmp_path / "r.md").read_text()
     assert main(["study", str(tiny_config), "--out", str(out), "--list"]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("done") for line in listing) == 2 and len(listing) == 4

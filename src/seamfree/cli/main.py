@@ -186,12 +186,14 @@ def _cmd_study(args: argparse.Namespace) -> int:
     for logger in quieted.values():
         logger.setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
-        result = run_study(config, args.out, only=args.only)
+        result = run_study(config, args.out, only=args.only, dry_run=args.report_only)
     finally:
         for name, logger in quieted.items():
             logger.setLevel(levels[name])
-    command = "seamfree study " + " ".join(args.argv)
-    page = write_results(result.rows, args.results or args.out / "results.md",
+    results = args.results or args.out / "results.md"
+    command = (f"seamfree study {f'{args.config} ' if args.config else ''}--profile {config.profile} "
+               f"--out {args.out} --results {results}")
+    page = write_results(result.rows, results,
                          run_dirs=run_directories(config, args.out), command=command, profile=config.profile,
                          hardware=describe_hardware(config.device))
     done = sum(row["status"] == "done" for row in result.rows)
@@ -299,6 +301,8 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. grid.batch_sizes=[1,8]")
     s.add_argument("--results", type=Path, help="results page to write (default: OUT/results.md)")
     s.add_argument("--list", action="store_true", help="list the runs and which are done; run nothing")
+    s.add_argument("--report-only", action="store_true",
+                   help="write the table and the results page from the runs already done; run nothing")
     s.add_argument("--device", help="cpu or cuda")
     s.add_argument("--threads", type=int, help="torch CPU threads")
     s.set_defaults(handler=_cmd_study)
