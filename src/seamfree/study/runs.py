@@ -118,21 +118,26 @@ def _grid_run(config: StudyConfig, dataset: StudyDataset, norm: str, batch_size:
         _evaluation(config, dataset, patch_size=recipe.patch_size))
 
 
+def _in_distribution_runs(config: StudyConfig, kind: str, architecture: str, dataset: StudyDataset,
+                          recipe: Recipe, norms: tuple[str, ...], batch_sizes: tuple[int, ...],
+                          evaluation: dict[str, Any]) -> list[StudyRun]:
+    seed, dims = config.grid.seeds[0], len(recipe.patch_size)
+    return [StudyRun(
+        f"{kind}/{dataset.label}/{architecture}-{norm}-b{batch_size}-s{seed}", kind,
+        {"dataset": dataset.label, "architecture": architecture, "dims": dims, "norm": norm,
+         "batch_size": batch_size, "seed": seed, "stage": "in-distribution", "test": dataset.label},
+        _train_mapping(dataset, recipe, norm, batch_size, seed, architecture="vit" if kind == "vit" else "unet",
+                       spatial_dims=dims),
+        evaluation) for norm in norms for batch_size in batch_sizes]
+
+
 def _vit_runs(config: StudyConfig) -> list[StudyRun]:
     vit = config.vit
     if vit.dataset is None:
         return []
-    runs = []
-    for norm in vit.norms:
-        for batch_size in vit.batch_sizes:
-            seed = config.grid.seeds[0]
-            runs.append(StudyRun(
-                f"vit/{vit.dataset.label}/vit-{norm}-b{batch_size}-s{seed}", "vit",
-                {"dataset": vit.dataset.label, "architecture": "vit", "dims": 2, "norm": norm,
-                 "batch_size": batch_size, "seed": seed, "stage": "in-distribution", "test": vit.dataset.label},
-                _train_mapping(vit.dataset, vit.recipe, norm, batch_size, seed, architecture="vit"),
-                _evaluation(config, vit.dataset, halo=config.evaluation.vit_halo, patch_size=vit.recipe.patch_size)))
-    return runs
+    evaluation = _evaluation(config, vit.dataset, halo=config.evaluation.vit_halo, patch_size=vit.recipe.patch_size)
+    return _in_distribution_runs(config, "vit", "vit", vit.dataset, vit.recipe, vit.norms, vit.batch_sizes,
+                                 evaluation)
 
 
 def _volume_runs(config: StudyConfig) -> list[StudyRun]:
@@ -140,18 +145,10 @@ def _volume_runs(config: StudyConfig) -> list[StudyRun]:
     if not volume.enabled:
         return []
     dataset = StudyDataset("drosophila-vnc", target=volume.target)
-    runs = []
-    for norm in volume.norms:
-        for batch_size in volume.batch_sizes:
-            seed = config.grid.seeds[0]
-            runs.append(StudyRun(
-                f"volume/{dataset.label}/unet3d-{norm}-b{batch_size}-s{seed}", "volume",
-                {"dataset": dataset.label, "architecture": "unet3d", "dims": 3, "norm": norm,
-                 "batch_size": batch_size, "seed": seed, "stage": "in-distribution", "test": dataset.label},
-                _train_mapping(dataset, volume.recipe, norm, batch_size, seed, spatial_dims=3),
-                _evaluation(config, dataset, spatial_dims=3, core=volume.core, small_core=volume.small_core,
-                            region=volume.region, patch_size=volume.recipe.patch_size)))
-    return runs
+    evaluation = _evaluation(config, dataset, spatial_dims=3, core=volume.core, small_core=volume.small_core,
+                             region=volume.region, patch_size=volume.recipe.patch_size)
+    return _in_distribution_runs(config, "volume", "unet3d", dataset, volume.recipe, volume.norms,
+                                 volume.batch_sizes, evaluation)
 
 
 def _transfer_runs(config: StudyConfig) -> list[StudyRun]:
