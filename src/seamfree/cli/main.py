@@ -383,8 +383,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    raw = list(sys.argv[1:] if argv is None else argv)
-    args.argv = raw[raw.index(args.command) + 1:] if args.command in raw else []
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",

@@ -10,8 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 __all__ = ["CLAIMS", "Claim", "ClaimCheck", "check_claims"]
 
 TILE_WISE = ("instance", "group", "layer", "layer_spatial")
@@ -164,7 +162,7 @@ def _artifacts_grow(rows: list[Row]) -> tuple[str, str]:
 
 
 def _best_transfer(rows: list[Row]) -> tuple[str, str]:
-    tuned = [r for r in _done(rows, kind="finetune")]
+    tuned = _done(rows, kind="finetune")
     if not tuned:
         return "not measured", "no fine-tuned transfer runs"
     best = max(tuned, key=lambda r: r["dice"] or 0)
@@ -259,8 +257,3 @@ def check_claims(rows: Sequence[Row]) -> list[ClaimCheck]:
         checks.append(ClaimCheck(claim.text, verdict, evidence))
     return checks
 
-
-def mean_of(rows: Sequence[Row], key: str) -> float | None:
-    """Return the mean of ``key`` over rows that have it (None if none)."""
-    values = [r[key] for r in rows if r.get(key) is not None]
-    return float(np.mean(values)) if values else None

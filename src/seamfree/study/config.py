@@ -21,7 +21,7 @@ from typing import Any
 
 from seamfree.errors import ConfigError
 from seamfree.layers.factory import NORM_NAMES
-from seamfree.training.config import from_mapping
+from seamfree.training.config import apply_overrides, from_mapping, read_mapping
 
 __all__ = [
     "PROFILES",
@@ -292,25 +292,11 @@ def load_study_config(path: str | Path | None = None, *, profile: str = "quick",
     >>> config.grid.batch_sizes, config.profile
     ((1,), 'quick')
     """
-    import yaml
-
-    from seamfree.training.config import set_dotted
-
     if profile not in PROFILES:
         raise ConfigError(f"unknown study profile {profile!r}; choose one of {sorted(PROFILES)}")
     values = _merge(PROFILES[profile], {"profile": profile})
     if path is not None:
-        file = Path(path)
-        if not file.exists():
-            raise ConfigError(f"study configuration {file} does not exist; see examples/study.yaml for one")
-        loaded = yaml.safe_load(file.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{file} must hold a mapping of sections (grid, training, evaluation, ...), got "
-                              f"{type(loaded).__name__}")
-        values = _merge(values, loaded)
-    for override in overrides or []:
-        if "=" not in override:
-            raise ConfigError(f"override {override!r} must look like section.key=value, e.g. grid.batch_sizes=[1]")
-        key, _, text = override.partition("=")
-        set_dotted(values, key.strip(), yaml.safe_load(text))
+        values = _merge(values, read_mapping(path, what="study configuration", example="examples/study.yaml",
+                                             sections="grid, training, evaluation, ..."))
+    apply_overrides(values, overrides, example="grid.batch_sizes=[1]")
     return from_mapping(StudyConfig, values)

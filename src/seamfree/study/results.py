@@ -198,7 +198,7 @@ def _example(run_dirs: dict[str, Path], name: str) -> dict[str, np.ndarray] | No
 
 def _seams_pair(rows: Sequence[Row], run_dirs: dict[str, Path]) -> tuple[Row, Row] | None:
     """Return an InstanceNorm run and a global-statistics run (BatchRenorm first) of one dataset and batch size."""
-    grid = [r for r in _done(rows, "grid") if _example(run_dirs, r["name"]) is not None]
+    grid = [r for r in _done(rows, "grid") if r["name"] in run_dirs and (run_dirs[r["name"]] / "example.npz").exists()]
     for seamless in ("batchrenorm", "batch", "instance_tracked", "none"):
         for dataset in sorted({r["dataset"] for r in grid}):
             for batch in sorted({r["batch_size"] for r in grid}, reverse=True):

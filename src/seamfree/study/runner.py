@@ -222,6 +222,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, only: Sequence[str] |
     out.mkdir(parents=True, exist_ok=True)
     runs = plan_runs(config)
     digests = _digests(runs)
+    directories = {run.name: _run_dir(out, run, digests[run.name]) for run in runs}
     selected = select_runs(runs, only)
     if not dry_run:
         _check_datasets(selected)
@@ -231,7 +232,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, only: Sequence[str] |
     selected_names = {run.name for run in selected}
     for index, run in enumerate(runs):
         digest = digests[run.name]
-        directory = _run_dir(out, run, digest)
+        directory = directories[run.name]
         result_path = directory / "result.json"
         if result_path.exists():
             rows.append(_row(run, digest, json.loads(result_path.read_text()), "done"))
@@ -241,7 +242,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, only: Sequence[str] |
         if dry_run or run.name not in selected_names:
             rows.append(_row(run, digest, None, "missing"))
             continue
-        source_dir = _run_dir(out, _by_name(runs, run.source), digests[run.source]) if run.source else None
+        source_dir = directories[run.source] if run.source else None
         if source_dir is not None and not (source_dir / "result.json").exists():
             rows.append(_row(run, digest, None, "failed", f"its source run {run.source} did not finish"))
             failed.append(run.name)
@@ -262,6 +263,3 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, only: Sequence[str] |
     _write_table(table, rows)
     return StudyResult(out, table, rows, ran, cached, failed)
 
-
-def _by_name(runs: Sequence[StudyRun], name: str | None) -> StudyRun:
-    return next(run for run in runs if run.name == name)

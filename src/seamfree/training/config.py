@@ -29,10 +29,11 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "TrainingConfig",
+    "apply_overrides",
     "config_to_dict",
     "from_mapping",
     "load_config",
-    "set_dotted",
+    "read_mapping",
 ]
 
 
@@ -218,7 +219,7 @@ def from_mapping(cls: Any, values: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
-def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``values[a][b] = value`` for ``dotted`` = "a.b", creating sections as needed."""
     parts = dotted.split(".")
     node = values
@@ -229,25 +230,38 @@ def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def read_mapping(path: str | Path, *, what: str, example: str, sections: str) -> dict[str, Any]:
+    """Return the mapping held by the YAML file ``path``; ConfigError naming ``example`` if it is missing or not one."""
+    import yaml
+
+    file = Path(path)
+    if not file.exists():
+        raise ConfigError(f"{what} {file} does not exist; see {example} for one")
+    loaded = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{file} must hold a mapping of sections ({sections}), got {type(loaded).__name__}")
+    return loaded
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str] | None, *, example: str) -> None:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to ``values`` in place."""
+    import yaml
+
+    for override in overrides or []:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} must look like section.key=value, e.g. {example}")
+        key, _, text = override.partition("=")
+        _set_dotted(values, key.strip(), yaml.safe_load(text))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> TrainConfig:
     """Return the TrainConfig of a YAML file (or ``base`` dict) with ``key.sub=value`` overrides applied."""
-    import yaml
-
     values: dict[str, Any] = dict(base or {})
     if path is not None:
-        file = Path(path)
-        if not file.exists():
-            raise ConfigError(f"configuration file {file} does not exist; see examples/train.yaml for one")
-        loaded = yaml.safe_load(file.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{file} must hold a mapping with sections data/model/training/output")
-        values.update(loaded)
-    for override in overrides or []:
-        if "=" not in override:
-            raise ConfigError(f"override {override!r} must look like section.key=value, e.g. training.batch_size=2")
-        key, _, text = override.partition("=")
-        set_dotted(values, key.strip(), yaml.safe_load(text))
+        values.update(read_mapping(path, what="configuration file", example="examples/train.yaml",
+                                   sections="data, model, training, output"))
+    apply_overrides(values, overrides, example="training.batch_size=2")
     return from_mapping(TrainConfig, values, "")
 
 
