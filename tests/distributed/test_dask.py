@@ -162,3 +162,26 @@ def test_runs_killed_at_random_moments_resume_to_the_identical_output(inputs, tm
         status, result = _output(out)
         assert status == "complete", run
         np.testing.assert_array_equal(result, reference, err_msg=f"run {run}")
+
+
+def _malloc_environment():
+    return {name: os.environ.get(name) for name in ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_")}
+
+
+def test_workers_with_the_tuned_allocator_give_the_same_output(inputs, tmp_path):
+    from distributed import Client
+    from seamfree.distributed import start_local_cluster
+    from seamfree.tiling.allocator import ALLOCATOR_ENVIRONMENT
+
+    folder, model, reference = inputs
+    before = _malloc_environment()
+    with start_local_cluster(ClusterConfig(workers=1, tune_allocator=True)) as cluster, Client(cluster) as client:
+        (seen,) = client.run(_malloc_environment).values()
+        predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr", config=CONFIG,
+                            cluster=ClusterConfig(scheduler=cluster.scheduler_address))
+    assert seen == {"MALLOC_ARENA_MAX": "1", "MALLOC_TRIM_THRESHOLD_": ALLOCATOR_ENVIRONMENT["MALLOC_TRIM_THRESHOLD_"]}
+    np.testing.assert_array_equal(_output(tmp_path / "out.zarr")[1], reference)
+    with start_local_cluster(ClusterConfig(workers=1)) as cluster, Client(cluster) as client:
+        (default,) = client.run(_malloc_environment).values()
+    assert default["MALLOC_ARENA_MAX"] is None  # off unless asked for: dask's own settings
+    assert _malloc_environment() == before  # the driver's own environment is left as it was

@@ -78,7 +78,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         cluster = ClusterConfig(scheduler=args.scheduler, workers=args.workers or 2,
                                 threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
-                                tiles_per_task=args.tiles_per_task, timeout=args.timeout)
+                                tiles_per_task=args.tiles_per_task, timeout=args.timeout,
+                                tune_allocator=args.tune_allocator)
         summary = predict_distributed(args.model, args.image, args.out, config=config, cluster=cluster,
                                       axes=args.axes, progress=not args.quiet)
         print(f"wrote {args.out}: {summary.tiles_computed} of {summary.tiles_total} tiles in {summary.tasks} tasks on "
@@ -339,6 +340,9 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-limit", default="auto", help="LocalCluster memory per worker, e.g. 1GiB")
     p.add_argument("--tiles-per-task", type=int, default=4)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the scheduler")
+    p.add_argument("--tune-allocator", action="store_true",
+                   help="spawn LocalCluster workers with seamfree's glibc settings: faster 3D tiles, but each worker "
+                        "keeps its peak memory (give it more than --memory-limit 1GiB)")
     p.set_defaults(handler=_cmd_predict)
 
 
@@ -387,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
+    from seamfree.tiling.allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()  # before torch or any reader starts a thread
     try:
         return int(args.handler(args))
     except (SeamfreeError, argparse.ArgumentTypeError) as exc:

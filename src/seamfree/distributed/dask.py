@@ -31,12 +31,13 @@ from seamfree.io.files import file_sha256
 from seamfree.io.readers import ImageSource, open_image
 from seamfree.io.writers import ZarrBlockWriter, create_output, output_format
 from seamfree.models.checkpoint import load_model
+from seamfree.tiling.allocator import allocator_environment
 from seamfree.tiling.grid import Tile
 from seamfree.tiling.normalize import BlockStatistics, IntensityNormalization, iter_blocks
 from seamfree.tiling.predict import PredictConfig, PredictionPlan, plan_prediction, write_tiles
 from seamfree.tiling.receptive import model_geometry
 
-__all__ = ["ClusterConfig", "DistributedReport", "predict_distributed"]
+__all__ = ["ClusterConfig", "DistributedReport", "predict_distributed", "start_local_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,12 @@ class ClusterConfig:
         Tiles (= output chunks) per task: more amortizes scheduling, fewer spreads work and loses less on failure.
     timeout : float
         Seconds to wait for the scheduler.
+    tune_allocator : bool
+        Spawn LocalCluster workers with seamfree's glibc settings (:mod:`seamfree.tiling.allocator`): faster
+        3D forward passes, but a worker then keeps its high-water mark of memory, which dask counts as unmanaged
+        memory. Give such workers room: at 1 GiB per worker, dask paused them (80 % of the limit) and the run
+        stalled. Off by default; for other deployments set :data:`~seamfree.tiling.allocator.ALLOCATOR_ENVIRONMENT`
+        in the workers' environment.
     """
 
     scheduler: str | None = None
@@ -71,6 +78,7 @@ class ClusterConfig:
     memory_limit: str | int = "auto"
     tiles_per_task: int = 4
     timeout: float = 30.0
+    tune_allocator: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.threads_per_worker < 1 or self.tiles_per_task < 1:
@@ -134,14 +142,42 @@ def _block_statistics(windows: list[tuple[slice, ...]], *, image: str, axes: str
     return result
 
 
+def start_local_cluster(cluster: ClusterConfig) -> Any:
+    """Start the LocalCluster ``cluster`` describes (worker processes, threads, memory limit).
+
+    With ``cluster.tune_allocator``, workers are spawned with
+    :func:`~seamfree.tiling.allocator.allocator_environment` (glibc reads it at process start), replacing dask's
+    own default, which trims everything above 64 KiB and makes every tile fault its memory back in.
+    """
+    require("distributed", "dask")
+    import dask
+
+    from distributed import LocalCluster
+
+    tuned = allocator_environment() if cluster.tune_allocator else {}
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **tuned}
+    # the nanny writes these into this process's os.environ before each spawn and leaves them there (distributed
+    # 2026.8): restore ours afterwards, or the next cluster and every later subprocess would inherit them
+    saved = {name: os.environ.get(name) for name in environ}
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            return LocalCluster(n_workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
+                                memory_limit=cluster.memory_limit, processes=True,
+                                dashboard_address=":0")  # a free port: never collide with a running cluster
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _client(cluster: ClusterConfig) -> tuple[Any, Any]:
     require("distributed", "dask")
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if cluster.scheduler is None:
-        local = LocalCluster(n_workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
-                             memory_limit=cluster.memory_limit, processes=True,
-                             dashboard_address=":0")  # a free port: never collide with a cluster already running
+        local = start_local_cluster(cluster)
         return Client(local), local
     try:
         return Client(cluster.scheduler, timeout=cluster.timeout), None
