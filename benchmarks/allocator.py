@@ -7,7 +7,7 @@ Each run is a fresh ``seamfree predict`` subprocess (the CLI tunes the allocator
 median over repeats. Reported per setting: wall seconds, the child's own user and system CPU seconds and peak
 RSS (``os.wait4``).
 Cases: ``3d``: a 3D U-Net (depth 2, 8 features, BatchRenorm) on a 64 × 512² uint8 volume, core 32 × 128²;
-``2d``: a 2D U-Net (depth 4, 16 features) on a 4096² image, core 1024². The outputs of the two settings must be
+``2d``: a 2D U-Net (depth 4, 16 features) on a 2048² image, core 1024². The outputs of the two settings must be
 bitwise identical (checked).
 """
 
@@ -32,7 +32,7 @@ from seamfree.testing import randomize_norm_statistics
 
 CASES: dict[str, dict[str, Any]] = {
     "3d": {"dims": 3, "depth": 2, "features": 8, "shape": (64, 512, 512), "core": "32,128,128"},
-    "2d": {"dims": 2, "depth": 4, "features": 16, "shape": (4096, 4096), "core": "1024"},
+    "2d": {"dims": 2, "depth": 4, "features": 16, "shape": (2048, 2048), "core": "1024"},
 }
 
 

@@ -185,3 +185,23 @@ def test_workers_with_the_tuned_allocator_give_the_same_output(inputs, tmp_path)
         (default,) = client.run(_malloc_environment).values()
     assert default["MALLOC_ARENA_MAX"] is None  # off unless asked for: dask's own settings
     assert _malloc_environment() == before  # the driver's own environment is left as it was
+
+
+def test_only_a_window_of_tasks_is_on_the_cluster_at_a_time(inputs, tmp_path, monkeypatch):
+    import seamfree.distributed.dask as driver
+    from distributed import Client, LocalCluster
+
+    monkeypatch.setattr(driver, "TASKS_IN_FLIGHT", 2)  # window = max(2, 4 × 1 thread) = 4 tasks
+    folder, model, reference = inputs
+    known = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        def count(done, total):
+            known.append(client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
+
+        report = predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr", config=CONFIG,
+                                     cluster=ClusterConfig(scheduler=cluster.scheduler_address, tiles_per_task=1),
+                                     progress=count)
+    assert report.tasks == len(known) > 4 + 2
+    assert max(known) <= 4 + 2  # finished tasks are released (asynchronously: a little slack); never all at once
+    np.testing.assert_array_equal(_output(tmp_path / "out.zarr")[1], reference)

@@ -1,7 +1,8 @@
 """Tiled prediction on a dask.distributed cluster: block tasks that own whole output chunks.
 
 The driver plans the prediction exactly as :func:`seamfree.predict` does (same grid, statistics, fingerprint),
-creates the OME-Zarr output, and submits one task per group of tiles not yet done. The output's chunks are the
+creates the OME-Zarr output, and submits one task per group of tiles not yet done, keeping a bounded window of
+tasks on the cluster (a finished task is released and the next submitted). The output's chunks are the
 tile cores, so a task owns the chunks of its tiles and no two tasks ever write the same chunk. A task reads its
 tiles with their halos from the shared input, runs the model (loaded once per worker process and cached, not
 shipped with every task), writes each core, then creates the core's done marker. The result is identical to
@@ -15,6 +16,7 @@ over the input's chunks (one task per block, merged in block order: the same num
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -43,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 # An input chunk this many times larger than a tile makes every task decompress far more than it reads.
 MAX_CHUNK_TO_TILE_RATIO = 16
+# Tasks submitted ahead of the finished ones (at least 4 per worker thread): enough to keep every thread busy,
+# few enough that the scheduler's state stays small whatever the volume.
+TASKS_IN_FLIGHT = 256
 
 
 @dataclass(frozen=True)
@@ -156,9 +161,11 @@ def start_local_cluster(cluster: ClusterConfig) -> Any:
 
     tuned = allocator_environment() if cluster.tune_allocator else {}
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **tuned}
-    # the nanny writes these into this process's os.environ before each spawn and leaves them there (distributed
-    # 2026.8): restore ours afterwards, or the next cluster and every later subprocess would inherit them
+    # the nanny takes a variable from this process's os.environ before dask's configuration, writes it there
+    # before each spawn and leaves it there (distributed 2026.8): set ours, then restore the environment, or a
+    # later cluster and every later subprocess would inherit them
     saved = {name: os.environ.get(name) for name in environ}
+    os.environ.update(tuned)
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             return LocalCluster(n_workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
@@ -274,27 +281,47 @@ def predict_distributed(
 def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
             axes: str | None, output: Path, plan: PredictionPlan, config: PredictConfig, cluster: ClusterConfig,
             progress: bool | Callable[[int, int], None], total: int) -> tuple[int, int]:
+    """Run the tasks of ``todo`` with at most a window of them known to the scheduler at any time.
+
+    A finished task is released at once (the scheduler and the worker forget it) and the next one submitted, so the
+    cluster's bookkeeping does not grow with the volume: a terabyte at 4 tiles per task is ~10⁶ tasks.
+    """
     from distributed import as_completed
 
     groups = [list(todo[i:i + cluster.tiles_per_task]) for i in range(0, len(todo), cluster.tiles_per_task)]
-    futures = client.map(_run_block, groups, model=str(model_path.resolve()), digest=file_sha256(model_path),
-                         image=image, axes=axes, output=str(output.resolve()), plan=plan, config=config,
-                         threads=cluster.threads_per_worker, pure=False)
+    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
+    window = max(TASKS_IN_FLIGHT, 4 * threads)
+    kwargs = {"model": str(model_path.resolve()), "digest": file_sha256(model_path), "image": image, "axes": axes,
+              "output": str(output.resolve()), "plan": plan, "config": config,
+              "threads": cluster.threads_per_worker}
+    sizes: dict[str, int] = {}
+
+    def submit(group: list[Tile]) -> Any:
+        future = client.submit(_run_block, group, pure=False, **kwargs)
+        sizes[future.key] = len(group)
+        return future
+
+    waiting = iter(groups)
+    # results come through as_completed's own gather (raising a task's error): a bare future.result() per future
+    # once failed in CI with "Event ... bound to a different event loop" after a worker was killed
+    running = as_completed([submit(group) for group in itertools.islice(waiting, window)], with_results=True)
     done = total - len(todo)
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=done, unit="tile", desc="predict (dask)")
-    sizes = {future.key: len(group) for future, group in zip(futures, groups)}
     computed = 0
-    # results come through as_completed's own gather (raising a task's error): a bare future.result() per future
-    # once failed in CI with "Event ... bound to a different event loop" after a worker was killed
-    for future, result in as_completed(futures, with_results=True):
+    for future, result in running:
         computed += result
-        done += sizes[future.key]
+        size = sizes.pop(future.key)
+        done += size
+        future.release()
+        following = next(waiting, None)
+        if following is not None:
+            running.add(submit(following))
         if bar is not None:
-            bar.update(sizes[future.key])
+            bar.update(size)
         elif callable(progress):
             progress(done, total)
     if bar is not None:

@@ -1,5 +1,6 @@
 """Tile geometry, receptive field, blending, intensity normalization and the tiled prediction engine."""
 
+from seamfree.tiling.allocator import tune_cpu_allocator
 from seamfree.tiling.blend import BlendAccumulator, weight_window
 from seamfree.tiling.grid import Tile, TileGrid, as_axis_tuple
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
@@ -37,5 +38,6 @@ __all__ = [
     "read_window",
     "resolve_activation",
     "suggest_tiling",
+    "tune_cpu_allocator",
     "weight_window",
 ]
