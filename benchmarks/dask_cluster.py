@@ -4,9 +4,10 @@
 
 A uint8 zarr volume D × 1024 × 1024 (chunks 32 × 128²) is predicted into OME-Zarr by a small 3D U-Net (depth 1,
 4 features, or ``--features``; the model is not the point, memory and scheduling are) with core 32 × 128² on a
-LocalCluster. On CPU the 3D convolutions take ~95 % of the time (cProfile of single-process prediction), so
-``--features 1`` is how a many-GB volume fits in an afternoon on 2 cores. ``--tune-allocator`` spawns the workers
-with seamfree's glibc settings (``seamfree.tiling.allocator``).
+LocalCluster. On CPU the model's forward pass takes ~98 % of a task's time (py-spy on a worker); ``--features 1``
+makes it cheaper but gained little here (1.02 vs ~0.8 MB/s), because much of that time is page faults, which
+``--tune-allocator`` removes (workers spawned with seamfree's glibc settings, ``seamfree.tiling.allocator``; they
+then keep their peak memory, so give them more than 1 GiB).
 Peak RSS of every worker process is read from the worker itself at the end (``ru_maxrss``). Scaling: the
 smallest volume with 1 and with 2 workers; parallel efficiency = speed-up / workers.
 """
