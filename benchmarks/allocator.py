@@ -1,4 +1,4 @@
-"""``seamfree predict`` with glibc's default allocator settings vs seamfree's (``seamfree.tiling.allocator``).
+"""``seamfree predict`` with glibc's default allocator settings vs seamfree's (``seamfree.allocator``).
 
     python benchmarks/allocator.py [--repeats 3] [--cases 3d 2d] [--out results/allocator.json]
 

@@ -6,7 +6,7 @@ A uint8 zarr volume D × 1024 × 1024 (chunks 32 × 128²) is predicted into OME
 4 features, or ``--features``; the model is not the point, memory and scheduling are) with core 32 × 128² on a
 LocalCluster. On CPU the model's forward pass takes ~98 % of a task's time (py-spy on a worker); ``--features 1``
 makes it cheaper but gained little here (1.02 vs ~0.8 MB/s), because much of that time is page faults, which
-``--tune-allocator`` removes (workers spawned with seamfree's glibc settings, ``seamfree.tiling.allocator``; they
+``--tune-allocator`` removes (workers spawned with seamfree's glibc settings, ``seamfree.allocator``; they
 then keep their peak memory, so give them more than 1 GiB).
 Peak RSS of every worker process is read from the worker itself at the end (``ru_maxrss``). Scaling: the
 smallest volume with 1 and with 2 workers; parallel efficiency = speed-up / workers.
@@ -49,7 +49,7 @@ def run(model: Path, volume: Path, workers: int, memory_limit: str, workdir: Pat
         tune_allocator: bool = False) -> dict[str, Any]:
     from distributed import Client
 
-    config = PredictConfig(core=(32, 128, 128), batch_size=1, output_kind="uint8",
+    config = PredictConfig(core=(32, 128, 128), tiles_per_batch=1, output_kind="uint8",
                            normalization=IntensityNormalization("percentile", offset=(0.0,), scale=(255.0,)))
     out = workdir / f"pred_{volume.stem}_{workers}.zarr"
     with start_local_cluster(ClusterConfig(workers=workers, memory_limit=memory_limit,

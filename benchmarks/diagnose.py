@@ -50,7 +50,7 @@ def main() -> None:
         parts.append(d.seconds)
         info = {"predict_core": list(report[0].grid.core), "predict_compute_ratio": report[0].grid.compute_ratio,
                 "diagnose_core": d.geometry["core"], "diagnose_compute_ratio": d.geometry["compute_ratio"],
-                "verdict": d.recommendation.verdict, "tm_abs": d.tile_mismatch.abs,
+                "verdict": d.recommendation.verdict, "tm_abs": d.tile_mismatch.tm_abs,
                 "exact_max_abs": d.exactness.max_abs}
         print(f"repeat {repeat + 1}: predict {times['predict'][-1]:.1f} s, diagnose {times['diagnose'][-1]:.1f} s "
               f"{d.seconds}")

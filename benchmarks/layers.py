@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seamfree.layers.batchrenorm import _BatchRenorm
+from seamfree.layers.batchrenorm import BatchRenormNd
 from seamfree.models import UNet
 
 
-class NaiveBatchRenorm2d(_BatchRenorm):
+class NaiveBatchRenorm2d(BatchRenormNd):
     """Elementwise BatchRenorm (x - mu)/sigma * r + d, the textbook implementation, for comparison."""
 
     _spatial_dims = 2
@@ -59,7 +59,7 @@ def _net(dims: int, norm: str, naive: bool) -> nn.Module:
     if naive:
         for parent in net.modules():
             for name, child in parent.named_children():
-                if isinstance(child, _BatchRenorm):
+                if isinstance(child, BatchRenormNd):
                     replacement = NaiveBatchRenorm2d(child.num_features, warmup_steps=0, ramp_steps=0)
                     setattr(parent, name, replacement)
     return net

@@ -73,7 +73,7 @@ def worker(case: str, method: str, workdir: Path) -> dict[str, Any]:
         prediction = predict_whole(model, image, normalization=normalization)
     elif method in ("crop", "crop_auto", "blend"):
         config = PredictConfig(core=None if method == "crop_auto" else core, normalization=normalization,
-                               stitching="blend" if method == "blend" else "crop", batch_size=1,
+                               stitching="blend" if method == "blend" else "crop", tiles_per_batch=1,
                                halo=0 if method == "blend" else "auto", allow_small_halo=method == "blend")
         report: list[Any] = []
         prediction = predict(model, image, config=config, report=report)
@@ -112,7 +112,7 @@ def memory_worker(depth_slices: int, workdir: Path) -> dict[str, Any]:
     # A shallow net (halo 24) so that tiles are much smaller than both volumes: memory must then depend on the
     # tile only, not on the volume.
     model = _model({"spatial_dims": 3, "depth": 2, "features": 4})
-    config = PredictConfig(core=(32, 128, 128), batch_size=1, normalization=IntensityNormalization(
+    config = PredictConfig(core=(32, 128, 128), tiles_per_batch=1, normalization=IntensityNormalization(
         "percentile", offset=(0.0,), scale=(255.0,)))
     start = time.perf_counter()
     predict(model, source, workdir / f"pred_{depth_slices}.zarr", config=config)

@@ -62,12 +62,12 @@ def two_diagnoses():
 def test_report_json_follows_the_documented_schema(two_diagnoses, tmp_path):
     page = write_report(two_diagnoses, tmp_path)
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["schema_version"] == 1 and len(data["diagnoses"]) == 2
+    assert data["schema_version"] == 2 and len(data["diagnoses"]) == 2
     first = data["diagnoses"][0]
     for key in ("audit", "receptive_field", "geometry", "tile_mismatch", "train_eval_disparity", "seams",
                 "exactness", "recommendation", "suggested_tiling", "dice", "seconds"):
         assert key in first, key
-    assert first["tile_mismatch"]["dice"] > 0 and data["diagnoses"][1]["tile_mismatch"]["abs"] == 0
+    assert first["tile_mismatch"]["tm_dice"] > 0 and data["diagnoses"][1]["tile_mismatch"]["tm_abs"] == 0
     assert first["dice"] is not None and first["train_eval_disparity"]["delta_dice"] is not None
     html = page.read_text()
     assert html.count("data:image/png;base64,") == 9  # 4 figures per model + the indicator bars

@@ -36,17 +36,17 @@ def image(rng):
 def test_fixed_statistics_give_tile_mismatch_at_noise_and_exact_tiling(image):
     for norm in ("none", "batch", "batchrenorm"):
         d = diagnose(_net(norm), image, config=FAST)
-        assert d.tile_mismatch.abs < 1e-6 and d.tile_mismatch.shifted_abs < 1e-6, norm
-        assert d.tile_mismatch.dice < 1e-3, norm
+        assert d.tile_mismatch.tm_abs < 1e-6 and d.tile_mismatch.shifted_tm_abs < 1e-6, norm
+        assert d.tile_mismatch.tm_dice < 1e-3, norm
         assert d.exactness.exact and d.exactness.max_abs < 1e-5, norm
         assert d.recommendation.verdict != "tiling artifacts", norm
 
 
 def test_per_tile_statistics_give_clear_mismatch_and_zero_disparity(image):
     d = diagnose(_net("instance"), image, config=FAST)
-    assert d.tile_mismatch.abs > 1e-3
-    assert d.tile_mismatch.shifted_abs > 1e-3
-    assert d.disparity.dice == 0.0 and d.disparity.abs == 0.0  # the same computation in both modes
+    assert d.tile_mismatch.tm_abs > 1e-3
+    assert d.tile_mismatch.shifted_tm_abs > 1e-3
+    assert d.disparity.ted_dice == 0.0 and d.disparity.ted_abs == 0.0  # the same computation in both modes
     assert not d.exactness.exact
     assert d.recommendation.verdict == "tiling artifacts"
     assert "InstanceNorm2d" in d.recommendation.message and "BatchRenorm" in " ".join(d.recommendation.actions)
@@ -56,7 +56,7 @@ def test_per_tile_statistics_give_clear_mismatch_and_zero_disparity(image):
 def test_pairs_cover_exactly_the_compared_voxels(image):
     d = diagnose(_net("instance"), image, config=FAST)
     tm = d.tile_mismatch
-    voxels = sum(math.prod(s.stop - s.start for s in pair.block) for pair in tm.pairs)
+    voxels = sum(math.prod(s.stop - s.start for s in pair.region) for pair in tm.pairs)
     assert voxels == tm.compared_voxels == int(np.isfinite(tm.map).sum())
     assert len({(p.a, p.b) for p in tm.pairs}) == len(tm.pairs) >= 4
     assert all(0.0 <= v <= 1.0 for p in tm.pairs for v in p.dice)
@@ -65,8 +65,8 @@ def test_pairs_cover_exactly_the_compared_voxels(image):
 def test_multichannel_outputs_are_reported_per_channel(image):
     d = diagnose(_net("instance", out=3), image, config=FAST)
     assert len(d.tile_mismatch.per_channel) == 3 and len(d.disparity.per_channel) == 3
-    mean = np.mean([c["abs"] for c in d.tile_mismatch.per_channel])
-    assert d.tile_mismatch.abs == pytest.approx(mean)
+    mean = np.mean([c["tm_abs"] for c in d.tile_mismatch.per_channel])
+    assert d.tile_mismatch.tm_abs == pytest.approx(mean)
 
 
 @pytest.mark.parametrize("norm", ["batch", "batchrenorm", "instance_tracked"])
@@ -87,7 +87,7 @@ def test_disparity_leaves_the_model_exactly_as_it_was(norm, image):
     assert before.keys() == after.keys()
     for key, value in before.items():
         assert torch.equal(value, after[key]), key
-    assert ted.abs > 0  # random running statistics do not match the batches
+    assert ted.ted_abs > 0  # random running statistics do not match the batches
     assert ted.layers_with_running_statistics == 10  # 5 conv blocks × 2 norms
 
 
@@ -135,6 +135,6 @@ def test_three_dimensional_volumes_are_diagnosed(rng):
     for norm, artifacts in (("instance", True), ("batchrenorm", False)):
         net = randomize_norm_statistics(UNet(3, 1, 1, depth=1, features=2, norm=norm)).eval()
         d = diagnose(net, volume, config=config)
-        assert (d.tile_mismatch.abs > 1e-3) == artifacts, norm
+        assert (d.tile_mismatch.tm_abs > 1e-3) == artifacts, norm
         assert d.seams.score is not None and len(d.seams.per_axis) == 3
         assert d.tile_mismatch.map.shape == volume.shape

@@ -170,8 +170,8 @@ def _malloc_environment():
 
 def test_workers_with_the_tuned_allocator_give_the_same_output(inputs, tmp_path):
     from distributed import Client
+    from seamfree.allocator import ALLOCATOR_ENVIRONMENT
     from seamfree.distributed import start_local_cluster
-    from seamfree.tiling.allocator import ALLOCATOR_ENVIRONMENT
 
     folder, model, reference = inputs
     before = _malloc_environment()

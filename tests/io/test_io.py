@@ -56,7 +56,7 @@ def test_resume_after_interruption_gives_identical_output(net, volume, tmp_path)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        predict(net, volume, out, config=PredictConfig(core=(8, 16, 16), batch_size=1), progress=interrupt)
+        predict(net, volume, out, config=PredictConfig(core=(8, 16, 16), tiles_per_batch=1), progress=interrupt)
     group = zarr.open_group(str(out), mode="r")
     assert group.attrs["seamfree"]["status"] == "incomplete"  # never looks complete
     done = len(list((out / ".seamfree" / "done").iterdir()))
@@ -77,7 +77,7 @@ def test_blend_resume_and_tiff_output(net, volume, tmp_path):
 
     out = tmp_path / "pred.tif"
     with pytest.raises(KeyboardInterrupt):
-        predict(net, volume, out, config=PredictConfig(core=(8, 16, 16), stitching="blend", batch_size=1),
+        predict(net, volume, out, config=PredictConfig(core=(8, 16, 16), stitching="blend", tiles_per_batch=1),
                 progress=interrupt)
     assert not out.exists()  # only NAME.partial.tif until complete
     assert (tmp_path / "pred.partial.tif").exists()

@@ -47,7 +47,7 @@ def test_final_activation():
 
 
 def test_vit_output_shapes_and_position_interpolation():
-    net = ViTSegmenter(1, 2, img_size=32, patch_size=8, embed_dim=16, depth=2, heads=2, norm="layer").eval()
+    net = ViTSegmenter(1, 2, img_size=32, token_size=8, embed_dim=16, depth=2, heads=2, norm="layer").eval()
     assert net.network_stride == (8, 8)
     with torch.no_grad():
         assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 2, 32, 32)

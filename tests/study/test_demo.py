@@ -18,9 +18,9 @@ def test_demo_writes_a_report_contrasting_instance_norm_and_batch_renorm(tmp_pat
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     instance, renorm = data["diagnoses"]
     assert instance["name"].startswith("instance") and renorm["name"].startswith("batchrenorm")
-    assert instance["tile_mismatch"]["dice"] > 1e-3 and instance["recommendation"]["verdict"] == "tiling artifacts"
-    assert renorm["tile_mismatch"]["abs"] < 1e-6 and renorm["exactness"]["exact"]
-    assert instance["train_eval_disparity"]["abs"] == 0.0
+    assert instance["tile_mismatch"]["tm_dice"] > 1e-3 and instance["recommendation"]["verdict"] == "tiling artifacts"
+    assert renorm["tile_mismatch"]["tm_abs"] < 1e-6 and renorm["exactness"]["exact"]
+    assert instance["train_eval_disparity"]["ted_abs"] == 0.0
     if find_chromium() is None:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the JSON checks passed")
     seen = check_rendering(tmp_path / "report" / "report.html", tmp_path / "shot.png")

@@ -68,7 +68,7 @@ def test_resumed_training_ends_where_an_uninterrupted_run_ends(tmp_path):
 
 
 def test_unknown_keys_and_norms_are_rejected_with_a_suggestion(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown configuration key training\.iteration; did you mean 'iterations'"):
+    with pytest.raises(ConfigError, match=r"unknown configuration key training\.iteration \(did you mean 'iterations'"):
         load_config(base={"training": {"iteration": 5}})
     with pytest.raises(ConfigError, match="did you mean 'batchrenorm'"):
         load_config(base={"model": {"norm": "batchrenom"}})

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seamfree.config import did_you_mean
 from seamfree.errors import ConfigError, DataError, require
 from seamfree.io.files import file_sha256
 
@@ -138,11 +139,8 @@ def data_root() -> Path:
 def get_dataset(name: str) -> Dataset:
     """Return the dataset called ``name``."""
     if name not in DATASETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, DATASETS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}{hint}")
+        raise ConfigError(f"unknown dataset {name!r}{did_you_mean(name, list(DATASETS))}; "
+                          f"known: {', '.join(DATASETS)}")
     return DATASETS[name]
 
 

@@ -8,15 +8,12 @@ Every source gives ``(image, mask)`` pairs with images ``(C, *spatial)`` as stor
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from seamfree.data.config import DataConfig
 from seamfree.errors import ConfigError, DataError
 from seamfree.io.readers import open_image
-
-if TYPE_CHECKING:
-    from seamfree.training.config import DataConfig
 
 __all__ = ["Pair", "load_pairs"]
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch import nn
 
+from seamfree.config import apply_renamed
 from seamfree.diagnostics.disparity import TrainEvalDisparity, train_eval_disparity
 from seamfree.diagnostics.exactness import ExactnessCheck, exactness_check, whole_forward_crop
 from seamfree.diagnostics.mismatch import TileMismatch, shifted_tiles, tile_mismatch
@@ -26,19 +26,14 @@ from seamfree.diagnostics.recommend import Recommendation, recommend
 from seamfree.diagnostics.seams import SeamScore, seam_score
 from seamfree.errors import ConfigError, ShapeError
 from seamfree.io.readers import open_image
+from seamfree.io.writers import ArrayOutput
 from seamfree.layers.audit import NormAudit, audit_norms
 from seamfree.metrics import binarize, dice, masks_from_ground_truth
 from seamfree.models.checkpoint import model_metadata
+from seamfree.tiling.engine import output_channels, read_window, run_tiles
 from seamfree.tiling.grid import TileGrid, as_axis_tuple
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
-from seamfree.tiling.predict import (
-    PredictConfig,
-    check_model_input,
-    predict,
-    predict_tiles,
-    read_window,
-    resolve_activation,
-)
+from seamfree.tiling.plan import PredictConfig, check_model_input, plan_prediction
 from seamfree.tiling.receptive import (
     ReceptiveField,
     TilingSuggestion,
@@ -47,12 +42,14 @@ from seamfree.tiling.receptive import (
     model_geometry,
     suggest_tiling,
 )
+from seamfree.tiling.sinks import CropSink
 
 __all__ = ["DiagnoseConfig", "Diagnosis", "diagnose"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: TM/TED fields named tm_*/ted_*, geometry.grid_offset, tile pairs' region and abs_difference
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -66,13 +63,13 @@ class DiagnoseConfig:
         axis, so that there are seams to look at.
     halo : "auto", int or tuple
         Halo; "auto" is the measured receptive-field radius.
-    offset : int or tuple, optional
+    grid_offset : int or tuple, optional
         Shift of grid B against grid A (default: half the core).
     normalization : IntensityNormalization
         Input intensities (statistics from the whole image, once).
     patch_size, batch_size : optional
-        Training patch and batch size for TED; default from the checkpoint metadata, else 256 (2D) /
-        64 (3D) per axis and 2.
+        The model's training patch and training batch size, for TED batches formed like training batches;
+        default from the checkpoint metadata, else 256 (2D) / 64 (3D) per axis and 2.
     ted_batches : int
         Number of batches for TED.
     activation : {"auto", "none", "sigmoid", "softmax"}
@@ -87,11 +84,13 @@ class DiagnoseConfig:
     device : str
     seed : int
         Seed of the TED patch positions.
+    offset : int or tuple, optional
+        Deprecated name of ``grid_offset``.
     """
 
     core: int | tuple[int, ...] | None = None
     halo: Literal["auto"] | int | tuple[int, ...] = "auto"
-    offset: int | tuple[int, ...] | None = None
+    grid_offset: int | tuple[int, ...] | None = None
     normalization: IntensityNormalization = field(default_factory=IntensityNormalization)
     patch_size: int | tuple[int, ...] | None = None
     batch_size: int | None = None
@@ -103,8 +102,10 @@ class DiagnoseConfig:
     memory_budget: int | None = None
     device: str = "cpu"
     seed: int = 0
+    offset: int | tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        apply_renamed(self, "offset", "grid_offset")
         if self.ted_batches < 1:
             raise ConfigError(f"ted_batches must be >= 1, got {self.ted_batches}")
         if not 0.0 < self.threshold < 1.0 and self.activation != "none":
@@ -141,7 +142,7 @@ class Diagnosis:
             "seams": self.seams.to_dict(), "exactness": self.exactness.to_dict(),
             "recommendation": self.recommendation.to_dict(),
             "suggested_tiling": {"core": list(suggestion.core), "halo": list(suggestion.halo),
-                                 "batch_size": suggestion.batch_size, "compute_ratio": suggestion.compute_ratio},
+                                 "tiles_per_batch": suggestion.tiles_per_batch, "compute_ratio": suggestion.compute_ratio},
             "dice": self.dice, "seconds": self.seconds,
         }
 
@@ -178,14 +179,14 @@ def diagnose(
     >>> from seamfree.models import UNet
     >>> net = UNet(2, 1, 1, depth=2, features=4, norm="instance")
     >>> d = diagnose(net, np.random.rand(96, 96), config=DiagnoseConfig(core=32, patch_size=32, ted_batches=1))
-    >>> d.recommendation.verdict, d.disparity.dice
+    >>> d.recommendation.verdict, d.disparity.ted_dice
     ('tiling artifacts', 0.0)
     """
     config = config or DiagnoseConfig()
     dims, in_channels, stride = model_geometry(model)
     with open_image(image, spatial_dims=dims, axes=axes) as source:
         check_model_input(source, in_channels, dims)
-        _check_output_shape(model, in_channels, stride, config.device)
+        output_channels(model, in_channels, stride, config.device)  # a clear error before any real work
         normalization = compute_normalization(source, config.normalization)
         window = _region(source.spatial_shape, config)
         region = read_window(source, window)
@@ -208,15 +209,15 @@ def _diagnose_region(model: nn.Module, region: np.ndarray, window: tuple[slice, 
     grid_a, grid_b = _grids(model, source.spatial_shape, halo, stride, rf, config)
     predict_config = PredictConfig(core=grid_a.core, halo=grid_a.halo, normalization=normalization,
                                    activation=config.activation, threshold=config.threshold,
-                                   device=config.device, allow_small_halo=True, batch_size=1)
-    activation = resolve_activation(model, config.activation)
+                                   device=config.device, allow_small_halo=True, tiles_per_batch=1)
     clock = time.perf_counter()
-    first = predict(model, source, config=predict_config)
+    plan = plan_prediction(model, source, predict_config, normalization)
+    activation = plan.activation
+    first = np.zeros(plan.output_shape, np.float32)
+    run_tiles(model, plan, source, list(grid_a.tiles()), CropSink(ArrayOutput(first), plan.output))
     seconds["prediction"] = _lap(clock)
-    second = np.full_like(first, np.nan)
-    for tile, values in predict_tiles(model, source, shifted_tiles(grid_b), normalization=normalization,
-                                      config=predict_config):
-        second[(slice(None), *tile.write)] = values[(slice(None), *tile.crop)]
+    second = np.full_like(first, np.nan)  # NaN where grid B does not predict
+    run_tiles(model, plan, source, shifted_tiles(grid_b), CropSink(ArrayOutput(second), plan.output))
     mismatch = tile_mismatch(first, second, grid_a, grid_b, activation=activation, threshold=config.threshold)
     seconds["tile_mismatch"] = _lap(clock) - seconds["prediction"]
     clock = time.perf_counter()
@@ -224,7 +225,7 @@ def _diagnose_region(model: nn.Module, region: np.ndarray, window: tuple[slice, 
     patch, batch_size = _training_batch(model, dims, config)
     disparity = train_eval_disparity(model, source, normalization=normalization, patch_size=patch,
                                      batch_size=batch_size, batches=config.ted_batches, ground_truth=gt,
-                                     config=predict_config, seed=config.seed)
+                                     runtime=plan.runtime, threshold=config.threshold, seed=config.seed)
     seconds["train_eval_disparity"] = _lap(clock)
     clock = time.perf_counter()
     budget = config.memory_budget or default_memory_budget(config.device)
@@ -240,8 +241,8 @@ def _diagnose_region(model: nn.Module, region: np.ndarray, window: tuple[slice, 
                                 receptive_field=rf)
     geometry = {
         "image_shape": list(full_shape), "region": [[w.start, w.stop] for w in window],
-        "core": list(grid_a.core), "halo": list(grid_a.halo), "offset": [c // 2 for c in grid_a.core]
-        if config.offset is None else list(as_axis_tuple(config.offset, dims, "offset")),
+        "core": list(grid_a.core), "halo": list(grid_a.halo), "grid_offset": [c // 2 for c in grid_a.core]
+        if config.grid_offset is None else list(as_axis_tuple(config.grid_offset, dims, "grid_offset")),
         "tile_shape": list(grid_a.tile_shape), "grid_shape": list(grid_a.grid_shape),
         "network_stride": list(stride), "compute_ratio": grid_a.compute_ratio,
         "normalization": normalization.to_dict(), "activation": activation, "threshold": config.threshold,
@@ -253,24 +254,6 @@ def _diagnose_region(model: nn.Module, region: np.ndarray, window: tuple[slice, 
 
 def _lap(start: float) -> float:
     return round(time.perf_counter() - start, 3)
-
-
-def _check_output_shape(model: nn.Module, in_channels: int, stride: tuple[int, ...], device: str) -> None:
-    probe = torch.zeros((1, in_channels, *(max(2 * s, 16) for s in stride)), device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            out = model(probe)
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.shape[2:] != probe.shape[2:]:
-        shape = tuple(out.shape[2:]) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ShapeError(
-            f"the model's output spatial shape {shape} differs from its input {tuple(probe.shape[2:])}; "
-            "diagnose (and tiled prediction) need a model that predicts every input voxel, e.g. a U-Net "
-            "with 'same' padding"
-        )
 
 
 def _region(shape: tuple[int, ...], config: DiagnoseConfig) -> tuple[slice, ...]:
@@ -312,7 +295,7 @@ def _grids(model: nn.Module, shape: tuple[int, ...], halo: tuple[int, ...], stri
     else:
         core = as_axis_tuple(config.core, dims, "core")
     grid_a = TileGrid.create(shape, core, halo, network_stride=stride)
-    offset = tuple(c // 2 for c in grid_a.core) if config.offset is None else config.offset
+    offset = tuple(c // 2 for c in grid_a.core) if config.grid_offset is None else config.grid_offset
     grid_b = TileGrid.create(shape, grid_a.core, halo, network_stride=stride, offset=offset)
     if len(grid_a) < 2 or not shifted_tiles(grid_b):
         largest = tuple(max(s, (n - 2 * h) // 2 // s * s) for n, h, s in zip(shape, halo, stride))

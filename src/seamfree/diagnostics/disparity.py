@@ -23,13 +23,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from seamfree.config import deprecated_alias
 from seamfree.errors import ConfigError
 from seamfree.io.readers import ImageSource
 from seamfree.metrics import binarize, dice, masks_from_ground_truth
+from seamfree.tiling.engine import eval_mode, forward_batch, read_window, resolve_activation
 from seamfree.tiling.grid import as_axis_tuple
 from seamfree.tiling.normalize import IntensityNormalization
-from seamfree.tiling.predict import PredictConfig, forward_batch, read_window, resolve_activation
 from seamfree.tiling.receptive import model_geometry
+from seamfree.tiling.specs import RuntimeSpec
 
 __all__ = ["TrainEvalDisparity", "batch_statistics_copy", "train_eval_disparity"]
 
@@ -42,8 +44,8 @@ class TrainEvalDisparity:
 
     Attributes
     ----------
-    dice, abs : float
-        TED_dice and TED_abs.
+    ted_dice, ted_abs : float
+        TED_dice (1 − Dice of train-mode vs eval-mode masks: 0 when they agree) and TED_abs.
     per_channel : list of dict
     delta_dice : float or None
         Dice(train-mode, GT) − Dice(eval, GT), with ground truth.
@@ -55,8 +57,8 @@ class TrainEvalDisparity:
         Normalization layers whose behaviour differs between the two modes.
     """
 
-    dice: float
-    abs: float
+    ted_dice: float
+    ted_abs: float
     per_channel: list[dict[str, float]]
     delta_dice: float | None
     dice_train: float | None
@@ -66,8 +68,11 @@ class TrainEvalDisparity:
     batches: int
     layers_with_running_statistics: int
 
+    dice = deprecated_alias("dice", "ted_dice")
+    abs = deprecated_alias("abs", "ted_abs")
+
     def to_dict(self) -> dict[str, Any]:
-        return {"dice": self.dice, "abs": self.abs, "per_channel": self.per_channel,
+        return {"ted_dice": self.ted_dice, "ted_abs": self.ted_abs, "per_channel": self.per_channel,
                 "delta_dice": self.delta_dice, "dice_train": self.dice_train, "dice_eval": self.dice_eval,
                 "patch_size": list(self.patch_size), "batch_size": self.batch_size, "batches": self.batches,
                 "layers_with_running_statistics": self.layers_with_running_statistics}
@@ -132,43 +137,41 @@ def train_eval_disparity(
     batch_size: int = 2,
     batches: int = 8,
     ground_truth: np.ndarray | None = None,
-    config: PredictConfig | None = None,
+    runtime: RuntimeSpec | None = None,
+    threshold: float = 0.5,
     seed: int = 0,
 ) -> TrainEvalDisparity:
     """Return the train/eval disparity of ``model`` on random training-like batches of ``source``.
 
     ``normalization`` must be resolved (global statistics); ``ground_truth`` (spatial shape of the image)
-    adds ΔDice. The model's parameters, buffers and mode are unchanged afterwards.
+    adds ΔDice; ``runtime`` gives the device, precision and activation ("auto" is resolved for the model) and
+    ``threshold`` binarizes probabilities. The model's parameters, buffers and mode are unchanged afterwards.
     """
-    config = config or PredictConfig()
+    runtime = runtime or RuntimeSpec(activation="auto")
     if batch_size < 1 or batches < 1:
         raise ConfigError(f"batch_size and batches must be >= 1, got {batch_size} and {batches}")
     patch = _patch_size(model, source, patch_size)
-    activation = resolve_activation(model, config.activation)
+    runtime = runtime.resolved(resolve_activation(model, runtime.activation))
     twin, count = batch_statistics_copy(model)
     counters = _counters(twin)
-    was_training = model.training
-    model.eval()
     eval_outputs: list[np.ndarray] = []
     train_outputs: list[np.ndarray] = []
     truths: list[np.ndarray] = []
-    try:
+    with eval_mode(model):
         origins = _patch_origins(source.spatial_shape, patch, batch_size * batches, seed)
         for first in range(0, len(origins), batch_size):
             windows = [tuple(slice(o, o + p) for o, p in zip(origin, patch))
                        for origin in origins[first:first + batch_size]]
             batch = np.stack([normalization.apply(read_window(source, w)) for w in windows])
-            eval_outputs.append(forward_batch(model, batch, config, activation))
-            train_outputs.append(forward_batch(twin, batch, config, activation))
+            eval_outputs.append(forward_batch(model, batch, runtime))
+            train_outputs.append(forward_batch(twin, batch, runtime))
             _restore_counters(twin, counters)
             if ground_truth is not None:
                 truths.extend(np.asarray(ground_truth[w]) if ground_truth.ndim == len(patch)
                               else np.asarray(ground_truth[(slice(None), *w)]) for w in windows)
-    finally:
-        model.train(was_training)
     p_eval = np.concatenate(eval_outputs)
     p_train = np.concatenate(train_outputs)
-    return _summarize(p_train, p_eval, truths, activation, config.threshold, patch, batch_size, batches, count)
+    return _summarize(p_train, p_eval, truths, runtime.activation, threshold, patch, batch_size, batches, count)
 
 
 def _summarize(p_train: np.ndarray, p_eval: np.ndarray, truths: list[np.ndarray], activation: str,
@@ -180,8 +183,8 @@ def _summarize(p_train: np.ndarray, p_eval: np.ndarray, truths: list[np.ndarray]
     eval_flat = np.moveaxis(p_eval, 1, 0).reshape(channels, -1)
     m_train = binarize(train_flat, activation=activation, threshold=threshold)
     m_eval = binarize(eval_flat, activation=activation, threshold=threshold)
-    per_channel = [{"dice": 1.0 - dice(m_train[c], m_eval[c]),
-                    "abs": float(np.abs(train_flat[c] - eval_flat[c]).mean(dtype=np.float64))}
+    per_channel = [{"ted_dice": 1.0 - dice(m_train[c], m_eval[c]),
+                    "ted_abs": float(np.abs(train_flat[c] - eval_flat[c]).mean(dtype=np.float64))}
                    for c in range(channels)]
     delta = dice_train = dice_eval = None
     if truths:
@@ -191,6 +194,6 @@ def _summarize(p_train: np.ndarray, p_eval: np.ndarray, truths: list[np.ndarray]
         dice_eval = float(np.mean([dice(m_eval[c], gt[c]) for c in range(channels)]))
         delta = dice_train - dice_eval
     return TrainEvalDisparity(
-        float(np.mean([pc["dice"] for pc in per_channel])), float(np.mean([pc["abs"] for pc in per_channel])),
+        float(np.mean([pc["ted_dice"] for pc in per_channel])), float(np.mean([pc["ted_abs"] for pc in per_channel])),
         per_channel, delta, dice_train, dice_eval, patch, batch_size, batches, count,
     )

@@ -12,7 +12,9 @@ from torch import nn
 
 from seamfree.io.readers import ImageSource
 from seamfree.metrics import binarize
-from seamfree.tiling.predict import PredictConfig, predict, predict_whole, read_window, resolve_activation
+from seamfree.tiling.engine import read_window, resolve_activation
+from seamfree.tiling.plan import PredictConfig
+from seamfree.tiling.predict import predict, predict_whole
 from seamfree.tiling.receptive import activation_bytes_per_voxel, model_geometry
 
 __all__ = ["ExactnessCheck", "exactness_check", "whole_forward_crop"]

@@ -3,7 +3,7 @@
 The image is stitched twice: grid A (the prediction grid) and grid B, whose core boundaries are shifted by
 ``offset`` (half a core by default) so that every seam of one grid falls inside cores of the other. Each
 output voxel is predicted by exactly one tile of A and one tile of B; the voxels shared by tile i of A and
-tile j of B form the block ``O_ij``. Both tiles have at least the halo of real context there (that is what a
+tile j of B form the region ``O_ij``. Both tiles have at least the halo of real context there (that is what a
 core is), so zero-padding edge effects are excluded and only the dependence on the tile remains.
 
 - pairwise TM (PAPER.md): ``TM_dice = 1 − mean over pairs (i, j) of Dice(P_i > θ, P_j > θ) on O_ij``,
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from seamfree.config import deprecated_alias
 from seamfree.metrics import binarize, dice
 from seamfree.tiling.grid import Tile, TileGrid
 
@@ -33,18 +34,22 @@ __all__ = ["TileMismatch", "TilePair", "shifted_tiles", "tile_mismatch"]
 
 @dataclass(frozen=True)
 class TilePair:
-    """Agreement of tile ``a`` (grid A) and tile ``b`` (grid B) on the block where both write."""
+    """Agreement of tile ``a`` (grid A) and tile ``b`` (grid B) on the region where both write.
+
+    ``dice`` is their Dice (agreement, 1 = identical masks) and ``abs_difference`` the mean |P_a − P_b|, per
+    channel.
+    """
 
     a: tuple[int, ...]
     b: tuple[int, ...]
-    block: tuple[slice, ...]
+    region: tuple[slice, ...]
     dice: tuple[float, ...]
-    abs: tuple[float, ...]
+    abs_difference: tuple[float, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"a": list(self.a), "b": list(self.b), "block": [[s.start, s.stop] for s in self.block],
-                "voxels": math.prod(s.stop - s.start for s in self.block),
-                "dice": list(self.dice), "abs": list(self.abs)}
+        return {"a": list(self.a), "b": list(self.b), "region": [[s.start, s.stop] for s in self.region],
+                "voxels": math.prod(s.stop - s.start for s in self.region),
+                "dice": list(self.dice), "abs_difference": list(self.abs_difference)}
 
 
 @dataclass(frozen=True)
@@ -53,12 +58,12 @@ class TileMismatch:
 
     Attributes
     ----------
-    dice, abs : float
-        Pairwise TM_dice and TM_abs (mean over channels).
-    shifted_dice, shifted_abs : float
+    tm_dice, tm_abs : float
+        Pairwise TM_dice (1 − mean Dice of tile pairs: 0 when tiles agree) and TM_abs (mean over channels).
+    shifted_tm_dice, shifted_tm_abs : float
         Shifted-grid TM_dice and TM_abs (mean over channels).
     per_channel : list of dict
-        The four values for each output channel.
+        The four values for each output channel, under the same names.
     pairs : tuple of TilePair
     compared_voxels : int
         Voxels where both grids wrote (and their tiles differ).
@@ -66,18 +71,21 @@ class TileMismatch:
         ``|A − B|`` averaged over channels; NaN where grid B did not predict. Not serialized.
     """
 
-    dice: float
-    abs: float
-    shifted_dice: float
-    shifted_abs: float
+    tm_dice: float
+    tm_abs: float
+    shifted_tm_dice: float
+    shifted_tm_abs: float
     per_channel: list[dict[str, float]]
     pairs: tuple[TilePair, ...]
     compared_voxels: int
     map: np.ndarray = field(repr=False, compare=False)
 
+    dice = deprecated_alias("dice", "tm_dice")
+    abs = deprecated_alias("abs", "tm_abs")
+
     def to_dict(self) -> dict[str, Any]:
-        return {"dice": self.dice, "abs": self.abs, "shifted_dice": self.shifted_dice,
-                "shifted_abs": self.shifted_abs, "per_channel": self.per_channel,
+        return {"tm_dice": self.tm_dice, "tm_abs": self.tm_abs, "shifted_tm_dice": self.shifted_tm_dice,
+                "shifted_tm_abs": self.shifted_tm_abs, "per_channel": self.per_channel,
                 "pairs": [p.to_dict() for p in self.pairs], "compared_voxels": self.compared_voxels}
 
 
@@ -105,14 +113,14 @@ def tile_mismatch(
     channels = first.shape[0]
     compared = ~np.isnan(second[0])
     pairs = []
-    for blocks in itertools.product(*(_axis_pairs(grid_a, grid_b, axis) for axis in range(grid_a.spatial_dims))):
-        if all(same for *_, same in blocks):
-            compared[tuple(block for _, _, block, _ in blocks)] = False
+    for shared in itertools.product(*(_axis_pairs(grid_a, grid_b, axis) for axis in range(grid_a.spatial_dims))):
+        if all(same for *_, same in shared):
+            compared[tuple(region for _, _, region, _ in shared)] = False
             continue
-        block = tuple(b for _, _, b, _ in blocks)
-        if not compared[block].any():
+        region = tuple(b for _, _, b, _ in shared)
+        if not compared[region].any():
             continue
-        pairs.append(_pair(first, second, blocks, activation, threshold))
+        pairs.append(_pair(first, second, shared, activation, threshold))
     difference = np.abs(first - second)
     mismatch_map = difference.mean(axis=0)
     mismatch_map[~compared] = np.nan
@@ -125,14 +133,15 @@ def tile_mismatch(
             shifted_abs = float(difference[c][compared].mean(dtype=np.float64))
         else:
             shifted_dice = shifted_abs = float("nan")
-        voxels = np.array([math.prod(s.stop - s.start for s in p.block) for p in pairs], dtype=np.float64)
+        voxels = np.array([math.prod(s.stop - s.start for s in p.region) for p in pairs], dtype=np.float64)
         per_channel.append({
-            "dice": 1.0 - float(np.mean([p.dice[c] for p in pairs])) if pairs else float("nan"),
-            "abs": float(np.dot([p.abs[c] for p in pairs], voxels) / voxels.sum()) if pairs else float("nan"),
-            "shifted_dice": shifted_dice, "shifted_abs": shifted_abs,
+            "tm_dice": 1.0 - float(np.mean([p.dice[c] for p in pairs])) if pairs else float("nan"),
+            "tm_abs": float(np.dot([p.abs_difference[c] for p in pairs], voxels) / voxels.sum()) if pairs
+            else float("nan"),
+            "shifted_tm_dice": shifted_dice, "shifted_tm_abs": shifted_abs,
         })
     mean = {key: float(np.mean([pc[key] for pc in per_channel])) for key in per_channel[0]}
-    return TileMismatch(mean["dice"], mean["abs"], mean["shifted_dice"], mean["shifted_abs"], per_channel,
+    return TileMismatch(mean["tm_dice"], mean["tm_abs"], mean["shifted_tm_dice"], mean["shifted_tm_abs"], per_channel,
                         tuple(pairs), int(compared.sum()), mismatch_map)
 
 
@@ -148,14 +157,14 @@ def _axis_pairs(grid_a: TileGrid, grid_b: TileGrid, axis: int) -> list[tuple[int
     return result
 
 
-def _pair(first: np.ndarray, second: np.ndarray, blocks: tuple[tuple[int, int, slice, bool], ...],
+def _pair(first: np.ndarray, second: np.ndarray, shared: tuple[tuple[int, int, slice, bool], ...],
           activation: str, threshold: float) -> TilePair:
-    block = tuple(b for _, _, b, _ in blocks)
-    p_a, p_b = first[(slice(None), *block)], second[(slice(None), *block)]
+    region = tuple(b for _, _, b, _ in shared)
+    p_a, p_b = first[(slice(None), *region)], second[(slice(None), *region)]
     valid = ~np.isnan(p_b[0])
     a = binarize(p_a[:, valid], activation=activation, threshold=threshold)
     b = binarize(p_b[:, valid], activation=activation, threshold=threshold)
     dices = tuple(dice(a[c], b[c]) for c in range(first.shape[0]))
     absolute = tuple(float(np.abs(p_a[c][valid] - p_b[c][valid]).mean(dtype=np.float64))
                      for c in range(first.shape[0]))
-    return TilePair(tuple(i for i, _, _, _ in blocks), tuple(j for _, j, _, _ in blocks), block, dices, absolute)
+    return TilePair(tuple(i for i, _, _, _ in shared), tuple(j for _, j, _, _ in shared), region, dices, absolute)

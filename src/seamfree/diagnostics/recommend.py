@@ -52,7 +52,7 @@ def recommend(audit: NormAudit, rf: ReceptiveField, halo: tuple[int, ...], misma
     """Return the recommendation that follows from the measured indicators."""
     tiling = (f"seamfree predict --core {','.join(map(str, suggestion.core))} "
               f"--halo {','.join(map(str, suggestion.halo))}")
-    tm_noise = mismatch.abs <= TM_ABS_NOISE and mismatch.dice <= TM_DICE_NOISE
+    tm_noise = mismatch.tm_abs <= TM_ABS_NOISE and mismatch.tm_dice <= TM_DICE_NOISE
     seam_text = f", seam score {seams.score:.2f}" if seams.score is not None else ""
     if not tm_noise or audit.verdict == "tile-dependent":
         if audit.tile_dependent_layers:
@@ -61,7 +61,7 @@ def recommend(audit: NormAudit, rf: ReceptiveField, halo: tuple[int, ...], misma
             cause = "the prediction depends on the tile although no layer was recognized as the cause"
         return Recommendation(
             "tiling artifacts",
-            f"{cause}: expect tiling artifacts (TM_dice {mismatch.dice:.3g}, TM_abs {mismatch.abs:.2g}"
+            f"{cause}: expect tiling artifacts (TM_dice {mismatch.tm_dice:.3g}, TM_abs {mismatch.tm_abs:.2g}"
             f"{seam_text}). No halo removes them; blending only hides them.",
             ("retrain or fine-tune with BatchRenorm: seamfree train CONFIG with model.norm: batchrenorm",
              "meanwhile, use the largest tiles memory allows (TM shrinks as tiles grow)"),
@@ -73,14 +73,14 @@ def recommend(audit: NormAudit, rf: ReceptiveField, halo: tuple[int, ...], misma
             f"differ from whole-image prediction by up to {exactness.max_abs:.2g}.",
             (f"use halo >= {rf.halo}: {tiling}",),
         )
-    if disparity.dice > TED_DICE_MATTERS or disparity.abs > TED_ABS_MATTERS:
+    if disparity.ted_dice > TED_DICE_MATTERS or disparity.ted_abs > TED_ABS_MATTERS:
         kinds = sorted({layer.type for layer in audit.layers if layer.statistics == "running"})
         delta = f", ΔDice {disparity.delta_dice:+.3f}" if disparity.delta_dice is not None else ""
         return Recommendation(
             "train/eval disparity",
             f"{'/'.join(kinds) or 'normalization'} with running statistics: tiling is exact (TM_abs "
-            f"{mismatch.abs:.1g}), but predictions with training batches differ from eval mode (TED_dice "
-            f"{disparity.dice:.3g}, TED_abs {disparity.abs:.2g}{delta}): the running statistics do not match "
+            f"{mismatch.tm_abs:.1g}), but predictions with training batches differ from eval mode (TED_dice "
+            f"{disparity.ted_dice:.3g}, TED_abs {disparity.ted_abs:.2g}{delta}): the running statistics do not match "
             "the data.",
             ("recalibrate the running statistics on your images: seamfree recalibrate MODEL IMAGES --out FIXED.pt",
              "or convert to BatchRenorm and fine-tune: seamfree convert MODEL --out CONVERTED.pt, then "
@@ -92,7 +92,7 @@ def recommend(audit: NormAudit, rf: ReceptiveField, halo: tuple[int, ...], misma
              else f"tiled differs from whole-image by up to {exactness.max_abs:.2g}")
     return Recommendation(
         "seamless",
-        f"seamless: {why}, halo {halo} >= receptive field {rf.radius}, TM_abs {mismatch.abs:.1g}, TED_dice "
-        f"{disparity.dice:.2g}{seam_text}; {exact}.",
-        (f"predict with {tiling} (batch {suggestion.batch_size})",),
+        f"seamless: {why}, halo {halo} >= receptive field {rf.radius}, TM_abs {mismatch.tm_abs:.1g}, TED_dice "
+        f"{disparity.ted_dice:.2g}{seam_text}; {exact}.",
+        (f"predict with {tiling} ({suggestion.tiles_per_batch} tile(s) per batch)",),
     )

@@ -127,7 +127,7 @@ def _bars_figure(diagnoses: Sequence[Diagnosis]) -> bytes:
     figure, axis = plt.subplots(figsize=(7, 3.4))
     width = 0.8 / len(diagnoses)
     for k, d in enumerate(diagnoses):
-        values = [d.tile_mismatch.dice, d.tile_mismatch.abs, d.disparity.dice, d.disparity.abs]
+        values = [d.tile_mismatch.tm_dice, d.tile_mismatch.tm_abs, d.disparity.ted_dice, d.disparity.ted_abs]
         positions = np.arange(len(names)) + (k - (len(diagnoses) - 1) / 2) * width
         bars = axis.bar(positions, [max(v, floor) for v in values], width, label=d.name)
         for bar, value in zip(bars, values):
@@ -184,9 +184,9 @@ def _verdict_class(verdict: str) -> str:
 
 def _comparison_table(diagnoses: Sequence[Diagnosis]) -> str:
     rows = [("verdict", lambda d: d.recommendation.verdict), ("norm audit", lambda d: d.audit.verdict),
-            ("TM_dice", lambda d: d.tile_mismatch.dice), ("TM_abs", lambda d: d.tile_mismatch.abs),
-            ("TM_dice (shifted grid)", lambda d: d.tile_mismatch.shifted_dice),
-            ("TED_dice", lambda d: d.disparity.dice), ("TED_abs", lambda d: d.disparity.abs),
+            ("TM_dice", lambda d: d.tile_mismatch.tm_dice), ("TM_abs", lambda d: d.tile_mismatch.tm_abs),
+            ("TM_dice (shifted grid)", lambda d: d.tile_mismatch.shifted_tm_dice),
+            ("TED_dice", lambda d: d.disparity.ted_dice), ("TED_abs", lambda d: d.disparity.ted_abs),
             ("ΔDice (train − eval)", lambda d: d.disparity.delta_dice), ("seam score", lambda d: d.seams.score),
             ("max |tiled − whole|", lambda d: d.exactness.max_abs), ("Dice vs ground truth", lambda d: d.dice)]
     head = "".join(f"<th>{html.escape(d.name)}</th>" for d in diagnoses)

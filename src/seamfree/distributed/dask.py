@@ -1,4 +1,4 @@
-"""Tiled prediction on a dask.distributed cluster: block tasks that own whole output chunks.
+"""Tiled prediction on a dask.distributed cluster: tasks that own whole output chunks.
 
 The driver plans the prediction exactly as :func:`seamfree.predict` does (same grid, statistics, fingerprint),
 creates the OME-Zarr output, and submits one task per group of tiles not yet done, keeping a bounded window of
@@ -11,7 +11,8 @@ single-process prediction (bitwise on CPU with the same batch size), and either 
 Fault tolerance comes from the markers and from dask: a task interrupted by a lost worker is rerun elsewhere
 (skipping the tiles it had finished); a driver killed at any moment leaves an output that says "incomplete"
 and resumes when the same command is run again. The intensity statistics are computed in a distributed pass
-over the input's chunks (one task per block, merged in block order: the same numbers as one sequential pass).
+over the input's chunks (one task per group of slabs, merged in slab order: the same numbers as one sequential
+pass).
 """
 
 from __future__ import annotations
@@ -28,16 +29,18 @@ from typing import Any
 
 import torch
 
+from seamfree.allocator import allocator_environment
 from seamfree.errors import ConfigError, DataError, require
 from seamfree.io.files import file_sha256
 from seamfree.io.readers import ImageSource, open_image
 from seamfree.io.writers import ZarrBlockWriter, create_output, output_format
 from seamfree.models.checkpoint import load_model
-from seamfree.tiling.allocator import allocator_environment
+from seamfree.tiling.engine import run_tiles
 from seamfree.tiling.grid import Tile
-from seamfree.tiling.normalize import BlockStatistics, IntensityNormalization, iter_blocks
-from seamfree.tiling.predict import PredictConfig, PredictionPlan, plan_prediction, write_tiles
+from seamfree.tiling.normalize import IntensityNormalization, SlabStatistics, iter_slabs
+from seamfree.tiling.plan import PredictConfig, PredictionPlan, plan_prediction
 from seamfree.tiling.receptive import model_geometry
+from seamfree.tiling.sinks import CropSink
 
 __all__ = ["ClusterConfig", "DistributedReport", "predict_distributed", "start_local_cluster"]
 
@@ -70,10 +73,10 @@ class ClusterConfig:
     timeout : float
         Seconds to wait for the scheduler.
     tune_allocator : bool
-        Spawn LocalCluster workers with seamfree's glibc settings (:mod:`seamfree.tiling.allocator`): faster
+        Spawn LocalCluster workers with seamfree's glibc settings (:mod:`seamfree.allocator`): faster
         3D forward passes, but a worker then keeps its high-water mark of memory, which dask counts as unmanaged
         memory. Give such workers room: at 1 GiB per worker, dask paused them (80 % of the limit) and the run
-        stalled. Off by default; for other deployments set :data:`~seamfree.tiling.allocator.ALLOCATOR_ENVIRONMENT`
+        stalled. Off by default; for other deployments set :data:`~seamfree.allocator.ALLOCATOR_ENVIRONMENT`
         in the workers' environment.
     """
 
@@ -127,21 +130,21 @@ def _worker_source(image: str, axes: str | None, dims: int) -> ImageSource:
     return _SOURCES[key]
 
 
-def _run_block(tiles: list[Tile], *, model: str, digest: str, image: str, axes: str | None, output: str,
-               plan: PredictionPlan, config: PredictConfig, threads: int) -> int:
-    """Worker task: predict and write the tiles of one block; return how many tiles it computed."""
+def _run_task(tiles: list[Tile], *, model: str, digest: str, image: str, axes: str | None, output: str,
+              plan: PredictionPlan, threads: int) -> int:
+    """Worker task: predict and write a group of tiles (each owning its output chunk); return how many ran."""
     net = _worker_model(model, digest, threads)
-    dims, _, _ = model_geometry(net)
-    return write_tiles(net, _worker_source(image, axes, dims), tiles, ZarrBlockWriter(output), plan, config)
+    source = _worker_source(image, axes, plan.grid.spatial_dims)
+    return run_tiles(net, plan, source, tiles, CropSink(ZarrBlockWriter(output), plan.output))
 
 
-def _block_statistics(windows: list[tuple[slice, ...]], *, image: str, axes: str | None, dims: int,
-                      channels: int, total: int, exact: bool, stride: int) -> list[BlockStatistics]:
-    """Worker task: statistics of each block window separately (merged in order by the driver)."""
+def _slab_statistics(windows: list[tuple[slice, ...]], *, image: str, axes: str | None, dims: int,
+                     channels: int, total: int, exact: bool, stride: int) -> list[SlabStatistics]:
+    """Worker task: statistics of each slab separately (merged in order by the driver)."""
     source = _worker_source(image, axes, dims)
     result = []
     for window in windows:
-        statistics = BlockStatistics(channels, total, exact, stride)
+        statistics = SlabStatistics(channels, total, exact, stride)
         statistics.add(source, window)
         result.append(statistics)
     return result
@@ -151,7 +154,7 @@ def start_local_cluster(cluster: ClusterConfig) -> Any:
     """Start the LocalCluster ``cluster`` describes (worker processes, threads, memory limit).
 
     With ``cluster.tune_allocator``, workers are spawned with
-    :func:`~seamfree.tiling.allocator.allocator_environment` (glibc reads it at process start), replacing dask's
+    :func:`~seamfree.allocator.allocator_environment` (glibc reads it at process start), replacing dask's
     own default, which trims everything above 64 KiB and makes every tile fault its memory back in.
     """
     require("distributed", "dask")
@@ -208,15 +211,15 @@ def _normalization(client: Any, image: str, axes: str | None, source: ImageSourc
                    normalization: IntensityNormalization) -> IntensityNormalization:
     if normalization.resolved:
         return normalization
-    template = BlockStatistics.for_source(source)
-    windows = list(iter_blocks(source))
+    template = SlabStatistics.for_source(source)
+    windows = list(iter_slabs(source))
     groups = [windows[i:i + 8] for i in range(0, len(windows), 8)]
-    futures = client.map(_block_statistics, groups, image=image, axes=axes, dims=dims, channels=template.channels,
+    futures = client.map(_slab_statistics, groups, image=image, axes=axes, dims=dims, channels=template.channels,
                          total=template.total, exact=template.histograms is not None, stride=template.stride,
                          pure=False)
-    for future in futures:  # in block order: identical to one sequential pass
-        for block in future.result():
-            template.merge(block)
+    for future in futures:  # in slab order: identical to one sequential pass
+        for slab in future.result():
+            template.merge(slab)
     return template.finish(normalization)
 
 
@@ -241,7 +244,7 @@ def predict_distributed(
         raise ConfigError(f"distributed prediction reads the input from a path every worker can open, got a "
                           f"{type(image).__name__}; save it first (e.g. as .zarr) or use seamfree.predict")
     if config.stitching != "crop":
-        raise ConfigError("distributed prediction uses crop stitching (exact, chunk-owning blocks); "
+        raise ConfigError("distributed prediction uses crop stitching (exact, chunk-owning tasks); "
                           f"got stitching={config.stitching!r}")
     if output_format(output) != "zarr":
         raise ConfigError(f"distributed output must be OME-Zarr (a .zarr path), got {str(output)!r}")
@@ -262,7 +265,7 @@ def predict_distributed(
                                    fingerprint=plan.fingerprint, scale=source.scale, overwrite=config.overwrite)
             todo = [t for t in plan.grid.tiles() if not target.is_done(t.index)]
             computed, tasks = _submit(client, todo, model_path, str(image_path), axes, Path(output), plan,
-                                      config, cluster, progress, len(plan.grid))
+                                      cluster, progress, len(plan.grid))
             target.finalize()
             workers = len(client.scheduler_info().get("workers", {}))
         finally:
@@ -279,7 +282,7 @@ def predict_distributed(
 
 
 def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
-            axes: str | None, output: Path, plan: PredictionPlan, config: PredictConfig, cluster: ClusterConfig,
+            axes: str | None, output: Path, plan: PredictionPlan, cluster: ClusterConfig,
             progress: bool | Callable[[int, int], None], total: int) -> tuple[int, int]:
     """Run the tasks of ``todo`` with at most a window of them known to the scheduler at any time.
 
@@ -292,12 +295,11 @@ def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
     threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
     window = max(TASKS_IN_FLIGHT, 4 * threads)
     kwargs = {"model": str(model_path.resolve()), "digest": file_sha256(model_path), "image": image, "axes": axes,
-              "output": str(output.resolve()), "plan": plan, "config": config,
-              "threads": cluster.threads_per_worker}
+              "output": str(output.resolve()), "plan": plan, "threads": cluster.threads_per_worker}
     sizes: dict[str, int] = {}
 
     def submit(group: list[Tile]) -> Any:
-        future = client.submit(_run_block, group, pure=False, **kwargs)
+        future = client.submit(_run_task, group, pure=False, **kwargs)
         sizes[future.key] = len(group)
         return future
 

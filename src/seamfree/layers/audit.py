@@ -9,12 +9,12 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from seamfree.layers.batchrenorm import _BatchRenorm
-from seamfree.layers.factory import ChannelLayerNorm, SpatialLayerNorm
+from seamfree.layers.batchrenorm import BatchRenormNd
+from seamfree.layers.layernorm import ChannelLayerNorm, SpatialLayerNorm
+from seamfree.layers.registry import Statistics, norm_spec
 
-__all__ = ["LayerAudit", "NormAudit", "audit_norms"]
+__all__ = ["LayerAudit", "NormAudit", "audit_norms", "classify_layer", "registry_name"]
 
-Statistics = Literal["running", "per-tile", "per-position", "none", "unknown"]
 Verdict = Literal["tile-independent", "tile-dependent", "unknown", "no-normalization"]
 
 
@@ -68,24 +68,52 @@ class NormAudit:
         }
 
 
-def _classify(module: nn.Module) -> tuple[Statistics, bool | None, str] | None:
-    """Return (statistics, tile_dependent, note) for a layer the audit knows, None for other layers."""
-    if isinstance(module, _BatchRenorm):
-        return "running", False, "BatchRenorm: running statistics at inference"
+def registry_name(module: nn.Module) -> str | None:
+    """Return the :mod:`~seamfree.layers.registry` name of a layer the registry builds, else None.
+
+    Examples
+    --------
+    >>> registry_name(nn.InstanceNorm2d(4, track_running_stats=True))
+    'instance_tracked'
+    """
+    if isinstance(module, BatchRenormNd):
+        return "batchrenorm"
     if isinstance(module, _BatchNorm):
-        if module.track_running_stats and module.running_mean is not None:
-            return "running", False, "running statistics at inference (eval mode)"
-        return "per-tile", True, "track_running_stats=False: batch statistics of the tile even in eval mode"
+        return "batch" if module.track_running_stats and module.running_mean is not None else None
     if isinstance(module, _InstanceNorm):
-        if module.track_running_stats:
-            return "running", False, "instance statistics in training, running statistics at inference"
-        return "per-tile", True, "statistics of each tile and channel"
+        return "instance_tracked" if module.track_running_stats else "instance"
     if isinstance(module, SpatialLayerNorm):
-        return "per-tile", True, "LayerNorm over channels and space: statistics of the whole tile"
+        return "layer_spatial"
     if isinstance(module, nn.GroupNorm):
-        return "per-tile", True, f"statistics of each tile over {module.num_groups} channel group(s)"
+        return "group"
     if isinstance(module, ChannelLayerNorm):
-        return "per-position", False, "normalizes channels at each voxel"
+        return "layer"
+    return None
+
+
+def classify_layer(module: nn.Module) -> tuple[Statistics, bool | None, str] | None:
+    """Return ``(statistics, tile_dependent, note)`` for a layer the audit knows, None for other layers.
+
+    Norms of the registry are described by the registry; the audit adds what it builds no layer for: BatchNorm
+    without running statistics, torch's LayerNorm, local response normalization, attention and adaptive pooling
+    (global context).
+
+    Examples
+    --------
+    >>> classify_layer(nn.GroupNorm(2, 4))[:2]
+    ('per-tile', True)
+    >>> classify_layer(nn.Conv2d(1, 1, 3)) is None
+    True
+    """
+    name = registry_name(module)
+    if name is not None:
+        spec = norm_spec(name)
+        note = spec.note
+        if isinstance(module, nn.GroupNorm) and name == "group":
+            note = f"statistics of each tile over {module.num_groups} channel group(s)"
+        return spec.statistics, spec.tile_dependent, note
+    if isinstance(module, _BatchNorm):
+        return "per-tile", True, "track_running_stats=False: batch statistics of the tile even in eval mode"
     if isinstance(module, nn.LayerNorm):
         if len(module.normalized_shape) == 1:
             return "per-position", False, (
@@ -125,7 +153,7 @@ def audit_norms(model: nn.Module) -> NormAudit:
     """
     layers: list[LayerAudit] = []
     for name, module in model.named_modules():
-        known = _classify(module)
+        known = classify_layer(module)
         if known is not None:
             statistics, dependent, note = known
             layers.append(LayerAudit(name or "<root>", type(module).__name__, statistics, dependent, note))

@@ -31,7 +31,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from seamfree.errors import ConfigError, ShapeError
 
-__all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "RenormSchedule", "set_renorm_schedule"]
+__all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "BatchRenormNd", "RenormSchedule", "set_renorm_schedule"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -85,7 +85,7 @@ class RenormSchedule:
         return 1.0 + (self.r_max - 1.0) * t, self.d_max * t
 
 
-class _BatchRenorm(_BatchNorm):
+class BatchRenormNd(_BatchNorm):
     """Shared implementation of BatchRenorm1d/2d/3d; see the module docstring."""
 
     _spatial_dims: int
@@ -174,13 +174,13 @@ class _BatchRenorm(_BatchNorm):
         )
 
 
-class BatchRenorm1d(_BatchRenorm):
+class BatchRenorm1d(BatchRenormNd):
     """Batch Renormalization over (N, C) or (N, C, L) inputs; see :mod:`seamfree.layers.batchrenorm`."""
 
     _spatial_dims = 1
 
 
-class BatchRenorm2d(_BatchRenorm):
+class BatchRenorm2d(BatchRenormNd):
     """Batch Renormalization over (N, C, H, W) inputs; see :mod:`seamfree.layers.batchrenorm`.
 
     Examples
@@ -194,7 +194,7 @@ class BatchRenorm2d(_BatchRenorm):
     _spatial_dims = 2
 
 
-class BatchRenorm3d(_BatchRenorm):
+class BatchRenorm3d(BatchRenormNd):
     """Batch Renormalization over (N, C, D, H, W) inputs; see :mod:`seamfree.layers.batchrenorm`."""
 
     _spatial_dims = 3
@@ -211,7 +211,7 @@ def set_renorm_schedule(
     """Set the schedule of every BatchRenorm layer in ``model``; return how many layers were changed."""
     count = 0
     for module in model.modules():
-        if isinstance(module, _BatchRenorm):
+        if isinstance(module, BatchRenormNd):
             old = module.schedule
             module.schedule = RenormSchedule(
                 warmup_steps,
@@ -221,3 +221,7 @@ def set_renorm_schedule(
             )
             count += 1
     return count
+
+
+# Deprecated private name of BatchRenormNd (kept for one release).
+_BatchRenorm = BatchRenormNd

@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from seamfree.errors import ConfigError
-from seamfree.layers.batchrenorm import _BatchRenorm
+from seamfree.layers.batchrenorm import BatchRenormNd
 from seamfree.layers.factory import create_norm_layer
 
 __all__ = ["convert_norm", "recalibrate_norm"]
@@ -32,9 +32,9 @@ def _spatial_dims_of(layer: _BatchNorm) -> int:
 
 def _is_source(module: nn.Module, source: str) -> bool:
     if source == "batch":
-        return isinstance(module, _BatchNorm) and not isinstance(module, _BatchRenorm)
+        return isinstance(module, _BatchNorm) and not isinstance(module, BatchRenormNd)
     if source == "batchrenorm":
-        return isinstance(module, _BatchRenorm)
+        return isinstance(module, BatchRenormNd)
     raise ConfigError(f"convert_norm can convert from 'batch' or 'batchrenorm', got from_={source!r}")
 
 
@@ -122,7 +122,7 @@ def _converted_layer(layer: _BatchNorm, to: str, options: dict[str, object], ski
             new.running_mean.copy_(layer.running_mean)
             assert layer.running_var is not None and new.running_var is not None
             new.running_var.copy_(layer.running_var)
-        if isinstance(new, _BatchRenorm) and new.num_batches_tracked is not None:
+        if isinstance(new, BatchRenormNd) and new.num_batches_tracked is not None:
             new.num_batches_tracked.fill_(new.schedule.warmup_steps if skip_warmup else 0)
     new.train(layer.training)
     return new

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from seamfree.errors import CheckpointError, ConfigError
-from seamfree.layers.batchrenorm import _BatchRenorm
+from seamfree.layers.batchrenorm import BatchRenormNd
 from seamfree.models.unet import UNet
 from seamfree.models.vit import ViTSegmenter
 
@@ -39,13 +39,15 @@ def build_model(architecture: str, config: dict[str, Any]) -> nn.Module:
         in_channels, out_channels = config.pop("in_channels"), config.pop("out_channels")
         return UNet(spatial_dims, in_channels, out_channels, **config)
     in_channels, out_channels = config.pop("in_channels"), config.pop("out_channels")
+    if "patch_size" in config:  # checkpoints written before the token size had its own name
+        config["token_size"] = config.pop("patch_size")
     return ViTSegmenter(in_channels, out_channels, **config)
 
 
 def _current_config(model: nn.Module) -> dict[str, Any]:
     """Return the model's config with the BatchRenorm schedule actually in its layers."""
     config = dict(model.config)  # type: ignore[arg-type]
-    renorm = next((m for m in model.modules() if isinstance(m, _BatchRenorm)), None)
+    renorm = next((m for m in model.modules() if isinstance(m, BatchRenormNd)), None)
     if renorm is not None and config.get("norm") == "batchrenorm":
         s = renorm.schedule
         config["norm_options"] = {

@@ -12,6 +12,7 @@ prediction is never exact (the audit reports it). It is here because the study c
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +67,8 @@ class ViTSegmenter(nn.Module):
         Input and output channels.
     img_size : int
         Training patch size; position embeddings are learned for it and interpolated for other sizes.
-    patch_size : int
-        Side of a token's patch, a power of two; the network stride.
+    token_size : int
+        Side of the square each token covers, a power of two; the network stride.
     embed_dim, depth, heads : int
         Transformer width, number of blocks and attention heads.
     norm : str
@@ -76,11 +77,13 @@ class ViTSegmenter(nn.Module):
         Options of the decoder norm layers.
     features : int
         Channels of the full-resolution decoder level.
+    patch_size : int, optional
+        Deprecated name of ``token_size`` (in seamfree, *patch* is a training patch).
 
     Examples
     --------
     >>> import torch
-    >>> net = ViTSegmenter(1, 1, img_size=32, patch_size=8, embed_dim=32, depth=2, heads=2).eval()
+    >>> net = ViTSegmenter(1, 1, img_size=32, token_size=8, embed_dim=32, depth=2, heads=2).eval()
     >>> net(torch.zeros(1, 1, 32, 48)).shape
     torch.Size([1, 1, 32, 48])
     """
@@ -94,36 +97,41 @@ class ViTSegmenter(nn.Module):
         out_channels: int,
         *,
         img_size: int = 128,
-        patch_size: int = 8,
+        token_size: int = 8,
         embed_dim: int = 96,
         depth: int = 4,
         heads: int = 4,
         norm: str = "batchrenorm",
         norm_options: dict[str, object] | None = None,
         features: int = 16,
+        patch_size: int | None = None,
     ) -> None:
         super().__init__()
-        if patch_size < 2 or patch_size & (patch_size - 1):
-            raise ConfigError(f"patch_size must be a power of two >= 2, got {patch_size}")
-        if img_size % patch_size:
-            raise ConfigError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
+        if patch_size is not None:
+            warnings.warn("ViTSegmenter(patch_size=...) is deprecated and will be removed; use token_size=...",
+                          DeprecationWarning, stacklevel=2)
+            token_size = patch_size
+        if token_size < 2 or token_size & (token_size - 1):
+            raise ConfigError(f"token_size must be a power of two >= 2, got {token_size}")
+        if img_size % token_size:
+            raise ConfigError(f"img_size {img_size} must be a multiple of token_size {token_size}")
         if depth < 2:
             raise ConfigError(f"depth must be >= 2 (the decoder uses the middle block), got {depth}")
         options = dict(norm_options or {})
-        self.network_stride = (patch_size, patch_size)
+        self.network_stride = (token_size, token_size)
         self.config: dict[str, object] = {
             "in_channels": in_channels, "out_channels": out_channels, "img_size": img_size,
-            "patch_size": patch_size, "embed_dim": embed_dim, "depth": depth, "heads": heads,
+            "token_size": token_size, "embed_dim": embed_dim, "depth": depth, "heads": heads,
             "norm": norm, "norm_options": options, "features": features,
         }
-        grid = img_size // patch_size
-        self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size)
+        grid = img_size // token_size
+        self.patch_embed = nn.Conv2d(in_channels, embed_dim, token_size, stride=token_size)
         self.position = nn.Parameter(torch.zeros(1, embed_dim, grid, grid))
         nn.init.trunc_normal_(self.position, std=0.02)
         self.blocks = nn.ModuleList(TransformerBlock(embed_dim, heads) for _ in range(depth))
         self.token_norm = nn.LayerNorm(embed_dim)
         self.stem = ConvBlock(2, in_channels, features, norm, options)
-        levels = int(math.log2(patch_size))
+        levels = int(math.log2(token_size))
         widths = [features * 2**level for level in range(levels + 1)]
         self.bottom = ConvBlock(2, 2 * embed_dim, widths[levels], norm, options)
         self.upsamplers = nn.ModuleList()

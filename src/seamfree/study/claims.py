@@ -10,10 +10,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from seamfree.layers.registry import norm_spec, norms_where
+
 __all__ = ["CLAIMS", "Claim", "ClaimCheck", "check_claims"]
 
-TILE_WISE = ("instance", "group", "layer", "layer_spatial")
-GLOBAL = ("batch", "batchrenorm", "instance_tracked", "none")
+# From the norm registry: norms whose statistics come from the tile (tiling artifacts expected); norms that
+# compute their statistics at inference at all, per tile or per voxel (no train/eval disparity possible); and
+# norms with fixed statistics (tiling can be exact).
+TILE_WISE = norms_where(tile_dependent=True)
+COMPUTED = norms_where(computes_statistics=True)
+FIXED = norms_where(computes_statistics=False)
 # TM_abs above this is a tiling artifact (the diagnosis threshold); below EXACT it is floating-point noise.
 ARTIFACT = 1e-4
 EXACT = 1e-5
@@ -78,16 +84,16 @@ def _tile_wise_artifacts(rows: list[Row]) -> tuple[str, str]:
 
 
 def _global_exact(rows: list[Row]) -> tuple[str, str]:
-    selected = [r for r in _in_distribution(rows) if r["norm"] in GLOBAL]
+    selected = [r for r in _in_distribution(rows) if r["norm"] in FIXED]
     hits = [r for r in selected if (r["tm_abs"] or 0) < EXACT and (r["exact_max_abs"] or 0) < 1e-3]
     worst = max((r["tm_abs"] or 0 for r in selected), default=None)
     return _share(len(hits), len(selected)), (
-        f"{len(hits)} of {len(selected)} CNN models with global statistics (BatchNorm, BatchRenorm, tracked "
-        f"InstanceNorm, none) have TM_abs < {EXACT:g} (largest {_fmt(worst)})")
+        f"{len(hits)} of {len(selected)} CNN models with global statistics "
+        f"({', '.join(norm_spec(n).label for n in FIXED)}) have TM_abs < {EXACT:g} (largest {_fmt(worst)})")
 
 
 def _tile_wise_no_disparity(rows: list[Row]) -> tuple[str, str]:
-    selected = [r for r in _in_distribution(rows, ("grid", "volume", "vit")) if r["norm"] in TILE_WISE]
+    selected = [r for r in _in_distribution(rows, ("grid", "volume", "vit")) if r["norm"] in COMPUTED]
     hits = [r for r in selected if (r["ted_abs"] or 0) <= 1e-6]
     return _share(len(hits), len(selected)), f"{len(hits)} of {len(selected)} tile-wise models have TED_abs ≤ 1e-6"
 
@@ -219,7 +225,7 @@ def _architecture(kind: str, label: str) -> Callable[[list[Row]], tuple[str, str
         if "batch" in by_norm and "batchrenorm" in by_norm:
             total += 1
             hits += (by_norm["batchrenorm"]["ted_dice"] or 0) <= (by_norm["batch"]["ted_dice"] or 0)
-        for norm in TILE_WISE:
+        for norm in COMPUTED:  # with attention (ViT), per-voxel norms are tile-dependent too
             if norm in by_norm:
                 total += 1
                 hits += (by_norm[norm]["tm_abs"] or 0) > ARTIFACT

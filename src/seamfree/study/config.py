@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seamfree.config import apply_overrides, from_mapping, read_mapping
 from seamfree.errors import ConfigError
-from seamfree.layers.factory import NORM_NAMES
-from seamfree.training.config import apply_overrides, from_mapping, read_mapping
+from seamfree.layers.registry import check_norm_name
 
 __all__ = [
     "PROFILES",
@@ -206,9 +206,8 @@ class StudyConfig:
 
 
 def _check_norms(norms: tuple[str, ...], where: str) -> None:
-    unknown = [n for n in norms if n not in NORM_NAMES]
-    if unknown:
-        raise ConfigError(f"{where} has unknown normalization(s) {unknown}; known: {NORM_NAMES}")
+    for norm in norms:
+        check_norm_name(norm, where=f"normalization in {where}")
 
 
 def _check_batch_sizes(sizes: tuple[int, ...], where: str) -> None:

@@ -55,9 +55,9 @@ def load_test_pairs(dataset: dict[str, Any], *, spatial_dims: int, split: str, c
 def _metrics(normal: Diagnosis, small: Diagnosis) -> dict[str, float | None]:
     return {
         "dice": normal.dice, "dice_small": small.dice,
-        "tm_dice": normal.tile_mismatch.dice, "tm_abs": normal.tile_mismatch.abs,
-        "tm_dice_small": small.tile_mismatch.dice, "tm_abs_small": small.tile_mismatch.abs,
-        "ted_dice": normal.disparity.dice, "ted_abs": normal.disparity.abs,
+        "tm_dice": normal.tile_mismatch.tm_dice, "tm_abs": normal.tile_mismatch.tm_abs,
+        "tm_dice_small": small.tile_mismatch.tm_dice, "tm_abs_small": small.tile_mismatch.tm_abs,
+        "ted_dice": normal.disparity.ted_dice, "ted_abs": normal.disparity.ted_abs,
         "delta_dice": normal.disparity.delta_dice, "dice_train_mode": normal.disparity.dice_train,
         "dice_eval_mode": normal.disparity.dice_eval,
         "seam_score": normal.seams.score, "seam_score_small": small.seams.score,
@@ -109,6 +109,6 @@ def evaluate_model(
                        "mask": np.asarray(mask[0] > 0, dtype=np.uint8),
                        "core": np.asarray(small.geometry["core"]), "halo": np.asarray(small.geometry["halo"])}
         logger.info("test image %d: Dice %.3f, TM_dice %.3g, TED_dice %.3g", k, normal.dice or float("nan"),
-                    normal.tile_mismatch.dice, normal.disparity.dice)
+                    normal.tile_mismatch.tm_dice, normal.disparity.ted_dice)
     metrics = {name: _mean([m[name] for m in per_image]) for name in METRICS}
     return Evaluation(metrics, len(pairs), example)

@@ -19,16 +19,14 @@ from typing import Any
 import numpy as np
 
 from seamfree.errors import require
+from seamfree.layers.registry import NORMS, display_order
 from seamfree.study.claims import check_claims
 
 __all__ = ["Hardware", "describe_hardware", "write_results"]
 
 Row = dict[str, Any]
 
-NORM_ORDER = ("batch", "batchrenorm", "instance_tracked", "none", "instance", "group", "layer", "layer_spatial")
-NORM_LABELS = {"batch": "BatchNorm", "batchrenorm": "BatchRenorm", "instance": "InstanceNorm",
-               "instance_tracked": "InstanceNorm (tracked)", "group": "GroupNorm", "none": "none",
-               "layer": "LayerNorm", "layer_spatial": "LayerNorm (spatial)"}
+NORM_LABELS = {spec.name: spec.label for spec in NORMS}
 NORM_COLOURS = {"batch": "#1f77b4", "batchrenorm": "#2ca02c", "instance": "#d62728", "instance_tracked": "#9467bd",
                 "group": "#ff7f0e", "none": "#7f7f7f", "layer": "#e377c2", "layer_spatial": "#8c564b"}
 
@@ -68,7 +66,7 @@ def describe_hardware(device: str = "cpu") -> Hardware:
 
 
 def _norm_key(norm: str) -> int:
-    return NORM_ORDER.index(norm) if norm in NORM_ORDER else len(NORM_ORDER)
+    return display_order(norm)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

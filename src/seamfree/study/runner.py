@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seamfree import __version__
+from seamfree._version import __version__
 from seamfree.errors import ConfigError, DataError
 from seamfree.models.checkpoint import load_model, model_metadata, save_model
 from seamfree.study.config import StudyConfig

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from seamfree.layers.registry import norms_where
 from seamfree.study.config import Recipe, StudyConfig, StudyDataset
 
 __all__ = ["RUNNING_STATISTICS", "STUDY_FORMAT", "StudyRun", "plan_runs"]
@@ -21,7 +22,7 @@ __all__ = ["RUNNING_STATISTICS", "STUDY_FORMAT", "StudyRun", "plan_runs"]
 STUDY_FORMAT = 1
 
 # Norms whose eval mode uses running statistics (recalibration applies to them).
-RUNNING_STATISTICS = ("batch", "batchrenorm", "instance_tracked")
+RUNNING_STATISTICS = norms_where(running_statistics=True)
 
 
 @dataclass(frozen=True)

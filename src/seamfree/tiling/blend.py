@@ -1,10 +1,10 @@
 """Blend stitching: weighted averages of overlapping cores, with a bounded buffer.
 
 Blending hides seams but never removes their cause (see PAPER.md); it exists for models that cannot be
-exact and to compare with MONAI/nnU-Net. The image is cut into *blocks* by every core boundary; each block is
-covered by a fixed set of cores. A block's weighted sum lives in memory only from the first tile that touches it
+exact and to compare with MONAI/nnU-Net. The image is cut into *cells* by every core boundary; each cell is
+covered by a fixed set of cores. A cell's weighted sum lives in memory only from the first tile that touches it
 until the last one has been added, then it is normalized and written: there is never a full-image
-accumulator, only the blocks of the tiles in flight (about one row of tiles in raster order).
+accumulator, only the cells of the tiles in flight (about one row of tiles in raster order).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _cuts(grid: TileGrid, axis: int) -> list[int]:
 
 
 class BlendAccumulator:
-    """Accumulate weighted tile predictions per block and emit each block once complete.
+    """Accumulate weighted tile predictions per cell and emit each cell once complete.
 
     Parameters
     ----------
@@ -73,7 +73,7 @@ class BlendAccumulator:
     window : {"linear", "gaussian"}
         Weight window over each core.
     emit : callable
-        Called as ``emit(block_window, block_values)`` with normalized float32 values ``(C, *block)``.
+        Called as ``emit(cell_window, cell_values)`` with normalized float32 values ``(C, *cell)``.
     """
 
     def __init__(
@@ -88,61 +88,61 @@ class BlendAccumulator:
         self.weights = weight_window(grid.core, grid.overlap, window)
         self.emit = emit
         cuts = [_cuts(grid, axis) for axis in range(grid.spatial_dims)]
-        self._blocks_per_axis = [[slice(a, b) for a, b in itertools.pairwise(c)] for c in cuts]
+        self._cells_per_axis = [[slice(a, b) for a, b in itertools.pairwise(c)] for c in cuts]
         self._pending: dict[tuple[int, ...], int] = {}
         for tile in grid.tiles():
-            for block in self._blocks_of(tile):
-                self._pending[block] = self._pending.get(block, 0) + 1
+            for cell in self._cells_of(tile):
+                self._pending[cell] = self._pending.get(cell, 0) + 1
         self._sums: dict[tuple[int, ...], np.ndarray] = {}
         self._weight_sums: dict[tuple[int, ...], np.ndarray] = {}
         self.peak_buffered_voxels = 0
 
-    def _blocks_of(self, tile: Tile) -> Iterator[tuple[int, ...]]:
+    def _cells_of(self, tile: Tile) -> Iterator[tuple[int, ...]]:
         ranges = []
         for axis, write in enumerate(tile.write):
-            blocks = self._blocks_per_axis[axis]
-            ranges.append([i for i, b in enumerate(blocks) if b.start >= write.start and b.stop <= write.stop])
+            cells = self._cells_per_axis[axis]
+            ranges.append([i for i, b in enumerate(cells) if b.start >= write.start and b.stop <= write.stop])
         return itertools.product(*ranges)
 
-    def _block_window(self, block: tuple[int, ...]) -> tuple[slice, ...]:
-        return tuple(self._blocks_per_axis[axis][i] for axis, i in enumerate(block))
+    def _cell_window(self, cell: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(self._cells_per_axis[axis][i] for axis, i in enumerate(cell))
 
     def skip_done(self, is_done: Callable[[tuple[slice, ...]], bool]) -> int:
-        """Forget the blocks for which ``is_done(block_window)`` is true (resume); return how many."""
-        done = [block for block in self._pending if is_done(self._block_window(block))]
-        for block in done:
-            del self._pending[block]
+        """Forget the cells for which ``is_done(cell_window)`` is true (resume); return how many."""
+        done = [cell for cell in self._pending if is_done(self._cell_window(cell))]
+        for cell in done:
+            del self._pending[cell]
         return len(done)
 
     def needs(self, tile: Tile) -> bool:
-        """Whether ``tile`` contributes to a block not yet emitted."""
-        return any(block in self._pending for block in self._blocks_of(tile))
+        """Whether ``tile`` contributes to a cell not yet emitted."""
+        return any(cell in self._pending for cell in self._cells_of(tile))
 
     def add(self, tile: Tile, prediction: np.ndarray) -> None:
-        """Add one tile's prediction ``(C, *tile_shape)``; emit the blocks it completes."""
+        """Add one tile's prediction ``(C, *tile_shape)``; emit the cells it completes."""
         kept = prediction[(slice(None), *tile.crop)].astype(np.float32, copy=False)
         core_weights = self.weights[tuple(slice(w.start - c.start, w.stop - c.start)
                                           for w, c in zip(tile.write, tile.core))]
-        for block in self._blocks_of(tile):
-            if block not in self._pending:
+        for cell in self._cells_of(tile):
+            if cell not in self._pending:
                 continue  # emitted in an earlier run (resume)
-            window = self._block_window(block)
+            window = self._cell_window(cell)
             local = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(window, tile.write))
             weights = core_weights[local]
-            if block not in self._sums:
-                self._sums[block] = np.zeros((self.channels, *weights.shape), np.float32)
-                self._weight_sums[block] = np.zeros(weights.shape, np.float32)
-            self._sums[block] += kept[(slice(None), *local)] * weights
-            self._weight_sums[block] += weights
-            self._pending[block] -= 1
-            if self._pending[block] == 0:
-                self._finish(block, window)
+            if cell not in self._sums:
+                self._sums[cell] = np.zeros((self.channels, *weights.shape), np.float32)
+                self._weight_sums[cell] = np.zeros(weights.shape, np.float32)
+            self._sums[cell] += kept[(slice(None), *local)] * weights
+            self._weight_sums[cell] += weights
+            self._pending[cell] -= 1
+            if self._pending[cell] == 0:
+                self._finish(cell, window)
         buffered = sum(w.size for w in self._weight_sums.values())
         self.peak_buffered_voxels = max(self.peak_buffered_voxels, buffered)
 
-    def _finish(self, block: tuple[int, ...], window: tuple[slice, ...]) -> None:
-        values = self._sums.pop(block) / self._weight_sums.pop(block)
-        del self._pending[block]
+    def _finish(self, cell: tuple[int, ...], window: tuple[slice, ...]) -> None:
+        values = self._sums.pop(cell) / self._weight_sums.pop(cell)
+        del self._pending[cell]
         self.emit(window, values)
 
     @property

@@ -3,10 +3,10 @@
 Per-tile normalization is a classic source of tiling artifacts (each tile gets its own contrast), so it
 exists only as the explicit ``"per_tile"`` method, to demonstrate the artifact.
 
-Streaming: the image is visited block by block (blocks aligned with its storage chunks). Mean/std are exact
+Streaming: the image is visited slab by slab (slabs aligned with its storage chunks). Mean/std are exact
 (float64 sums over every voxel). Percentiles are exact for 8- and 16-bit integer images (a histogram of every
-voxel); for other dtypes they come from a deterministic sample: every block contributes an evenly strided
-subset of its voxels, about ``max_samples`` voxels in total, which bounds memory and reads every block once.
+voxel); for other dtypes they come from a deterministic sample: every slab contributes an evenly strided
+subset of its voxels, about ``max_samples`` voxels in total, which bounds memory and reads every slab once.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import numpy as np
 from seamfree.errors import ConfigError, DataError
 from seamfree.io.readers import ImageSource
 
-__all__ = ["BlockStatistics", "IntensityNormalization", "compute_normalization", "iter_blocks"]
+__all__ = ["IntensityNormalization", "SlabStatistics", "compute_normalization", "iter_slabs"]
 
 Method = Literal["percentile", "meanstd", "none", "per_tile"]
 METHODS = ("percentile", "meanstd", "none", "per_tile")
-DEFAULT_BLOCK_VOXELS = 1 << 22
+DEFAULT_SLAB_VOXELS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -91,21 +91,21 @@ def _affine(x: np.ndarray, offset: np.ndarray, scale: np.ndarray) -> np.ndarray:
     )
 
 
-def iter_blocks(source: ImageSource, block_voxels: int = DEFAULT_BLOCK_VOXELS) -> Iterator[tuple[slice, ...]]:
+def iter_slabs(source: ImageSource, slab_voxels: int = DEFAULT_SLAB_VOXELS) -> Iterator[tuple[slice, ...]]:
     """Yield spatial windows covering the image, aligned with its storage chunks when it has them."""
     shape = source.spatial_shape
     if source.spatial_chunks:
-        block = list(source.spatial_chunks)
+        slab = list(source.spatial_chunks)
     else:
-        block = [1] * len(shape)
-        block[-1] = shape[-1]
-    # Grow along the leading axes (whole chunks at a time) until a block holds about block_voxels.
+        slab = [1] * len(shape)
+        slab[-1] = shape[-1]
+    # Grow along the leading axes (whole chunks at a time) until a slab holds about slab_voxels.
     for axis in reversed(range(len(shape))):
-        while math.prod(block) * 2 <= block_voxels and block[axis] < shape[axis]:
-            block[axis] = min(shape[axis], block[axis] * 2)
-    starts = [range(0, s, b) for s, b in zip(shape, block)]
+        while math.prod(slab) * 2 <= slab_voxels and slab[axis] < shape[axis]:
+            slab[axis] = min(shape[axis], slab[axis] * 2)
+    starts = [range(0, s, b) for s, b in zip(shape, slab)]
     for origin in itertools.product(*starts):
-        yield tuple(slice(o, min(o + b, s)) for o, b, s in zip(origin, block, shape))
+        yield tuple(slice(o, min(o + b, s)) for o, b, s in zip(origin, slab, shape))
 
 
 def compute_normalization(
@@ -116,22 +116,22 @@ def compute_normalization(
 ) -> IntensityNormalization:
     """Return ``normalization`` with per-channel statistics computed from the whole image in one pass.
 
-    Also the place where NaN/Inf inputs are found: a non-finite voxel raises DataError naming its block.
+    Also the place where NaN/Inf inputs are found: a non-finite voxel raises DataError naming its slab.
     """
     normalization = normalization or IntensityNormalization()
     if normalization.resolved:
         return normalization
-    statistics = BlockStatistics.for_source(source, max_samples)
-    for window in iter_blocks(source):
+    statistics = SlabStatistics.for_source(source, max_samples)
+    for window in iter_slabs(source):
         statistics.add(source, window)
     return statistics.finish(normalization)
 
 
-class BlockStatistics:
-    """Per-channel intensity statistics accumulated block by block (sums, histogram or sample).
+class SlabStatistics:
+    """Per-channel intensity statistics accumulated slab by slab (sums, histogram or sample).
 
-    ``add`` one block at a time, or ``merge`` the statistics of single blocks computed elsewhere (a dask
-    worker) in block order: the result is then identical to one sequential pass.
+    ``add`` one slab at a time, or ``merge`` the statistics of single slabs computed elsewhere (a dask
+    worker) in slab order: the result is then identical to one sequential pass.
     """
 
     def __init__(self, channels: int, total: int, exact_histogram: bool, stride: int) -> None:
@@ -142,31 +142,31 @@ class BlockStatistics:
         self.samples: list[np.ndarray] = []
 
     @classmethod
-    def for_source(cls, source: ImageSource, max_samples: int = 4_000_000) -> BlockStatistics:
+    def for_source(cls, source: ImageSource, max_samples: int = 4_000_000) -> SlabStatistics:
         """Return empty statistics for ``source`` (exact histograms for 8/16-bit images)."""
         total = math.prod(source.spatial_shape)
         exact = source.dtype in (np.dtype("uint8"), np.dtype("uint16"), np.dtype("bool"))
         return cls(source.shape[0], total, exact, max(1, total // max_samples))
 
     def add(self, source: ImageSource, window: tuple[slice, ...]) -> None:
-        """Add the voxels of ``window``; DataError naming the block if it holds NaN or Inf."""
-        block = source.read(window).reshape(self.channels, -1)
-        if block.dtype.kind == "f" and not np.isfinite(block).all():
+        """Add the voxels of ``window``; DataError naming the slab if it holds NaN or Inf."""
+        slab = source.read(window).reshape(self.channels, -1)
+        if slab.dtype.kind == "f" and not np.isfinite(slab).all():
             raise DataError(
                 f"the input {source.where} contains NaN or Inf values in the region {window}; "
                 "clean or mask them before prediction (e.g. numpy.nan_to_num)"
             )
-        values = block.astype(np.float64)
+        values = slab.astype(np.float64)
         self.sums += values.sum(axis=1)
         self.squares += np.square(values).sum(axis=1)
         if self.histograms is not None:
             for c in range(self.channels):
-                self.histograms[c] += np.bincount(block[c].astype(np.int64), minlength=1 << 16)[: 1 << 16]
+                self.histograms[c] += np.bincount(slab[c].astype(np.int64), minlength=1 << 16)[: 1 << 16]
         else:
-            self.samples.append(block[:, ::self.stride].astype(np.float32))
+            self.samples.append(slab[:, ::self.stride].astype(np.float32))
 
-    def merge(self, other: BlockStatistics) -> None:
-        """Add statistics computed on other blocks."""
+    def merge(self, other: SlabStatistics) -> None:
+        """Add statistics computed on other slabs."""
         self.sums += other.sums
         self.squares += other.squares
         if self.histograms is not None and other.histograms is not None:
@@ -202,3 +202,8 @@ def _histogram_percentile(histogram: np.ndarray, q: float) -> float:
     v_below = int(np.searchsorted(cumulative, below, side="right"))
     v_above = int(np.searchsorted(cumulative, above, side="right"))
     return v_below + (v_above - v_below) * (rank - below)
+
+
+# Deprecated names (kept for one release): a *block* is a region of the output; statistics are read in slabs.
+BlockStatistics = SlabStatistics
+iter_blocks = iter_slabs

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from seamfree.errors import ConfigError, ShapeError
-from seamfree.layers.audit import _classify, audit_norms
+from seamfree.layers.audit import audit_norms, classify_layer
+from seamfree.tiling.engine import eval_mode
 from seamfree.tiling.grid import round_up
 
 __all__ = ["ReceptiveField", "TilingSuggestion", "default_memory_budget", "measure_receptive_field", "model_geometry",
@@ -113,7 +114,7 @@ def _structural_copy(model: nn.Module, remove_tile_dependent: bool) -> nn.Module
                 average = _MAX_POOL[type(child)]
                 replacement = average(child.kernel_size, child.stride, child.padding)
             elif remove_tile_dependent:
-                known = _classify(child)
+                known = classify_layer(child)
                 if known is not None and known[1] and known[0] == "per-tile":
                     replacement = nn.Identity()
             if replacement is not None:
@@ -239,17 +240,17 @@ def _effective_radius(model: nn.Module, in_channels: int, probe: tuple[int, ...]
 
 @dataclass(frozen=True)
 class TilingSuggestion:
-    """Core, halo and batch size for a model, an image and a memory budget."""
+    """Core, halo and tiles per batch for a model, an image and a memory budget."""
 
     core: tuple[int, ...]
     halo: tuple[int, ...]
-    batch_size: int
+    tiles_per_batch: int
     tile_shape: tuple[int, ...]
     estimated_bytes: int
     compute_ratio: float
 
     def to_dict(self) -> dict[str, object]:
-        return {"core": list(self.core), "halo": list(self.halo), "batch_size": self.batch_size,
+        return {"core": list(self.core), "halo": list(self.halo), "tiles_per_batch": self.tiles_per_batch,
                 "tile_shape": list(self.tile_shape), "estimated_bytes": self.estimated_bytes,
                 "compute_ratio": self.compute_ratio}
 
@@ -270,7 +271,8 @@ def activation_bytes_per_voxel(model: nn.Module, in_channels: int, stride: tuple
     try:
         parameter = next(model.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
-        model.eval()(torch.zeros((1, in_channels, *probe), device=device))
+        with eval_mode(model):
+            model(torch.zeros((1, in_channels, *probe), device=device))
     finally:
         for handle in handles:
             handle.remove()
@@ -285,7 +287,7 @@ def suggest_tiling(
     device: str = "cpu",
     receptive_field: ReceptiveField | None = None,
 ) -> TilingSuggestion:
-    """Return the core, halo and batch size that use ``memory_budget`` bytes with the least overhead.
+    """Return the core, halo and tiles per batch that use ``memory_budget`` bytes with the least overhead.
 
     The halo is the measured receptive-field radius (rounded to the network stride). The number of cores per
     axis is the smallest for which a tile fits the budget, so cores are as large as memory allows and the

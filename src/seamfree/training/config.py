@@ -12,16 +12,14 @@ Overrides use dotted keys, ``training.batch_size=2`` (the value is parsed as YAM
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from seamfree.config import apply_overrides, config_to_dict, from_mapping, read_mapping
+from seamfree.data.config import DataConfig
 from seamfree.errors import ConfigError
-from seamfree.layers.factory import NORM_NAMES
+from seamfree.layers.registry import check_norm_name
 
 __all__ = [
     "AugmentConfig",
@@ -35,49 +33,6 @@ __all__ = [
     "load_config",
     "read_mapping",
 ]
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Training data.
-
-    Attributes
-    ----------
-    source : str
-        "synthetic", "files", or a dataset name (``seamfree data list``).
-    target : str, optional
-        What to segment for datasets with several targets (e.g. drosophila-vnc: membranes, mitochondria).
-    subset : str, optional
-        Dataset subset (coelho2009: gnf, ic100).
-    synthetic_kind : {"nuclei", "membranes"}
-    synthetic_shape : tuple of int
-        Spatial shape of each synthetic image.
-    synthetic_train, synthetic_val : int
-        Number of synthetic training and validation images.
-    synthetic_options : dict
-        Further :class:`seamfree.data.synthetic.SyntheticSpec` fields.
-    images, masks, val_images, val_masks : tuple of str
-        Files for ``source: files``.
-    limit : int, optional
-        Use at most this many training images (small-data experiments, fine-tuning).
-    seed : int
-        Seed of synthetic images.
-    """
-
-    source: str = "synthetic"
-    target: str | None = None
-    subset: str | None = None
-    synthetic_kind: Literal["nuclei", "membranes"] = "nuclei"
-    synthetic_shape: tuple[int, ...] = (256, 256)
-    synthetic_train: int = 4
-    synthetic_val: int = 1
-    synthetic_options: dict[str, Any] = field(default_factory=dict)
-    images: tuple[str, ...] = ()
-    masks: tuple[str, ...] = ()
-    val_images: tuple[str, ...] = ()
-    val_masks: tuple[str, ...] = ()
-    limit: int | None = None
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,10 +53,7 @@ class ModelConfig:
     freeze_encoder: bool = False
 
     def __post_init__(self) -> None:
-        if self.norm not in NORM_NAMES:
-            close = difflib.get_close_matches(self.norm, NORM_NAMES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"model.norm {self.norm!r} is not a known normalization {NORM_NAMES}{hint}")
+        check_norm_name(self.norm, where="model.norm")
         if self.spatial_dims not in (2, 3):
             raise ConfigError(f"model.spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if self.architecture == "vit" and self.spatial_dims != 2:
@@ -169,91 +121,6 @@ class TrainConfig:
     output: str = "runs/train"
 
 
-def _convert(value: Any, annotation: Any, where: str) -> Any:
-    """Return ``value`` converted to ``annotation`` (dataclasses, tuples, scalars); raise ConfigError if it can't."""
-    origin = typing.get_origin(annotation)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping of its options, got {value!r}")
-        return from_mapping(annotation, value, where)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(value, options[0], where)
-    if origin is tuple:
-        args = typing.get_args(annotation)
-        items = value if isinstance(value, list | tuple) else [value]
-        inner = args[0] if args else Any
-        return tuple(_convert(v, inner, where) for v in items)
-    if origin is Literal:
-        if value not in typing.get_args(annotation):
-            raise ConfigError(f"{where} must be one of {typing.get_args(annotation)}, got {value!r}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if annotation in (int, float):
-        if isinstance(value, bool) or not isinstance(value, int | float) or (annotation is int and value != int(value)):
-            raise ConfigError(f"{where} must be a number ({annotation.__name__}), got {value!r}")
-        return annotation(value)
-    if annotation is str and not isinstance(value, str):
-        raise ConfigError(f"{where} must be a string, got {value!r}")
-    return value
-
-
-def from_mapping(cls: Any, values: dict[str, Any], where: str = "") -> Any:
-    """Return the frozen dataclass ``cls`` built from ``values`` (nested mappings, lists → tuples).
-
-    Unknown keys raise ConfigError with a did-you-mean; ``where`` prefixes key names in messages.
-    """
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
-            raise ConfigError(f"unknown configuration key {where + '.' if where else ''}{key}{hint}")
-    kwargs = {key: _convert(value, hints[key], f"{where}.{key}" if where else key) for key, value in values.items()}
-    return cls(**kwargs)
-
-
-def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``values[a][b] = value`` for ``dotted`` = "a.b", creating sections as needed."""
-    parts = dotted.split(".")
-    node = values
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"cannot set {dotted}: {part} is not a section")
-    node[parts[-1]] = value
-
-
-def read_mapping(path: str | Path, *, what: str, example: str, sections: str) -> dict[str, Any]:
-    """Return the mapping held by the YAML file ``path``; ConfigError naming ``example`` if it is missing or not one."""
-    import yaml
-
-    file = Path(path)
-    if not file.exists():
-        raise ConfigError(f"{what} {file} does not exist; see {example} for one")
-    loaded = yaml.safe_load(file.read_text()) or {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{file} must hold a mapping of sections ({sections}), got {type(loaded).__name__}")
-    return loaded
-
-
-def apply_overrides(values: dict[str, Any], overrides: list[str] | None, *, example: str) -> None:
-    """Apply ``section.key=value`` overrides (values parsed as YAML) to ``values`` in place."""
-    import yaml
-
-    for override in overrides or []:
-        if "=" not in override:
-            raise ConfigError(f"override {override!r} must look like section.key=value, e.g. {example}")
-        key, _, text = override.partition("=")
-        _set_dotted(values, key.strip(), yaml.safe_load(text))
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> TrainConfig:
     """Return the TrainConfig of a YAML file (or ``base`` dict) with ``key.sub=value`` overrides applied."""
@@ -265,13 +132,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_mapping(TrainConfig, values, "")
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """Return a plain dict (lists instead of tuples) of a configuration dataclass, ready for YAML/JSON."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return typing.cast(dict[str, Any], plain(dataclasses.asdict(config)))

@@ -33,14 +33,15 @@ from torch import nn
 from seamfree.data.sources import Pair, load_pairs
 from seamfree.errors import CheckpointError, ConfigError
 from seamfree.io.readers import open_image
-from seamfree.layers.batchrenorm import _BatchRenorm
+from seamfree.layers.batchrenorm import BatchRenormNd
 from seamfree.layers.convert import convert_norm
 from seamfree.metrics import dice
 from seamfree.models.checkpoint import load_model, save_model
 from seamfree.models.unet import UNet
 from seamfree.models.vit import ViTSegmenter
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
-from seamfree.tiling.predict import PredictConfig, predict
+from seamfree.tiling.plan import PredictConfig
+from seamfree.tiling.predict import predict
 from seamfree.tiling.receptive import model_geometry
 from seamfree.training.augment import augment_batch
 from seamfree.training.config import TrainConfig, config_to_dict
@@ -153,7 +154,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
 
 def _renorm_bounds(model: nn.Module) -> tuple[float, float]:
     for module in model.modules():
-        if isinstance(module, _BatchRenorm):
+        if isinstance(module, BatchRenormNd):
             r_max, d_max = module.current_bounds()
             return float(r_max), float(d_max)
     return 1.0, 0.0
@@ -164,7 +165,7 @@ def validate(model: nn.Module, pairs: list[Pair], config: TrainConfig) -> float 
     if not pairs:
         return None
     core = config.training.val_core
-    predict_config = PredictConfig(core=core, device=config.training.device, batch_size=1 if core else None)
+    predict_config = PredictConfig(core=core, device=config.training.device, tiles_per_batch=1 if core else None)
     scores = []
     for image, mask in pairs:
         probabilities = predict(model, image, config=predict_config)

@@ -13,9 +13,9 @@ from torch import nn
 from seamfree.errors import ConfigError
 from seamfree.io.readers import open_image
 from seamfree.layers.convert import recalibrate_norm
+from seamfree.tiling.engine import read_window
 from seamfree.tiling.grid import as_axis_tuple
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
-from seamfree.tiling.predict import read_window
 from seamfree.tiling.receptive import model_geometry
 
 __all__ = ["recalibrate_on_images"]

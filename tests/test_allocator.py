@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from seamfree.tiling.allocator import ALLOCATOR_ENVIRONMENT, allocator_environment
+from seamfree.allocator import ALLOCATOR_ENVIRONMENT, allocator_environment
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc settings are Linux-only")
 
@@ -20,7 +20,7 @@ FRESH = 4 * 32
 PROBE = textwrap.dedent("""
     import resource, sys
     import numpy as np
-    from seamfree.tiling.allocator import tune_cpu_allocator
+    from seamfree.allocator import tune_cpu_allocator
     applied = tune_cpu_allocator() if sys.argv[1] == "tuned" else False
     def touch():
         block = np.empty(64 * 2**20, dtype=np.uint8)

@@ -1,0 +1,223 @@
+"""The ``seamfree`` commands: each turns parsed arguments into one call of a public library function.
+
+Libraries are imported inside each command, so that ``seamfree --help`` and a bad option cost no torch import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from seamfree.errors import SeamfreeError
+
+__all__ = ["audit", "convert", "data", "demo", "diagnose", "predict", "recalibrate", "study", "train"]
+
+
+def audit(args: argparse.Namespace) -> int:
+    from seamfree.layers import audit_norms
+    from seamfree.models import load_model
+
+    audit = audit_norms(load_model(args.model, allow_pickle=args.allow_pickle))
+    if args.json:
+        print(json.dumps(audit.to_dict(), indent=2))
+        return 0
+    print(f"verdict: {audit.verdict}\n{audit.summary}")
+    for layer in audit.layers:
+        flag = {True: "DEPENDS ON TILE", False: "ok", None: "unknown"}[layer.tile_dependent]
+        print(f"  {layer.name:40s} {layer.type:18s} {layer.statistics:13s} {flag}")
+    return 0
+
+
+def convert(args: argparse.Namespace) -> int:
+    from seamfree.layers import convert_norm
+    from seamfree.models import load_model, model_metadata, save_model
+
+    model = load_model(args.model, allow_pickle=args.allow_pickle)
+    converted = convert_norm(model, args.to, from_=args.from_)
+    metadata = {**model_metadata(model), "converted_from": str(args.model), "converted_norm": args.from_}
+    path = save_model(converted, args.out, metadata=metadata)
+    print(f"wrote {path}")
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    from seamfree.models import load_model
+    from seamfree.tiling import IntensityNormalization, PredictConfig, PredictionReport, predict
+
+    model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    if args.intensity_offset is not None:
+        normalization = IntensityNormalization(args.normalization, offset=(args.intensity_offset,),
+                                               scale=(args.intensity_scale,))
+    else:
+        normalization = IntensityNormalization(args.normalization)
+    config = PredictConfig(
+        core=args.core, halo=args.halo if args.halo is not None else "auto", stitching=args.stitching,
+        overlap=args.overlap, blend_window=args.blend_window, tiles_per_batch=args.tiles_per_batch,
+        device=args.device,
+        amp=args.amp, tta=args.tta, normalization=normalization, output_kind=args.output_kind,
+        threshold=args.threshold, pinned_core=args.core is not None and args.pin_core,
+        allow_small_halo=args.allow_small_halo, overwrite=args.overwrite,
+    )
+    if args.workers or args.scheduler:
+        from seamfree.distributed import ClusterConfig, predict_distributed
+
+        cluster = ClusterConfig(scheduler=args.scheduler, workers=args.workers or 2,
+                                threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
+                                tiles_per_task=args.tiles_per_task, timeout=args.timeout,
+                                tune_allocator=args.tune_allocator)
+        summary = predict_distributed(args.model, args.image, args.out, config=config, cluster=cluster,
+                                      axes=args.axes, progress=not args.quiet)
+        print(f"wrote {args.out}: {summary.tiles_computed} of {summary.tiles_total} tiles in {summary.tasks} tasks on "
+              f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.voxels_per_second:.3g} voxels/s)")
+        return 0
+    report: list[PredictionReport] = []
+    predict(model, args.image, args.out, config=config, axes=args.axes, progress=not args.quiet, report=report)
+    done = report[0]
+    print(f"wrote {args.out}: {done.tiles_computed} of {done.tiles_total} tiles computed in {done.seconds:.1f} s "
+          f"(core {done.grid.core}, halo {done.grid.halo}, {done.grid.compute_ratio:.2f}× voxels computed)")
+    return 0
+
+
+def diagnose(args: argparse.Namespace) -> int:
+    from seamfree.diagnostics import DiagnoseConfig, diagnose
+    from seamfree.diagnostics.report import write_report
+    from seamfree.models import load_model
+    from seamfree.tiling import IntensityNormalization
+
+    model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    config = DiagnoseConfig(
+        core=args.core, halo=args.halo if args.halo is not None else "auto", grid_offset=args.grid_offset,
+        normalization=IntensityNormalization(args.normalization), patch_size=args.patch_size,
+        batch_size=args.batch_size, ted_batches=args.ted_batches, threshold=args.threshold, device=args.device,
+        seed=args.seed,
+    )
+    diagnosis = diagnose(model, args.image, ground_truth=args.gt, config=config, axes=args.axes,
+                         name=args.name or Path(args.model).stem)
+    page = write_report(diagnosis, args.out)
+    tm, ted = diagnosis.tile_mismatch, diagnosis.disparity
+    print(f"{diagnosis.recommendation.verdict}: {diagnosis.recommendation.message}")
+    for action in diagnosis.recommendation.actions:
+        print(f"  -> {action}")
+    print(f"TM_dice {tm.tm_dice:.3g}  TM_abs {tm.tm_abs:.2g}  TED_dice {ted.ted_dice:.3g}  TED_abs {ted.ted_abs:.2g}  "
+          f"seam score {diagnosis.seams.score if diagnosis.seams.score is None else round(diagnosis.seams.score, 3)}"
+          f"  max|tiled-whole| {diagnosis.exactness.max_abs:.2g}")
+    print(f"report: {page} (JSON: {Path(args.out) / 'report.json'})")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from seamfree.training import load_config, train
+
+    overrides = list(args.set or [])
+    for key, value in (("output", args.out), ("training.iterations", args.iterations),
+                       ("training.device", args.device), ("model.norm", args.norm)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    config = load_config(args.config, overrides)
+    result = train(config, resume=args.resume, progress=not args.quiet)
+    dice = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
+    print(f"trained {result.iterations} iterations in {result.seconds:.0f} s; best validation Dice {dice}; "
+          f"checkpoints {result.best} and {result.last}")
+    return 0
+
+
+def recalibrate(args: argparse.Namespace) -> int:
+    from seamfree.models import load_model, model_metadata, save_model
+    from seamfree.training.recalibrate import recalibrate_on_images
+
+    model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    metadata = model_metadata(model)
+    patch = args.patch_size or metadata.get("patch_size") or 128
+    recalibrate_on_images(model, args.images, patch_size=patch, batch_size=args.batch_size, batches=args.batches,
+                          seed=args.seed, device=args.device)
+    path = save_model(model, args.out, metadata={**metadata, "recalibrated_on": [str(i) for i in args.images]})
+    print(f"wrote {path}")
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from seamfree.study.demo import run_demo
+
+    result = run_demo(args.out, iterations=args.iterations, image_size=args.image_size, progress=not args.quiet)
+    print(f"\nreport: {result.report}")
+    for d in result.diagnoses:
+        tm, ted = d.tile_mismatch, d.disparity
+        print(f"  {d.name:18s} {d.recommendation.verdict:20s} TM_dice {tm.tm_dice:.3g}  TM_abs {tm.tm_abs:.2g}  "
+              f"TED_dice {ted.ted_dice:.2g}  seam score {d.seams.score:.2f}  Dice {d.dice:.3f}")
+    print("Open the report in a browser: the InstanceNorm prediction and its mismatch map show the tile grid "
+          "(seams), the BatchRenorm ones do not (tile mismatch 0: tiled = whole-image prediction).")
+    return 0
+
+
+def study(args: argparse.Namespace) -> int:
+    from seamfree.study import describe_hardware, load_study_config, plan_runs, run_directories, run_study
+    from seamfree.study.results import write_results
+
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.threads:
+        overrides.append(f"threads={args.threads}")
+    config = load_study_config(args.config, profile=args.profile, overrides=overrides)
+    if args.list:
+        directories = run_directories(config, args.out)
+        for run in plan_runs(config):
+            state = "done" if (directories[run.name] / "result.json").exists() else "to do"
+            print(f"{state:6s} {run.name}")
+        return 0
+    # per-tile and per-step messages of the library would bury the study's progress; restored afterwards
+    quieted = {name: logging.getLogger(name) for name in ("seamfree.tiling", "seamfree.diagnostics",
+                                                         "seamfree.training")}
+    levels = {name: logger.level for name, logger in quieted.items()}
+    for logger in quieted.values():
+        logger.setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    try:
+        result = run_study(config, args.out, only=args.only, dry_run=args.report_only)
+    finally:
+        for name, logger in quieted.items():
+            logger.setLevel(levels[name])
+    results = args.results or args.out / "results.md"
+    command = (f"seamfree study {f'{args.config} ' if args.config else ''}--profile {config.profile} "
+               f"--out {args.out} --results {results}")
+    page = write_results(result.rows, results,
+                         run_dirs=run_directories(config, args.out), command=command, profile=config.profile,
+                         hardware=describe_hardware(config.device))
+    done = sum(row["status"] == "done" for row in result.rows)
+    print(f"\n{len(result.ran)} run(s) trained and measured, {len(result.cached)} from the cache, "
+          f"{len(result.failed)} failed; {done} of {len(result.rows)} runs of profile {config.profile} done")
+    print(f"table:   {result.table}\nresults: {page}")
+    if result.failed:
+        print("failed runs (their errors are in the table; rerun the command to retry them): "
+              + ", ".join(result.failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def data(args: argparse.Namespace) -> int:
+    from seamfree.data import datasets
+
+    if args.action == "list":
+        for dataset in datasets.DATASETS.values():
+            print(f"{dataset.name:16s} {dataset.description}")
+        print(f"cache: {datasets.data_root()} (set SEAMFREE_DATA to change it)")
+        return 0
+    if not args.name:
+        raise SeamfreeError(f"seamfree data {args.action} needs a dataset name: {', '.join(datasets.DATASETS)}")
+    dataset = datasets.get_dataset(args.name)
+    if args.action == "info":
+        state = datasets.verify(dataset.name)
+        present = "complete" if not any(state.values()) else (f"{len(state['missing'])} missing, "
+                                                              f"{len(state['corrupt'])} corrupt file(s)")
+        print(f"{dataset.name}: {dataset.description}\nsource:   {dataset.source}\nlicence:  {dataset.licence}\n"
+              f"cite:     {dataset.citation}\ntargets:  {', '.join(dataset.targets)}"
+              + (f"\nsubsets:  {', '.join(dataset.subsets)}" if dataset.subsets else "")
+              + f"\nfiles:    {len(dataset.manifest())} ({present} in {datasets.data_root() / dataset.name})"
+              + f"\nsplits:   {datasets.SPLIT_DOCS[dataset.name]}")
+        return 0
+    path = datasets.fetch(dataset.name, progress=None if args.quiet else
+                          (lambda done, total: print(f"\r{done}/{total} files", end="", flush=True)))
+    print(f"\n{dataset.name}: every file verified (sha256) in {path}")
+    return 0

@@ -1,0 +1,195 @@
+"""The ``seamfree`` argument parser: commands, options, their help, and deprecated option names."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from seamfree._version import __version__
+from seamfree.cli import commands
+
+__all__ = ["build_parser"]
+
+
+class _Renamed(argparse.Action):
+    """A deprecated option name: warns on stderr and stores into the new option's destination."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"seamfree: {option_string} is deprecated and will be removed; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_renamed(parser: argparse.ArgumentParser, new: str, old: str, **kwargs: Any) -> None:
+    """Add option ``new``, and its former name ``old`` (hidden from the help) with the same destination."""
+    action = parser.add_argument(new, **kwargs)
+    parser.add_argument(old, dest=action.dest, action=_Renamed, new=new, type=kwargs.get("type", str),
+                        help=argparse.SUPPRESS)
+
+
+def _int_tuple(text: str) -> int | tuple[int, ...]:
+    """Parse ``"256"`` (every axis) into an int, ``"32,256,256"`` into a tuple of ints."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+        return values[0] if len(values) == 1 else values
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from exc
+
+
+def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("diagnose", help="will tiling hurt this model on this image? TM, TED, seams, report")
+    p.add_argument("model", type=Path)
+    p.add_argument("image", help="image (.zarr, .tif, .h5 with --key, .npy)")
+    p.add_argument("--gt", help="ground-truth mask of the image (adds Dice and ΔDice)")
+    p.add_argument("--out", type=Path, required=True, help="report folder (report.html, report.json, figures/)")
+    p.add_argument("--axes", help="axis order of the input, e.g. ZYX, YXC")
+    p.add_argument("--core", type=_int_tuple, help="core of the diagnosis grid (default: predict's, ≤ half the image)")
+    p.add_argument("--halo", type=_int_tuple, help="halo (default: measured receptive field)")
+    _add_renamed(p, "--grid-offset", "--offset", type=_int_tuple,
+                 help="shift of the second grid's seams (default: half a core)")
+    p.add_argument("--patch-size", type=_int_tuple,
+                   help="the model's training patch, for TED batches (default: from the checkpoint)")
+    p.add_argument("--batch-size", type=int,
+                   help="the model's training batch size, for TED batches (default: from the checkpoint, else 2)")
+    p.add_argument("--ted-batches", type=int, default=8)
+    p.add_argument("--normalization", choices=["percentile", "meanstd", "none", "per_tile"], default="percentile")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="model name in the report (default: the file name)")
+    p.add_argument("--allow-pickle", action="store_true")
+    p.set_defaults(handler=commands.diagnose)
+
+
+def _add_training(subparsers: argparse._SubParsersAction) -> None:
+    t = subparsers.add_parser("train", help="train a 2D/3D U-Net (or small ViT) with any normalization")
+    t.add_argument("config", type=Path, nargs="?", help="YAML configuration (see examples/train.yaml)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. training.batch_size=2")
+    t.add_argument("--out", help="output folder (overrides output)")
+    t.add_argument("--iterations", type=int)
+    t.add_argument("--norm", help="normalization (overrides model.norm)")
+    t.add_argument("--device")
+    t.add_argument("--resume", action="store_true", help="continue from the output folder's state.pt")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(handler=commands.train)
+
+    r = subparsers.add_parser("recalibrate", help="re-estimate a model's running statistics on your images")
+    r.add_argument("model", type=Path)
+    r.add_argument("images", nargs="+", help="images of the target domain")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--patch-size", type=_int_tuple, help="default: the training patch size from the checkpoint")
+    r.add_argument("--batch-size", type=int, default=4)
+    r.add_argument("--batches", type=int, default=32)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--allow-pickle", action="store_true")
+    r.set_defaults(handler=commands.recalibrate)
+
+    d = subparsers.add_parser("demo", help="train InstanceNorm and BatchRenorm U-Nets on synthetic data and show "
+                            "their seams side by side (a few minutes on a CPU, no download)")
+    d.add_argument("--out", type=Path, default=Path("seamfree-demo"))
+    d.add_argument("--iterations", type=int, default=300)
+    d.add_argument("--image-size", type=int, default=1024)
+    d.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(handler=commands.demo)
+
+
+def _add_study(subparsers: argparse._SubParsersAction) -> None:
+    s = subparsers.add_parser("study", help="reproduce the paper's trade-off on real data: norms x batch sizes x "
+                            "datasets, ViT, 3D, transfer; a CSV and a results page")
+    s.add_argument("config", type=Path, nargs="?", help="YAML changing the profile (see examples/study.yaml)")
+    s.add_argument("--profile", default="quick", help="quick (minutes), standard (~1.5 h on 2 CPU cores) or full "
+                   "(paper-scale; use a GPU)")
+    s.add_argument("--out", type=Path, default=Path("seamfree-study"), help="output folder; rerun to resume")
+    s.add_argument("--only", action="append", metavar="PATTERN",
+                   help="run only runs whose name matches (and the runs they start from), e.g. 'grid/isbi2012/*'")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. grid.batch_sizes=[1,8]")
+    s.add_argument("--results", type=Path, help="results page to write (default: OUT/results.md)")
+    s.add_argument("--list", action="store_true", help="list the runs and which are done; run nothing")
+    s.add_argument("--report-only", action="store_true",
+                   help="write the table and the results page from the runs already done; run nothing")
+    s.add_argument("--device", help="cpu or cuda")
+    s.add_argument("--threads", type=int, help="torch CPU threads")
+    s.set_defaults(handler=commands.study)
+
+
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="seamless tiled prediction of a 2D/3D image of any size")
+    p.add_argument("model", type=Path, help="checkpoint (seamfree, TorchScript or pickled module)")
+    p.add_argument("image", help="input: .zarr/OME-Zarr, .tif, .h5 (with --key) or .npy")
+    p.add_argument("out", type=Path, help="output: .zarr (OME-Zarr) or .tif; rerun to resume")
+    p.add_argument("--axes", help="axis order of the input, e.g. ZYX, CYX, YXC (default: channel-first)")
+    p.add_argument("--core", type=_int_tuple, help="core shape, e.g. 512 or 32,256,256 (default: from memory)")
+    p.add_argument("--pin-core", action="store_true", help="error if --core is not a multiple of the stride")
+    p.add_argument("--halo", type=_int_tuple, help="halo per side (default: measured receptive field)")
+    p.add_argument("--allow-small-halo", action="store_true", help="accept a halo below the receptive field")
+    p.add_argument("--stitching", choices=["crop", "blend"], default="crop")
+    p.add_argument("--overlap", type=_int_tuple, help="core overlap for --stitching blend")
+    p.add_argument("--blend-window", choices=["linear", "gaussian"], default="linear")
+    _add_renamed(p, "--tiles-per-batch", "--batch-size", type=int,
+                 help="tiles per forward pass (default: from the memory budget)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision on CUDA")
+    p.add_argument("--tta", action="store_true", help="average over flips of the spatial axes")
+    p.add_argument("--normalization", choices=["percentile", "meanstd", "none", "per_tile"], default="percentile")
+    _add_renamed(p, "--intensity-offset", "--offset", type=float,
+                 help="given intensity offset (skips the statistics pass), with --intensity-scale")
+    _add_renamed(p, "--intensity-scale", "--scale", type=float, help="given intensity scale, with --intensity-offset")
+    p.add_argument("--output-kind", choices=["float32", "uint8", "mask"], default="float32")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--overwrite", action="store_true", help="delete an existing output instead of resuming")
+    p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, help="run on a dask LocalCluster with this many worker processes")
+    p.add_argument("--scheduler", help="run on the dask cluster of this scheduler address (tcp://host:8786)")
+    p.add_argument("--threads-per-worker", type=int, default=1)
+    p.add_argument("--memory-limit", default="auto", help="LocalCluster memory per worker, e.g. 1GiB")
+    p.add_argument("--tiles-per-task", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the scheduler")
+    p.add_argument("--tune-allocator", action="store_true",
+                   help="spawn LocalCluster workers with seamfree's glibc settings: faster 3D tiles, but each worker "
+                        "keeps its peak memory (give it more than --memory-limit 1GiB)")
+    p.set_defaults(handler=commands.predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``seamfree`` command."""
+    parser = argparse.ArgumentParser(
+        prog="seamfree", description="Segmentation of very large images, free of tiling artifacts."
+    )
+    parser.add_argument("--version", action="version", version=f"seamfree {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    audit = subparsers.add_parser("audit", help="list the normalization layers of a model and whether they make "
+                                "predictions depend on the tile")
+    audit.add_argument("model", type=Path, help="checkpoint (seamfree, TorchScript or pickled module)")
+    audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    audit.add_argument("--allow-pickle", action="store_true", help="load a pickled nn.Module you trust")
+    audit.set_defaults(handler=commands.audit)
+
+    convert = subparsers.add_parser("convert", help="convert a model's BatchNorm layers to BatchRenorm (exact)")
+    convert.add_argument("model", type=Path)
+    convert.add_argument("--to", default="batchrenorm", choices=["batchrenorm", "batch"])
+    convert.add_argument("--from", dest="from_", default="batch", choices=["batch", "batchrenorm"])
+    convert.add_argument("--out", type=Path, required=True, help="path of the converted checkpoint")
+    convert.add_argument("--allow-pickle", action="store_true")
+    convert.set_defaults(handler=commands.convert)
+
+    _add_predict(subparsers)
+    _add_diagnose(subparsers)
+    _add_training(subparsers)
+    _add_study(subparsers)
+    data = subparsers.add_parser("data", help="public datasets: list, info (source, licence, citation), fetch")
+    data.add_argument("action", choices=["list", "info", "fetch"])
+    data.add_argument("name", nargs="?", help="dataset name (see `seamfree data list`)")
+    data.add_argument("-q", "--quiet", action="store_true")
+    data.set_defaults(handler=commands.data)
+
+    return parser

@@ -1,0 +1,222 @@
+"""The prediction engine: tiles read ahead by a thread, batched forward passes in eval mode, results to a sink.
+
+Every path that runs a model on tiles comes through here: :func:`~seamfree.predict`, the distributed workers,
+the diagnostics and the training's validation. :func:`run_tiles` is the whole loop; :func:`predict_batches` is
+its lower half for callers that consume predictions themselves; :func:`forward_batch` is one batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from seamfree.errors import ConfigError, DataError, ShapeError
+from seamfree.io.readers import ImageSource
+from seamfree.tiling.grid import Tile
+from seamfree.tiling.normalize import IntensityNormalization
+from seamfree.tiling.specs import RuntimeSpec
+
+if TYPE_CHECKING:
+    from seamfree.tiling.plan import PredictionPlan
+    from seamfree.tiling.sinks import TileSink
+
+__all__ = [
+    "eval_mode",
+    "forward_batch",
+    "output_channels",
+    "predict_batches",
+    "read_window",
+    "resolve_activation",
+    "run_tiles",
+]
+
+# Tiles read ahead of the forward pass, in batches.
+PREFETCH_BATCHES = 2
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the duration of the block and restore its mode afterwards.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.BatchNorm2d(1)).train()
+    >>> with eval_mode(net):
+    ...     net.training
+    False
+    >>> net.training
+    True
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def read_window(source: ImageSource, window: Sequence[slice]) -> np.ndarray:
+    """Return ``window`` of the image reflect-padded past its far end, shape ``(C, *window)``.
+
+    Enough real data is read before the border for the reflection to match the whole-image padding.
+    """
+    reads, pads, offsets = [], [], []
+    for w, n in zip(window, source.spatial_shape):
+        beyond = max(0, w.stop - n)
+        start = min(w.start, max(0, n - 1 - beyond))  # reflection needs `beyond` voxels before the end
+        reads.append(slice(start, min(w.stop, n)))
+        pads.append((0, beyond))
+        offsets.append(w.start - start)
+    data = source.read(reads)
+    if any(p[1] for p in pads):
+        data = np.pad(data, [(0, 0), *pads], mode="reflect" if min(data.shape[1:]) > 1 else "edge")
+    return data[(slice(None), *(slice(o, o + w.stop - w.start) for o, w in zip(offsets, window)))]
+
+
+def resolve_activation(model: nn.Module, activation: str) -> str:
+    """Return the activation applied to the model output ("auto": sigmoid/softmax for seamfree logits)."""
+    if activation != "auto":
+        return activation
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and config.get("final_activation", None) is None and "out_channels" in config:
+        return "sigmoid" if int(config["out_channels"]) == 1 else "softmax"
+    return "none"
+
+
+def _activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "sigmoid":
+        return torch.sigmoid(logits)
+    if activation == "softmax":
+        return torch.softmax(logits, dim=1)
+    return logits
+
+
+def _flips(spatial_dims: int) -> list[tuple[int, ...]]:
+    axes = range(2, 2 + spatial_dims)
+    return [combo for r in range(spatial_dims + 1) for combo in itertools.combinations(axes, r)]
+
+
+def forward_batch(model: nn.Module, batch: np.ndarray, runtime: RuntimeSpec) -> np.ndarray:
+    """Return the activated predictions ``(N, C_out, *spatial)`` of a normalized batch, with optional AMP/TTA.
+
+    The caller chooses the model's mode and gradient context (:func:`eval_mode`, ``torch.inference_mode``).
+    """
+    if runtime.activation == "auto":
+        raise ConfigError("forward_batch needs a resolved activation, got 'auto'; use "
+                          "runtime.resolved(resolve_activation(model, 'auto'))")
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(runtime.device)
+    use_amp = runtime.amp and x.device.type == "cuda"
+    flips = _flips(x.dim() - 2) if runtime.tta else [()]
+    total: torch.Tensor | None = None
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        for dims in flips:
+            flipped = torch.flip(x, dims) if dims else x
+            y = _activate(model(flipped).float(), runtime.activation)
+            y = torch.flip(y, dims) if dims else y
+            total = y if total is None else total + y
+    assert total is not None  # at least one flip (the identity) always runs
+    return (total / len(flips)).cpu().numpy()
+
+
+@torch.inference_mode()
+def output_channels(model: nn.Module, in_channels: int, network_stride: tuple[int, ...], device: str) -> int:
+    """Return the model's output channels from one forward of a small probe; ShapeError unless same-size.
+
+    The probe is two network strides (at least 16 voxels) per axis: what a full tile would tell, at a fraction
+    of its cost.
+    """
+    probe = torch.zeros((1, in_channels, *(max(2 * s, 16) for s in network_stride)), device=device)
+    with eval_mode(model):
+        out = model(probe)
+    if not isinstance(out, torch.Tensor) or out.shape[2:] != probe.shape[2:]:
+        shape = tuple(out.shape[2:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ShapeError(
+            f"the model's output spatial shape {shape} differs from its input {tuple(probe.shape[2:])}; "
+            "tiled prediction needs a model that predicts every input voxel, e.g. a U-Net with 'same' padding"
+        )
+    return int(out.shape[1])
+
+
+def _prefetch(source: ImageSource, tiles: Iterator[Tile], normalization: IntensityNormalization,
+              tiles_per_batch: int, stop: threading.Event) -> Iterator[tuple[list[Tile], np.ndarray]]:
+    """Yield (tiles, normalized batch) read by a background thread, a few batches ahead."""
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_BATCHES)
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                chunk = list(itertools.islice(tiles, tiles_per_batch))
+                if not chunk:
+                    break
+                batch = np.stack([normalization.apply(read_window(source, t.read)) for t in chunk])
+                if not np.isfinite(batch).all():
+                    raise DataError(
+                        f"the input {source.where} contains NaN or Inf values in the tile read at "
+                        f"{chunk[0].read}; clean or mask them before prediction (e.g. numpy.nan_to_num)"
+                    )
+                buffer.put((chunk, batch))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            buffer.put(exc)
+        finally:
+            buffer.put(None)
+
+    thread = threading.Thread(target=reader, name="seamfree-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def predict_batches(model: nn.Module, source: ImageSource, tiles: Iterable[Tile], *,
+                    normalization: IntensityNormalization, runtime: RuntimeSpec,
+                    tiles_per_batch: int) -> Iterator[tuple[list[Tile], np.ndarray]]:
+    """Yield ``(tiles, predictions of their whole read windows)`` batch by batch, in eval mode.
+
+    ``normalization`` must be resolved (global statistics) and ``runtime.activation`` resolved for the model.
+    """
+    if not normalization.resolved:
+        raise ConfigError(f"tiles need resolved intensity statistics, got {normalization}; "
+                          "call compute_normalization(source, normalization) first")
+    stop = threading.Event()
+    with eval_mode(model), torch.inference_mode():
+        for batch_tiles, batch in _prefetch(source, iter(tiles), normalization, tiles_per_batch, stop):
+            yield batch_tiles, forward_batch(model, batch, runtime)
+
+
+def run_tiles(model: nn.Module, plan: PredictionPlan, source: ImageSource, tiles: Sequence[Tile],
+              sink: TileSink, *, progress: Callable[[int, int], None] | None = None) -> int:
+    """Predict the ``tiles`` the sink still needs and hand each prediction to it; return how many ran.
+
+    ``progress(done, total)`` is called once before the first batch (tiles already done, e.g. on resume) and after
+    every batch. The sink is finished at the end, so a rerun with the same sink resumes.
+    """
+    todo = sink.pending(tiles)
+    done = len(tiles) - len(todo)
+    if progress is not None:
+        progress(done, len(tiles))
+    for batch_tiles, predictions in predict_batches(model, source, todo, normalization=plan.normalization,
+                                                    runtime=plan.runtime, tiles_per_batch=plan.tiles_per_batch):
+        for tile, prediction in zip(batch_tiles, predictions):
+            sink.add(tile, prediction)
+        done += len(batch_tiles)
+        if progress is not None:
+            progress(done, len(tiles))
+    sink.finish()
+    return len(todo)

@@ -1,0 +1,281 @@
+"""The plan of a tiled prediction: everything decided before the first tile runs.
+
+:class:`PredictConfig` is what a user sets, one flat frozen dataclass. The engine reads it through three narrow
+views: :class:`TilingSpec` (the grid), :class:`RuntimeSpec` (how a batch of tiles runs) and :class:`OutputSpec`
+(what is stored). :func:`plan_prediction` turns a config, a model and an image into a :class:`PredictionPlan`:
+the grid (halo ≥ measured receptive field), the intensity statistics, the output layout and the fingerprint
+that lets a later run resume the output. One process and a dask cluster share the plan, so either can resume
+the other's output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from torch import nn
+
+from seamfree.config import apply_renamed
+from seamfree.errors import ConfigError, HaloError, ShapeError
+from seamfree.io.readers import ImageSource
+from seamfree.tiling.blend import BlendWindow
+from seamfree.tiling.engine import eval_mode, output_channels, resolve_activation
+from seamfree.tiling.grid import TileGrid, as_axis_tuple, round_up
+from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
+from seamfree.tiling.receptive import ReceptiveField, measure_receptive_field, model_geometry, suggest_tiling
+from seamfree.tiling.specs import Activation, OutputKind, OutputSpec, RuntimeSpec, Stitching
+
+__all__ = [
+    "PredictConfig",
+    "PredictionPlan",
+    "TilingSpec",
+    "check_model_input",
+    "plan_prediction",
+]
+
+logger = logging.getLogger(__name__)
+
+# Settings that do not change a single output value, or that the plan records in its own terms (the grid and the
+# resolved statistics): left out of the fingerprint, so that a resume may use another device or tiles per batch.
+_NOT_FINGERPRINTED = ("device", "tiles_per_batch", "batch_size", "overwrite", "normalization", "memory_budget",
+                      "amp")
+
+
+@dataclass(frozen=True)
+class TilingSpec:
+    """The grid options of a prediction (see :class:`PredictConfig` for each field)."""
+
+    core: int | tuple[int, ...] | None = None
+    halo: Literal["auto"] | int | tuple[int, ...] = "auto"
+    stitching: Stitching = "crop"
+    overlap: int | tuple[int, ...] | None = None
+    tiles_per_batch: int | None = None
+    memory_budget: int | None = None
+    pinned_core: bool = False
+    allow_small_halo: bool = False
+    grid_offset: int | tuple[int, ...] = 0
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Options of :func:`~seamfree.predict`.
+
+    Attributes
+    ----------
+    core : int or tuple, optional
+        Core shape; by default chosen by :func:`suggest_tiling` from ``memory_budget``.
+    halo : "auto", int or tuple
+        Context on each side of a core; "auto" measures the receptive field. A halo smaller than the
+        receptive-field radius is an error in crop stitching unless ``allow_small_halo``.
+    stitching : {"crop", "blend"}
+        "crop" is exact when halo ≥ receptive field; "blend" averages overlapping cores with weights.
+    overlap : int or tuple
+        Core overlap for blending (default: a quarter of the core).
+    blend_window : {"linear", "gaussian"}
+    tiles_per_batch : int, optional
+        Tiles per forward pass (default from :func:`suggest_tiling`).
+    device : str
+        "cpu", "cuda", "cuda:1", ...
+    amp : bool
+        Mixed precision (bfloat16) on CUDA; ignored on CPU.
+    tta : bool
+        Average predictions over all flips of the spatial axes (exact under tiling too).
+    normalization : IntensityNormalization
+        Input intensity normalization; statistics computed once from the whole image unless given.
+    activation : {"auto", "none", "sigmoid", "softmax"}
+        Applied to the model output; "auto": sigmoid/softmax for seamfree models that output logits,
+        none for other models.
+    output_kind : {"float32", "uint8", "mask"}
+        Probabilities, probabilities scaled to 0..255, or a mask (threshold for one channel, argmax otherwise).
+    threshold : float
+        Threshold for ``output_kind="mask"``.
+    memory_budget : int, optional
+        Bytes the tiles of one batch may use (activations), for the automatic core and tiles per batch.
+    pinned_core : bool
+        Error (instead of rounding up) when ``core`` is not a multiple of the network stride.
+    allow_small_halo : bool
+        Accept a halo smaller than the receptive field (not exact; for demonstrations and comparisons).
+    overwrite : bool
+        Delete an existing output path first instead of resuming into it.
+    grid_offset : int or tuple
+        Shift of the core boundaries (crop stitching), see :meth:`TileGrid.create`; diagnostics use it to put
+        the seams elsewhere.
+    batch_size : int, optional
+        Deprecated name of ``tiles_per_batch``.
+    """
+
+    core: int | tuple[int, ...] | None = None
+    halo: Literal["auto"] | int | tuple[int, ...] = "auto"
+    stitching: Stitching = "crop"
+    overlap: int | tuple[int, ...] | None = None
+    blend_window: BlendWindow = "linear"
+    tiles_per_batch: int | None = None
+    device: str = "cpu"
+    amp: bool = False
+    tta: bool = False
+    normalization: IntensityNormalization = field(default_factory=IntensityNormalization)
+    activation: Activation = "auto"
+    output_kind: OutputKind = "float32"
+    threshold: float = 0.5
+    memory_budget: int | None = None
+    pinned_core: bool = False
+    allow_small_halo: bool = False
+    overwrite: bool = False
+    grid_offset: int | tuple[int, ...] = 0
+    batch_size: int | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        apply_renamed(self, "batch_size", "tiles_per_batch")
+        if self.stitching not in ("crop", "blend"):
+            raise ConfigError(f"stitching must be 'crop' or 'blend', got {self.stitching!r}")
+        if self.tiles_per_batch is not None and self.tiles_per_batch < 1:
+            raise ConfigError(f"tiles_per_batch must be >= 1, got {self.tiles_per_batch}")
+        # the specs validate their own fields
+        _ = self.runtime, self.output
+
+    @property
+    def tiling(self) -> TilingSpec:
+        """The grid options."""
+        return TilingSpec(self.core, self.halo, self.stitching, self.overlap, self.tiles_per_batch,
+                          self.memory_budget, self.pinned_core, self.allow_small_halo, self.grid_offset)
+
+    @property
+    def runtime(self) -> RuntimeSpec:
+        """How a batch runs (``activation`` may still be "auto": the plan resolves it for the model)."""
+        return RuntimeSpec(self.device, self.amp, self.tta, self.activation)
+
+    @property
+    def output(self) -> OutputSpec:
+        """What is stored."""
+        return OutputSpec(self.output_kind, self.threshold)
+
+
+@dataclass(frozen=True)
+class PredictionPlan:
+    """Everything decided before the first tile runs: geometry, statistics, output layout, fingerprint.
+
+    Made by :func:`plan_prediction`; shared by :func:`~seamfree.predict` and the distributed runner, so that both
+    write the same output (and either can resume the other's). It holds no model, so it travels to workers.
+    """
+
+    grid: TileGrid
+    receptive_field: ReceptiveField | None
+    tiles_per_batch: int
+    runtime: RuntimeSpec
+    output: OutputSpec
+    stitching: Stitching
+    blend_window: BlendWindow
+    out_channels: int
+    normalization: IntensityNormalization
+    fingerprint: dict[str, Any]
+
+    @property
+    def activation(self) -> str:
+        """The resolved activation applied to the model output."""
+        return self.runtime.activation
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of the stored output, ``(C_stored, *spatial)``."""
+        return (self.output.stored_channels(self.out_channels), *self.grid.image_shape)
+
+    @property
+    def output_dtype(self) -> np.dtype:
+        """dtype of the stored output."""
+        return self.output.dtype
+
+
+def check_model_input(source: ImageSource, in_channels: int, spatial_dims: int) -> None:
+    """Raise ShapeError unless the image has the model's number of spatial axes and input channels."""
+    if source.spatial_dims != spatial_dims:
+        raise ShapeError(
+            f"the image has {source.spatial_dims} spatial dimensions (shape {source.shape}), the model expects "
+            f"{spatial_dims}; pass axes=... (CLI --axes) if an axis was misread"
+        )
+    if source.shape[0] != in_channels:
+        raise ShapeError(
+            f"the image has {source.shape[0]} channel(s) (shape {source.shape}), the model expects "
+            f"{in_channels}; select or stack channels, or pass axes=... if the channel axis was misread"
+        )
+
+
+def plan_prediction(model: nn.Module, source: ImageSource, config: PredictConfig,
+                    normalization: IntensityNormalization | None = None) -> PredictionPlan:
+    """Return the plan of a tiled prediction of ``source`` (``normalization``: statistics already computed)."""
+    dims, in_channels, stride = model_geometry(model)
+    check_model_input(source, in_channels, dims)
+    normalization = normalization or compute_normalization(source, config.normalization)
+    with eval_mode(model):
+        grid, rf, tiles_per_batch = _resolve_grid(model, source, config.tiling, stride, config.device)
+        _check_halo_vs_rf(grid, rf, model, config.tiling)
+        runtime = config.runtime.resolved(resolve_activation(model, config.activation))
+        out_channels = output_channels(model, in_channels, stride, config.device)
+    return PredictionPlan(grid, rf, tiles_per_batch, runtime, config.output, config.stitching, config.blend_window,
+                          out_channels, normalization,
+                          _fingerprint(source, model, config, grid, normalization, runtime.activation))
+
+
+def _resolve_grid(model: nn.Module, source: ImageSource, tiling: TilingSpec, stride: tuple[int, ...],
+                  device: str) -> tuple[TileGrid, ReceptiveField | None, int]:
+    dims = source.spatial_dims
+    rf = None
+    if tiling.halo == "auto":
+        rf = measure_receptive_field(model, spatial_dims=dims)
+        halo = rf.halo
+        if rf.tile_dependent:
+            logger.warning(
+                "this model's normalization depends on the tile: tiled prediction cannot be exact and "
+                "seams are expected (run `seamfree diagnose`); halo %s covers only edge effects", halo
+            )
+    else:
+        halo = as_axis_tuple(tiling.halo, dims, "halo")
+    core, tiles_per_batch = tiling.core, tiling.tiles_per_batch
+    if core is None or tiles_per_batch is None:
+        suggestion = suggest_tiling(model, source.spatial_shape, memory_budget=tiling.memory_budget, device=device,
+                                    receptive_field=rf or ReceptiveField(halo, halo, stride, False, 0.0))
+        core = suggestion.core if core is None else core
+        tiles_per_batch = suggestion.tiles_per_batch if tiles_per_batch is None else tiles_per_batch
+    core_t = as_axis_tuple(core, dims, "core")
+    overlap: int | tuple[int, ...] = 0
+    if tiling.stitching == "blend":
+        overlap = tiling.overlap if tiling.overlap is not None else tuple(
+            round_up(c // 4, s) for c, s in zip(core_t, stride))
+    grid = TileGrid.create(source.spatial_shape, core_t, halo, network_stride=stride, overlap=overlap,
+                           offset=tiling.grid_offset, pinned=tiling.pinned_core)
+    return grid, rf, int(tiles_per_batch)
+
+
+def _check_halo_vs_rf(grid: TileGrid, rf: ReceptiveField | None, model: nn.Module, tiling: TilingSpec) -> None:
+    if tiling.stitching != "crop" or tiling.allow_small_halo or tiling.halo == "auto":
+        return
+    measured = rf or measure_receptive_field(model, spatial_dims=grid.spatial_dims)
+    small = [h < r and c + 2 * h < p for h, r, c, p in zip(grid.halo, measured.radius, grid.core,
+                                                            grid.padded_shape)]
+    if any(small):
+        raise HaloError(
+            f"halo {grid.halo} is smaller than the receptive-field radius {measured.radius} of this model; "
+            f"pass halo >= {measured.halo} (or halo='auto'), or allow_small_halo=True to accept seams"
+        )
+
+
+def _fingerprint(source: ImageSource, model: nn.Module, config: PredictConfig, grid: TileGrid,
+                 normalization: IntensityNormalization, activation: str) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    sample = source.read(tuple(slice(0, min(s, 64)) for s in source.spatial_shape))
+    settings = {k: v for k, v in asdict(config).items() if k not in _NOT_FINGERPRINTED}
+    return {
+        "input": {"path": source.path, "shape": list(source.shape), "dtype": str(source.dtype),
+                  "sample_sha256": hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest()},
+        "model": digest.hexdigest(),
+        "settings": json.loads(json.dumps(settings, default=str)),
+        "grid": {"core": list(grid.core), "halo": list(grid.halo), "overlap": list(grid.overlap)},
+        "normalization": normalization.to_dict(),
+        "activation": activation,
+    }

@@ -1,0 +1,87 @@
+"""Where tile predictions go: crop each tile to its core (exact), or blend overlapping cores (bounded buffer).
+
+A sink is the stitching half of the engine. It says which tiles it still needs (resume), takes each tile's
+prediction of its whole read window, converts it to the stored kind and writes it to an output target, marking
+every written block done only after its data is written. A *block* is what one done marker stands for: a core
+in crop stitching, a blend cell (a region between core boundaries) in blend stitching.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+from seamfree.io.writers import OutputTarget
+from seamfree.tiling.blend import BlendAccumulator, BlendWindow
+from seamfree.tiling.grid import Tile, TileGrid
+from seamfree.tiling.plan import PredictionPlan
+from seamfree.tiling.specs import OutputSpec
+
+__all__ = ["BlendSink", "CropSink", "TileSink", "sink_for"]
+
+
+class TileSink(ABC):
+    """Takes tile predictions in any order; :meth:`finish` once all of them were added."""
+
+    @abstractmethod
+    def pending(self, tiles: Sequence[Tile]) -> list[Tile]:
+        """Return the tiles of ``tiles`` whose predictions are still needed (the others are written)."""
+
+    @abstractmethod
+    def add(self, tile: Tile, prediction: np.ndarray) -> None:
+        """Take the prediction ``(C, *tile.read)`` of ``tile``'s whole read window."""
+
+    def finish(self) -> None:  # noqa: B027  (most sinks have nothing left to do)
+        """Called after the last tile; a sink that buffers writes what it holds."""
+
+
+class CropSink(TileSink):
+    """Crop stitching: each tile writes its core and marks it done (the block id is the tile index)."""
+
+    def __init__(self, target: OutputTarget, output: OutputSpec) -> None:
+        self.target = target
+        self.output = output
+
+    def pending(self, tiles: Sequence[Tile]) -> list[Tile]:
+        return [tile for tile in tiles if not self.target.is_done(tile.index)]
+
+    def add(self, tile: Tile, prediction: np.ndarray) -> None:
+        self.target.write(tile.write, self.output.convert(prediction[(slice(None), *tile.crop)]))
+        self.target.mark_done(tile.index)
+
+
+class BlendSink(TileSink):
+    """Blend stitching: weighted cores summed per cell; a cell is written and marked done when complete.
+
+    The done marker of a cell is its origin, so blend outputs never mix with crop outputs' tile-index markers.
+    """
+
+    def __init__(self, grid: TileGrid, target: OutputTarget, output: OutputSpec, channels: int,
+                 window: BlendWindow) -> None:
+        self.target = target
+        self.output = output
+        self.accumulator = BlendAccumulator(grid, channels, window, self._emit)
+        self.accumulator.skip_done(lambda cell: target.is_done(_cell_id(cell)))
+
+    def _emit(self, cell: tuple[slice, ...], values: np.ndarray) -> None:
+        self.target.write(cell, self.output.convert(values))
+        self.target.mark_done(_cell_id(cell))
+
+    def pending(self, tiles: Sequence[Tile]) -> list[Tile]:
+        return [tile for tile in tiles if self.accumulator.needs(tile)]
+
+    def add(self, tile: Tile, prediction: np.ndarray) -> None:
+        self.accumulator.add(tile, prediction)
+
+
+def _cell_id(cell: tuple[slice, ...]) -> tuple[int, ...]:
+    return tuple(w.start for w in cell)
+
+
+def sink_for(plan: PredictionPlan, target: OutputTarget) -> TileSink:
+    """Return the sink of ``plan``'s stitching writing to ``target``."""
+    if plan.stitching == "blend":
+        return BlendSink(plan.grid, target, plan.output, plan.out_channels, plan.blend_window)
+    return CropSink(target, plan.output)

@@ -1,0 +1,87 @@
+"""The narrow option sets the prediction engine reads: how a batch of tiles runs, and what is stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+
+from seamfree.errors import ConfigError
+
+__all__ = ["ACTIVATIONS", "Activation", "OutputKind", "OutputSpec", "RuntimeSpec", "Stitching"]
+
+Activation = Literal["auto", "none", "sigmoid", "softmax"]
+ACTIVATIONS = ("auto", "none", "sigmoid", "softmax")
+OutputKind = Literal["float32", "uint8", "mask"]
+Stitching = Literal["crop", "blend"]
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """How one batch of tiles runs.
+
+    Attributes
+    ----------
+    device : str
+        "cpu", "cuda", "cuda:1", ...
+    amp : bool
+        bfloat16 autocast on CUDA; ignored elsewhere.
+    tta : bool
+        Average over all flips of the spatial axes.
+    activation : {"auto", "none", "sigmoid", "softmax"}
+        Applied to the model output; "auto" must be resolved for a model (:meth:`resolved`) before running.
+    """
+
+    device: str = "cpu"
+    amp: bool = False
+    tta: bool = False
+    activation: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+
+    def resolved(self, activation: str) -> RuntimeSpec:
+        """Return this spec with the model's resolved ``activation``."""
+        return replace(self, activation=activation)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What a prediction stores: probabilities (float32), probabilities as uint8 (0..255), or a mask.
+
+    A mask thresholds one channel at ``threshold`` and takes the argmax of several.
+    """
+
+    kind: OutputKind = "float32"
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("float32", "uint8", "mask"):
+            raise ConfigError(f"output_kind must be 'float32', 'uint8' or 'mask', got {self.kind!r}")
+
+    @property
+    def dtype(self) -> np.dtype:
+        """dtype of the stored values."""
+        return np.dtype(np.float32 if self.kind == "float32" else np.uint8)
+
+    def stored_channels(self, out_channels: int) -> int:
+        """Return how many channels are stored for a model with ``out_channels`` outputs."""
+        return 1 if self.kind == "mask" else out_channels
+
+    def convert(self, values: np.ndarray) -> np.ndarray:
+        """Return activated predictions ``(C, *spatial)`` as stored.
+
+        Examples
+        --------
+        >>> OutputSpec("uint8").convert(np.array([[0.0, 0.5, 1.0]])).tolist()
+        [[0, 128, 255]]
+        """
+        if self.kind == "float32":
+            return values.astype(np.float32, copy=False)
+        if self.kind == "uint8":
+            return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+        if values.shape[0] == 1:
+            return (values > self.threshold).astype(np.uint8)
+        return np.argmax(values, axis=0)[np.newaxis].astype(np.uint8)
