@@ -78,7 +78,8 @@ def test_the_pattern_holds_on_real_electron_microscopy(data_dir, tmp_path_factor
         model = load_model(train(config).last)
         found[norm] = diagnose(model, image, ground_truth=mask, name=norm,
                                config=DiagnoseConfig(core=128, ted_batches=6))
-    print({k: (v.tile_mismatch.tm_dice, v.tile_mismatch.tm_abs, v.disparity.ted_dice, v.disparity.ted_abs) for k, v in found.items()})
+    print({k: (v.tile_mismatch.tm_dice, v.tile_mismatch.tm_abs, v.disparity.ted_dice, v.disparity.ted_abs)
+           for k, v in found.items()})
     assert found["instance"].tile_mismatch.tm_abs > 1e-3 and found["instance"].disparity.ted_abs == 0.0
     assert found["batch"].tile_mismatch.tm_abs < 1e-6 and found["batch"].disparity.ted_abs > 1e-3
     assert found["batchrenorm"].tile_mismatch.tm_abs < 1e-6

@@ -142,7 +142,8 @@ class Diagnosis:
             "seams": self.seams.to_dict(), "exactness": self.exactness.to_dict(),
             "recommendation": self.recommendation.to_dict(),
             "suggested_tiling": {"core": list(suggestion.core), "halo": list(suggestion.halo),
-                                 "tiles_per_batch": suggestion.tiles_per_batch, "compute_ratio": suggestion.compute_ratio},
+                                 "tiles_per_batch": suggestion.tiles_per_batch,
+                                 "compute_ratio": suggestion.compute_ratio},
             "dice": self.dice, "seconds": self.seconds,
         }
 
