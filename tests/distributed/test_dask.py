@@ -22,7 +22,7 @@ from seamfree.models import UNet, save_model  # noqa: E402
 from seamfree.testing import randomize_norm_statistics  # noqa: E402
 from seamfree.tiling import IntensityNormalization, PredictConfig, predict  # noqa: E402
 
-CONFIG = PredictConfig(core=(8, 32, 32), batch_size=1)
+CONFIG = PredictConfig(core=(8, 32, 32), tiles_per_batch=1)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def _load(path):
 
 def test_distributed_statistics_equal_the_sequential_pass(inputs, tmp_path):
     folder, model, _ = inputs
-    config = PredictConfig(core=(8, 32, 32), batch_size=1, normalization=IntensityNormalization("meanstd"))
+    config = PredictConfig(core=(8, 32, 32), tiles_per_batch=1, normalization=IntensityNormalization("meanstd"))
     predict_distributed(model, folder / "volume.zarr", tmp_path / "a.zarr", config=config,
                         cluster=ClusterConfig(workers=2))
     single = predict(_load(model), str(folder / "volume.zarr"), config=config)
@@ -126,7 +126,7 @@ def test_bad_input_is_refused_clearly(inputs, tmp_path):
     with pytest.raises(DataError, match="rechunk"):
         predict_distributed(model, tmp_path / "big.zarr", tmp_path / "o.zarr",
                             config=PredictConfig(core=(8, 16, 16), halo=(0, 0, 0), allow_small_halo=True,
-                                                 batch_size=1), cluster=ClusterConfig(workers=1))
+                                                 tiles_per_batch=1), cluster=ClusterConfig(workers=1))
 
 
 def test_resume_with_other_settings_is_refused(inputs, tmp_path):
@@ -135,7 +135,7 @@ def test_resume_with_other_settings_is_refused(inputs, tmp_path):
                         cluster=ClusterConfig(workers=1))
     with pytest.raises(OutputExistsError, match=r"fingerprint|different"):
         predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr",
-                            config=PredictConfig(core=(8, 32, 32), batch_size=1, tta=True),
+                            config=PredictConfig(core=(8, 32, 32), tiles_per_batch=1, tta=True),
                             cluster=ClusterConfig(workers=1))
 
 

@@ -51,7 +51,8 @@ def test_small_halo_or_instance_norm_differ_clearly(rng):
 
 
 def test_small_halo_is_refused_in_crop_mode(rng):
-    with pytest.raises(HaloError, match=r"halo \(4, 4\) is smaller than the receptive-field radius \(23, 23\)"):
+    needs = r"halo \(4, 4\) is smaller than the halo \(24, 24\) that this model's receptive field \(radius \(23, 23\)\)"
+    with pytest.raises(HaloError, match=needs):
         predict(_unet(2, "batch"), rng.normal(size=(96, 96)), config=PredictConfig(core=32, halo=4))
 
 
@@ -104,9 +105,13 @@ def test_output_kinds_and_tta(rng):
     mask = predict(net, image, config=PredictConfig(core=16, output_kind="mask"))
     np.testing.assert_array_equal(mask[0], probabilities.argmax(axis=0))
     tta = predict(net, image, config=PredictConfig(core=16, tta=True))
-    flipped = np.flip(predict_whole(net, np.flip(image, 1).copy()), 2)
-    assert np.abs(tta - probabilities).max() > 0  # the flip average is a different prediction
-    assert tta.shape == flipped.shape
+    assert np.abs(tta - probabilities).max() > 1e-4  # the flip average is a different prediction
+    # ... and exactly the average of the whole-image predictions of the four flipped images, flipped back
+    # (40 × 48 is a multiple of the network stride: no border padding, so every flip sees the same image)
+    flips = [(), (0,), (1,), (0, 1)]
+    reference = np.mean([np.flip(predict_whole(net, np.flip(image, f).copy()), [a + 1 for a in f]) for f in flips],
+                        axis=0)
+    np.testing.assert_allclose(tta, reference, rtol=0, atol=1e-5)
 
 
 def test_bad_input_is_reported(rng, tmp_path):
@@ -124,9 +129,10 @@ def test_bad_input_is_reported(rng, tmp_path):
         predict(net, np.zeros((16, 16), complex))
     with pytest.raises(ConfigError, match="stitching must be"):
         PredictConfig(stitching="average")  # type: ignore[arg-type]
-    tiny = predict(net, rng.normal(size=(5, 7)).astype(np.float32), config=PredictConfig(core=64))
-    np.testing.assert_allclose(tiny, predict_whole(net, rng.normal(size=(5, 7)).astype(np.float32)) * 0 + tiny)
+    small = rng.normal(size=(5, 7)).astype(np.float32)  # smaller than one network stride on both axes
+    tiny = predict(net, small, config=PredictConfig(core=64))
     assert tiny.shape == (2, 5, 7)
+    np.testing.assert_allclose(tiny, predict_whole(net, small), rtol=0, atol=1e-5)
 
 
 def test_existing_output_of_other_shape_or_dtype_is_never_overwritten(rng, tmp_path):

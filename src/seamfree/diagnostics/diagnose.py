@@ -62,7 +62,7 @@ class DiagnoseConfig:
         Core of the diagnosis grid. Default: the core ``predict`` would choose, at most half the region per
         axis, so that there are seams to look at.
     halo : "auto", int or tuple
-        Halo; "auto" is the measured receptive-field radius.
+        Halo; "auto" is the halo the measured receptive field needs.
     grid_offset : int or tuple, optional
         Shift of grid B against grid A (default: half the core).
     normalization : IntensityNormalization

@@ -66,10 +66,11 @@ def recommend(audit: NormAudit, rf: ReceptiveField, halo: tuple[int, ...], misma
             ("retrain or fine-tune with BatchRenorm: seamfree train CONFIG with model.norm: batchrenorm",
              "meanwhile, use the largest tiles memory allows (TM shrinks as tiles grow)"),
         )
-    if any(h < r for h, r in zip(halo, rf.radius)) and not exactness.exact:
+    if any(h < r for h, r in zip(halo, rf.halo)) and not exactness.exact:
         return Recommendation(
             "halo too small",
-            f"the halo {halo} is smaller than the receptive-field radius {rf.radius}: tiles miss context and "
+            f"the halo {halo} is smaller than the {rf.halo} this model's receptive field (radius {rf.radius}) "
+            "needs: tiles miss context and "
             f"differ from whole-image prediction by up to {exactness.max_abs:.2g}.",
             (f"use halo >= {rf.halo}: {tiling}",),
         )
@@ -92,7 +93,7 @@ def recommend(audit: NormAudit, rf: ReceptiveField, halo: tuple[int, ...], misma
              else f"tiled differs from whole-image by up to {exactness.max_abs:.2g}")
     return Recommendation(
         "seamless",
-        f"seamless: {why}, halo {halo} >= receptive field {rf.radius}, TM_abs {mismatch.tm_abs:.1g}, TED_dice "
+        f"seamless: {why}, halo {halo} >= the {rf.halo} the receptive field needs, TM_abs {mismatch.tm_abs:.1g}, TED_dice "
         f"{disparity.ted_dice:.2g}{seam_text}; {exact}.",
         (f"predict with {tiling} ({suggestion.tiles_per_batch} tile(s) per batch)",),
     )

@@ -58,8 +58,9 @@ def create_norm_layer(
 
     Examples
     --------
-    >>> create_norm_layer("group", 16)
-    GroupNorm(8, 16, eps=1e-05, affine=True)
+    >>> layer = create_norm_layer("group", 16)
+    >>> type(layer).__name__, layer.num_groups, layer.num_channels
+    ('GroupNorm', 8, 16)
     """
     constructor = get_norm_layer(name, spatial_dims)
     try:

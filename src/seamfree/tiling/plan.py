@@ -69,8 +69,8 @@ class PredictConfig:
     core : int or tuple, optional
         Core shape; by default chosen by :func:`suggest_tiling` from ``memory_budget``.
     halo : "auto", int or tuple
-        Context on each side of a core; "auto" measures the receptive field. A halo smaller than the
-        receptive-field radius is an error in crop stitching unless ``allow_small_halo``.
+        Context on each side of a core; "auto" measures the receptive field and uses the halo it needs
+        (:attr:`ReceptiveField.halo`). A smaller halo is an error in crop stitching unless ``allow_small_halo``.
     stitching : {"crop", "blend"}
         "crop" is exact when halo ≥ receptive field; "blend" averages overlapping cores with weights.
     overlap : int or tuple
@@ -253,12 +253,13 @@ def _check_halo_vs_rf(grid: TileGrid, rf: ReceptiveField | None, model: nn.Modul
     if tiling.stitching != "crop" or tiling.allow_small_halo or tiling.halo == "auto":
         return
     measured = rf or measure_receptive_field(model, spatial_dims=grid.spatial_dims)
-    small = [h < r and c + 2 * h < p for h, r, c, p in zip(grid.halo, measured.radius, grid.core,
+    small = [h < r and c + 2 * h < p for h, r, c, p in zip(grid.halo, measured.halo, grid.core,
                                                             grid.padded_shape)]
     if any(small):
         raise HaloError(
-            f"halo {grid.halo} is smaller than the receptive-field radius {measured.radius} of this model; "
-            f"pass halo >= {measured.halo} (or halo='auto'), or allow_small_halo=True to accept seams"
+            f"halo {grid.halo} is smaller than the halo {measured.halo} that this model's receptive field "
+            f"(radius {measured.radius}) needs; pass halo >= {measured.halo} (or halo='auto'), or "
+            "allow_small_halo=True to accept seams"
         )
 
 

@@ -53,6 +53,9 @@ class ReceptiveField:
     tile_dependent : bool
         True if some layer uses statistics of the whole tile: then no halo makes tiling exact.
     tolerance : float
+    context : tuple of int, optional
+        Voxels a core needs on each side for exact crop stitching (theoretical support, all stride phases, cores
+        starting on multiples of the stride); at most the radius. None: use the radius.
     """
 
     radius: tuple[int, ...]
@@ -60,15 +63,18 @@ class ReceptiveField:
     network_stride: tuple[int, ...]
     tile_dependent: bool
     tolerance: float
+    context: tuple[int, ...] | None = None
 
     @property
     def halo(self) -> tuple[int, ...]:
-        """Smallest halo that makes crop stitching exact: the radius rounded up to the network stride."""
-        return tuple(round_up(r, s) for r, s in zip(self.radius, self.network_stride))
+        """Smallest halo that makes crop stitching exact: the core context rounded up to the network stride."""
+        needed = self.context if self.context is not None else self.radius
+        return tuple(round_up(r, s) for r, s in zip(needed, self.network_stride))
 
     def to_dict(self) -> dict[str, object]:
         return {"radius": list(self.radius), "effective_radius": list(self.effective_radius),
                 "network_stride": list(self.network_stride), "tile_dependent": self.tile_dependent,
+                "context": list(self.context) if self.context is not None else None,
                 "halo": list(self.halo), "tolerance": self.tolerance}
 
 
@@ -147,10 +153,17 @@ def _gradient_maps(
 
 
 def _radius(maps: list[np.ndarray], centre: tuple[int, ...], stride: tuple[int, ...], threshold: float,
-            axes: range | list[int]) -> tuple[list[int], bool]:
-    """Return the radius of {|g| > threshold·max} along ``axes`` over all phases, and whether it touches
-    the probe border along one of them."""
+            axes: range | list[int]) -> tuple[list[int], list[int], bool]:
+    """Return the radius and the core context of {|g| > threshold·max} along ``axes`` over all phases, and
+    whether the support touches the probe border along one of them.
+
+    The *context* is what a core needs on each side for crop stitching to be exact. Cores start on multiples of
+    the stride, so an output voxel of phase k (position ≡ k mod s) is at least k voxels inside its core from the
+    core's start and s − 1 − k from its end: it needs ``left(k) − k`` and ``right(k) − (s − 1 − k)`` voxels
+    beyond the core, which can be less than the radius.
+    """
     radius = [0] * len(centre)
+    context = [0] * len(centre)
     touches = False
     for k, grad in enumerate(maps):
         if grad.max() <= 0:
@@ -158,15 +171,18 @@ def _radius(maps: list[np.ndarray], centre: tuple[int, ...], stride: tuple[int, 
         support = np.argwhere(grad > threshold * grad.max())
         lo, hi = support.min(axis=0), support.max(axis=0)
         for axis in axes:
-            position = centre[axis] + k % stride[axis]
-            radius[axis] = max(radius[axis], position - int(lo[axis]), int(hi[axis]) - position)
+            phase = k % stride[axis]
+            position = centre[axis] + phase
+            left, right = position - int(lo[axis]), int(hi[axis]) - position
+            radius[axis] = max(radius[axis], left, right)
+            context[axis] = max(context[axis], left - phase, right - (stride[axis] - 1 - phase))
             touches |= bool(lo[axis] == 0 or hi[axis] == grad.shape[axis] - 1)
-    return radius, touches
+    return radius, context, touches
 
 
 def _axis_radius(structural: nn.Module, in_channels: int, stride: tuple[int, ...], axis: int,
-                 start: int, limit: int) -> tuple[int, bool]:
-    """Return the theoretical radius along ``axis`` and whether it exceeded ``limit`` (global context).
+                 start: int, limit: int) -> tuple[int, int, bool]:
+    """Return the theoretical radius and core context along ``axis``, and whether it exceeded ``limit``.
 
     The support of the linearized network is a box, so each axis is measured with a probe that is long on that
     axis and only two strides wide on the others.
@@ -175,11 +191,11 @@ def _axis_radius(structural: nn.Module, in_channels: int, stride: tuple[int, ...
     while True:
         probe = tuple(length if a == axis else 2 * s for a, s in enumerate(stride))
         maps, centre = _gradient_maps(structural, in_channels, probe, stride, torch.float32, stride[axis])
-        radius, touches = _radius(maps, centre, stride, 0.0, [axis])
+        radius, context, touches = _radius(maps, centre, stride, 0.0, [axis])
         if not touches:
-            return radius[axis], False
+            return radius[axis], context[axis], False
         if 2 * length > limit:
-            return radius[axis], True
+            return radius[axis], context[axis], True
         length = round_up(2 * length, stride[axis])
 
 
@@ -212,18 +228,19 @@ def measure_receptive_field(
     dims, in_channels, stride = model_geometry(model, spatial_dims)
     tile_dependent = audit_norms(model).verdict == "tile-dependent"
     structural = _structural_copy(model, remove_tile_dependent=True)
-    radius = []
+    radius, context = [], []
     for axis in range(dims):
-        value, unbounded = _axis_radius(structural, in_channels, stride, axis, round_up(64, stride[axis]),
-                                        max_extent)
+        value, needed, unbounded = _axis_radius(structural, in_channels, stride, axis, round_up(64, stride[axis]),
+                                                max_extent)
         if unbounded:
             logger.warning("receptive field along axis %d exceeds %d voxels: treating the model as "
                            "tile-dependent (global context)", axis, max_extent)
             tile_dependent = True
         radius.append(value)
+        context.append(needed)
     probe = tuple(round_up(2 * r + 2 * s, s) for r, s in zip(radius, stride))
     effective = _effective_radius(model, in_channels, probe, stride, tolerance)
-    return ReceptiveField(tuple(radius), effective, stride, tile_dependent, tolerance)
+    return ReceptiveField(tuple(radius), effective, stride, tile_dependent, tolerance, tuple(context))
 
 
 def _effective_radius(model: nn.Module, in_channels: int, probe: tuple[int, ...], stride: tuple[int, ...],

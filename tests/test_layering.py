@@ -1,0 +1,143 @@
+"""The import graph of ``src/seamfree`` follows the documented layering (README, "Design").
+
+Every import between seamfree's subpackages must point to a lower layer: never upward, never sideways between
+the subpackages of one layer. Imports inside ``if TYPE_CHECKING:`` blocks are annotations only and are exempt.
+Within ``tiling``, the rooms of the prediction engine follow the data flow too.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "seamfree"
+
+# Layer of every top-level unit (a subpackage or a module of seamfree); higher layers may import lower ones.
+LAYERS = {
+    "_version": 0, "errors": 0, "allocator": 0,
+    "config": 1, "metrics": 1,
+    "layers": 2,
+    "models": 3,
+    "io": 4,
+    "tiling": 5, "data": 5,
+    "diagnostics": 6, "training": 6, "distributed": 6, "segment": 6,
+    "study": 7,
+    "testing": 1,
+    "cli": 9, "napari": 9,
+}
+
+# Modules of seamfree.tiling in the order of the engine's data flow (later ones may import earlier ones).
+TILING_ORDER = ["specs", "grid", "normalize", "blend", "engine", "receptive", "plan", "sinks", "predict",
+                "allocator", "__init__"]
+
+HEAVY_OPTIONAL = ("dask", "distributed", "zarr", "tifffile", "h5py", "matplotlib", "monai", "bioimageio", "napari",
+                  "skimage", "scipy", "imageio")
+
+
+def _unit(path: Path) -> str:
+    parts = path.relative_to(SOURCE).with_suffix("").parts
+    return parts[0]
+
+
+def _runtime_imports(tree: ast.Module) -> list[tuple[str, int, bool]]:
+    """Return ``(module, line, at_top_level)`` of every import not under ``if TYPE_CHECKING:``."""
+    found: list[tuple[str, int, bool]] = []
+
+    def visit(node: ast.AST, top: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, child.lineno, top) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                found.extend([(child.module, child.lineno, top)] +
+                             [(f"{child.module}.{alias.name}", child.lineno, top) for alias in child.names])
+            nested = top and not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            visit(child, nested)
+
+    visit(tree, True)
+    return found
+
+
+def _modules() -> list[tuple[Path, list[tuple[str, int, bool]]]]:
+    return [(path, _runtime_imports(ast.parse(path.read_text()))) for path in sorted(SOURCE.rglob("*.py"))]
+
+
+def test_every_unit_has_a_layer():
+    units = {_unit(path) for path in SOURCE.rglob("*.py")} - {"__init__"}
+    assert units <= set(LAYERS), f"add {sorted(units - set(LAYERS))} to LAYERS and to the README's Design section"
+
+
+def test_imports_point_only_downward():
+    violations = []
+    for path, imports in _modules():
+        unit = _unit(path)
+        if unit == "__init__":
+            continue  # the package root re-exports the public verbs lazily (no runtime imports of subpackages)
+        for module, line, _ in imports:
+            parts = module.split(".")
+            if parts[0] != "seamfree" or len(parts) < 2 or parts[1] == unit:
+                continue
+            target = parts[1]
+            if target not in LAYERS:
+                continue  # "from seamfree import x" names re-exported objects; checked below
+            if LAYERS[target] >= LAYERS[unit]:
+                violations.append(f"{path.relative_to(SOURCE)}:{line} ({unit}, layer {LAYERS[unit]}) imports "
+                                  f"{module} ({target}, layer {LAYERS[target]})")
+    assert not violations, "\n".join(violations)
+
+
+def test_nothing_imports_the_package_root_cli_or_napari():
+    violations = []
+    for path, imports in _modules():
+        unit = _unit(path)
+        for module, line, _ in imports:
+            if module == "seamfree" or (module.startswith("seamfree.") and module.split(".")[1] in
+                                        set(_root_exports())):
+                violations.append(f"{path.relative_to(SOURCE)}:{line} imports the package root ({module})")
+            if unit not in ("cli", "napari") and module.split(".")[:2] in (["seamfree", "cli"], ["seamfree", "napari"]):
+                violations.append(f"{path.relative_to(SOURCE)}:{line} imports {module}")
+    assert not violations, "\n".join(violations)
+
+
+def _root_exports() -> list[str]:
+    tree = ast.parse((SOURCE / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__all__":
+            return [ast.literal_eval(element) for element in node.value.elts]  # type: ignore[attr-defined]
+    raise AssertionError("seamfree/__init__.py has no __all__")
+
+
+def test_the_engine_rooms_follow_the_data_flow():
+    violations = []
+    for path in sorted((SOURCE / "tiling").glob("*.py")):
+        name = path.stem
+        assert name in TILING_ORDER, f"add tiling/{path.name} to TILING_ORDER"
+        for module, line, _ in _runtime_imports(ast.parse(path.read_text())):
+            parts = module.split(".")
+            if parts[:2] == ["seamfree", "tiling"] and len(parts) > 2 and parts[2] in TILING_ORDER:
+                if TILING_ORDER.index(parts[2]) >= TILING_ORDER.index(name) and name != "__init__":
+                    violations.append(f"tiling/{path.name}:{line} imports {module}")
+    assert not violations, "\n".join(violations)
+
+
+def test_heavy_optional_libraries_are_imported_inside_functions():
+    violations = []
+    for path, imports in _modules():
+        for module, line, top in imports:
+            if top and module.split(".")[0] in HEAVY_OPTIONAL:
+                violations.append(f"{path.relative_to(SOURCE)}:{line} imports {module} at module level")
+    assert not violations, "\n".join(violations)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["predict", "--help"]])
+def test_the_cli_answers_help_and_version_without_importing_torch(argv):
+    code = ("import sys\nfrom seamfree.cli.main import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n" % argv)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "seamfree" in result.stdout
