@@ -39,20 +39,29 @@ def inputs(tmp_path_factory):
     return folder, model, reference
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    """One LocalCluster of two single-threaded workers for the tests that do not kill or count anything."""
+    from seamfree.distributed import start_local_cluster
+
+    with start_local_cluster(ClusterConfig(workers=2)) as local:
+        yield ClusterConfig(scheduler=local.scheduler_address)
+
+
 def _output(path):
     group = zarr.open_group(str(path), mode="r")
     return group.attrs["seamfree"]["status"], np.asarray(group["0"][:])
 
 
-def test_two_workers_give_the_single_process_result_bitwise(inputs, tmp_path):
+def test_two_workers_give_the_single_process_result_bitwise(inputs, cluster, tmp_path):
     folder, model, reference = inputs
     report = predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr", config=CONFIG,
-                                 cluster=ClusterConfig(workers=2, tiles_per_task=3))
+                                 cluster=ClusterConfig(scheduler=cluster.scheduler, tiles_per_task=3))
     status, result = _output(tmp_path / "out.zarr")
     assert status == "complete" and report.tiles_computed == report.tiles_total > 4 and report.workers == 2
     np.testing.assert_array_equal(result, reference)
     again = predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr", config=CONFIG,
-                                cluster=ClusterConfig(workers=1))
+                                cluster=cluster)
     assert again.tiles_computed == 0  # everything was marked done: nothing to redo
     # the same output can be resumed by the single-process engine and vice versa: one fingerprint
     predict(_load(model), str(folder / "volume.zarr"),
@@ -65,11 +74,10 @@ def _load(path):
     return load_model(path)
 
 
-def test_distributed_statistics_equal_the_sequential_pass(inputs, tmp_path):
+def test_distributed_statistics_equal_the_sequential_pass(inputs, cluster, tmp_path):
     folder, model, _ = inputs
     config = PredictConfig(core=(8, 32, 32), tiles_per_batch=1, normalization=IntensityNormalization("meanstd"))
-    predict_distributed(model, folder / "volume.zarr", tmp_path / "a.zarr", config=config,
-                        cluster=ClusterConfig(workers=2))
+    predict_distributed(model, folder / "volume.zarr", tmp_path / "a.zarr", config=config, cluster=cluster)
     single = predict(_load(model), str(folder / "volume.zarr"), config=config)
     np.testing.assert_array_equal(_output(tmp_path / "a.zarr")[1], single)
 
@@ -99,7 +107,7 @@ def test_losing_a_worker_mid_run_still_gives_identical_output(inputs, tmp_path):
     np.testing.assert_array_equal(result, reference)
 
 
-def test_bad_input_is_refused_clearly(inputs, tmp_path):
+def test_bad_input_is_refused_clearly(inputs, cluster, tmp_path):
     folder, model, _ = inputs
     started = time.perf_counter()
     with pytest.raises(DataError, match="could not reach the dask scheduler"):
@@ -108,7 +116,7 @@ def test_bad_input_is_refused_clearly(inputs, tmp_path):
     assert time.perf_counter() - started < 30
     with pytest.raises(ConfigError, match="path every worker can open"):
         predict_distributed(model, np.zeros((20, 70, 90)), tmp_path / "o.zarr", config=CONFIG,  # type: ignore[arg-type]
-                            cluster=ClusterConfig(workers=1))
+                            cluster=cluster)
     with pytest.raises(ConfigError, match="OME-Zarr"):
         predict_distributed(model, folder / "volume.zarr", tmp_path / "o.tif", config=CONFIG)
     locked = tmp_path / "locked"
@@ -118,7 +126,7 @@ def test_bad_input_is_refused_clearly(inputs, tmp_path):
         if not os.access(locked, os.W_OK):  # root can write anywhere; the check is meaningful otherwise
             with pytest.raises(OutputExistsError, match="not writable"):
                 predict_distributed(model, folder / "volume.zarr", locked / "o.zarr", config=CONFIG,
-                                    cluster=ClusterConfig(workers=1))
+                                    cluster=cluster)
     finally:
         locked.chmod(0o700)
     big = zarr.create_array(str(tmp_path / "big.zarr"), shape=(20, 70, 90), chunks=(20, 70, 90), dtype="f4")
@@ -126,17 +134,15 @@ def test_bad_input_is_refused_clearly(inputs, tmp_path):
     with pytest.raises(DataError, match="rechunk"):
         predict_distributed(model, tmp_path / "big.zarr", tmp_path / "o.zarr",
                             config=PredictConfig(core=(8, 16, 16), halo=(0, 0, 0), allow_small_halo=True,
-                                                 tiles_per_batch=1), cluster=ClusterConfig(workers=1))
+                                                 tiles_per_batch=1), cluster=cluster)
 
 
-def test_resume_with_other_settings_is_refused(inputs, tmp_path):
+def test_resume_with_other_settings_is_refused(inputs, cluster, tmp_path):
     folder, model, _ = inputs
-    predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr", config=CONFIG,
-                        cluster=ClusterConfig(workers=1))
+    predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr", config=CONFIG, cluster=cluster)
     with pytest.raises(OutputExistsError, match=r"fingerprint|different"):
         predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr",
-                            config=PredictConfig(core=(8, 32, 32), tiles_per_batch=1, tta=True),
-                            cluster=ClusterConfig(workers=1))
+                            config=PredictConfig(core=(8, 32, 32), tiles_per_batch=1, tta=True), cluster=cluster)
 
 
 @pytest.mark.slow
@@ -144,7 +150,7 @@ def test_runs_killed_at_random_moments_resume_to_the_identical_output(inputs, tm
     folder, model, reference = inputs
     rng = np.random.default_rng(7)
     command = [sys.executable, "-m", "seamfree.cli.main", "predict", str(model), str(folder / "volume.zarr"),
-               str(tmp_path / "out.zarr"), "--workers", "2", "--core", "8,32,32", "--batch-size", "1",
+               str(tmp_path / "out.zarr"), "--workers", "2", "--core", "8,32,32", "--tiles-per-batch", "1",
                "--tiles-per-task", "1", "-q"]
     for run in range(10):
         out = tmp_path / "out.zarr"

@@ -5,11 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from seamfree.errors import DataError, OutputExistsError, ShapeError
 from seamfree.io import open_image, parse_axes
-from seamfree.models import UNet
-from seamfree.testing import randomize_norm_statistics
 from seamfree.tiling import PredictConfig, predict
 
 zarr = pytest.importorskip("zarr")
@@ -17,10 +16,27 @@ tifffile = pytest.importorskip("tifffile")
 h5py = pytest.importorskip("h5py")
 
 
+class Pointwise(nn.Module):
+    """A 1×1×1 convolution and a sigmoid: receptive field 0, so the format tests run with halo 0 (tiles = cores)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.conv(x))
+
+
 @pytest.fixture
 def net():
     torch.manual_seed(0)
-    return randomize_norm_statistics(UNet(3, 1, 1, depth=1, features=4, norm="batchrenorm")).eval()
+    return Pointwise().eval()
+
+
+def test_the_format_tests_model_needs_no_halo(net):
+    from seamfree.tiling import measure_receptive_field
+
+    assert measure_receptive_field(net).halo == (0, 0, 0)
 
 
 @pytest.fixture

@@ -33,10 +33,16 @@ def net():
 
 def test_eval_mode_restores_the_mode_even_after_an_error(net):
     net.train()
-    with pytest.raises(RuntimeError), eval_mode(net):
-        assert not net.training
-        raise RuntimeError("boom")
-    assert net.training and all(m.training for m in net.modules())
+    seen = []
+
+    def fails() -> None:
+        with eval_mode(net):
+            seen.append(net.training)
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fails()
+    assert seen == [False] and net.training and all(m.training for m in net.modules())
 
 
 def test_forward_batch_needs_a_resolved_activation(net):

@@ -15,7 +15,8 @@ from seamfree.testing import randomize_norm_statistics
 from seamfree.tiling import TileGrid, measure_receptive_field, suggest_tiling
 from seamfree.tiling.receptive import activation_bytes_per_voxel
 
-CASES = [("2d", 2, None, 2), ("2d-depth4", 2, None, 4), ("3d", 3, None, 2), ("anisotropic", 3, [(1, 2, 2), (2, 2, 2)], 2)]
+CASES = [("2d", 2, None, 2), ("2d-depth4", 2, None, 4), ("3d", 3, None, 2),
+         ("anisotropic", 3, [(1, 2, 2), (2, 2, 2)], 2)]
 
 
 def _net(dims, factors, depth=2):
