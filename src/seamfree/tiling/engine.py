@@ -11,7 +11,6 @@ import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch import nn
 
 from seamfree.errors import ConfigError, DataError, ShapeError
 from seamfree.io.readers import ImageSource
+from seamfree.layers.modes import eval_mode
 from seamfree.tiling.grid import Tile
 from seamfree.tiling.normalize import IntensityNormalization
 from seamfree.tiling.specs import RuntimeSpec
@@ -40,27 +40,6 @@ __all__ = [
 
 # Tiles read ahead of the forward pass, in batches.
 PREFETCH_BATCHES = 2
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the duration of the block and restore its mode afterwards.
-
-    Examples
-    --------
-    >>> net = nn.Sequential(nn.BatchNorm2d(1)).train()
-    >>> with eval_mode(net):
-    ...     net.training
-    False
-    >>> net.training
-    True
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def read_window(source: ImageSource, window: Sequence[slice]) -> np.ndarray:
