@@ -115,7 +115,9 @@ def test_the_cli_audits_a_torchscript_file_of_a_monai_network(tmp_path, capsys):
 
     net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(4, 4, 4, 4, 4, 4))
     path = tmp_path / "basic_unet.pt"
-    torch.jit.save(_compiled(net, "script"), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates writing TorchScript
+        torch.jit.save(_compiled(net, "script"), str(path))
     assert main(["audit", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("verdict: tile-dependent") and out.count("InstanceNorm2d") == 18
