@@ -31,7 +31,14 @@ import torch
 from seamfree.io import open_image
 from seamfree.models import UNet
 from seamfree.testing import randomize_norm_statistics
-from seamfree.tiling import IntensityNormalization, PredictConfig, compute_normalization, predict, predict_whole
+from seamfree.tiling import (
+    IntensityNormalization,
+    PredictConfig,
+    compute_normalization,
+    measure_receptive_field,
+    predict,
+    predict_whole,
+)
 
 CASES = {
     "2d": {"shape": (4096, 4096), "core": (2048, 2048), "unet": {"spatial_dims": 2, "depth": 4, "features": 16}},
@@ -83,8 +90,8 @@ def worker(case: str, method: str, workdir: Path) -> dict[str, Any]:
         from monai.inferers import sliding_window_inference
 
         overlap = float(method.split("_")[1])
-        halo = 112 if case == "2d" else 56
-        roi = tuple(min(c + 2 * halo, s) for c, s in zip(core, image.shape))
+        halo = measure_receptive_field(model).halo  # roi = seamfree's tile shape
+        roi = tuple(min(c + 2 * h, s) for c, h, s in zip(core, halo, image.shape))
         x = torch.from_numpy(normalization.apply(np.asarray(image)[np.newaxis]))[np.newaxis]
         with torch.inference_mode():
             logits = sliding_window_inference(x, roi, 1, model, overlap=overlap, mode="gaussian")
