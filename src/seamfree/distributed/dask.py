@@ -262,7 +262,8 @@ def predict_distributed(
             plan = plan_prediction(net, source, config, normalization)
             _check_input(source, plan)
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
-                                   fingerprint=plan.fingerprint, scale=source.scale, overwrite=config.overwrite)
+                                   fingerprint=plan.fingerprint, scale=source.scale, overwrite=config.overwrite,
+                                   input_path=source.path)
             todo = [t for t in plan.grid.tiles() if not target.is_done(t.index)]
             computed, tasks = _submit(client, todo, model_path, str(image_path), axes, Path(output), plan,
                                       cluster, progress, len(plan.grid))

@@ -21,12 +21,14 @@ import numpy as np
 
 from seamfree.errors import OutputExistsError, ShapeError, require
 
-__all__ = ["ArrayOutput", "OutputTarget", "TiffOutput", "ZarrBlockWriter", "ZarrOutput", "create_output",
-           "output_format"]
+__all__ = ["ArrayOutput", "OutputTarget", "TiffOutput", "ZarrBlockWriter", "ZarrOutput", "check_not_input",
+           "create_output", "output_format"]
 
 logger = logging.getLogger(__name__)
 
 MARKER_DIR = ".seamfree"
+# Key in the shaped metadata of the TIFFs seamfree writes: how --overwrite knows a TIFF is its own.
+TIFF_SIGNATURE = "seamfree"
 
 
 def _block_name(block: Sequence[int]) -> str:
@@ -139,7 +141,7 @@ class ZarrOutput(_MarkedOutput):
         self.dtype = np.dtype(dtype)
         self.marker_root = path / MARKER_DIR
         if overwrite and path.exists():
-            shutil.rmtree(path)
+            _remove_own_output(path, written_by_seamfree=(path / MARKER_DIR / "fingerprint.json").is_file())
         if path.exists():
             self.group = self._reopen(zarr)
         else:
@@ -236,9 +238,11 @@ class TiffOutput(_MarkedOutput):
         self.partial = path.with_name(path.stem + ".partial" + path.suffix)
         self.marker_root = path.with_name(path.name + MARKER_DIR)
         if overwrite:
-            for stale in (path, self.partial):
-                stale.unlink(missing_ok=True)
-            shutil.rmtree(self.marker_root, ignore_errors=True)
+            if path.exists() or path.is_symlink():
+                _remove_own_output(path, written_by_seamfree=_is_seamfree_tiff(path))
+            if (self.marker_root / "fingerprint.json").is_file():  # a partial run of ours: its files go too
+                self.partial.unlink(missing_ok=True)
+                shutil.rmtree(self.marker_root)
         if path.exists():
             raise OutputExistsError(f"output {str(path)!r} already exists; choose another path or pass --overwrite")
         if self.partial.exists() and (self.marker_root / "fingerprint.json").exists():
@@ -250,7 +254,7 @@ class TiffOutput(_MarkedOutput):
             shutil.rmtree(self.marker_root, ignore_errors=True)
             self.array = tifffile.memmap(  # type: ignore[attr-defined]
                 str(self.partial), shape=self.shape, dtype=self.dtype, bigtiff=True,
-                metadata={"axes": "C" + "ZYX"[-(len(shape) - 1):]},
+                metadata={"axes": "C" + "ZYX"[-(len(shape) - 1):], TIFF_SIGNATURE: True},
             )
         self._init_markers(fingerprint)
 
@@ -270,6 +274,57 @@ class TiffOutput(_MarkedOutput):
         return self.path
 
 
+def _is_seamfree_tiff(path: Path) -> bool:
+    """Whether ``path`` is a TIFF that seamfree wrote (its shaped metadata carries seamfree's signature)."""
+    tifffile = require("tifffile", "tiff")
+    try:
+        with tifffile.TiffFile(str(path)) as tiff:  # type: ignore[attr-defined]
+            metadata = tiff.shaped_metadata or ()
+    except Exception:  # not a TIFF at all, or unreadable: certainly not ours
+        return False
+    return any(isinstance(m, dict) and m.get(TIFF_SIGNATURE) for m in metadata)
+
+
+def _describe(path: Path) -> str:
+    if path.is_symlink():
+        return f"a symbolic link to {os.readlink(path)!r}"
+    if path.is_dir():
+        entries = sum(1 for _ in path.iterdir())
+        kind = "a zarr store" if (path / "zarr.json").exists() or (path / ".zgroup").exists() else "a folder"
+        return f"{kind} with {entries} entr{'y' if entries == 1 else 'ies'}"
+    return f"a file of {path.stat().st_size} bytes"
+
+
+def _remove_own_output(path: Path, *, written_by_seamfree: bool) -> None:
+    """Delete ``path`` for ``--overwrite``, only if seamfree wrote it; OutputExistsError naming what is there."""
+    if path.is_symlink():
+        raise OutputExistsError(
+            f"output {str(path)!r} is {_describe(path)}; --overwrite never deletes through a link: pass the real "
+            f"path ({str(path.resolve())!r}) if that is a seamfree output you want replaced"
+        )
+    if not written_by_seamfree:
+        raise OutputExistsError(
+            f"output {str(path)!r} is {_describe(path)} that seamfree did not write; --overwrite only replaces "
+            "seamfree's own outputs: choose another output path, or move that data away yourself"
+        )
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def check_not_input(output: str | os.PathLike[str], input_path: str | None) -> None:
+    """Raise OutputExistsError when ``output`` is the input, lies inside it, or contains it (paths resolved)."""
+    if input_path is None or "://" in str(input_path):
+        return
+    out, source = Path(output).resolve(), Path(input_path).resolve()
+    if out == source or out.is_relative_to(source) or source.is_relative_to(out):
+        raise OutputExistsError(
+            f"the output {str(output)!r} would overwrite the input {input_path!r} (they resolve to {str(out)!r} and "
+            f"{str(source)!r}); write the prediction to another path"
+        )
+
+
 def output_format(path: str | os.PathLike[str]) -> str:
     """Return ``"zarr"`` or ``"tiff"`` for an output path (OME-Zarr unless it ends in .tif/.tiff)."""
     return "tiff" if str(path).lower().endswith((".tif", ".tiff")) else "zarr"
@@ -284,8 +339,14 @@ def create_output(
     fingerprint: dict[str, Any],
     scale: tuple[float, ...] | None = None,
     overwrite: bool = False,
+    input_path: str | None = None,
 ) -> OutputTarget:
-    """Return the output for ``target``: None (a new numpy array), an array, or a .zarr/.tif path."""
+    """Return the output for ``target``: None (a new numpy array), an array, or a .zarr/.tif path.
+
+    A path that is the input (``input_path``), lies inside it or contains it is refused. With ``overwrite``,
+    an existing path is deleted only if seamfree wrote it (a fingerprinted OME-Zarr, a signed TIFF), never
+    through a symbolic link; anything else is refused with a message that says what is there.
+    """
     if target is None:
         return ArrayOutput(np.zeros(shape, dtype=dtype))
     if not isinstance(target, str | os.PathLike):
@@ -296,6 +357,7 @@ def create_output(
             )
         return ArrayOutput(target)
     path = Path(target)
+    check_not_input(path, input_path)
     if not path.parent.exists():
         raise OutputExistsError(f"the folder of output {str(path)!r} does not exist; create it first")
     if not os.access(path.parent, os.W_OK):

@@ -18,7 +18,7 @@ from seamfree.layers.batchrenorm import BatchRenormNd
 from seamfree.models.unet import UNet
 from seamfree.models.vit import ViTSegmenter
 
-__all__ = ["ARCHITECTURES", "build_model", "load_model", "model_metadata", "save_model"]
+__all__ = ["ARCHITECTURES", "build_model", "check_device", "load_model", "model_metadata", "save_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,16 +98,33 @@ def model_metadata(model: nn.Module) -> dict[str, Any]:
     return dict(getattr(model, "seamfree_metadata", {}) or {})
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """Return ``device`` as a torch device; ConfigError for a malformed name or a GPU this torch cannot use."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {str(device)!r} is not a device name; pass cpu, cuda or cuda:N") from exc
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        built = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"CUDA requested (device {str(device)!r}) but {built}; install a CUDA build of torch "
+                          "(see the README) or pass --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s) are "
+                          "visible; pass cuda:0 or another index below that")
+    return parsed
+
+
 def load_model(
     path: str | os.PathLike[str], *, device: str | torch.device = "cpu", allow_pickle: bool = False
 ) -> nn.Module:
     """Return the model stored at ``path``, in eval mode, on ``device``.
 
-    Reads seamfree checkpoints (rebuilt from their configuration), TorchScript files, ``torch.export``
-    programs (``.pt2``; their input shapes are fixed at export), and, only with
-    ``allow_pickle=True``, a pickled full ``nn.Module`` (unpickling runs code from the file: only for files
-    you trust).
+    Reads seamfree checkpoints (rebuilt from their configuration) and TorchScript files; only with
+    ``allow_pickle=True``, ``torch.export`` programs (``.pt2``; their input shapes are fixed at export) and
+    pickled full ``nn.Module`` objects (both unpickle, which runs code from the file: only for files you trust).
+    The device is checked first: a CUDA device on a torch build without CUDA is a ConfigError.
     """
+    device = check_device(device)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model file {str(path)!r} does not exist; pass the path of a checkpoint")
@@ -158,17 +175,19 @@ def _load_foreign(path: Path, device: str | torch.device, allow_pickle: bool, ca
         return module.eval()
     except (RuntimeError, ValueError):
         pass
+    if not allow_pickle:
+        # torch.export archives and pickled modules both unpickle code from the file: never without consent
+        raise CheckpointError(
+            f"{str(path)!r} is neither a seamfree checkpoint nor TorchScript ({type(cause).__name__}); if it is a "
+            "torch.export program (.pt2) or a pickled nn.Module from a source you trust, pass allow_pickle=True "
+            "(CLI: --allow-pickle): loading either runs code stored in the file"
+        ) from cause
     try:
         program = torch.export.load(str(path))
         logger.info("loaded torch.export program from %s", path)
         return program.module().to(device)
     except Exception:  # not an exported program either: try pickle
         pass
-    if not allow_pickle:
-        raise CheckpointError(
-            f"cannot load {str(path)!r} as a seamfree checkpoint or TorchScript ({type(cause).__name__}); "
-            "if it is a pickled nn.Module you trust, pass allow_pickle=True (CLI: --allow-pickle)"
-        ) from cause
     try:
         module = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # unpickling can fail in arbitrary ways

@@ -22,6 +22,7 @@ from torch import nn
 from seamfree.config import apply_renamed
 from seamfree.errors import ConfigError, HaloError, ShapeError
 from seamfree.io.readers import ImageSource
+from seamfree.models.checkpoint import check_device
 from seamfree.tiling.blend import BlendWindow
 from seamfree.tiling.engine import eval_mode, output_channels, resolve_activation
 from seamfree.tiling.grid import TileGrid, as_axis_tuple, round_up
@@ -206,6 +207,7 @@ def check_model_input(source: ImageSource, in_channels: int, spatial_dims: int) 
 def plan_prediction(model: nn.Module, source: ImageSource, config: PredictConfig,
                     normalization: IntensityNormalization | None = None) -> PredictionPlan:
     """Return the plan of a tiled prediction of ``source`` (``normalization``: statistics already computed)."""
+    check_device(config.device)
     dims, in_channels, stride = model_geometry(model)
     check_model_input(source, in_channels, dims)
     normalization = normalization or compute_normalization(source, config.normalization)

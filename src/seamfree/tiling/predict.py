@@ -120,7 +120,8 @@ def predict(
         started = time.perf_counter()
         plan = plan_prediction(model, source, config)
         target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
-                               fingerprint=plan.fingerprint, scale=source.scale, overwrite=config.overwrite)
+                               fingerprint=plan.fingerprint, scale=source.scale, overwrite=config.overwrite,
+                               input_path=source.path)
         tiles = list(plan.grid.tiles())
         computed = run_tiles(model, plan, source, tiles, sink_for(plan, target), progress=_progress(progress))
         result = target.finalize()

@@ -36,7 +36,7 @@ from seamfree.io.readers import open_image
 from seamfree.layers.batchrenorm import BatchRenormNd
 from seamfree.layers.convert import convert_norm
 from seamfree.metrics import dice
-from seamfree.models.checkpoint import load_model, save_model
+from seamfree.models.checkpoint import check_device, load_model, save_model
 from seamfree.models.unet import UNet
 from seamfree.models.vit import ViTSegmenter
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
@@ -217,7 +217,8 @@ def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
 def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                 rng: np.random.Generator) -> tuple[int, float | None]:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a state.pt planted in a shared output folder cannot run code when a run resumes
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot resume from {path}: {exc}; delete it to start over") from exc
     model.load_state_dict(payload["model"])
@@ -249,6 +250,7 @@ def train(
     """
     started = time.perf_counter()
     t = config.training
+    check_device(t.device)  # before anything is written
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     if t.threads:

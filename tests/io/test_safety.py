@@ -1,0 +1,170 @@
+"""Never destroy what the user had, never run a stranger's code: --overwrite, input = output, symlinks,
+payloads in model and state files, and devices checked before anything loads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from seamfree.cli.main import main
+from seamfree.errors import CheckpointError, ConfigError, OutputExistsError
+from seamfree.models import UNet, load_model, save_model
+from seamfree.tiling import PredictConfig, predict
+
+zarr = pytest.importorskip("zarr")
+tifffile = pytest.importorskip("tifffile")
+
+CONFIG = PredictConfig(core=32, halo=0, allow_small_halo=True)
+
+
+def _digest(path: Path) -> str:
+    """Checksum of a file or of every file below a folder (names and bytes)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path.parent)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return UNet(2, 1, 1, depth=1, features=2, norm="batchrenorm").eval()
+
+
+@pytest.fixture
+def user_zarr(tmp_path, rng):
+    """The user's own data: a zarr image seamfree never wrote."""
+    path = tmp_path / "rawdata.zarr"
+    array = zarr.create_array(str(path), shape=(64, 64), chunks=(32, 32), dtype="u1")
+    array[:] = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif"])
+def test_the_input_is_never_the_output_even_with_overwrite(net, tmp_path, rng, suffix):
+    image = tmp_path / f"raw{suffix}"
+    if suffix == ".zarr":
+        zarr.create_array(str(image), shape=(64, 64), chunks=(32, 32), dtype="u1")[:] = 7
+    else:
+        tifffile.imwrite(str(image), rng.integers(0, 255, (64, 64), dtype=np.uint8))
+    before = _digest(image)
+    for output in (image, Path(os.path.relpath(image)), image.parent / "." / image.name):
+        with pytest.raises(OutputExistsError, match="would overwrite the input"):
+            predict(net, image, output, config=PredictConfig(core=32, overwrite=True))
+    assert _digest(image) == before
+
+
+def test_an_output_inside_the_input_store_is_refused(net, user_zarr):
+    with pytest.raises(OutputExistsError, match="would overwrite the input"):
+        predict(net, user_zarr, user_zarr / "prediction.zarr", config=CONFIG)
+
+
+def test_overwrite_refuses_data_seamfree_did_not_write(net, user_zarr, tmp_path, rng):
+    before = _digest(user_zarr)
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    with pytest.raises(OutputExistsError, match=r"is a zarr store with \d+ entries that seamfree did not write"):
+        predict(net, image, user_zarr, config=PredictConfig(core=32, overwrite=True))
+    assert _digest(user_zarr) == before
+    folder = tmp_path / "notes.zarr"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("keep me")
+    with pytest.raises(OutputExistsError, match="is a folder with 1 entry that seamfree did not write"):
+        predict(net, image, folder, config=PredictConfig(core=32, overwrite=True))
+    plain = tmp_path / "file.zarr"
+    plain.write_bytes(b"not a store")
+    with pytest.raises(OutputExistsError, match="is a file of 11 bytes that seamfree did not write"):
+        predict(net, image, plain, config=PredictConfig(core=32, overwrite=True))
+    foreign_tiff = tmp_path / "theirs.tif"
+    tifffile.imwrite(str(foreign_tiff), np.zeros((64, 64), np.uint8))
+    tiff_before = _digest(foreign_tiff)
+    with pytest.raises(OutputExistsError, match="that seamfree did not write"):
+        predict(net, image, foreign_tiff, config=PredictConfig(core=32, overwrite=True))
+    assert (folder / "mine.txt").read_text() == "keep me" and plain.read_bytes() == b"not a store"
+    assert _digest(foreign_tiff) == tiff_before
+
+
+def test_overwrite_never_deletes_through_a_symbolic_link(net, tmp_path, rng):
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    real = tmp_path / "real.zarr"
+    predict(net, image, real, config=CONFIG)
+    link = tmp_path / "link.zarr"
+    link.symlink_to(real)
+    before = _digest(real)
+    with pytest.raises(OutputExistsError, match=r"symbolic link .* pass the real path"):
+        predict(net, image, link, config=PredictConfig(core=32, halo=0, allow_small_halo=True, overwrite=True))
+    assert _digest(real) == before and link.is_symlink()
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif"])
+def test_overwrite_replaces_seamfree_outputs(net, tmp_path, rng, suffix):
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    out = tmp_path / f"prediction{suffix}"
+    predict(net, image, out, config=CONFIG)
+    predict(net, image * 2, out, config=PredictConfig(core=32, halo=0, allow_small_halo=True, overwrite=True))
+    stored = zarr.open_group(str(out), mode="r")["0"][:] if suffix == ".zarr" else tifffile.imread(str(out))
+    np.testing.assert_array_equal(stored, predict(net, image * 2, config=CONFIG))
+
+
+def test_the_cli_refuses_with_one_line_and_exit_2(net, user_zarr, tmp_path, capsys):
+    model = save_model(net, tmp_path / "m.pt")
+    before = _digest(user_zarr)
+    assert main(["predict", str(model), str(user_zarr), str(user_zarr), "--overwrite", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "would overwrite the input" in err
+    assert _digest(user_zarr) == before
+
+
+class _Payload:
+    """Unpickling this creates the marker file: proof that code from the file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.pt2", "model.pth"])
+def test_model_files_never_run_code_without_allow_pickle(tmp_path, name, capsys):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / name
+    torch.save({"model": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="allow_pickle=True"):
+        load_model(path)
+    assert main(["audit", str(path)]) == 2
+    assert "--allow-pickle" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_a_planted_training_state_never_runs_code(tmp_path):
+    from seamfree.training import load_config, train
+
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "payload-ran"
+    torch.save({"step": _Payload(marker)}, out / "state.pt")
+    config = load_config(overrides=[f"output={out}", "training.iterations=2", "training.patch_size=[32,32]",
+                                    "data.synthetic_shape=[64,64]", "model.depth=1", "model.features=2"])
+    with pytest.raises(CheckpointError, match="cannot resume"):
+        train(config, resume=True)
+    assert not marker.exists()
+
+
+def test_devices_are_checked_before_the_model_loads(tmp_path, net, capsys):
+    model = save_model(net, tmp_path / "m.pt")
+    with pytest.raises(ConfigError, match="'bogus' is not a device name"):
+        load_model(model, device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"CUDA requested .* pass --device cpu"):
+            load_model(model, device="cuda")
+        assert main(["predict", str(model), str(tmp_path / "x.npy"), str(tmp_path / "o.zarr"),
+                     "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "CUDA requested" in err and "allow_pickle" not in err
