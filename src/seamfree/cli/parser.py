@@ -143,7 +143,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     _add_renamed(p, "--intensity-scale", "--scale", type=float, help="given intensity scale, with --intensity-offset")
     p.add_argument("--output-kind", choices=["float32", "uint8", "mask"], default="float32")
     p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--overwrite", action="store_true", help="delete an existing output instead of resuming")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing seamfree output instead of resuming (never data seamfree did not write)")
     p.add_argument("--allow-pickle", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, help="run on a dask LocalCluster with this many worker processes")
