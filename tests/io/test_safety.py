@@ -168,3 +168,126 @@ def test_devices_are_checked_before_the_model_loads(tmp_path, net, capsys):
                      "--device", "cuda"]) == 2
         err = capsys.readouterr().err
         assert "CUDA requested" in err and "allow_pickle" not in err
+
+
+@pytest.mark.parametrize("name", ["pred.png", "pred.npy", "pred.h5"])
+def test_unsupported_output_extensions_are_an_error_not_a_zarr_folder(net, tmp_path, rng, name):
+    with pytest.raises(ConfigError, match=r"cannot write an output named .* use a \.zarr path"):
+        predict(net, rng.normal(size=(64, 64)).astype(np.float32), tmp_path / name, config=CONFIG)
+    assert not (tmp_path / name).exists()
+
+
+def test_a_second_writer_of_the_same_output_stops_and_leaves_it_alone(net, tmp_path, rng):
+    from seamfree.io.lock import lock_path, output_lock
+
+    out = tmp_path / "pred.zarr"
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    with output_lock(out):  # the first writer, still running
+        with pytest.raises(OutputExistsError, match=rf"being written by process {os.getpid()} on "):
+            predict(net, image, out, config=CONFIG)
+        assert not out.exists()
+    assert not lock_path(out).exists()  # released
+    predict(net, image, out, config=CONFIG)
+    assert not lock_path(out).exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(net, tmp_path, rng):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from seamfree.io.lock import lock_path
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    out = tmp_path / "pred.zarr"
+    lock_path(out).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "started": "x"}))
+    predict(net, rng.normal(size=(64, 64)).astype(np.float32), out, config=CONFIG)
+    assert zarr.open_group(str(out), mode="r").attrs["seamfree"]["status"] == "complete"
+
+
+def test_two_concurrent_cli_predictions_one_proceeds_and_the_result_is_the_reference(tmp_path, rng):
+    import subprocess
+    import sys
+    import time
+
+    from seamfree.io.lock import lock_path
+
+    torch.manual_seed(0)
+    slow = UNet(2, 1, 1, depth=3, features=16, norm="batchrenorm").eval()
+    model = save_model(slow, tmp_path / "m.pt")
+    image = rng.integers(0, 255, (512, 512), dtype=np.uint8)
+    np.save(tmp_path / "image.npy", image)
+    out = tmp_path / "pred.zarr"
+    command = [sys.executable, "-m", "seamfree.cli.main", "predict", str(model), str(tmp_path / "image.npy"), str(out),
+               "--core", "64", "-q"]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as first:
+        deadline = time.time() + 60
+        while not lock_path(out).exists() and time.time() < deadline:
+            time.sleep(0.02)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    assert second.returncode == 2 and "is being written by process" in second.stderr
+    expected = predict(load_model(model), image, config=PredictConfig(core=64))
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][:], expected)
+
+
+def test_training_never_silently_replaces_a_previous_run(tmp_path):
+    from seamfree.training import load_config, train
+
+    out = tmp_path / "run"
+    overrides = [f"output={out}", "training.iterations=2", "training.patch_size=[32,32]", "training.validate_every=2",
+                 "data.synthetic_shape=[64,64]", "model.depth=1", "model.features=2"]
+    train(load_config(overrides=overrides))
+    best = (out / "best.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"is not empty \(best\.pt, .*--resume.*--overwrite"):
+        train(load_config(overrides=overrides))
+    assert (out / "best.pt").read_bytes() == best
+    train(load_config(overrides=overrides), overwrite=True)
+
+
+@pytest.mark.parametrize(("make", "pattern"), [
+    (lambda p: p.write_bytes(b""), "cannot read the input|not a TIFF|empty"),
+    (lambda p: p.write_bytes(b"II*\x00garbage garbage"), "cannot read the input|TIFF"),
+    (lambda p: p.mkdir(), "folder|directory|cannot read"),
+])
+def test_broken_input_files_end_in_one_line_and_exit_2(tmp_path, net, make, pattern, capsys):
+    model = save_model(net, tmp_path / "m.pt")
+    broken = tmp_path / "broken.tif"
+    make(broken)
+    status = main(["predict", str(model), str(broken), str(tmp_path / "o.zarr"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("seamfree predict: error: ")
+    import re
+
+    assert re.search(pattern, err), err
+
+
+def test_malformed_yaml_and_a_file_as_report_folder_are_one_line(tmp_path, net, rng, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("training: [unclosed\n")
+    assert main(["train", str(config)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    model = save_model(net, tmp_path / "m.pt")
+    np.save(tmp_path / "image.npy", rng.normal(size=(96, 96)).astype(np.float32))
+    (tmp_path / "report").write_text("a file, not a folder")
+    status = main(["diagnose", str(model), str(tmp_path / "image.npy"), "--out", str(tmp_path / "report"),
+                   "--core", "32", "--ted-batches", "1", "--patch-size", "32"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1, err
+
+
+def test_errors_are_described_in_one_line_with_the_right_status():
+    import errno
+
+    from seamfree.cli.main import describe_error
+
+    message, status = describe_error(OSError(errno.ENOSPC, "No space left on device", "/data/out.zarr/0/c/1"))
+    assert status == 2 and "no space left on the device while writing '/data/out.zarr/0/c/1'" in message
+    message, status = describe_error(ZeroDivisionError("division by zero"))
+    assert status == 1 and "unexpected ZeroDivisionError" in message and "--verbose" in message
+    message, status = describe_error(ValueError("line one\nline two"))
+    assert "\n" not in message

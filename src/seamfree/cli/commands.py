@@ -117,7 +117,7 @@ def train(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     config = load_config(args.config, overrides)
-    result = train(config, resume=args.resume, progress=not args.quiet)
+    result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     dice = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
     print(f"trained {result.iterations} iterations in {result.seconds:.0f} s; best validation Dice {dice}; "
           f"checkpoints {result.best} and {result.last}")

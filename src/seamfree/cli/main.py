@@ -8,6 +8,7 @@ tracebacks appear only with ``--verbose``. Arguments are in :mod:`seamfree.cli.p
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from seamfree.cli.parser import build_parser
 from seamfree.errors import SeamfreeError
 
 EXIT_BAD_INPUT = 2
+EXIT_UNEXPECTED = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,17 +32,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_cpu_allocator()  # before torch or any reader starts a thread
     try:
         return int(args.handler(args))
-    except (SeamfreeError, argparse.ArgumentTypeError) as exc:
-        if args.verbose:
-            raise
-        print(f"seamfree {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"seamfree {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        message, status = describe_error(exc)
+        print(f"seamfree {args.command}: error: {message}", file=sys.stderr)
+        return status
 
 
-__all__ = ["build_parser", "main"]
+# Libraries whose exceptions come from reading the user's files or configuration (bad input, exit 2).
+_INPUT_LIBRARIES = ("yaml", "tifffile", "zarr", "numcodecs", "h5py", "imagecodecs", "PIL", "imageio")
+
+_OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device while writing {where}: free space there or choose another output "
+                  "folder, then rerun the same command to resume",
+    errno.EDQUOT: "disk quota exceeded while writing {where}: free space or choose another output folder",
+    errno.EACCES: "permission denied for {where}: choose a path you can read (input) or write (output)",
+    errno.EPERM: "operation not permitted on {where}: choose a path you can read (input) or write (output)",
+    errno.EROFS: "{where} is on a read-only file system: choose an output folder you can write",
+    errno.ENOENT: "{where} does not exist: check the path",
+    errno.EISDIR: "{where} is a folder where a file was expected: check the path",
+    errno.ENOTDIR: "a part of {where} is not a folder: check the path",
+}
+
+
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """Return the one-line message and the exit status for an exception that ended a command.
+
+    seamfree's own errors, argument errors, file-system errors and errors of the libraries that read the user's
+    files are bad input (status 2). Anything else is a bug of seamfree or of a library: one line naming the
+    exception and asking for ``--verbose`` (status 1).
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, SeamfreeError | argparse.ArgumentTypeError):
+        return text, EXIT_BAD_INPUT
+    if isinstance(exc, OSError):
+        where = repr(exc.filename) if exc.filename else "a file"
+        template = _OS_ERRORS.get(exc.errno or 0)
+        if template is not None:
+            return template.format(where=where), EXIT_BAD_INPUT
+        return f"{type(exc).__name__} on {where}: {exc.strerror or text}", EXIT_BAD_INPUT
+    if type(exc).__module__.split(".")[0] in _INPUT_LIBRARIES:
+        return f"cannot read the input or configuration ({type(exc).__name__}: {text})", EXIT_BAD_INPUT
+    return (f"unexpected {type(exc).__name__}: {text}; rerun with --verbose for the traceback and please report it",
+            EXIT_UNEXPECTED)
+
+
+__all__ = ["build_parser", "describe_error", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -76,6 +76,8 @@ def _add_training(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--norm", help="normalization (overrides model.norm)")
     t.add_argument("--device")
     t.add_argument("--resume", action="store_true", help="continue from the output folder's state.pt")
+    t.add_argument("--overwrite", action="store_true",
+                   help="train into a non-empty output folder, replacing its checkpoints and logs")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(handler=commands.train)
 

@@ -32,6 +32,7 @@ import torch
 from seamfree.allocator import allocator_environment
 from seamfree.errors import ConfigError, DataError, require
 from seamfree.io.files import file_sha256
+from seamfree.io.lock import output_lock
 from seamfree.io.readers import ImageSource, open_image
 from seamfree.io.writers import ZarrBlockWriter, create_output, output_format
 from seamfree.models.checkpoint import load_model
@@ -255,7 +256,7 @@ def predict_distributed(
     net = load_model(model_path)
     dims, _, _ = model_geometry(net)
     image_path = os.fspath(image)
-    with open_image(image_path, spatial_dims=dims, axes=axes) as source:
+    with output_lock(output), open_image(image_path, spatial_dims=dims, axes=axes) as source:
         client, local = _client(cluster)
         try:
             normalization = _normalization(client, str(image_path), axes, source, dims, config.normalization)

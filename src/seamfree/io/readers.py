@@ -217,13 +217,26 @@ def _open_path(path: Path, key: str | None) -> tuple[Any, int | None, str, tuple
 def _open_tiff(path: Path) -> tuple[Any, Any]:
     """Return (array, handle to close): a memory map, or tifffile's zarr store for compressed/tiled files."""
     tifffile = require("tifffile", "tiff")
+    if path.is_dir():
+        raise DataError(f"input {str(path)!r} is a folder, not a TIFF file; pass the path of a .tif file")
     try:
         return tifffile.memmap(str(path), mode="r"), None  # type: ignore[attr-defined]
     except ValueError:
         pass  # compressed or tiled: read chunk-wise through tifffile's zarr store
+    except Exception as exc:  # empty, truncated or not a TIFF at all: tifffile fails in many ways
+        raise _unreadable_tiff(path, exc) from exc
     zarr = require("zarr", "zarr")
-    store = tifffile.imread(str(path), aszarr=True)  # type: ignore[attr-defined]
-    return zarr.open(store, mode="r"), store  # type: ignore[attr-defined]
+    try:
+        store = tifffile.imread(str(path), aszarr=True)  # type: ignore[attr-defined]
+        return zarr.open(store, mode="r"), store  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise _unreadable_tiff(path, exc) from exc
+
+
+def _unreadable_tiff(path: Path, cause: Exception) -> DataError:
+    size = path.stat().st_size if path.exists() else 0
+    return DataError(f"cannot read {str(path)!r} ({size} bytes) as a TIFF ({type(cause).__name__}: "
+                     f"{' '.join(str(cause).split())}); check that the file is a complete TIFF image")
 
 
 def _open_hdf5(path: Path, key: str | None) -> Any:

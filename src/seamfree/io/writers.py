@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from seamfree.errors import OutputExistsError, ShapeError, require
+from seamfree.errors import ConfigError, OutputExistsError, ShapeError, require
 
 __all__ = ["ArrayOutput", "OutputTarget", "TiffOutput", "ZarrBlockWriter", "ZarrOutput", "check_not_input",
            "create_output", "output_format"]
@@ -326,8 +326,17 @@ def check_not_input(output: str | os.PathLike[str], input_path: str | None) -> N
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
-    """Return ``"zarr"`` or ``"tiff"`` for an output path (OME-Zarr unless it ends in .tif/.tiff)."""
-    return "tiff" if str(path).lower().endswith((".tif", ".tiff")) else "zarr"
+    """Return ``"zarr"`` or ``"tiff"`` for an output path: .tif/.tiff is TIFF, .zarr (or no suffix) OME-Zarr.
+
+    Any other suffix (.png, .npy, .h5, ...) is a ConfigError rather than a zarr folder under that name.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return "tiff"
+    if suffix in ("", ".zarr"):
+        return "zarr"
+    raise ConfigError(f"seamfree cannot write an output named {str(path)!r} ({suffix}): use a .zarr path "
+                      "(OME-Zarr, resumable, the default) or .tif/.tiff")
 
 
 def create_output(

@@ -58,7 +58,7 @@ def run_demo(out_dir: str | Path = "seamfree-demo", *, iterations: int = 300, im
             "output": str(out / f"train-{norm}"),
         })
         logger.info("training the %s U-Net (%d iterations)", norm, iterations)
-        result = train(config, progress=progress)
+        result = train(config, overwrite=True, progress=progress)  # the demo's own folders: rerunnable
         model = load_model(result.last)
         logger.info("diagnosing the %s U-Net on a %d² image", norm, image_size)
         diagnoses.append(diagnose(model, image, ground_truth=mask, name=f"{norm} U-Net",

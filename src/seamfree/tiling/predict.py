@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seamfree.io.lock import output_lock
 from seamfree.io.readers import ImageSource, open_image
 from seamfree.io.writers import create_output
 from seamfree.tiling.engine import eval_mode, forward_batch, predict_batches, read_window, resolve_activation, run_tiles
@@ -118,13 +119,14 @@ def predict(
     source = open_image(image, spatial_dims=dims, axes=axes)
     try:
         started = time.perf_counter()
-        plan = plan_prediction(model, source, config)
-        target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
-                               fingerprint=plan.fingerprint, scale=source.scale, overwrite=config.overwrite,
-                               input_path=source.path)
-        tiles = list(plan.grid.tiles())
-        computed = run_tiles(model, plan, source, tiles, sink_for(plan, target), progress=_progress(progress))
-        result = target.finalize()
+        with output_lock(output):  # one writer per output path, taken before any work
+            plan = plan_prediction(model, source, config)
+            target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
+                                   fingerprint=plan.fingerprint, scale=source.scale, overwrite=config.overwrite,
+                                   input_path=source.path)
+            tiles = list(plan.grid.tiles())
+            computed = run_tiles(model, plan, source, tiles, sink_for(plan, target), progress=_progress(progress))
+            result = target.finalize()
     finally:
         if source is not image:
             source.close()

@@ -229,10 +229,23 @@ def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
     return int(payload["step"]), payload["best_dice"]
 
 
+def _check_output_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"the training output {str(out)!r} is a file, not a folder; choose another output")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not (resume or overwrite):
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise ConfigError(
+            f"the training output folder {str(out)!r} is not empty ({shown}); pass resume (CLI --resume) to continue "
+            "that run, overwrite (CLI --overwrite) to replace its checkpoints and logs, or choose another output"
+        )
+
+
 def train(
     config: TrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
@@ -243,6 +256,10 @@ def train(
     config : TrainConfig
     resume : bool
         Continue from ``state.pt`` in the output directory if it exists.
+    overwrite : bool
+        Train into an output directory that is not empty, replacing its checkpoints and logs. Without it (or
+        ``resume``) a non-empty output directory is a ConfigError: a new run never silently replaces a
+        ``best.pt``.
     progress : bool
         Show a tqdm progress bar.
     on_step : callable, optional
@@ -252,6 +269,7 @@ def train(
     t = config.training
     check_device(t.device)  # before anything is written
     out = Path(config.output)
+    _check_output_folder(out, resume=resume, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     if t.threads:
         torch.set_num_threads(t.threads)
