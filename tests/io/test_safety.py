@@ -291,3 +291,52 @@ def test_errors_are_described_in_one_line_with_the_right_status():
     assert status == 1 and "unexpected ZeroDivisionError" in message and "--verbose" in message
     message, status = describe_error(ValueError("line one\nline two"))
     assert "\n" not in message
+
+
+def test_resume_with_other_tiles_per_batch_is_refused_and_says_why(net, tmp_path, rng):
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    out = tmp_path / "pred.zarr"
+    predict(net, image, out, config=PredictConfig(core=32, halo=0, allow_small_halo=True, tiles_per_batch=1))
+    with pytest.raises(OutputExistsError, match=r"runtime \(runtime.tiles_per_batch 1 there, 2 now\)"):
+        predict(net, image, out, config=PredictConfig(core=32, halo=0, allow_small_halo=True, tiles_per_batch=2))
+
+
+def test_an_output_fingerprinted_before_runtime_was_recorded_still_resumes(net, tmp_path, rng):
+    import json
+
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    out = tmp_path / "pred.zarr"
+    config = PredictConfig(core=32, halo=0, allow_small_halo=True, tiles_per_batch=1)
+    predict(net, image, out, config=config)
+    stored = out / ".seamfree" / "fingerprint.json"
+    older = json.loads(stored.read_text())
+    del older["runtime"]  # as written by seamfree before the runtime was part of the fingerprint
+    stored.write_text(json.dumps(older))
+    predict(net, image, out, config=config)
+
+
+@pytest.mark.parametrize(("argv", "pattern"), [
+    (["--threshold", "nan", "--output-kind", "mask"], r"threshold must lie in \[0, 1\]"),
+    (["--intensity-scale", "5"], "--intensity-scale was given alone"),
+    (["--intensity-offset", "5"], "--intensity-offset was given alone"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "1", "--memory-limit", "lots"], "--memory-limit"),
+    (["--scheduler", "notanaddress"], "must be an address like tcp://host:8786"),
+])
+def test_bad_options_are_one_line_and_exit_2(net, tmp_path, rng, argv, pattern, capsys):
+    model = save_model(net, tmp_path / "m.pt")
+    np.save(tmp_path / "image.npy", rng.normal(size=(64, 64)).astype(np.float32))
+    status = main(["predict", str(model), str(tmp_path / "image.npy"), str(tmp_path / "o.zarr"), "-q", *argv])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1, err
+    import re
+
+    assert re.search(pattern, err), err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_an_empty_zarr_array_is_a_clear_error(net, tmp_path):
+    empty = tmp_path / "empty.zarr"
+    zarr.create_array(str(empty), shape=(0, 64), chunks=(1, 64), dtype="u1")
+    with pytest.raises(Exception, match=r"is empty \(shape \(0, 64\)\)"):
+        predict(net, empty, config=CONFIG)

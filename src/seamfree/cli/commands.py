@@ -48,6 +48,13 @@ def predict(args: argparse.Namespace) -> int:
     from seamfree.tiling import IntensityNormalization, PredictConfig, PredictionReport, predict
 
     model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    if (args.intensity_offset is None) != (args.intensity_scale is None):
+        given = "--intensity-offset" if args.intensity_offset is not None else "--intensity-scale"
+        raise SeamfreeError(f"{given} was given alone; pass both --intensity-offset and --intensity-scale (the "
+                            "statistics to normalize with), or neither to compute them from the image")
+    if args.workers is not None and args.workers < 1:
+        raise SeamfreeError(f"--workers must be at least 1, got {args.workers}; leave it out to predict in this "
+                            "process")
     if args.intensity_offset is not None:
         normalization = IntensityNormalization(args.normalization, offset=(args.intensity_offset,),
                                                scale=(args.intensity_scale,))

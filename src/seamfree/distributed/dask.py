@@ -21,6 +21,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ __all__ = ["ClusterConfig", "DistributedReport", "predict_distributed", "start_l
 
 logger = logging.getLogger(__name__)
 
+_MEMORY = re.compile(r"\d+(\.\d+)?\s*([kKMGTP]i?B|[kKMGTP]|B)?")
+_ADDRESS = re.compile(r"([a-z]+://)?[\w.\-\[\]:]+:\d+")
 # An input chunk this many times larger than a tile makes every task decompress far more than it reads.
 MAX_CHUNK_TO_TILE_RATIO = 16
 # Tasks submitted ahead of the finished ones (at least 4 per worker thread): enough to keep every thread busy,
@@ -93,6 +96,13 @@ class ClusterConfig:
         if self.workers < 1 or self.threads_per_worker < 1 or self.tiles_per_task < 1:
             raise ConfigError(f"workers, threads_per_worker and tiles_per_task must be >= 1, got {self.workers}, "
                               f"{self.threads_per_worker}, {self.tiles_per_task}")
+        if isinstance(self.memory_limit, str) and self.memory_limit != "auto" and not _MEMORY.fullmatch(
+                self.memory_limit.strip()):
+            raise ConfigError(f"memory_limit (CLI --memory-limit) must be 'auto', bytes or a size like '2GiB' or "
+                              f"'1.5 GB', got {self.memory_limit!r}")
+        if self.scheduler is not None and not _ADDRESS.fullmatch(self.scheduler):
+            raise ConfigError(f"scheduler (CLI --scheduler) must be an address like tcp://host:8786, got "
+                              f"{self.scheduler!r}")
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,9 @@ class ImageSource:
         if dtype not in SUPPORTED_DTYPES:
             names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
             raise DataError(f"unsupported image dtype {dtype} in {self.where}; supported: {names}")
+        if 0 in tuple(self.data.shape):
+            raise DataError(f"the image {self.where} is empty (shape {tuple(self.data.shape)}); pass an image with at "
+                            "least one voxel on every axis")
 
     @property
     def where(self) -> str:

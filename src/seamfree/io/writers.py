@@ -27,6 +27,8 @@ __all__ = ["ArrayOutput", "OutputTarget", "TiffOutput", "ZarrBlockWriter", "Zarr
 logger = logging.getLogger(__name__)
 
 MARKER_DIR = ".seamfree"
+# Fingerprint keys added after the first release (absent from older outputs, which still resume).
+ADDED_KEYS = ("runtime",)
 # Key in the shaped metadata of the TIFFs seamfree writes: how --overwrite knows a TIFF is its own.
 TIFF_SIGNATURE = "seamfree"
 
@@ -92,12 +94,15 @@ class _MarkedOutput(OutputTarget):
         path = self.marker_root / "fingerprint.json"
         if path.exists():
             stored = json.loads(path.read_text())
-            if stored != fingerprint:
-                changed = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+            # keys that earlier versions did not record are not compared: their outputs still resume
+            fingerprint_now = {k: v for k, v in fingerprint.items() if k in stored or k not in ADDED_KEYS}
+            if stored != fingerprint_now:
+                changed = sorted(k for k in set(stored) | set(fingerprint_now)
+                                 if stored.get(k) != fingerprint_now.get(k))
                 raise OutputExistsError(
-                    f"{str(self.location)!r} holds a partial prediction made with different "
-                    f"{', '.join(changed)}; refusing to resume into it. Use a new output path, or delete it "
-                    "(CLI: --overwrite) to start over"
+                    f"{str(self.location)!r} holds a prediction made with different {', '.join(changed)}"
+                    f"{_differences(stored, fingerprint_now)}; refusing to resume into it. Rerun with the same "
+                    "settings, use a new output path, or replace it (CLI: --overwrite)"
                 )
             done = sum(1 for _ in (self.marker_root / "done").iterdir())
             logger.info("resuming %s: %d blocks already done", self.location, done)
@@ -113,6 +118,19 @@ class _MarkedOutput(OutputTarget):
 
     def mark_done(self, block: Sequence[int]) -> None:
         (self.marker_root / "done" / _block_name(block)).touch()
+
+
+def _differences(stored: dict[str, Any], now: dict[str, Any]) -> str:
+    """Return ``" (grid.halo [112, 112] there, [96, 96] now; ...)"`` for the short values that differ."""
+    parts = []
+    for key in ("grid", "settings", "runtime", "activation"):
+        old, new = stored.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            parts += [f"{key}.{name} {old.get(name)} there, {new.get(name)} now" for name in sorted(set(old) | set(new))
+                      if old.get(name) != new.get(name)]
+        elif old != new:
+            parts.append(f"{key} {old} there, {new} now")
+    return f" ({'; '.join(parts[:4])})" if parts else ""
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

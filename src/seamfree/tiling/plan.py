@@ -218,7 +218,8 @@ def plan_prediction(model: nn.Module, source: ImageSource, config: PredictConfig
         out_channels = output_channels(model, in_channels, stride, config.device)
     return PredictionPlan(grid, rf, tiles_per_batch, runtime, config.output, config.stitching, config.blend_window,
                           out_channels, normalization,
-                          _fingerprint(source, model, config, grid, normalization, runtime.activation))
+                          _fingerprint(source, model, config, grid, normalization, runtime.activation,
+                                       tiles_per_batch))
 
 
 def _resolve_grid(model: nn.Module, source: ImageSource, tiling: TilingSpec, stride: tuple[int, ...],
@@ -266,7 +267,7 @@ def _check_halo_vs_rf(grid: TileGrid, rf: ReceptiveField | None, model: nn.Modul
 
 
 def _fingerprint(source: ImageSource, model: nn.Module, config: PredictConfig, grid: TileGrid,
-                 normalization: IntensityNormalization, activation: str) -> dict[str, Any]:
+                 normalization: IntensityNormalization, activation: str, tiles_per_batch: int) -> dict[str, Any]:
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
         digest.update(key.encode())
@@ -281,4 +282,8 @@ def _fingerprint(source: ImageSource, model: nn.Module, config: PredictConfig, g
         "grid": {"core": list(grid.core), "halo": list(grid.halo), "overlap": list(grid.overlap)},
         "normalization": normalization.to_dict(),
         "activation": activation,
+        # batches of another size run other convolution kernels (last-bit differences, ~1e-7), and bfloat16
+        # autocast changes values: a resume must use the same, or it would stitch two computations
+        "runtime": {"tiles_per_batch": tiles_per_batch,
+                    "amp": bool(config.amp and config.device.startswith("cuda"))},
     }

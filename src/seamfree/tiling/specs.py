@@ -60,6 +60,8 @@ class OutputSpec:
     def __post_init__(self) -> None:
         if self.kind not in ("float32", "uint8", "mask"):
             raise ConfigError(f"output_kind must be 'float32', 'uint8' or 'mask', got {self.kind!r}")
+        if not 0.0 <= self.threshold <= 1.0:  # also refuses NaN, which would give an all-zero mask
+            raise ConfigError(f"threshold must lie in [0, 1] (a probability), got {self.threshold}")
 
     @property
     def dtype(self) -> np.dtype:
