@@ -340,3 +340,14 @@ def test_an_empty_zarr_array_is_a_clear_error(net, tmp_path):
     zarr.create_array(str(empty), shape=(0, 64), chunks=(1, 64), dtype="u1")
     with pytest.raises(Exception, match=r"is empty \(shape \(0, 64\)\)"):
         predict(net, empty, config=CONFIG)
+
+
+def test_the_same_input_by_another_path_spelling_resumes(net, tmp_path, rng, monkeypatch):
+    image = tmp_path / "image.npy"
+    np.save(image, rng.normal(size=(64, 64)).astype(np.float32))
+    out = tmp_path / "pred.zarr"
+    monkeypatch.chdir(tmp_path)
+    predict(net, "image.npy", out, config=CONFIG)  # relative
+    predict(net, image, out, config=CONFIG)  # absolute: the same input, resumed (nothing to redo)
+    (tmp_path / "link.npy").symlink_to(image)
+    predict(net, tmp_path / "link.npy", out, config=CONFIG)  # through a link

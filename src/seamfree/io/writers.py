@@ -22,7 +22,7 @@ import numpy as np
 from seamfree.errors import ConfigError, OutputExistsError, ShapeError, require
 
 __all__ = ["ArrayOutput", "OutputTarget", "TiffOutput", "ZarrBlockWriter", "ZarrOutput", "check_not_input",
-           "create_output", "output_format"]
+           "create_output", "output_format", "resolved_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,8 @@ class _MarkedOutput(OutputTarget):
         path = self.marker_root / "fingerprint.json"
         if path.exists():
             stored = json.loads(path.read_text())
+            if isinstance(stored.get("input"), dict):  # earlier versions stored the path as it was typed
+                stored["input"]["path"] = resolved_path(stored["input"].get("path"))
             # keys that earlier versions did not record are not compared: their outputs still resume
             fingerprint_now = {k: v for k, v in fingerprint.items() if k in stored or k not in ADDED_KEYS}
             if stored != fingerprint_now:
@@ -118,6 +120,13 @@ class _MarkedOutput(OutputTarget):
 
     def mark_done(self, block: Sequence[int]) -> None:
         (self.marker_root / "done" / _block_name(block)).touch()
+
+
+def resolved_path(path: str | None) -> str | None:
+    """Return a local path made absolute with links resolved (URLs and None as they are): one input, one name."""
+    if path is None or "://" in path:
+        return path
+    return os.path.realpath(path)
 
 
 def _differences(stored: dict[str, Any], now: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from torch import nn
 from seamfree.config import apply_renamed
 from seamfree.errors import ConfigError, HaloError, ShapeError
 from seamfree.io.readers import ImageSource
+from seamfree.io.writers import resolved_path
 from seamfree.models.checkpoint import check_device
 from seamfree.tiling.blend import BlendWindow
 from seamfree.tiling.engine import eval_mode, output_channels, resolve_activation
@@ -275,7 +276,7 @@ def _fingerprint(source: ImageSource, model: nn.Module, config: PredictConfig, g
     sample = source.read(tuple(slice(0, min(s, 64)) for s in source.spatial_shape))
     settings = {k: v for k, v in asdict(config).items() if k not in _NOT_FINGERPRINTED}
     return {
-        "input": {"path": source.path, "shape": list(source.shape), "dtype": str(source.dtype),
+        "input": {"path": resolved_path(source.path), "shape": list(source.shape), "dtype": str(source.dtype),
                   "sample_sha256": hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest()},
         "model": digest.hexdigest(),
         "settings": json.loads(json.dumps(settings, default=str)),
