@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from seamfree.errors import ConfigError, OutputExistsError, ShapeError, require
+from seamfree.io.safety import TIFF_SIGNATURE, check_not_input, is_seamfree_tiff, remove_own_output, resolved_path
 
 __all__ = ["ArrayOutput", "OutputTarget", "TiffOutput", "ZarrBlockWriter", "ZarrOutput", "check_not_input",
            "create_output", "output_format", "resolved_path"]
@@ -29,8 +30,6 @@ logger = logging.getLogger(__name__)
 MARKER_DIR = ".seamfree"
 # Fingerprint keys added after the first release (absent from older outputs, which still resume).
 ADDED_KEYS = ("runtime",)
-# Key in the shaped metadata of the TIFFs seamfree writes: how --overwrite knows a TIFF is its own.
-TIFF_SIGNATURE = "seamfree"
 
 
 def _block_name(block: Sequence[int]) -> str:
@@ -122,13 +121,6 @@ class _MarkedOutput(OutputTarget):
         (self.marker_root / "done" / _block_name(block)).touch()
 
 
-def resolved_path(path: str | None) -> str | None:
-    """Return a local path made absolute with links resolved (URLs and None as they are): one input, one name."""
-    if path is None or "://" in path:
-        return path
-    return os.path.realpath(path)
-
-
 def _differences(stored: dict[str, Any], now: dict[str, Any]) -> str:
     """Return ``" (grid.halo [112, 112] there, [96, 96] now; ...)"`` for the short values that differ."""
     parts = []
@@ -168,7 +160,7 @@ class ZarrOutput(_MarkedOutput):
         self.dtype = np.dtype(dtype)
         self.marker_root = path / MARKER_DIR
         if overwrite and path.exists():
-            _remove_own_output(path, written_by_seamfree=(path / MARKER_DIR / "fingerprint.json").is_file())
+            remove_own_output(path, written_by_seamfree=(path / MARKER_DIR / "fingerprint.json").is_file())
         if path.exists():
             self.group = self._reopen(zarr)
         else:
@@ -266,7 +258,7 @@ class TiffOutput(_MarkedOutput):
         self.marker_root = path.with_name(path.name + MARKER_DIR)
         if overwrite:
             if path.exists() or path.is_symlink():
-                _remove_own_output(path, written_by_seamfree=_is_seamfree_tiff(path))
+                remove_own_output(path, written_by_seamfree=is_seamfree_tiff(path))
             if (self.marker_root / "fingerprint.json").is_file():  # a partial run of ours: its files go too
                 self.partial.unlink(missing_ok=True)
                 shutil.rmtree(self.marker_root)
@@ -299,57 +291,6 @@ class TiffOutput(_MarkedOutput):
         os.replace(self.partial, self.path)
         shutil.rmtree(self.marker_root, ignore_errors=True)
         return self.path
-
-
-def _is_seamfree_tiff(path: Path) -> bool:
-    """Whether ``path`` is a TIFF that seamfree wrote (its shaped metadata carries seamfree's signature)."""
-    tifffile = require("tifffile", "tiff")
-    try:
-        with tifffile.TiffFile(str(path)) as tiff:  # type: ignore[attr-defined]
-            metadata = tiff.shaped_metadata or ()
-    except Exception:  # not a TIFF at all, or unreadable: certainly not ours
-        return False
-    return any(isinstance(m, dict) and m.get(TIFF_SIGNATURE) for m in metadata)
-
-
-def _describe(path: Path) -> str:
-    if path.is_symlink():
-        return f"a symbolic link to {os.readlink(path)!r}"
-    if path.is_dir():
-        entries = sum(1 for _ in path.iterdir())
-        kind = "a zarr store" if (path / "zarr.json").exists() or (path / ".zgroup").exists() else "a folder"
-        return f"{kind} with {entries} entr{'y' if entries == 1 else 'ies'}"
-    return f"a file of {path.stat().st_size} bytes"
-
-
-def _remove_own_output(path: Path, *, written_by_seamfree: bool) -> None:
-    """Delete ``path`` for ``--overwrite``, only if seamfree wrote it; OutputExistsError naming what is there."""
-    if path.is_symlink():
-        raise OutputExistsError(
-            f"output {str(path)!r} is {_describe(path)}; --overwrite never deletes through a link: pass the real "
-            f"path ({str(path.resolve())!r}) if that is a seamfree output you want replaced"
-        )
-    if not written_by_seamfree:
-        raise OutputExistsError(
-            f"output {str(path)!r} is {_describe(path)} that seamfree did not write; --overwrite only replaces "
-            "seamfree's own outputs: choose another output path, or move that data away yourself"
-        )
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
-def check_not_input(output: str | os.PathLike[str], input_path: str | None) -> None:
-    """Raise OutputExistsError when ``output`` is the input, lies inside it, or contains it (paths resolved)."""
-    if input_path is None or "://" in str(input_path):
-        return
-    out, source = Path(output).resolve(), Path(input_path).resolve()
-    if out == source or out.is_relative_to(source) or source.is_relative_to(out):
-        raise OutputExistsError(
-            f"the output {str(output)!r} would overwrite the input {input_path!r} (they resolve to {str(out)!r} and "
-            f"{str(source)!r}); write the prediction to another path"
-        )
 
 
 def output_format(path: str | os.PathLike[str]) -> str:

@@ -22,7 +22,7 @@ from torch import nn
 from seamfree.config import apply_renamed
 from seamfree.errors import ConfigError, HaloError, ShapeError
 from seamfree.io.readers import ImageSource
-from seamfree.io.writers import resolved_path
+from seamfree.io.safety import resolved_path
 from seamfree.models.checkpoint import check_device
 from seamfree.tiling.blend import BlendWindow
 from seamfree.tiling.engine import eval_mode, output_channels, resolve_activation

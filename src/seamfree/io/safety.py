@@ -1,0 +1,77 @@
+"""What protects the user's data: outputs never over the input, ``--overwrite`` only of seamfree's own outputs.
+
+A path output is seamfree's own when it carries seamfree's mark: an OME-Zarr output its fingerprint file
+(``.seamfree/fingerprint.json``), a TIFF the :data:`TIFF_SIGNATURE` key in its shaped metadata. Nothing else is
+ever deleted, and nothing is deleted through a symbolic link.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from seamfree.errors import OutputExistsError, require
+
+__all__ = ["TIFF_SIGNATURE", "check_not_input", "is_seamfree_tiff", "remove_own_output", "resolved_path"]
+
+# Key in the shaped metadata of the TIFFs seamfree writes: how --overwrite knows a TIFF is its own.
+TIFF_SIGNATURE = "seamfree"
+
+
+def resolved_path(path: str | None) -> str | None:
+    """Return a local path made absolute with links resolved (URLs and None as they are): one input, one name."""
+    if path is None or "://" in path:
+        return path
+    return os.path.realpath(path)
+
+
+def is_seamfree_tiff(path: Path) -> bool:
+    """Whether ``path`` is a TIFF that seamfree wrote (its shaped metadata carries seamfree's signature)."""
+    tifffile = require("tifffile", "tiff")
+    try:
+        with tifffile.TiffFile(str(path)) as tiff:  # type: ignore[attr-defined]
+            metadata = tiff.shaped_metadata or ()
+    except Exception:  # not a TIFF at all, or unreadable: certainly not ours
+        return False
+    return any(isinstance(m, dict) and m.get(TIFF_SIGNATURE) for m in metadata)
+
+
+def _describe(path: Path) -> str:
+    if path.is_symlink():
+        return f"a symbolic link to {os.readlink(path)!r}"
+    if path.is_dir():
+        entries = sum(1 for _ in path.iterdir())
+        kind = "a zarr store" if (path / "zarr.json").exists() or (path / ".zgroup").exists() else "a folder"
+        return f"{kind} with {entries} entr{'y' if entries == 1 else 'ies'}"
+    return f"a file of {path.stat().st_size} bytes"
+
+
+def remove_own_output(path: Path, *, written_by_seamfree: bool) -> None:
+    """Delete ``path`` for ``--overwrite``, only if seamfree wrote it; OutputExistsError naming what is there."""
+    if path.is_symlink():
+        raise OutputExistsError(
+            f"output {str(path)!r} is {_describe(path)}; --overwrite never deletes through a link: pass the real "
+            f"path ({str(path.resolve())!r}) if that is a seamfree output you want replaced"
+        )
+    if not written_by_seamfree:
+        raise OutputExistsError(
+            f"output {str(path)!r} is {_describe(path)} that seamfree did not write; --overwrite only replaces "
+            "seamfree's own outputs: choose another output path, or move that data away yourself"
+        )
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def check_not_input(output: str | os.PathLike[str], input_path: str | None) -> None:
+    """Raise OutputExistsError when ``output`` is the input, lies inside it, or contains it (paths resolved)."""
+    if input_path is None or "://" in str(input_path):
+        return
+    out, source = Path(output).resolve(), Path(input_path).resolve()
+    if out == source or out.is_relative_to(source) or source.is_relative_to(out):
+        raise OutputExistsError(
+            f"the output {str(output)!r} would overwrite the input {input_path!r} (they resolve to {str(out)!r} and "
+            f"{str(source)!r}); write the prediction to another path"
+        )
