@@ -99,8 +99,11 @@ def test_blend_resume_and_tiff_output(net, volume, tmp_path):
     assert (tmp_path / "pred.partial.tif").exists()
     assert predict(net, volume, out, config=config) == out
     np.testing.assert_allclose(tifffile.imread(out), expected, atol=1e-6)
-    with pytest.raises(OutputExistsError, match="already exists"):
-        predict(net, volume, out, config=config)
+    before = out.read_bytes()
+    assert predict(net, volume, out, config=config) == out  # the same prediction again: complete, nothing to do
+    assert out.read_bytes() == before
+    with pytest.raises(OutputExistsError, match="already exists"):  # another prediction never replaces it
+        predict(net, volume, out, config=PredictConfig(core=(8, 16, 16), stitching="blend", tta=True))
 
 
 def test_tiff_and_hdf5_inputs(net, volume, tmp_path):

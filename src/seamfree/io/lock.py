@@ -43,11 +43,15 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _try_create(path: Path, owner: dict[str, Any]) -> bool:
+def _try_create(path: Path, owner: dict[str, Any]) -> bool | None:
+    """Create the lock: True; held by someone: False; cannot be created here at all (no folder, no write
+    permission): None, and the output itself will fail with the message that says why."""
     try:
         descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
+    except OSError:
+        return None
     with os.fdopen(descriptor, "w") as file:
         json.dump(owner, file)
     return True
@@ -71,7 +75,11 @@ def output_lock(output: Any) -> Iterator[Path | None]:
         return
     path = lock_path(output)
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if not _try_create(path, owner):
+    created = _try_create(path, owner)
+    if created is None:
+        yield None
+        return
+    if not created:
         holder = _holder(path)
         stale = holder is not None and holder.get("host") == owner["host"] and not _running(int(holder.get("pid", 0)))
         if stale and holder is not None:

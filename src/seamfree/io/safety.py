@@ -1,19 +1,24 @@
 """What protects the user's data: outputs never over the input, ``--overwrite`` only of seamfree's own outputs.
 
 A path output is seamfree's own when it carries seamfree's mark: an OME-Zarr output its fingerprint file
-(``.seamfree/fingerprint.json``), a TIFF the :data:`TIFF_SIGNATURE` key in its shaped metadata. Nothing else is
+(``.seamfree/fingerprint.json``), a TIFF the :data:`TIFF_SIGNATURE` key in its shaped metadata (the digest of
+its fingerprint, so that a rerun of the same prediction knows a complete TIFF as its own). Nothing else is
 ever deleted, and nothing is deleted through a symbolic link.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from seamfree.errors import OutputExistsError, require
 
-__all__ = ["TIFF_SIGNATURE", "check_not_input", "is_seamfree_tiff", "remove_own_output", "resolved_path"]
+__all__ = ["TIFF_SIGNATURE", "check_not_input", "fingerprint_digest", "is_seamfree_tiff", "remove_own_output",
+           "resolved_path", "tiff_signature"]
 
 # Key in the shaped metadata of the TIFFs seamfree writes: how --overwrite knows a TIFF is its own.
 TIFF_SIGNATURE = "seamfree"
@@ -26,15 +31,25 @@ def resolved_path(path: str | None) -> str | None:
     return os.path.realpath(path)
 
 
-def is_seamfree_tiff(path: Path) -> bool:
-    """Whether ``path`` is a TIFF that seamfree wrote (its shaped metadata carries seamfree's signature)."""
+def fingerprint_digest(fingerprint: dict[str, Any]) -> str:
+    """Return the sha256 of a prediction's fingerprint: the signature a TIFF output carries."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+
+
+def tiff_signature(path: Path) -> Any:
+    """Return seamfree's signature in the TIFF ``path`` (None when it has none or is no readable TIFF)."""
     tifffile = require("tifffile", "tiff")
     try:
         with tifffile.TiffFile(str(path)) as tiff:  # type: ignore[attr-defined]
             metadata = tiff.shaped_metadata or ()
     except Exception:  # not a TIFF at all, or unreadable: certainly not ours
-        return False
-    return any(isinstance(m, dict) and m.get(TIFF_SIGNATURE) for m in metadata)
+        return None
+    return next((m.get(TIFF_SIGNATURE) for m in metadata if isinstance(m, dict) and m.get(TIFF_SIGNATURE)), None)
+
+
+def is_seamfree_tiff(path: Path) -> bool:
+    """Whether ``path`` is a TIFF that seamfree wrote (its shaped metadata carries seamfree's signature)."""
+    return tiff_signature(path) is not None
 
 
 def _describe(path: Path) -> str:

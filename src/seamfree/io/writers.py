@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 
 from seamfree.errors import ConfigError, OutputExistsError, ShapeError, require
-from seamfree.io.safety import TIFF_SIGNATURE, check_not_input, is_seamfree_tiff, remove_own_output, resolved_path
+from seamfree.io.safety import (
+    TIFF_SIGNATURE,
+    check_not_input,
+    fingerprint_digest,
+    is_seamfree_tiff,
+    remove_own_output,
+    resolved_path,
+    tiff_signature,
+)
 
 __all__ = ["ArrayOutput", "OutputTarget", "TiffOutput", "ZarrBlockWriter", "ZarrOutput", "check_not_input",
            "create_output", "output_format", "resolved_path"]
@@ -159,16 +167,20 @@ class ZarrOutput(_MarkedOutput):
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.marker_root = path / MARKER_DIR
+        self.chunks = (self.shape[0], *chunks)
         if overwrite and path.exists():
             remove_own_output(path, written_by_seamfree=(path / MARKER_DIR / "fingerprint.json").is_file())
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()  # an empty folder: a creation killed before its first file (nothing to lose)
         if path.exists():
             self.group = self._reopen(zarr)
         else:
-            self.group = zarr.open_group(str(path), mode="w-")  # type: ignore[attr-defined]
-            self.group.create_array("0", shape=self.shape, dtype=self.dtype, chunks=(self.shape[0], *chunks),
-                                    fill_value=0)
-            self.group.attrs.update({"ome": _ome_metadata(len(shape) - 1, scale),
-                                     "seamfree": {"status": "incomplete"}})
+            # the group's metadata, seamfree's mark included, is one file written at once: a run killed at any
+            # moment leaves either no group or one that says it is seamfree's and incomplete
+            self.group = zarr.open_group(str(path), mode="w-", attributes={  # type: ignore[attr-defined]
+                "ome": _ome_metadata(len(shape) - 1, scale), "seamfree": {"status": "incomplete"}})
+        if "0" not in self.group:  # new, or a creation killed before its array
+            self.group.create_array("0", shape=self.shape, dtype=self.dtype, chunks=self.chunks, fill_value=0)
         self.array = self.group["0"]
         self._init_markers(fingerprint)
 
@@ -184,11 +196,13 @@ class ZarrOutput(_MarkedOutput):
                 f"output {str(self.path)!r} exists and is not a seamfree prediction; choose another path "
                 "(seamfree never overwrites data it did not write; CLI --overwrite deletes it)"
             ) from exc
-        if "seamfree" not in group.attrs or "0" not in group:
+        if "seamfree" not in group.attrs:
             raise OutputExistsError(
                 f"output {str(self.path)!r} exists and was not written by seamfree; choose another path "
                 "or delete it (CLI --overwrite)"
             )
+        if "0" not in group:
+            return group
         array = group["0"]
         if tuple(array.shape) != self.shape or np.dtype(array.dtype) != self.dtype:
             raise OutputExistsError(
@@ -262,6 +276,9 @@ class TiffOutput(_MarkedOutput):
             if (self.marker_root / "fingerprint.json").is_file():  # a partial run of ours: its files go too
                 self.partial.unlink(missing_ok=True)
                 shutil.rmtree(self.marker_root)
+        self.finished = False
+        if path.exists() and self._finished_before(fingerprint):
+            return  # renamed complete by a run killed before it removed its markers: nothing left to do
         if path.exists():
             raise OutputExistsError(f"output {str(path)!r} already exists; choose another path or pass --overwrite")
         if self.partial.exists() and (self.marker_root / "fingerprint.json").exists():
@@ -273,22 +290,32 @@ class TiffOutput(_MarkedOutput):
             shutil.rmtree(self.marker_root, ignore_errors=True)
             self.array = tifffile.memmap(  # type: ignore[attr-defined]
                 str(self.partial), shape=self.shape, dtype=self.dtype, bigtiff=True,
-                metadata={"axes": "C" + "ZYX"[-(len(shape) - 1):], TIFF_SIGNATURE: True},
+                metadata={"axes": "C" + "ZYX"[-(len(shape) - 1):], TIFF_SIGNATURE: fingerprint_digest(fingerprint)},
             )
         self._init_markers(fingerprint)
 
+    def _finished_before(self, fingerprint: dict[str, Any]) -> bool:
+        """Whether ``path`` is the complete output of this very prediction (its signature is the fingerprint's
+        digest): a rerun of a finished command, or of one killed between its rename and its last cleanup."""
+        self.finished = tiff_signature(self.path) == fingerprint_digest(fingerprint)
+        return self.finished
+
     @property
     def location(self) -> Path:
-        return self.partial
+        return self.path if self.finished else self.partial
+
+    def is_done(self, block: Sequence[int]) -> bool:
+        return self.finished or super().is_done(block)
 
     def mark_done(self, block: Sequence[int]) -> None:
         self.array.flush()
         super().mark_done(block)
 
     def finalize(self) -> Any:
-        self.array.flush()
-        del self.array
-        os.replace(self.partial, self.path)
+        if not self.finished:
+            self.array.flush()
+            del self.array
+            os.replace(self.partial, self.path)
         shutil.rmtree(self.marker_root, ignore_errors=True)
         return self.path
 
