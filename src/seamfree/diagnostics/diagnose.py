@@ -203,7 +203,7 @@ def _diagnose_region(model: nn.Module, region: np.ndarray, window: tuple[slice, 
     clock = time.perf_counter()
     dims, _, stride = model_geometry(model)
     audit = audit_norms(model)
-    rf = measure_receptive_field(model, spatial_dims=dims)
+    rf = measure_receptive_field(model, spatial_dims=dims, audit=audit)
     halo = rf.halo if config.halo == "auto" else as_axis_tuple(config.halo, dims, "halo")
     seconds["receptive_field"] = _lap(clock)
     source = open_image(region, spatial_dims=dims)

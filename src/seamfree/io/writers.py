@@ -167,7 +167,6 @@ class ZarrOutput(_MarkedOutput):
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.marker_root = path / MARKER_DIR
-        self.chunks = (self.shape[0], *chunks)
         if overwrite and path.exists():
             remove_own_output(path, written_by_seamfree=(path / MARKER_DIR / "fingerprint.json").is_file())
         if path.is_dir() and not any(path.iterdir()):
@@ -180,7 +179,8 @@ class ZarrOutput(_MarkedOutput):
             self.group = zarr.open_group(str(path), mode="w-", attributes={  # type: ignore[attr-defined]
                 "ome": _ome_metadata(len(shape) - 1, scale), "seamfree": {"status": "incomplete"}})
         if "0" not in self.group:  # new, or a creation killed before its array
-            self.group.create_array("0", shape=self.shape, dtype=self.dtype, chunks=self.chunks, fill_value=0)
+            self.group.create_array("0", shape=self.shape, dtype=self.dtype, chunks=(self.shape[0], *chunks),
+                                    fill_value=0)
         self.array = self.group["0"]
         self._init_markers(fingerprint)
 

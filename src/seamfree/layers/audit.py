@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from seamfree.layers.classify import LayerAudit, classify_layer, looks_like_norm, registry_name
+from seamfree.layers.classify import LayerAudit, classify_layer, module_layers, registry_name
 from seamfree.layers.script import audit_script_layers, graph_layers, trace_for_audit
 
 __all__ = ["LayerAudit", "NormAudit", "audit_norms", "classify_layer", "registry_name"]
@@ -56,17 +56,7 @@ def audit_norms(model: nn.Module) -> NormAudit:
     """
     if isinstance(model, torch.jit.ScriptModule):
         return _verdict(tuple(audit_script_layers(model)))
-    layers: list[LayerAudit] = []
-    for name, module in model.named_modules():
-        known = classify_layer(module)
-        if known is not None:
-            statistics, dependent, note = known
-            layers.append(LayerAudit(name or "<root>", type(module).__name__, statistics, dependent, note))
-        elif next(module.children(), None) is None and looks_like_norm(type(module).__name__):
-            layers.append(LayerAudit(
-                name or "<root>", type(module).__name__, "unknown", None,
-                "unrecognised normalization-like layer: run the exactness check to know whether it is safe",
-            ))
+    layers = module_layers(model, lambda module: (type(module).__name__, classify_layer(module)))
     traced = trace_for_audit(model)
     if traced is None:
         return _verdict(tuple(layers), graph_seen=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
@@ -12,7 +13,7 @@ from seamfree.layers.batchrenorm import BatchRenormNd
 from seamfree.layers.layernorm import ChannelLayerNorm, SpatialLayerNorm
 from seamfree.layers.registry import Statistics, norm_spec
 
-__all__ = ["LayerAudit", "classify_layer", "looks_like_norm", "registry_name"]
+__all__ = ["LayerAudit", "classify_layer", "looks_like_norm", "module_layers", "registry_name"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +110,24 @@ def looks_like_norm(class_name: str) -> bool:
     """Whether an unrecognised layer's class name says it normalizes (so it is reported as unknown)."""
     name = class_name.lower()
     return "norm" in name or "standardiz" in name or "whiten" in name
+
+
+def module_layers(
+    model: nn.Module, describe: Callable[[nn.Module], tuple[str, tuple[Statistics, bool | None, str] | None]]
+) -> list[LayerAudit]:
+    """Return the audit of every submodule of ``model`` that ``describe`` classifies, or that looks like a norm.
+
+    ``describe(module)`` gives the module's type name and its classification (None: not a known layer); an
+    unclassified leaf whose type name says it normalizes is listed as ``unknown``.
+    """
+    layers: list[LayerAudit] = []
+    for name, module in model.named_modules():
+        kind, known = describe(module)
+        if known is not None:
+            layers.append(LayerAudit(name or "<root>", kind, *known))
+        elif next(module.children(), None) is None and looks_like_norm(kind):
+            layers.append(LayerAudit(
+                name or "<root>", kind, "unknown", None,
+                "unrecognised normalization-like layer: run the exactness check to know whether it is safe",
+            ))
+    return layers

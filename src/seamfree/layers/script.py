@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from seamfree.layers.batchrenorm import BatchRenorm2d
-from seamfree.layers.classify import LayerAudit, classify_layer, looks_like_norm
+from seamfree.layers.classify import LayerAudit, classify_layer, module_layers
 from seamfree.layers.layernorm import ChannelLayerNorm, SpatialLayerNorm
 from seamfree.layers.modes import eval_mode
 from seamfree.layers.registry import Statistics
@@ -121,16 +121,12 @@ def graph_operations(
 
 def audit_script_layers(model: torch.jit.ScriptModule) -> list[LayerAudit]:
     """Return the audit of every normalization or global-context layer of a TorchScript model."""
-    layers: list[LayerAudit] = []
-    for name, module in model.named_modules():
-        original = str(getattr(module, "original_name", type(module).__name__))
+    def describe(module: nn.Module) -> tuple[str, tuple[Statistics, bool | None, str] | None]:
         stand_in = _stand_in(module)
-        known = classify_layer(stand_in) if stand_in is not None else None
-        if known is not None:
-            layers.append(LayerAudit(name or "<root>", original, *known))
-        elif next(module.children(), None) is None and looks_like_norm(original):
-            layers.append(LayerAudit(name or "<root>", original, "unknown", None,
-                                     "unrecognised normalization-like layer in a TorchScript model"))
+        return (str(getattr(module, "original_name", type(module).__name__)),
+                classify_layer(stand_in) if stand_in is not None else None)
+
+    layers = module_layers(model, describe)
     return layers + graph_layers(model, layers)
 
 

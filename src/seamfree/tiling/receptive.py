@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from seamfree.errors import ConfigError, ShapeError
-from seamfree.layers.audit import audit_norms, classify_layer
+from seamfree.layers.audit import NormAudit, audit_norms, classify_layer
 from seamfree.tiling.engine import eval_mode
 from seamfree.tiling.grid import round_up
 
@@ -205,6 +205,7 @@ def measure_receptive_field(
     spatial_dims: int | None = None,
     tolerance: float = 1e-3,
     max_extent: int = 4096,
+    audit: NormAudit | None = None,
 ) -> ReceptiveField:
     """Return the measured receptive field of ``model`` (theoretical and effective, all stride phases).
 
@@ -218,6 +219,8 @@ def measure_receptive_field(
         Relative gradient threshold of the effective receptive field.
     max_extent : int
         Largest probe length per axis; a support reaching it means global context (tile-dependent).
+    audit : NormAudit, optional
+        The model's norm audit when the caller has it (it is made otherwise).
 
     Examples
     --------
@@ -226,7 +229,7 @@ def measure_receptive_field(
     (9, 9)
     """
     dims, in_channels, stride = model_geometry(model, spatial_dims)
-    tile_dependent = audit_norms(model).verdict == "tile-dependent"
+    tile_dependent = (audit or audit_norms(model)).verdict == "tile-dependent"
     structural = _structural_copy(model, remove_tile_dependent=True)
     radius, context = [], []
     for axis in range(dims):
