@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from seamfree.errors import SeamfreeError
     from seamfree.io import open_image
     from seamfree.layers import audit_norms, convert_norm, create_norm_layer, get_norm_layer, recalibrate_norm
-    from seamfree.models import UNet, ViTSegmenter, load_model, save_model
+    from seamfree.models import ModelInfo, UNet, ViTSegmenter, describe_model, load_model, save_model
     from seamfree.tiling import (
         IntensityNormalization,
         PredictConfig,
@@ -37,6 +37,7 @@ _EXPORTS = {
     "DiagnoseConfig": "seamfree.diagnostics",
     "Diagnosis": "seamfree.diagnostics",
     "IntensityNormalization": "seamfree.tiling",
+    "ModelInfo": "seamfree.models",
     "PredictConfig": "seamfree.tiling",
     "SeamfreeError": "seamfree.errors",
     "SyntheticSpec": "seamfree.data",
@@ -47,6 +48,7 @@ _EXPORTS = {
     "audit_norms": "seamfree.layers",
     "convert_norm": "seamfree.layers",
     "create_norm_layer": "seamfree.layers",
+    "describe_model": "seamfree.models",
     "diagnose": "seamfree.diagnostics",
     "get_norm_layer": "seamfree.layers",
     "load_config": "seamfree.training",
@@ -68,6 +70,7 @@ __all__ = [
     "DiagnoseConfig",
     "Diagnosis",
     "IntensityNormalization",
+    "ModelInfo",
     "PredictConfig",
     "SeamfreeError",
     "SyntheticSpec",
@@ -79,6 +82,7 @@ __all__ = [
     "audit_norms",
     "convert_norm",
     "create_norm_layer",
+    "describe_model",
     "diagnose",
     "get_norm_layer",
     "load_config",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -103,7 +105,8 @@ def test_the_output_channel_probe_is_small_and_checks_same_size_output(rng):
     source = open_image(rng.normal(size=(300, 300)).astype(np.float32), spatial_dims=2)
     plan = plan_prediction(Recorder(), source, PredictConfig(core=256, halo=0, allow_small_halo=True,
                                                             tiles_per_batch=1))
-    assert plan.out_channels == 2 and shapes == [(1, 1, 16, 16)]  # not the 256² tile
+    # describing the model (geometry, receptive field, tile probe) runs only inputs far smaller than one tile
+    assert plan.out_channels == 2 and shapes and max(math.prod(s) for s in shapes) <= 64 * 64, shapes
 
     class Shrinks(nn.Module):
         spatial_dims = 2

@@ -16,15 +16,36 @@ from seamfree.errors import SeamfreeError
 __all__ = ["audit", "convert", "data", "demo", "diagnose", "predict", "recalibrate", "study", "train"]
 
 
+def _model_options(args: argparse.Namespace) -> dict[str, object]:
+    """The describe_model options of a command (``--spatial-dims``, ``--in-channels``, ``--output``)."""
+    return {"spatial_dims": args.spatial_dims, "in_channels": args.in_channels, "model_output": args.model_output}
+
+
 def audit(args: argparse.Namespace) -> int:
     from seamfree.layers import audit_norms
-    from seamfree.models import load_model
+    from seamfree.models import describe_model, load_model
 
-    audit = audit_norms(load_model(args.model, allow_pickle=args.allow_pickle))
+    model = load_model(args.model, allow_pickle=args.allow_pickle)
+    if args.static:
+        audit = audit_norms(model)
+        info = None
+    else:
+        info = describe_model(model, spatial_dims=args.spatial_dims, in_channels=args.in_channels,
+                              output=args.model_output)
+        audit = info.audit
     if args.json:
-        print(json.dumps(audit.to_dict(), indent=2))
+        print(json.dumps({**audit.to_dict(), "model": None if info is None else info.to_dict()}, indent=2))
         return 0
-    print(f"verdict: {audit.verdict}\n{audit.summary}")
+    print(f"verdict: {audit.verdict if info is None else info.verdict}")
+    if info is not None:
+        rf = info.receptive_field
+        print(f"evidence: {info.evidence}")
+        print(f"model: {info.kind}, {info.spatial_dims}D, {info.in_channels} → {info.out_channels} channel(s), network "
+              f"stride {info.network_stride}, receptive-field radius {rf.radius}, halo {rf.halo}"
+              + ("" if rf.linearized else " (estimated on the compiled model)"))
+        for note in info.notes:
+            print(f"note: {note}")
+    print(f"static audit: {audit.summary}")
     for layer in audit.layers:
         flag = {True: "DEPENDS ON TILE", False: "ok", None: "unknown"}[layer.tile_dependent]
         print(f"  {layer.name:40s} {layer.type:18s} {layer.statistics:13s} {flag}")
@@ -66,7 +87,8 @@ def predict(args: argparse.Namespace) -> int:
         device=args.device,
         amp=args.amp, tta=args.tta, normalization=normalization, output_kind=args.output_kind,
         threshold=args.threshold, pinned_core=args.core is not None and args.pin_core,
-        allow_small_halo=args.allow_small_halo, overwrite=args.overwrite,
+        allow_small_halo=args.allow_small_halo, overwrite=args.overwrite, activation=args.activation,
+        **_model_options(args),  # type: ignore[arg-type]
     )
     if args.workers or args.scheduler:
         from seamfree.distributed import ClusterConfig, predict_distributed
@@ -99,7 +121,7 @@ def diagnose(args: argparse.Namespace) -> int:
         core=args.core, halo=args.halo if args.halo is not None else "auto", grid_offset=args.grid_offset,
         normalization=IntensityNormalization(args.normalization), patch_size=args.patch_size,
         batch_size=args.batch_size, ted_batches=args.ted_batches, threshold=args.threshold, device=args.device,
-        seed=args.seed,
+        seed=args.seed, activation=args.activation, **_model_options(args),  # type: ignore[arg-type]
     )
     diagnosis = diagnose(model, args.image, ground_truth=args.gt, config=config, axes=args.axes,
                          name=args.name or Path(args.model).stem)
@@ -139,7 +161,8 @@ def recalibrate(args: argparse.Namespace) -> int:
     metadata = model_metadata(model)
     patch = args.patch_size or metadata.get("patch_size") or 128
     recalibrate_on_images(model, args.images, patch_size=patch, batch_size=args.batch_size, batches=args.batches,
-                          seed=args.seed, device=args.device)
+                          seed=args.seed, device=args.device, spatial_dims=args.spatial_dims,
+                          in_channels=args.in_channels, output=args.model_output)
     path = save_model(model, args.out, metadata={**metadata, "recalibrated_on": [str(i) for i in args.images]})
     print(f"wrote {path}")
     return 0

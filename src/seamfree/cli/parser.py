@@ -42,6 +42,24 @@ def _int_tuple(text: str) -> int | tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from exc
 
 
+def _output_key(text: str) -> int | str:
+    """An output index (``"1"``) or dict key (``"flows"``)."""
+    return int(text) if text.isdigit() else text
+
+
+def _add_model_options(parser: argparse.ArgumentParser, activation: bool = True) -> None:
+    """The options that describe a foreign model where its weights do not tell (see ``describe_model``)."""
+    group = parser.add_argument_group("model", "for models whose first convolution or output does not say it")
+    group.add_argument("--spatial-dims", type=int, choices=[1, 2, 3], help="2 or 3 (default: from the model)")
+    group.add_argument("--in-channels", type=int, help="input channels (default: from the first convolution)")
+    group.add_argument("--output", type=_output_key, metavar="INDEX|KEY", dest="model_output",
+                       help="which output of a model returning a tuple or dict is the segmentation")
+    if activation:
+        group.add_argument("--activation", choices=["auto", "none", "sigmoid", "softmax"], default="auto",
+                           help="applied to the output (auto: sigmoid/softmax for seamfree models and packages "
+                                "that declare it, none otherwise)")
+
+
 def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("diagnose", help="will tiling hurt this model on this image? TM, TED, seams, report")
     p.add_argument("model", type=Path)
@@ -64,6 +82,7 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="model name in the report (default: the file name)")
     p.add_argument("--allow-pickle", action="store_true")
+    _add_model_options(p)
     p.set_defaults(handler=commands.diagnose)
 
 
@@ -91,6 +110,7 @@ def _add_training(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cpu")
     r.add_argument("--allow-pickle", action="store_true")
+    _add_model_options(r, activation=False)
     r.set_defaults(handler=commands.recalibrate)
 
     d = subparsers.add_parser("demo", help="train InstanceNorm and BatchRenorm U-Nets on synthetic data and show "
@@ -158,6 +178,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tune-allocator", action="store_true",
                    help="spawn LocalCluster workers with seamfree's glibc settings: faster 3D tiles, but each worker "
                         "keeps its peak memory (give it more than --memory-limit 1GiB)")
+    _add_model_options(p)
     p.set_defaults(handler=commands.predict)
 
 
@@ -175,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("model", type=Path, help="checkpoint (seamfree, TorchScript or pickled module)")
     audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
     audit.add_argument("--allow-pickle", action="store_true", help="load a pickled nn.Module you trust")
+    audit.add_argument("--static", action="store_true",
+                       help="only the static audit of the layers (no receptive field, no tile probe)")
+    _add_model_options(audit, activation=False)
     audit.set_defaults(handler=commands.audit)
 
     convert = subparsers.add_parser("convert", help="convert a model's BatchNorm layers to BatchRenorm (exact)")

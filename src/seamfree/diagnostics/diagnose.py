@@ -27,22 +27,17 @@ from seamfree.diagnostics.seams import SeamScore, seam_score
 from seamfree.errors import ConfigError, ShapeError
 from seamfree.io.readers import open_image
 from seamfree.io.writers import ArrayOutput
-from seamfree.layers.audit import NormAudit, audit_norms
+from seamfree.layers.audit import NormAudit
 from seamfree.metrics import binarize, dice, masks_from_ground_truth
 from seamfree.models.checkpoint import model_metadata
-from seamfree.tiling.engine import output_channels, read_window, run_tiles
+from seamfree.models.describe import ModelInfo, describe_model
+from seamfree.models.receptive import ReceptiveField
+from seamfree.tiling.engine import read_window, run_tiles
 from seamfree.tiling.grid import TileGrid, as_axis_tuple
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
 from seamfree.tiling.plan import PredictConfig, check_model_input, plan_prediction
-from seamfree.tiling.receptive import (
-    ReceptiveField,
-    TilingSuggestion,
-    default_memory_budget,
-    measure_receptive_field,
-    model_geometry,
-    suggest_tiling,
-)
 from seamfree.tiling.sinks import CropSink
+from seamfree.tiling.suggest import TilingSuggestion, default_memory_budget, suggest_tiling
 
 __all__ = ["DiagnoseConfig", "Diagnosis", "diagnose"]
 
@@ -79,6 +74,11 @@ class DiagnoseConfig:
         Larger images are diagnosed on a central region of about this many voxels.
     region : tuple of (start, stop), optional
         Explicit region (image coordinates) instead of the central one.
+    spatial_dims, in_channels : int, optional
+        The model's input, for models whose first convolution does not tell (CLI ``--spatial-dims``,
+        ``--in-channels``).
+    model_output : int or str, optional
+        Index or key of the segmentation among a tuple/dict model output (CLI ``--output``).
     memory_budget : int, optional
         Bytes for the whole-image forward of the exactness check (default as for ``predict``).
     device : str
@@ -102,6 +102,9 @@ class DiagnoseConfig:
     memory_budget: int | None = None
     device: str = "cpu"
     seed: int = 0
+    spatial_dims: int | None = None
+    in_channels: int | None = None
+    model_output: int | str | None = None
     offset: int | tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +135,7 @@ class Diagnosis:
     seconds: dict[str, float]
     image: np.ndarray = field(repr=False, compare=False)
     prediction: np.ndarray = field(repr=False, compare=False)
+    model: ModelInfo | None = None
 
     def to_dict(self) -> dict[str, Any]:
         suggestion = self.suggested_tiling
@@ -145,6 +149,7 @@ class Diagnosis:
                                  "tiles_per_batch": suggestion.tiles_per_batch,
                                  "compute_ratio": suggestion.compute_ratio},
             "dice": self.dice, "seconds": self.seconds,
+            "model": None if self.model is None else self.model.to_dict(),
         }
 
 
@@ -184,35 +189,37 @@ def diagnose(
     ('tiling artifacts', 0.0)
     """
     config = config or DiagnoseConfig()
-    dims, in_channels, stride = model_geometry(model)
+    info = describe_model(model, spatial_dims=config.spatial_dims, in_channels=config.in_channels,
+                          output=config.model_output, activation=config.activation)
+    dims = info.spatial_dims
     with open_image(image, spatial_dims=dims, axes=axes) as source:
-        check_model_input(source, in_channels, dims)
-        output_channels(model, in_channels, stride, config.device)  # a clear error before any real work
+        check_model_input(source, info.in_channels, dims)
         normalization = compute_normalization(source, config.normalization)
         window = _region(source.spatial_shape, config)
         region = read_window(source, window)
         full_shape = source.spatial_shape
     gt = _ground_truth(ground_truth, full_shape, window, dims)
-    return _diagnose_region(model, region, window, full_shape, gt, normalization, config, name)
+    return _diagnose_region(model, info, region, window, full_shape, gt, normalization, config, name)
 
 
-def _diagnose_region(model: nn.Module, region: np.ndarray, window: tuple[slice, ...], full_shape: tuple[int, ...],
-                     gt: np.ndarray | None, normalization: IntensityNormalization, config: DiagnoseConfig,
-                     name: str) -> Diagnosis:
+def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, window: tuple[slice, ...],
+                     full_shape: tuple[int, ...], gt: np.ndarray | None, normalization: IntensityNormalization,
+                     config: DiagnoseConfig, name: str) -> Diagnosis:
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    dims, _, stride = model_geometry(model)
-    audit = audit_norms(model)
-    rf = measure_receptive_field(model, spatial_dims=dims, audit=audit)
+    dims, stride = info.spatial_dims, info.network_stride
+    audit, rf = info.audit, info.receptive_field
     halo = rf.halo if config.halo == "auto" else as_axis_tuple(config.halo, dims, "halo")
     seconds["receptive_field"] = _lap(clock)
     source = open_image(region, spatial_dims=dims)
-    grid_a, grid_b = _grids(model, source.spatial_shape, halo, stride, rf, config)
+    grid_a, grid_b = _grids(model, info, source.spatial_shape, halo, config)
     predict_config = PredictConfig(core=grid_a.core, halo=grid_a.halo, normalization=normalization,
                                    activation=config.activation, threshold=config.threshold,
-                                   device=config.device, allow_small_halo=True, tiles_per_batch=1)
+                                   device=config.device, allow_small_halo=True, tiles_per_batch=1,
+                                   spatial_dims=config.spatial_dims, in_channels=config.in_channels,
+                                   model_output=config.model_output)
     clock = time.perf_counter()
-    plan = plan_prediction(model, source, predict_config, normalization)
+    plan = plan_prediction(model, source, predict_config, normalization, info=info)
     activation = plan.activation
     first = np.zeros(plan.output_shape, np.float32)
     run_tiles(model, plan, source, list(grid_a.tiles()), CropSink(ArrayOutput(first), plan.output))
@@ -226,12 +233,13 @@ def _diagnose_region(model: nn.Module, region: np.ndarray, window: tuple[slice, 
     patch, batch_size = _training_batch(model, dims, config)
     disparity = train_eval_disparity(model, source, normalization=normalization, patch_size=patch,
                                      batch_size=batch_size, batches=config.ted_batches, ground_truth=gt,
-                                     runtime=plan.runtime, threshold=config.threshold, seed=config.seed)
+                                     runtime=plan.runtime, threshold=config.threshold, seed=config.seed,
+                                     info=info)
     seconds["train_eval_disparity"] = _lap(clock)
     clock = time.perf_counter()
     budget = config.memory_budget or default_memory_budget(config.device)
     exactness = exactness_check(model, source, first, config=predict_config,
-                                region=whole_forward_crop(model, source.spatial_shape, budget))
+                                region=whole_forward_crop(model, source.spatial_shape, budget, info))
     seconds["exactness"] = _lap(clock)
     dice_tiled = None
     if gt is not None:
@@ -239,7 +247,7 @@ def _diagnose_region(model: nn.Module, region: np.ndarray, window: tuple[slice, 
         predicted = binarize(first, activation=activation, threshold=config.threshold)
         dice_tiled = float(np.mean([dice(predicted[c], masks[c]) for c in range(first.shape[0])]))
     suggestion = suggest_tiling(model, full_shape, memory_budget=config.memory_budget, device=config.device,
-                                receptive_field=rf)
+                                info=info)
     geometry = {
         "image_shape": list(full_shape), "region": [[w.start, w.stop] for w in window],
         "core": list(grid_a.core), "halo": list(grid_a.halo), "grid_offset": [c // 2 for c in grid_a.core]
@@ -250,7 +258,7 @@ def _diagnose_region(model: nn.Module, region: np.ndarray, window: tuple[slice, 
     }
     advice = recommend(audit, rf, grid_a.halo, mismatch, disparity, seams, exactness, suggestion)
     return Diagnosis(name, audit, rf, geometry, mismatch, disparity, seams, exactness, advice, suggestion,
-                     dice_tiled, seconds, region, first)
+                     dice_tiled, seconds, region, first, info)
 
 
 def _lap(start: float) -> float:
@@ -286,12 +294,12 @@ def _ground_truth(ground_truth: Any, shape: tuple[int, ...], window: tuple[slice
     return gt[0] if gt.shape[0] == 1 else gt
 
 
-def _grids(model: nn.Module, shape: tuple[int, ...], halo: tuple[int, ...], stride: tuple[int, ...],
-           rf: ReceptiveField, config: DiagnoseConfig) -> tuple[TileGrid, TileGrid]:
-    dims = len(shape)
+def _grids(model: nn.Module, info: ModelInfo, shape: tuple[int, ...], halo: tuple[int, ...],
+           config: DiagnoseConfig) -> tuple[TileGrid, TileGrid]:
+    dims, stride = len(shape), info.network_stride
     if config.core is None:
         suggested = suggest_tiling(model, shape, memory_budget=config.memory_budget, device=config.device,
-                                   receptive_field=replace(rf, radius=halo)).core
+                                   receptive_field=replace(info.receptive_field, radius=halo), info=info).core
         core = tuple(min(c, max(s, n // 2 // s * s)) for c, n, s in zip(suggested, shape, stride))
     else:
         core = as_axis_tuple(config.core, dims, "core")

@@ -13,6 +13,7 @@ norms without running statistics (the same computation in both modes).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from dataclasses import dataclass
@@ -27,10 +28,10 @@ from seamfree.config import deprecated_alias
 from seamfree.errors import ConfigError
 from seamfree.io.readers import ImageSource
 from seamfree.metrics import binarize, dice, masks_from_ground_truth
+from seamfree.models.describe import ModelInfo, describe_model
 from seamfree.tiling.engine import eval_mode, forward_batch, read_window, resolve_activation
 from seamfree.tiling.grid import as_axis_tuple
 from seamfree.tiling.normalize import IntensityNormalization
-from seamfree.tiling.receptive import model_geometry
 from seamfree.tiling.specs import RuntimeSpec
 
 __all__ = ["TrainEvalDisparity", "batch_statistics_copy", "train_eval_disparity"]
@@ -89,10 +90,14 @@ def batch_statistics_copy(model: nn.Module) -> tuple[nn.Module, int]:
     twin.train()
     count = 0
     for module in twin.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd | nn.Dropout):
+        name = str(getattr(module, "original_name", type(module).__name__))  # TorchScript keeps the class name
+        if isinstance(module, nn.modules.dropout._DropoutNd | nn.Dropout) or name.startswith(("Dropout", "Alpha")):
             module.eval()
-        if isinstance(module, _NormBase) and module.track_running_stats:
-            module.momentum = 0.0
+        statistics = isinstance(module, _NormBase) or name.startswith(("BatchNorm", "SyncBatchNorm", "InstanceNorm"))
+        if statistics and bool(getattr(module, "track_running_stats", False)):
+            # a compiled constant stays: the copy's running statistics drift, which its outputs never read
+            with contextlib.suppress(AttributeError, RuntimeError, TypeError):
+                module.momentum = 0.0  # type: ignore[assignment]
             count += 1
     return twin, count
 
@@ -112,8 +117,8 @@ def _patch_origins(shape: tuple[int, ...], patch: tuple[int, ...], count: int, s
     return [tuple(int(rng.integers(0, n - p + 1)) for n, p in zip(shape, patch)) for _ in range(count)]
 
 
-def _patch_size(model: nn.Module, source: ImageSource, patch_size: int | tuple[int, ...]) -> tuple[int, ...]:
-    dims, _, stride = model_geometry(model)
+def _patch_size(info: ModelInfo, source: ImageSource, patch_size: int | tuple[int, ...]) -> tuple[int, ...]:
+    dims, stride = info.spatial_dims, info.network_stride
     patch = as_axis_tuple(patch_size, dims, "patch_size")
     fitted = tuple(max(s, min(p, n) // s * s) for p, n, s in zip(patch, source.spatial_shape, stride))
     if any(f > n for f, n in zip(fitted, source.spatial_shape)):
@@ -140,18 +145,21 @@ def train_eval_disparity(
     runtime: RuntimeSpec | None = None,
     threshold: float = 0.5,
     seed: int = 0,
+    info: ModelInfo | None = None,
 ) -> TrainEvalDisparity:
     """Return the train/eval disparity of ``model`` on random training-like batches of ``source``.
 
     ``normalization`` must be resolved (global statistics); ``ground_truth`` (spatial shape of the image)
     adds ΔDice; ``runtime`` gives the device, precision and activation ("auto" is resolved for the model) and
-    ``threshold`` binarizes probabilities. The model's parameters, buffers and mode are unchanged afterwards.
+    ``threshold`` binarizes probabilities; ``info``: the model's description (made if not given). The model's
+    parameters, buffers and mode are unchanged afterwards.
     """
     runtime = runtime or RuntimeSpec(activation="auto")
+    info = info or describe_model(model, output=runtime.output, probe=False)
     if batch_size < 1 or batches < 1:
         raise ConfigError(f"batch_size and batches must be >= 1, got {batch_size} and {batches}")
-    patch = _patch_size(model, source, patch_size)
-    runtime = runtime.resolved(resolve_activation(model, runtime.activation))
+    patch = _patch_size(info, source, patch_size)
+    runtime = runtime.resolved(resolve_activation(model, runtime.activation), info.output)
     twin, count = batch_statistics_copy(model)
     counters = _counters(twin)
     eval_outputs: list[np.ndarray] = []

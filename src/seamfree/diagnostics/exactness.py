@@ -12,10 +12,11 @@ from torch import nn
 
 from seamfree.io.readers import ImageSource
 from seamfree.metrics import binarize
+from seamfree.models.describe import ModelInfo, describe_model
 from seamfree.tiling.engine import read_window, resolve_activation
 from seamfree.tiling.plan import PredictConfig
 from seamfree.tiling.predict import predict, predict_whole
-from seamfree.tiling.receptive import activation_bytes_per_voxel, model_geometry
+from seamfree.tiling.suggest import activation_bytes_per_voxel
 
 __all__ = ["ExactnessCheck", "exactness_check", "whole_forward_crop"]
 
@@ -53,9 +54,11 @@ class ExactnessCheck:
                 "tolerance": self.tolerance, "region": [[s.start, s.stop] for s in self.region]}
 
 
-def whole_forward_crop(model: nn.Module, spatial_shape: tuple[int, ...], memory_budget: int) -> tuple[slice, ...]:
+def whole_forward_crop(model: nn.Module, spatial_shape: tuple[int, ...], memory_budget: int,
+                       info: ModelInfo | None = None) -> tuple[slice, ...]:
     """Return the largest origin-anchored region whose whole-image forward fits ``memory_budget`` bytes."""
-    _, in_channels, stride = model_geometry(model)
+    info = info or describe_model(model, probe=False)
+    in_channels, stride = info.in_channels, info.network_stride
     per_voxel = activation_bytes_per_voxel(model, in_channels, stride)
     shape = list(spatial_shape)
     while math.prod(shape) * per_voxel > memory_budget and max(shape) > 2 * max(stride):
@@ -83,7 +86,7 @@ def exactness_check(
     region = region or whole_region
     crop = read_window(source, region)
     whole = predict_whole(model, crop, normalization=config.normalization, activation=config.activation,
-                          device=config.device)
+                          device=config.device, output=config.model_output)
     if tiled is None or region != whole_region:
         tiled = predict(model, crop, config=config)
     else:

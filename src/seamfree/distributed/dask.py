@@ -40,8 +40,7 @@ from seamfree.models.checkpoint import load_model
 from seamfree.tiling.engine import run_tiles
 from seamfree.tiling.grid import Tile
 from seamfree.tiling.normalize import IntensityNormalization, SlabStatistics, iter_slabs
-from seamfree.tiling.plan import PredictConfig, PredictionPlan, plan_prediction
-from seamfree.tiling.receptive import model_geometry
+from seamfree.tiling.plan import PredictConfig, PredictionPlan, describe, plan_prediction
 from seamfree.tiling.sinks import CropSink
 
 __all__ = ["ClusterConfig", "DistributedReport", "predict_distributed", "start_local_cluster"]
@@ -264,13 +263,14 @@ def predict_distributed(
         raise DataError(f"model file {str(model_path)!r} not found; workers load the model from a file")
     started = time.perf_counter()
     net = load_model(model_path)
-    dims, _, _ = model_geometry(net)
+    info = describe(net, config)
+    dims = info.spatial_dims
     image_path = os.fspath(image)
     with output_lock(output), open_image(image_path, spatial_dims=dims, axes=axes) as source:
         client, local = _client(cluster)
         try:
             normalization = _normalization(client, str(image_path), axes, source, dims, config.normalization)
-            plan = plan_prediction(net, source, config, normalization)
+            plan = plan_prediction(net, source, config, normalization, info=info)
             _check_input(source, plan)
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
                                    fingerprint=plan.fingerprint, scale=source.scale, overwrite=config.overwrite,

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 MARKER_DIR = ".seamfree"
 # Fingerprint keys added after the first release (absent from older outputs, which still resume).
-ADDED_KEYS = ("runtime",)
+ADDED_KEYS = ("runtime", "model_output")
 
 
 def _block_name(block: Sequence[int]) -> str:

@@ -40,13 +40,15 @@ class NormAudit:
         }
 
 
-def audit_norms(model: nn.Module) -> NormAudit:
+def audit_norms(model: nn.Module, example: torch.Tensor | None = None) -> NormAudit:
     """Return the normalization audit of ``model``: per-layer statistics, tile dependence and a verdict.
 
     Recognises torch's BatchNorm/SyncBatchNorm/InstanceNorm/GroupNorm/LayerNorm (with and without tracked
     statistics), seamfree's layers, attention and adaptive pooling (global context). Unknown leaf modules
     whose class name says "norm" are reported as ``unknown`` rather than ignored. TorchScript models (scripted
-    or traced) are audited from their compiled submodules and graph (:mod:`seamfree.layers.script`).
+    or traced) are audited from their compiled submodules and graph (:mod:`seamfree.layers.script`); other
+    modules are traced on ``example`` (default: a small input shaped for their first convolution) so that the
+    operations their forward calls as functions are seen too.
 
     Examples
     --------
@@ -57,7 +59,7 @@ def audit_norms(model: nn.Module) -> NormAudit:
     if isinstance(model, torch.jit.ScriptModule):
         return _verdict(tuple(audit_script_layers(model)))
     layers = module_layers(model, lambda module: (type(module).__name__, classify_layer(module)))
-    traced = trace_for_audit(model)
+    traced = trace_for_audit(model, example)
     if traced is None:
         return _verdict(tuple(layers), graph_seen=False)
     return _verdict(tuple(layers + graph_layers(traced, layers)))

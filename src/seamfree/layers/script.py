@@ -148,17 +148,18 @@ def graph_layers(compiled: torch.jit.ScriptModule, listed: list[LayerAudit]) -> 
     return extra
 
 
-def trace_for_audit(model: nn.Module) -> torch.jit.ScriptModule | None:
-    """Return ``model`` traced in eval mode on a small zero input, or None if that input cannot be inferred
-    (no convolution) or tracing fails: then the functional operations of its forward stay unseen."""
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)), None)
-    if first is None:
-        return None
-    dims = len(first.kernel_size)
-    probe = torch.zeros((1, first.in_channels, *(64 if dims < 3 else 32,) * dims), device=first.weight.device)
+def trace_for_audit(model: nn.Module, example: torch.Tensor | None = None) -> torch.jit.ScriptModule | None:
+    """Return ``model`` traced in eval mode on ``example`` (default: a small zero input shaped for its first
+    convolution), or None if no input can be inferred or tracing fails: its functional operations stay unseen."""
+    if example is None:
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)), None)
+        if first is None:
+            return None
+        dims = len(first.kernel_size)
+        example = torch.zeros((1, first.in_channels, *(64 if dims < 3 else 32,) * dims), device=first.weight.device)
     try:
         with warnings.catch_warnings(), torch.no_grad(), eval_mode(model):
             warnings.simplefilter("ignore")  # tracer warnings about data-dependent control flow
-            return torch.jit.trace(model, probe, check_trace=False, strict=False)
+            return torch.jit.trace(model, example, check_trace=False, strict=False)
     except Exception:  # any model code can fail on a probe; the audit then says what it could not see
         return None

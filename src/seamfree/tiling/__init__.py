@@ -6,20 +6,16 @@ into an output) and :mod:`~seamfree.tiling.predict` (the verbs that tie them tog
 """
 
 from seamfree.allocator import tune_cpu_allocator
+from seamfree.models.receptive import ReceptiveField, measure_receptive_field
 from seamfree.tiling.blend import BlendAccumulator, weight_window
 from seamfree.tiling.engine import eval_mode, forward_batch, predict_batches, read_window, resolve_activation, run_tiles
 from seamfree.tiling.grid import Tile, TileGrid, as_axis_tuple
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
 from seamfree.tiling.plan import PredictConfig, PredictionPlan, TilingSpec, plan_prediction
 from seamfree.tiling.predict import PredictionReport, predict, predict_tiles, predict_whole
-from seamfree.tiling.receptive import (
-    ReceptiveField,
-    TilingSuggestion,
-    measure_receptive_field,
-    suggest_tiling,
-)
 from seamfree.tiling.sinks import BlendSink, CropSink, TileSink, sink_for
 from seamfree.tiling.specs import OutputSpec, RuntimeSpec
+from seamfree.tiling.suggest import TilingSuggestion, suggest_tiling
 
 __all__ = [
     "BlendAccumulator",

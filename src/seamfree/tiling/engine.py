@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from seamfree.errors import ConfigError, DataError, ShapeError
+from seamfree.errors import ConfigError, DataError
 from seamfree.io.readers import ImageSource
 from seamfree.layers.modes import eval_mode
+from seamfree.models.describe import resolve_activation, select_output
 from seamfree.tiling.grid import Tile
 from seamfree.tiling.normalize import IntensityNormalization
 from seamfree.tiling.specs import RuntimeSpec
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = [
     "eval_mode",
     "forward_batch",
-    "output_channels",
     "predict_batches",
     "read_window",
     "resolve_activation",
@@ -58,16 +58,6 @@ def read_window(source: ImageSource, window: Sequence[slice]) -> np.ndarray:
     if any(p[1] for p in pads):
         data = np.pad(data, [(0, 0), *pads], mode="reflect" if min(data.shape[1:]) > 1 else "edge")
     return data[(slice(None), *(slice(o, o + w.stop - w.start) for o, w in zip(offsets, window)))]
-
-
-def resolve_activation(model: nn.Module, activation: str) -> str:
-    """Return the activation applied to the model output ("auto": sigmoid/softmax for seamfree logits)."""
-    if activation != "auto":
-        return activation
-    config = getattr(model, "config", None)
-    if isinstance(config, dict) and config.get("final_activation", None) is None and "out_channels" in config:
-        return "sigmoid" if int(config["out_channels"]) == 1 else "softmax"
-    return "none"
 
 
 def _activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
@@ -98,30 +88,11 @@ def forward_batch(model: nn.Module, batch: np.ndarray, runtime: RuntimeSpec) -> 
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
         for dims in flips:
             flipped = torch.flip(x, dims) if dims else x
-            y = _activate(model(flipped).float(), runtime.activation)
+            y = _activate(select_output(model(flipped), runtime.output).float(), runtime.activation)
             y = torch.flip(y, dims) if dims else y
             total = y if total is None else total + y
     assert total is not None  # at least one flip (the identity) always runs
     return (total / len(flips)).cpu().numpy()
-
-
-@torch.inference_mode()
-def output_channels(model: nn.Module, in_channels: int, network_stride: tuple[int, ...], device: str) -> int:
-    """Return the model's output channels from one forward of a small probe; ShapeError unless same-size.
-
-    The probe is two network strides (at least 16 voxels) per axis: what a full tile would tell, at a fraction
-    of its cost.
-    """
-    probe = torch.zeros((1, in_channels, *(max(2 * s, 16) for s in network_stride)), device=device)
-    with eval_mode(model):
-        out = model(probe)
-    if not isinstance(out, torch.Tensor) or out.shape[2:] != probe.shape[2:]:
-        shape = tuple(out.shape[2:]) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ShapeError(
-            f"the model's output spatial shape {shape} differs from its input {tuple(probe.shape[2:])}; "
-            "tiled prediction needs a model that predicts every input voxel, e.g. a U-Net with 'same' padding"
-        )
-    return int(out.shape[1])
 
 
 def _prefetch(source: ImageSource, tiles: Iterator[Tile], normalization: IntensityNormalization,

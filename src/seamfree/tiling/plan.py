@@ -24,12 +24,13 @@ from seamfree.errors import ConfigError, HaloError, ShapeError
 from seamfree.io.readers import ImageSource
 from seamfree.io.safety import resolved_path
 from seamfree.models.checkpoint import check_device
+from seamfree.models.describe import ModelInfo, describe_model
+from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.blend import BlendWindow
-from seamfree.tiling.engine import eval_mode, output_channels, resolve_activation
 from seamfree.tiling.grid import TileGrid, as_axis_tuple, round_up
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
-from seamfree.tiling.receptive import ReceptiveField, measure_receptive_field, model_geometry, suggest_tiling
 from seamfree.tiling.specs import Activation, OutputKind, OutputSpec, RuntimeSpec, Stitching
+from seamfree.tiling.suggest import suggest_tiling
 
 __all__ = [
     "PredictConfig",
@@ -43,8 +44,10 @@ logger = logging.getLogger(__name__)
 
 # Settings that do not change a single output value, or that the plan records in its own terms (the grid and the
 # resolved statistics): left out of the fingerprint, so that a resume may use another device or tiles per batch.
+# The model's geometry (spatial_dims, in_channels) changes nothing it computes; the selected output is recorded
+# as the fingerprint's "model_output" entry.
 _NOT_FINGERPRINTED = ("device", "tiles_per_batch", "batch_size", "overwrite", "normalization", "memory_budget",
-                      "amp")
+                      "amp", "spatial_dims", "in_channels", "model_output")
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,11 @@ class PredictConfig:
     grid_offset : int or tuple
         Shift of the core boundaries (crop stitching), see :meth:`TileGrid.create`; diagnostics use it to put
         the seams elsewhere.
+    spatial_dims, in_channels : int, optional
+        The model's input, for models whose first convolution does not tell (CLI ``--spatial-dims``,
+        ``--in-channels``).
+    model_output : int or str, optional
+        Index or key of the segmentation among a tuple/dict model output (CLI ``--output``).
     batch_size : int, optional
         Deprecated name of ``tiles_per_batch``.
     """
@@ -128,6 +136,9 @@ class PredictConfig:
     allow_small_halo: bool = False
     overwrite: bool = False
     grid_offset: int | tuple[int, ...] = 0
+    spatial_dims: int | None = None
+    in_channels: int | None = None
+    model_output: int | str | None = None
     batch_size: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -148,7 +159,7 @@ class PredictConfig:
     @property
     def runtime(self) -> RuntimeSpec:
         """How a batch runs (``activation`` may still be "auto": the plan resolves it for the model)."""
-        return RuntimeSpec(self.device, self.amp, self.tta, self.activation)
+        return RuntimeSpec(self.device, self.amp, self.tta, self.activation, self.model_output)
 
     @property
     def output(self) -> OutputSpec:
@@ -174,6 +185,7 @@ class PredictionPlan:
     out_channels: int
     normalization: IntensityNormalization
     fingerprint: dict[str, Any]
+    model: ModelInfo | None = None
 
     @property
     def activation(self) -> str:
@@ -205,42 +217,47 @@ def check_model_input(source: ImageSource, in_channels: int, spatial_dims: int) 
         )
 
 
+def describe(model: nn.Module, config: PredictConfig) -> ModelInfo:
+    """The model's description with the config's geometry, output and activation options."""
+    return describe_model(model, spatial_dims=config.spatial_dims, in_channels=config.in_channels,
+                          output=config.model_output, activation=config.activation)
+
+
 def plan_prediction(model: nn.Module, source: ImageSource, config: PredictConfig,
-                    normalization: IntensityNormalization | None = None) -> PredictionPlan:
-    """Return the plan of a tiled prediction of ``source`` (``normalization``: statistics already computed)."""
+                    normalization: IntensityNormalization | None = None,
+                    info: ModelInfo | None = None) -> PredictionPlan:
+    """Return the plan of a tiled prediction of ``source`` (``normalization``: statistics already computed;
+    ``info``: the model's description, made from the config's options if not given)."""
     check_device(config.device)
-    dims, in_channels, stride = model_geometry(model)
-    check_model_input(source, in_channels, dims)
+    info = info or describe(model, config)
+    check_model_input(source, info.in_channels, info.spatial_dims)
     normalization = normalization or compute_normalization(source, config.normalization)
-    with eval_mode(model):
-        grid, rf, tiles_per_batch = _resolve_grid(model, source, config.tiling, stride, config.device)
-        _check_halo_vs_rf(grid, rf, model, config.tiling)
-        runtime = config.runtime.resolved(resolve_activation(model, config.activation))
-        out_channels = output_channels(model, in_channels, stride, config.device)
+    grid, rf, tiles_per_batch = _resolve_grid(model, info, source, config.tiling, config.device)
+    _check_halo_vs_rf(grid, info.receptive_field, config.tiling)
+    runtime = config.runtime.resolved(info.activation, info.output)
     return PredictionPlan(grid, rf, tiles_per_batch, runtime, config.output, config.stitching, config.blend_window,
-                          out_channels, normalization,
-                          _fingerprint(source, model, config, grid, normalization, runtime.activation,
-                                       tiles_per_batch))
+                          info.out_channels, normalization,
+                          _fingerprint(source, info, config, grid, normalization, runtime, tiles_per_batch), info)
 
 
-def _resolve_grid(model: nn.Module, source: ImageSource, tiling: TilingSpec, stride: tuple[int, ...],
+def _resolve_grid(model: nn.Module, info: ModelInfo, source: ImageSource, tiling: TilingSpec,
                   device: str) -> tuple[TileGrid, ReceptiveField | None, int]:
-    dims = source.spatial_dims
+    dims, stride = source.spatial_dims, info.network_stride
     rf = None
     if tiling.halo == "auto":
-        rf = measure_receptive_field(model, spatial_dims=dims)
+        rf = info.receptive_field
         halo = rf.halo
-        if rf.tile_dependent:
+        if info.tile_dependent:
             logger.warning(
-                "this model's normalization depends on the tile: tiled prediction cannot be exact and "
-                "seams are expected (run `seamfree diagnose`); halo %s covers only edge effects", halo
+                "this model's predictions depend on the tile (%s): tiled prediction cannot be exact and seams are "
+                "expected (run `seamfree diagnose`); halo %s covers only edge effects", info.evidence, halo
             )
     else:
         halo = as_axis_tuple(tiling.halo, dims, "halo")
     core, tiles_per_batch = tiling.core, tiling.tiles_per_batch
     if core is None or tiles_per_batch is None:
         suggestion = suggest_tiling(model, source.spatial_shape, memory_budget=tiling.memory_budget, device=device,
-                                    receptive_field=rf or ReceptiveField(halo, halo, stride, False, 0.0))
+                                    receptive_field=rf or ReceptiveField(halo, halo, stride, False, 0.0), info=info)
         core = suggestion.core if core is None else core
         tiles_per_batch = suggestion.tiles_per_batch if tiles_per_batch is None else tiles_per_batch
     core_t = as_axis_tuple(core, dims, "core")
@@ -253,10 +270,9 @@ def _resolve_grid(model: nn.Module, source: ImageSource, tiling: TilingSpec, str
     return grid, rf, int(tiles_per_batch)
 
 
-def _check_halo_vs_rf(grid: TileGrid, rf: ReceptiveField | None, model: nn.Module, tiling: TilingSpec) -> None:
+def _check_halo_vs_rf(grid: TileGrid, measured: ReceptiveField, tiling: TilingSpec) -> None:
     if tiling.stitching != "crop" or tiling.allow_small_halo or tiling.halo == "auto":
         return
-    measured = rf or measure_receptive_field(model, spatial_dims=grid.spatial_dims)
     small = [h < r and c + 2 * h < p for h, r, c, p in zip(grid.halo, measured.halo, grid.core,
                                                             grid.padded_shape)]
     if any(small):
@@ -267,24 +283,23 @@ def _check_halo_vs_rf(grid: TileGrid, rf: ReceptiveField | None, model: nn.Modul
         )
 
 
-def _fingerprint(source: ImageSource, model: nn.Module, config: PredictConfig, grid: TileGrid,
-                 normalization: IntensityNormalization, activation: str, tiles_per_batch: int) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+def _fingerprint(source: ImageSource, info: ModelInfo, config: PredictConfig, grid: TileGrid,
+                 normalization: IntensityNormalization, runtime: RuntimeSpec, tiles_per_batch: int) -> dict[str, Any]:
     sample = source.read(tuple(slice(0, min(s, 64)) for s in source.spatial_shape))
     settings = {k: v for k, v in asdict(config).items() if k not in _NOT_FINGERPRINTED}
-    return {
+    fingerprint = {
         "input": {"path": resolved_path(source.path), "shape": list(source.shape), "dtype": str(source.dtype),
                   "sample_sha256": hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest()},
-        "model": digest.hexdigest(),
+        "model": info.digest,
         "settings": json.loads(json.dumps(settings, default=str)),
         "grid": {"core": list(grid.core), "halo": list(grid.halo), "overlap": list(grid.overlap)},
         "normalization": normalization.to_dict(),
-        "activation": activation,
+        "activation": runtime.activation,
         # batches of another size run other convolution kernels (last-bit differences, ~1e-7), and bfloat16
         # autocast changes values: a resume must use the same, or it would stitch two computations
         "runtime": {"tiles_per_batch": tiles_per_batch,
                     "amp": bool(config.amp and config.device.startswith("cuda"))},
     }
+    if runtime.output is not None:
+        fingerprint["model_output"] = runtime.output
+    return fingerprint

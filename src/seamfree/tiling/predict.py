@@ -22,11 +22,12 @@ from torch import nn
 from seamfree.io.lock import output_lock
 from seamfree.io.readers import ImageSource, open_image
 from seamfree.io.writers import create_output
+from seamfree.models.describe import describe_model
+from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.engine import eval_mode, forward_batch, predict_batches, read_window, resolve_activation, run_tiles
 from seamfree.tiling.grid import Tile, TileGrid, round_up
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
-from seamfree.tiling.plan import PredictConfig, PredictionPlan, check_model_input, plan_prediction
-from seamfree.tiling.receptive import ReceptiveField, model_geometry
+from seamfree.tiling.plan import PredictConfig, PredictionPlan, check_model_input, describe, plan_prediction
 from seamfree.tiling.sinks import sink_for
 from seamfree.tiling.specs import Activation, RuntimeSpec
 
@@ -115,12 +116,12 @@ def predict(
     (1, 70, 50)
     """
     config = config or PredictConfig()
-    dims, _, _ = model_geometry(model)
-    source = open_image(image, spatial_dims=dims, axes=axes)
+    info = describe(model, config)
+    source = open_image(image, spatial_dims=info.spatial_dims, axes=axes)
     try:
         started = time.perf_counter()
         with output_lock(output):  # one writer per output path, taken before any work
-            plan = plan_prediction(model, source, config)
+            plan = plan_prediction(model, source, config, info=info)
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
                                    fingerprint=plan.fingerprint, scale=source.scale, overwrite=config.overwrite,
                                    input_path=source.path)
@@ -174,7 +175,8 @@ def predict_tiles(
     resolved (see :func:`compute_normalization`); the model is put in eval mode for the duration and restored.
     """
     config = config or PredictConfig()
-    runtime = config.runtime.resolved(resolve_activation(model, config.activation))
+    info = describe(model, config)
+    runtime = config.runtime.resolved(info.activation, info.output)
     for batch_tiles, predictions in predict_batches(model, source, tiles, normalization=normalization,
                                                     runtime=runtime, tiles_per_batch=tiles_per_batch):
         yield from zip(batch_tiles, predictions)
@@ -189,19 +191,22 @@ def predict_whole(
     activation: Activation = "auto",
     device: str = "cpu",
     axes: str | None = None,
+    output: int | str | None = None,
 ) -> np.ndarray:
     """Return the whole-image prediction (one forward pass): the reference tiled prediction must equal.
 
     The image is normalized with the same global statistics and reflect-padded at its far end to a multiple of
-    the network stride, exactly as :func:`predict` pads it. Only for images that fit in memory.
+    the network stride, exactly as :func:`predict` pads it. Only for images that fit in memory. ``output``
+    selects the segmentation among a tuple/dict model output.
     """
-    dims, in_channels, stride = model_geometry(model)
+    info = describe_model(model, output=output, activation=activation, probe=False)
+    dims, in_channels, stride = info.spatial_dims, info.in_channels, info.network_stride
     with open_image(image, spatial_dims=dims, axes=axes) as source:
         check_model_input(source, in_channels, dims)
         normalization = compute_normalization(source, normalization or IntensityNormalization())
         padded = tuple(slice(0, round_up(n, s)) for n, s in zip(source.spatial_shape, stride))
         x = normalization.apply(read_window(source, padded))[np.newaxis]
     with eval_mode(model):
-        out = forward_batch(model, x, RuntimeSpec(device, activation=resolve_activation(model, activation)))
+        out = forward_batch(model, x, RuntimeSpec(device, activation=info.activation, output=info.output))
     crop: tuple[int | slice, ...] = (0, slice(None), *(slice(0, n) for n in source.spatial_shape))
     return out[crop]

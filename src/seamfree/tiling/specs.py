@@ -31,20 +31,23 @@ class RuntimeSpec:
         Average over all flips of the spatial axes.
     activation : {"auto", "none", "sigmoid", "softmax"}
         Applied to the model output; "auto" must be resolved for a model (:meth:`resolved`) before running.
+    output : int or str, optional
+        Index or key of the segmentation among a tuple/dict model output.
     """
 
     device: str = "cpu"
     amp: bool = False
     tta: bool = False
     activation: str = "none"
+    output: int | str | None = None
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
-    def resolved(self, activation: str) -> RuntimeSpec:
-        """Return this spec with the model's resolved ``activation``."""
-        return replace(self, activation=activation)
+    def resolved(self, activation: str, output: int | str | None = None) -> RuntimeSpec:
+        """Return this spec with the model's resolved ``activation`` (and selected ``output``)."""
+        return replace(self, activation=activation, output=self.output if output is None else output)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,6 @@ from seamfree.models.vit import ViTSegmenter
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
 from seamfree.tiling.plan import PredictConfig
 from seamfree.tiling.predict import predict
-from seamfree.tiling.receptive import model_geometry
 from seamfree.training.augment import augment_batch
 from seamfree.training.config import TrainConfig, config_to_dict
 from seamfree.training.losses import get_loss
@@ -123,7 +122,7 @@ def build_training_model(config: TrainConfig) -> nn.Module:
 
 
 def _check_patch(model: nn.Module, patch: tuple[int, ...], dims: int) -> None:
-    _, _, stride = model_geometry(model)
+    stride = tuple(model.network_stride)  # type: ignore[arg-type]  # seamfree models say their stride
     if len(patch) != dims:
         raise ConfigError(f"training.patch_size {patch} needs {dims} values for a {dims}D model")
     bad = [p for p, s in zip(patch, stride) if p % s]
@@ -276,7 +275,7 @@ def train(
     torch.manual_seed(t.seed)
     rng = np.random.default_rng(t.seed)
     model = build_training_model(config).to(t.device)
-    dims, _, _ = model_geometry(model)
+    dims = int(model.spatial_dims)  # type: ignore[arg-type]
     _check_patch(model, tuple(t.patch_size), dims)
     train_pairs, val_pairs = load_pairs(config.data, dims)
     sampler = PatchSampler(_normalized(train_pairs, dims), tuple(t.patch_size), t.batch_size,

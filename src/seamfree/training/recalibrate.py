@@ -13,10 +13,10 @@ from torch import nn
 from seamfree.errors import ConfigError
 from seamfree.io.readers import open_image
 from seamfree.layers.convert import recalibrate_norm
+from seamfree.models.describe import describe_model
 from seamfree.tiling.engine import read_window
 from seamfree.tiling.grid import as_axis_tuple
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
-from seamfree.tiling.receptive import model_geometry
 
 __all__ = ["recalibrate_on_images"]
 
@@ -32,16 +32,21 @@ def recalibrate_on_images(
     batches: int = 32,
     seed: int = 0,
     device: str = "cpu",
+    spatial_dims: int | None = None,
+    in_channels: int | None = None,
+    output: int | str | None = None,
 ) -> nn.Module:
     """Return ``model`` (modified in place) with running statistics re-estimated on patches of ``images``.
 
     Patches of ``patch_size`` are drawn at random positions (seeded) from every image, each image normalized
     with its own global intensity statistics as in prediction; the statistics are cumulative averages over
-    ``batches`` batches of ``batch_size``.
+    ``batches`` batches of ``batch_size``. ``spatial_dims``, ``in_channels`` and ``output`` describe foreign
+    models (see :func:`~seamfree.models.describe_model`).
     """
     if not images:
         raise ConfigError("recalibration needs at least one image, got none")
-    dims, _, stride = model_geometry(model)
+    info = describe_model(model, spatial_dims=spatial_dims, in_channels=in_channels, output=output, probe=False)
+    dims, stride = info.spatial_dims, info.network_stride
     patch = as_axis_tuple(patch_size, dims, "patch_size")
     rng = np.random.default_rng(seed)
     sources = [open_image(image, spatial_dims=dims) for image in images]
