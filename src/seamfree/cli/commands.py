@@ -10,15 +10,46 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from seamfree.errors import SeamfreeError
 
-__all__ = ["audit", "convert", "data", "demo", "diagnose", "predict", "recalibrate", "study", "train"]
+if TYPE_CHECKING:
+    from torch import nn
+
+    from seamfree.tiling import IntensityNormalization
+
+__all__ = ["audit", "convert", "data", "demo", "diagnose", "export", "predict", "recalibrate", "study", "train"]
 
 
 def _model_options(args: argparse.Namespace) -> dict[str, object]:
     """The describe_model options of a command (``--spatial-dims``, ``--in-channels``, ``--output``)."""
     return {"spatial_dims": args.spatial_dims, "in_channels": args.in_channels, "model_output": args.model_output}
+
+
+def _normalization(args: argparse.Namespace, model: nn.Module) -> IntensityNormalization:
+    """``--normalization``, else what a bioimage.io package declares, else percentiles (1, 99.8)."""
+    from seamfree.models.bioimageio import package_info
+    from seamfree.tiling import IntensityNormalization
+
+    declared = package_info(model)
+    if args.normalization is None and declared is not None and declared.normalization is not None:
+        return IntensityNormalization(**declared.normalization)
+    return IntensityNormalization(args.normalization or "percentile")
+
+
+def export(args: argparse.Namespace) -> int:
+    from seamfree.models import describe_model, load_model
+    from seamfree.models.bioimageio import export_bioimageio
+
+    if args.bioimageio.exists() and not args.overwrite:
+        raise SeamfreeError(f"{str(args.bioimageio)!r} exists; pass --overwrite to replace it, or another path")
+    model = load_model(args.model, allow_pickle=args.allow_pickle)
+    info = describe_model(model, spatial_dims=args.spatial_dims, in_channels=args.in_channels,
+                          output=args.model_output)
+    path = export_bioimageio(model, args.bioimageio, name=args.name or f"{Path(args.model).stem} (seamfree)")
+    print(f"wrote {path} (halo {info.receptive_field.halo}, step {info.network_stride}, {info.verdict})")
+    return 0
 
 
 def audit(args: argparse.Namespace) -> int:
@@ -77,10 +108,10 @@ def predict(args: argparse.Namespace) -> int:
         raise SeamfreeError(f"--workers must be at least 1, got {args.workers}; leave it out to predict in this "
                             "process")
     if args.intensity_offset is not None:
-        normalization = IntensityNormalization(args.normalization, offset=(args.intensity_offset,),
+        normalization = IntensityNormalization(args.normalization or "percentile", offset=(args.intensity_offset,),
                                                scale=(args.intensity_scale,))
     else:
-        normalization = IntensityNormalization(args.normalization)
+        normalization = _normalization(args, model)
     config = PredictConfig(
         core=args.core, halo=args.halo if args.halo is not None else "auto", stitching=args.stitching,
         overlap=args.overlap, blend_window=args.blend_window, tiles_per_batch=args.tiles_per_batch,
@@ -114,12 +145,11 @@ def diagnose(args: argparse.Namespace) -> int:
     from seamfree.diagnostics import DiagnoseConfig, diagnose
     from seamfree.diagnostics.report import write_report
     from seamfree.models import load_model
-    from seamfree.tiling import IntensityNormalization
 
     model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
     config = DiagnoseConfig(
         core=args.core, halo=args.halo if args.halo is not None else "auto", grid_offset=args.grid_offset,
-        normalization=IntensityNormalization(args.normalization), patch_size=args.patch_size,
+        normalization=_normalization(args, model), patch_size=args.patch_size,
         batch_size=args.batch_size, ted_batches=args.ted_batches, threshold=args.threshold, device=args.device,
         seed=args.seed, activation=args.activation, **_model_options(args),  # type: ignore[arg-type]
     )

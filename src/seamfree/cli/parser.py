@@ -76,7 +76,8 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int,
                    help="the model's training batch size, for TED batches (default: from the checkpoint, else 2)")
     p.add_argument("--ted-batches", type=int, default=8)
-    p.add_argument("--normalization", choices=["percentile", "meanstd", "none", "per_tile"], default="percentile")
+    p.add_argument("--normalization", choices=["percentile", "meanstd", "none", "per_tile"],
+                   help="input intensities (default: the bioimage.io package's preprocessing, else percentile)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -159,7 +160,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision on CUDA")
     p.add_argument("--tta", action="store_true", help="average over flips of the spatial axes")
-    p.add_argument("--normalization", choices=["percentile", "meanstd", "none", "per_tile"], default="percentile")
+    p.add_argument("--normalization", choices=["percentile", "meanstd", "none", "per_tile"],
+                   help="input intensities (default: the bioimage.io package's preprocessing, else percentile)")
     _add_renamed(p, "--intensity-offset", "--offset", type=float,
                  help="given intensity offset (skips the statistics pass), with --intensity-scale")
     _add_renamed(p, "--intensity-scale", "--scale", type=float, help="given intensity scale, with --intensity-offset")
@@ -208,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", type=Path, required=True, help="path of the converted checkpoint")
     convert.add_argument("--allow-pickle", action="store_true")
     convert.set_defaults(handler=commands.convert)
+
+    export = subparsers.add_parser("export", help="write a model as a bioimage.io package (measured halo and stride)")
+    export.add_argument("model", type=Path)
+    export.add_argument("--bioimageio", type=Path, required=True, metavar="OUT.zip", help="package to write")
+    export.add_argument("--name", help="model name in the package (default: the file name)")
+    export.add_argument("--allow-pickle", action="store_true")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    _add_model_options(export, activation=False)
+    export.set_defaults(handler=commands.export)
 
     _add_predict(subparsers)
     _add_diagnose(subparsers)

@@ -15,6 +15,7 @@ from torch import nn
 
 from seamfree.errors import CheckpointError, ConfigError
 from seamfree.layers.batchrenorm import BatchRenormNd
+from seamfree.models.bioimageio import is_package, load_package
 from seamfree.models.unet import UNet
 from seamfree.models.vit import ViTSegmenter
 
@@ -119,13 +120,16 @@ def load_model(
 ) -> nn.Module:
     """Return the model stored at ``path``, in eval mode, on ``device``.
 
-    Reads seamfree checkpoints (rebuilt from their configuration) and TorchScript files; only with
+    Reads seamfree checkpoints (rebuilt from their configuration), TorchScript files and bioimage.io model
+    packages (``rdf.yaml``, its folder or ``.zip``; see :mod:`seamfree.models.bioimageio`); only with
     ``allow_pickle=True``, ``torch.export`` programs (``.pt2``; their input shapes are fixed at export) and
     pickled full ``nn.Module`` objects (both unpickle, which runs code from the file: only for files you trust).
     The device is checked first: a CUDA device on a torch build without CUDA is a ConfigError.
     """
     device = check_device(device)
     path = Path(path)
+    if is_package(path):
+        return load_package(path, device=device, allow_pickle=allow_pickle)
     if not path.is_file():
         raise CheckpointError(f"model file {str(path)!r} does not exist; pass the path of a checkpoint")
     try:

@@ -13,11 +13,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import math
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,8 +25,8 @@ from torch import nn
 from seamfree.config import did_you_mean
 from seamfree.errors import ConfigError, ShapeError
 from seamfree.layers.audit import NormAudit, audit_norms
-from seamfree.layers.modes import eval_mode
-from seamfree.models.geometry import model_geometry, round_up
+from seamfree.models.geometry import infer_geometry, model_device, model_dtype, odd_multiple
+from seamfree.models.probe import TileProbe, probe_tiles
 from seamfree.models.receptive import ReceptiveField, measure_receptive_field
 
 __all__ = ["ACTIVATIONS", "ModelInfo", "TileProbe", "clear_model_cache", "describe_model", "model_digest",
@@ -39,36 +37,7 @@ logger = logging.getLogger(__name__)
 ACTIVATIONS = ("auto", "none", "sigmoid", "softmax")
 OutputKey = int | str | None
 
-# a probe core differing by more than this fraction of the output's scale depends on the tile (float noise of
-# convolutions on differently sized inputs is ~1e-7 relative)
-PROBE_TOLERANCE = 1e-4
 _CACHE_SIZE = 16
-
-
-@dataclass(frozen=True)
-class TileProbe:
-    """The empirical tile-dependence probe: two windows overlapping by more than twice the halo, shifted by a
-    multiple of the network stride, predicted separately; their shared core must agree if tiling is exact.
-
-    The input is noise on an intensity ramp, so that the two windows have different statistics.
-    """
-
-    window: tuple[int, ...]
-    shift: tuple[int, ...]
-    halo: tuple[int, ...]
-    max_abs: float
-    scale: float
-    tolerance: float = PROBE_TOLERANCE
-
-    @property
-    def tile_dependent(self) -> bool:
-        """Whether the shared core differs beyond float noise."""
-        return self.max_abs > self.tolerance * max(self.scale, 1e-6)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"window": list(self.window), "shift": list(self.shift), "halo": list(self.halo),
-                "max_abs": self.max_abs, "scale": self.scale, "tolerance": self.tolerance,
-                "tile_dependent": self.tile_dependent}
 
 
 @dataclass(frozen=True)
@@ -252,130 +221,6 @@ def _kind(model: nn.Module) -> str:
     return "module"
 
 
-def _device(model: nn.Module) -> torch.device:
-    parameter = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def _dtype(model: nn.Module) -> torch.dtype:
-    parameter = next(model.parameters(), None)
-    return parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-
-
-def _forward(model: nn.Module, x: torch.Tensor) -> Any:
-    with eval_mode(model), torch.inference_mode():
-        return model(x.to(_device(model), _dtype(model)))
-
-
-def _try_forward(model: nn.Module, shape: Sequence[int]) -> Any | None:
-    """The model's output on a zero input of ``shape``, or None if it does not run on it."""
-    try:
-        return _forward(model, torch.zeros(tuple(shape)))
-    except Exception:  # a foreign forward can fail in any way on a shape it does not accept
-        return None
-
-
-def _same_size(out: Any, shape: Sequence[int]) -> bool:
-    tensors = [out] if isinstance(out, torch.Tensor) else list(out.values()) if isinstance(out, dict) else \
-        list(out) if isinstance(out, tuple | list) else []
-    return any(isinstance(t, torch.Tensor) and tuple(t.shape[2:]) == tuple(shape[2:]) for t in tensors)
-
-
-def _probe_geometry(model: nn.Module, dims: int | None, channels: int | None) -> tuple[int, int]:
-    """Find spatial dimensions and input channels by running small inputs (for models that have no convolution)."""
-    for d, c in itertools.product([dims] if dims else [2, 3], [channels] if channels else [1, 2, 3, 4]):
-        if _try_forward(model, (1, c, *(64 if d == 2 else 32,) * d)) is not None:
-            return d, c  # whether its output has the input's size is checked next
-    raise ConfigError(
-        f"cannot tell the spatial dimensions and input channels of {type(model).__name__}: it has no convolution "
-        "to read them from and no 2D or 3D input of 1 to 4 channels ran; pass spatial_dims= and in_channels= "
-        "(CLI --spatial-dims, --in-channels)"
-    )
-
-
-def _measure_stride(model: nn.Module, dims: int, channels: int) -> tuple[int, ...]:
-    """The smallest size step per axis the model accepts with a same-size output (its network stride)."""
-    base = 64 if dims <= 2 else 32
-    stride = []
-    for axis in range(dims):
-        found = base
-        for step in (2 ** k for k in range(int(math.log2(base)))):
-            shape = [1, channels, *(base + (step if a == axis else 0) for a in range(dims))]
-            if (out := _try_forward(model, shape)) is not None and _same_size(out, shape):
-                found = step
-                break
-        stride.append(found)
-    return tuple(stride)
-
-
-def _odd_multiple(stride: int, at_least: int = 16) -> int:
-    """The smallest odd multiple ≥ 3 of ``stride`` that is ≥ ``at_least`` (a size a larger stride would refuse,
-    with at least 3 voxels at the coarsest level, where InstanceNorm needs more than one)."""
-    m = max(3, -(-at_least // stride))
-    return stride * (m if m % 2 else m + 1)
-
-
-def _check_channels(model: nn.Module, dims: int, channels: int, stride: tuple[int, ...], given: bool) -> Any:
-    """Run one odd-multiple-of-the-stride input; return its output, or raise a one-line error naming the flag."""
-    shape = (1, channels, *(_odd_multiple(s) for s in stride))
-    try:
-        return _forward(model, torch.zeros(shape))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        told = (f"in_channels={channels} (CLI --in-channels) was given" if given
-                else f"{channels} input channel(s) were read from the model")
-        raise ShapeError(f"the model does not run on a {dims}D input of {channels} channel(s) shaped {shape[2:]}: "
-                         f"{first[:200]}; {told}: pass the right --in-channels/--spatial-dims") from exc
-
-
-def _geometry(model: nn.Module, spatial_dims: int | None,
-              in_channels: int | None) -> tuple[int, int, tuple[int, ...], Any, str]:
-    dims, channels, stride = model_geometry(model, spatial_dims, in_channels)
-    source = "given" if spatial_dims and in_channels else (
-        "attributes" if getattr(model, "spatial_dims", None) else "first convolution")
-    if dims is None or channels is None:
-        dims, channels = _probe_geometry(model, dims, channels)
-        source = "probing"
-    if spatial_dims is not None and spatial_dims not in (1, 2, 3):
-        raise ConfigError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
-    if stride is None:
-        stride = _measure_stride(model, dims, channels)
-    else:
-        shape = (1, channels, *(_odd_multiple(s) for s in stride))
-        out = _try_forward(model, shape)
-        if out is None or not _same_size(out, shape):  # a stride the layers do not show (functional pooling)
-            measured = _measure_stride(model, dims, channels)
-            stride = tuple(max(a, b) for a, b in zip(stride, measured))
-    out = _check_channels(model, dims, channels, stride, given=in_channels is not None)
-    return dims, channels, stride, out, source
-
-
-def _probe_tiles(model: nn.Module, halo: tuple[int, ...], stride: tuple[int, ...], channels: int,
-                 select: Any) -> TileProbe:
-    """Predict two overlapping windows of a ramp + noise image and compare their shared core."""
-    dims = len(stride)
-    shift = tuple(round_up(16, s) for s in stride)
-    window = tuple(2 * h + 2 * t for h, t in zip(halo, shift))
-    size = tuple(w + t for w, t in zip(window, shift))
-    generator = torch.Generator().manual_seed(7)
-    ramp = torch.zeros(size)
-    for axis, n in enumerate(size):
-        view = [1] * dims
-        view[axis] = n
-        ramp = ramp + torch.linspace(0.0, 3.0, n).reshape(view)
-    image = ramp + torch.randn((channels, *size), generator=generator)
-    first = image[(slice(None), *(slice(0, w) for w in window))][None]
-    second = image[(slice(None), *(slice(t, t + w) for t, w in zip(shift, window)))][None]
-    a = select(_forward(model, first)).float().cpu()
-    b = select(_forward(model, second)).float().cpu()
-    # global positions [t + h, w - h) are at least h inside both windows
-    core_a = a[(0, slice(None), *(slice(t + h, w - h) for t, h, w in zip(shift, halo, window)))]
-    core_b = b[(0, slice(None), *(slice(h, w - h - t) for t, h, w in zip(shift, halo, window)))]
-    difference = float((core_a - core_b).abs().max())
-    scale = float(core_a.abs().max())
-    return TileProbe(window, shift, halo, difference, scale)
-
-
 _cache: OrderedDict[tuple[Any, ...], ModelInfo] = OrderedDict()
 _by_object: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], tuple[Any, ...]]] = \
     weakref.WeakKeyDictionary()
@@ -438,7 +283,8 @@ def describe_model(
         if known is not None and known[0] == stamp:
             info = _cache.get(key := known[1] + options)
     if info is None:
-        identity = (model_digest(model), _kind(model), type(model).__qualname__, str(getattr(model, "code", "")))
+        identity = (model_digest(model), _kind(model), type(model).__qualname__, str(getattr(model, "code", "")),
+                    repr(getattr(model, "seamfree_package", None)))
         key = identity + options
         with _lock:
             _by_object[model] = (stamp, identity)
@@ -462,7 +308,7 @@ def _with_probe(model: nn.Module, info: ModelInfo, probe_limit: int | None) -> M
     if max(halo) > limit:
         note = f"tile probe skipped: the halo {halo} exceeds {limit} voxels per axis (probe_limit)"
         return replace(info, notes=(*info.notes, note))
-    tiles = _probe_tiles(model, halo, info.network_stride, info.in_channels, info.select)
+    tiles = probe_tiles(model, halo, info.network_stride, info.in_channels, info.select)
     logger.info("tile probe of %s model: shared core differs by %.3g (scale %.3g)", info.kind, tiles.max_abs,
                 tiles.scale)
     return replace(info, probe=tiles)
@@ -470,11 +316,11 @@ def _with_probe(model: nn.Module, info: ModelInfo, probe_limit: int | None) -> M
 
 def _describe(model: nn.Module, digest: str, spatial_dims: int | None, in_channels: int | None, output: OutputKey,
               probe_limit: int | None) -> ModelInfo:
-    dims, channels, stride, out, source = _geometry(model, spatial_dims, in_channels)
+    dims, channels, stride, out, source = infer_geometry(model, spatial_dims, in_channels)
     selected = select_output(out, output)
     if isinstance(out, tuple | list) and isinstance(output, str):
         output = int(output)
-    example_shape = (1, channels, *(_odd_multiple(s) for s in stride))
+    example_shape = (1, channels, *(odd_multiple(s) for s in stride))
     if tuple(selected.shape[2:]) != example_shape[2:]:
         raise ShapeError(
             f"the model's output spatial shape {tuple(selected.shape[2:])} differs from its input "
@@ -482,7 +328,7 @@ def _describe(model: nn.Module, digest: str, spatial_dims: int | None, in_channe
             "with 'same' padding"
         )
     notes = []
-    example = torch.zeros(example_shape, device=_device(model), dtype=_dtype(model))
+    example = torch.zeros(example_shape, device=model_device(model), dtype=model_dtype(model))
     audit = audit_norms(model, example)
 
     def pick(value: Any) -> torch.Tensor:
@@ -490,6 +336,10 @@ def _describe(model: nn.Module, digest: str, spatial_dims: int | None, in_channe
 
     rf = measure_receptive_field(model, spatial_dims=dims, in_channels=channels, network_stride=stride,
                                  select=pick, audit=audit)
+    declared = getattr(getattr(model, "seamfree_package", None), "declared_halo", None)
+    if declared is not None and any(d < h for d, h in zip(declared, rf.halo)):
+        notes.append(f"the bioimage.io package declares halo {tuple(declared)}, smaller than the {rf.halo} its "
+                     "measured receptive field needs: consumers that trust the declaration stitch visible seams")
     if not rf.linearized:
         notes.append("compiled model: the receptive field is the gradient support of random inputs, not of a "
                      "linearized copy; diagnose's exactness check confirms the halo")

@@ -3,19 +3,25 @@
 Read without running the model: seamfree models say it (``spatial_dims``, ``config``, ``network_stride``); other
 ``nn.Module`` and TorchScript models (scripted or traced) are read from their first convolution's weight, whose
 shape is ``(out, in / groups, *kernel)``, and from the strides of their pooling and strided convolutions. What
-cannot be read is probed by :mod:`seamfree.models.describe` (a few forward passes of small inputs).
+cannot be read is probed by :func:`infer_geometry` (a few forward passes of small inputs).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["first_convolution", "model_geometry", "round_up", "static_stride"]
+from seamfree.errors import ConfigError, ShapeError
+from seamfree.layers.modes import eval_mode
+
+__all__ = ["first_convolution", "forward_once", "infer_geometry", "model_device", "model_dtype", "model_geometry",
+           "odd_multiple", "round_up", "static_stride"]
 
 _LAYER_WITH_STRIDE = re.compile(r"(Conv|MaxPool|AvgPool)[123]d")
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -112,3 +118,101 @@ def model_geometry(model: nn.Module, spatial_dims: int | None = None,
         channels = first[1]
     stride = static_stride(model, int(dims)) if dims else None
     return (int(dims) if dims else None), channels, stride
+
+
+def model_device(model: nn.Module) -> torch.device:
+    parameter = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    parameter = next(model.parameters(), None)
+    return parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+
+
+def forward_once(model: nn.Module, x: torch.Tensor) -> Any:
+    with eval_mode(model), torch.inference_mode():
+        return model(x.to(model_device(model), model_dtype(model)))
+
+
+def _tryforward_once(model: nn.Module, shape: Sequence[int]) -> Any | None:
+    """The model's output on a zero input of ``shape``, or None if it does not run on it."""
+    try:
+        return forward_once(model, torch.zeros(tuple(shape)))
+    except Exception:  # a foreign forward can fail in any way on a shape it does not accept
+        return None
+
+
+def _same_size(out: Any, shape: Sequence[int]) -> bool:
+    tensors = [out] if isinstance(out, torch.Tensor) else list(out.values()) if isinstance(out, dict) else \
+        list(out) if isinstance(out, tuple | list) else []
+    return any(isinstance(t, torch.Tensor) and tuple(t.shape[2:]) == tuple(shape[2:]) for t in tensors)
+
+
+def _probe_geometry(model: nn.Module, dims: int | None, channels: int | None) -> tuple[int, int]:
+    """Find spatial dimensions and input channels by running small inputs (for models that have no convolution)."""
+    for d, c in itertools.product([dims] if dims else [2, 3], [channels] if channels else [1, 2, 3, 4]):
+        if _tryforward_once(model, (1, c, *(64 if d == 2 else 32,) * d)) is not None:
+            return d, c  # whether its output has the input's size is checked next
+    raise ConfigError(
+        f"cannot tell the spatial dimensions and input channels of {type(model).__name__}: it has no convolution "
+        "to read them from and no 2D or 3D input of 1 to 4 channels ran; pass spatial_dims= and in_channels= "
+        "(CLI --spatial-dims, --in-channels)"
+    )
+
+
+def _measure_stride(model: nn.Module, dims: int, channels: int) -> tuple[int, ...]:
+    """The smallest size step per axis the model accepts with a same-size output (its network stride)."""
+    base = 64 if dims <= 2 else 32
+    stride = []
+    for axis in range(dims):
+        found = base
+        for step in (2 ** k for k in range(int(math.log2(base)))):
+            shape = [1, channels, *(base + (step if a == axis else 0) for a in range(dims))]
+            if (out := _tryforward_once(model, shape)) is not None and _same_size(out, shape):
+                found = step
+                break
+        stride.append(found)
+    return tuple(stride)
+
+
+def odd_multiple(stride: int, at_least: int = 16) -> int:
+    """The smallest odd multiple ≥ 3 of ``stride`` that is ≥ ``at_least`` (a size a larger stride would refuse,
+    with at least 3 voxels at the coarsest level, where InstanceNorm needs more than one)."""
+    m = max(3, -(-at_least // stride))
+    return stride * (m if m % 2 else m + 1)
+
+
+def _check_channels(model: nn.Module, dims: int, channels: int, stride: tuple[int, ...], given: bool) -> Any:
+    """Run one odd-multiple-of-the-stride input; return its output, or raise a one-line error naming the flag."""
+    shape = (1, channels, *(odd_multiple(s) for s in stride))
+    try:
+        return forward_once(model, torch.zeros(shape))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        told = (f"in_channels={channels} (CLI --in-channels) was given" if given
+                else f"{channels} input channel(s) were read from the model")
+        raise ShapeError(f"the model does not run on a {dims}D input of {channels} channel(s) shaped {shape[2:]}: "
+                         f"{first[:200]}; {told}: pass the right --in-channels/--spatial-dims") from exc
+
+
+def infer_geometry(model: nn.Module, spatial_dims: int | None,
+              in_channels: int | None) -> tuple[int, int, tuple[int, ...], Any, str]:
+    dims, channels, stride = model_geometry(model, spatial_dims, in_channels)
+    source = "given" if spatial_dims and in_channels else (
+        "attributes" if getattr(model, "spatial_dims", None) else "first convolution")
+    if dims is None or channels is None:
+        dims, channels = _probe_geometry(model, dims, channels)
+        source = "probing"
+    if spatial_dims is not None and spatial_dims not in (1, 2, 3):
+        raise ConfigError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
+    if stride is None:
+        stride = _measure_stride(model, dims, channels)
+    else:
+        shape = (1, channels, *(odd_multiple(s) for s in stride))
+        out = _tryforward_once(model, shape)
+        if out is None or not _same_size(out, shape):  # a stride the layers do not show (functional pooling)
+            measured = _measure_stride(model, dims, channels)
+            stride = tuple(max(a, b) for a, b in zip(stride, measured))
+    out = _check_channels(model, dims, channels, stride, given=in_channels is not None)
+    return dims, channels, stride, out, source
