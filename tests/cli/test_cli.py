@@ -52,3 +52,16 @@ def test_argument_errors_exit_with_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "--core", "abc"])
     assert exit_info.value.code == 2
+
+
+def test_a_closed_pipe_is_not_an_error(checkpoint):
+    """`seamfree audit m.pt | head -0`: the reader is gone before seamfree writes; no traceback, exit 0."""
+    import subprocess
+    import sys
+
+    with subprocess.Popen([sys.executable, "-m", "seamfree.cli.main", "audit", str(checkpoint)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
+        run.stdout.close()  # nobody reads: every write gets EPIPE
+        err = run.stderr.read().decode()
+        code = run.wait()
+    assert code == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -211,3 +212,54 @@ def test_only_a_window_of_tasks_is_on_the_cluster_at_a_time(inputs, tmp_path, mo
     assert report.tasks == len(known) > 4 + 2
     assert max(known) <= 4 + 2  # finished tasks are released (asynchronously: a little slack); never all at once
     np.testing.assert_array_equal(_output(tmp_path / "out.zarr")[1], reference)
+
+
+def test_allow_pickle_reaches_the_workers(inputs, cluster, tmp_path):
+    """A torch.export program loads only with consent, on the driver and on every worker."""
+    from seamfree.errors import CheckpointError
+    from seamfree.models import load_model
+
+    folder, model, reference = inputs
+    net = load_model(model)
+    dims = {axis: 2 * torch.export.Dim(f"d{axis}", min=2, max=512) for axis in (2, 3, 4)}
+    program = torch.export.export(net, (torch.zeros(1, 1, 8, 32, 32),), dynamic_shapes={"x": dims})
+    exported = tmp_path / "model.pt2"
+    torch.export.save(program, str(exported))
+    with pytest.raises(CheckpointError, match="allow_pickle"):
+        predict_distributed(exported, folder / "volume.zarr", tmp_path / "refused.zarr", config=CONFIG,
+                            cluster=cluster)
+    # an exported program outputs logits and does not say so: the softmax a seamfree model gets is asked for
+    config = dataclasses.replace(CONFIG, activation="softmax")
+    predict_distributed(exported, folder / "volume.zarr", tmp_path / "out.zarr", config=config, cluster=cluster,
+                        allow_pickle=True)
+    status, result = _output(tmp_path / "out.zarr")
+    assert status == "complete" and np.abs(result - reference).max() <= 1e-5
+
+
+def test_a_scheduler_whose_only_worker_died_is_a_clear_error_not_an_endless_wait(inputs, tmp_path):
+    from distributed import LocalCluster
+
+    folder, model, _ = inputs
+    with LocalCluster(n_workers=0, processes=True, protocol="tcp", dashboard_address=None) as scheduler:
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", scheduler.scheduler_address,
+                                   "--nworkers", "1", "--nthreads", "1", "--no-nanny", "--no-dashboard"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            scheduler.wait_for_workers(1, timeout=60)
+
+            def kill_the_worker(done, total):
+                if worker.poll() is None:
+                    worker.kill()
+
+            started = time.monotonic()
+            with pytest.raises(DataError, match="no dask worker has been connected"):
+                predict_distributed(model, folder / "volume.zarr", tmp_path / "out.zarr", config=CONFIG,
+                                    cluster=ClusterConfig(scheduler=scheduler.scheduler_address, worker_timeout=3,
+                                                          tiles_per_task=1),
+                                    progress=kill_the_worker)
+            assert time.monotonic() - started < 60
+        finally:
+            worker.kill()
+            worker.wait()
+    status, _ = _output(tmp_path / "out.zarr")
+    assert status == "incomplete"  # and a rerun with workers resumes it

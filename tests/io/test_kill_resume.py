@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from seamfree.models import UNet, load_model, save_model
+from seamfree.testing import read_output
 from seamfree.tiling import PredictConfig, predict
 
 zarr = pytest.importorskip("zarr")
@@ -52,11 +53,7 @@ def _command(folder, model, out):
 
 
 def _read(path):
-    if path.suffix == ".zarr":
-        group = zarr.open_group(str(path), mode="r")
-        assert group.attrs["seamfree"]["status"] == "complete"
-        return np.asarray(group["0"][:])
-    return tifffile.imread(str(path))
+    return read_output(path)
 
 
 def _complete(out):

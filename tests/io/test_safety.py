@@ -353,3 +353,58 @@ def test_the_same_input_by_another_path_spelling_resumes(net, tmp_path, rng, mon
     predict(net, image, out, config=CONFIG)  # absolute: the same input, resumed (nothing to redo)
     (tmp_path / "link.npy").symlink_to(image)
     predict(net, tmp_path / "link.npy", out, config=CONFIG)  # through a link
+
+
+def _plant(path: Path, marker: Path, how: str) -> Path:
+    import pickle
+
+    if how == "torch.save":
+        torch.save({"model": _Payload(marker)}, path)
+    elif how == "pickle":
+        path.write_bytes(pickle.dumps(_Payload(marker)))
+    else:  # a bioimage.io-looking package whose weights are the payload
+        import zipfile
+
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("rdf.yaml", "type: model\nformat_version: 0.5.4\nname: payload package\n"
+                                         "weights:\n  torchscript:\n    source: weights.pt\n")
+            archive.writestr("weights.pt", pickle.dumps(_Payload(marker)))
+    return path
+
+
+ENTRY_POINTS = {
+    "predict": lambda m, d: ["predict", str(m), str(d / "image.npy"), str(d / "out.zarr"), "-q"],
+    "predict --workers": lambda m, d: ["predict", str(m), str(d / "image.zarr"), str(d / "out.zarr"), "-q",
+                                       "--workers", "1"],
+    "diagnose": lambda m, d: ["diagnose", str(m), str(d / "image.npy"), "--out", str(d / "report")],
+    "audit": lambda m, d: ["audit", str(m)],
+    "convert": lambda m, d: ["convert", str(m), "--out", str(d / "converted.pt")],
+    "recalibrate": lambda m, d: ["recalibrate", str(m), str(d / "image.npy"), "--out", str(d / "new.pt")],
+    "export": lambda m, d: ["export", str(m), "--bioimageio", str(d / "package.zip")],
+    "train": lambda m, d: ["train", "--out", str(d / "run"), "--set", f"model.checkpoint={m}", "--set",
+                           "training.iterations=1", "-q"],
+}
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle", "package"])
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_no_entry_point_runs_a_planted_payload(tmp_path, rng, entry, how, capsys):
+    """Every command that loads a model, with a payload in every format: refused in one line, nothing ran."""
+    marker = tmp_path / "payload-ran"
+    model = _plant(tmp_path / ("model.zip" if how == "package" else "model.pt"), marker, how)
+    image = rng.integers(0, 255, (64, 64)).astype(np.uint8)
+    np.save(tmp_path / "image.npy", image)
+    zarr.create_array(str(tmp_path / "image.zarr"), shape=image.shape, chunks=(32, 32), dtype="u1")[:] = image
+    code = main(ENTRY_POINTS[entry](model, tmp_path))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert not marker.exists()
+
+
+def test_the_payload_is_real_it_runs_with_allow_pickle(tmp_path):
+    """The control: with consent the same file does run its code (so the test above proves something)."""
+    marker = tmp_path / "payload-ran"
+    path = _plant(tmp_path / "model.pt", marker, "torch.save")
+    with pytest.raises(CheckpointError):
+        load_model(path, allow_pickle=True)  # it unpickles (running the payload) to a dict, not a module
+    assert marker.exists()

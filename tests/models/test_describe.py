@@ -206,3 +206,21 @@ def test_predict_with_a_tuple_output_model_in_python():
     image = np.random.default_rng(0).normal(size=(96, 96)).astype(np.float32)
     tiled = predict(net, image, config=PredictConfig(core=32, model_output=0, activation="sigmoid"))
     assert tiled.shape == (3, 96, 96) and tiled.min() >= 0.0 and tiled.max() <= 1.0
+
+
+def test_a_torch_export_program_is_described_and_predicts_exactly(tmp_path):
+    net = _batch_unet().eval()
+    height, width = torch.export.Dim("height", min=4, max=1024), torch.export.Dim("width", min=4, max=1024)
+    program = torch.export.export(net, (torch.zeros(1, 1, 64, 64),),
+                                  dynamic_shapes={"x": {2: 4 * height, 3: 4 * width}})
+    path = tmp_path / "unet.pt2"
+    torch.export.save(program, str(path))
+    with pytest.raises(Exception, match="allow_pickle=True"):
+        load_model(path)  # unpickling runs code from the file: only with consent
+    exported = load_model(path, allow_pickle=True)
+    info = describe_model(exported)
+    assert (info.kind, info.network_stride, info.verdict) == ("export", (4, 4), "tile-independent")
+    # the module refuses mode switches and its batch size is fixed at 1: both are handled
+    image = np.random.default_rng(0).normal(size=(200, 200)).astype(np.float32)
+    tiled = predict(exported, image, config=PredictConfig(core=64))
+    assert np.abs(tiled - predict_whole(exported, image)).max() <= 1e-5

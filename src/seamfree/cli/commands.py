@@ -127,9 +127,9 @@ def predict(args: argparse.Namespace) -> int:
         cluster = ClusterConfig(scheduler=args.scheduler, workers=args.workers or 2,
                                 threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
                                 tiles_per_task=args.tiles_per_task, timeout=args.timeout,
-                                tune_allocator=args.tune_allocator)
+                                tune_allocator=args.tune_allocator, worker_timeout=args.worker_timeout)
         summary = predict_distributed(args.model, args.image, args.out, config=config, cluster=cluster,
-                                      axes=args.axes, progress=not args.quiet)
+                                      axes=args.axes, progress=not args.quiet, allow_pickle=args.allow_pickle)
         print(f"wrote {args.out}: {summary.tiles_computed} of {summary.tiles_total} tiles in {summary.tasks} tasks on "
               f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.voxels_per_second:.3g} voxels/s)")
         return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_cpu_allocator()  # before torch or any reader starts a thread
     try:
         return int(args.handler(args))
+    except BrokenPipeError:  # `seamfree audit m.pt | head`: the reader left; not an error of ours
+        _silence_stdout()
+        return 0
     except KeyboardInterrupt:
         print(f"seamfree {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -41,6 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         message, status = describe_error(exc)
         print(f"seamfree {args.command}: error: {message}", file=sys.stderr)
         return status
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not raise again on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 # Libraries whose exceptions come from reading the user's files or configuration (bad input, exit 2).

@@ -177,6 +177,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-limit", default="auto", help="LocalCluster memory per worker, e.g. 1GiB")
     p.add_argument("--tiles-per-task", type=int, default=4)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the scheduler")
+    p.add_argument("--worker-timeout", type=float, default=120.0,
+                   help="stop (and say so) when the scheduler has had no worker for this many seconds")
     p.add_argument("--tune-allocator", action="store_true",
                    help="spawn LocalCluster workers with seamfree's glibc settings: faster 3D tiles, but each worker "
                         "keeps its peak memory (give it more than --memory-limit 1GiB)")

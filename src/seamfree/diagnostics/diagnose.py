@@ -256,7 +256,7 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
         "network_stride": list(stride), "compute_ratio": grid_a.compute_ratio,
         "normalization": normalization.to_dict(), "activation": activation, "threshold": config.threshold,
     }
-    advice = recommend(audit, rf, grid_a.halo, mismatch, disparity, seams, exactness, suggestion)
+    advice = recommend(audit, rf, grid_a.halo, mismatch, disparity, seams, exactness, suggestion, info)
     return Diagnosis(name, audit, rf, geometry, mismatch, disparity, seams, exactness, advice, suggestion,
                      dice_tiled, seconds, region, first, info)
 

@@ -16,7 +16,9 @@ from seamfree.diagnostics.exactness import ExactnessCheck
 from seamfree.diagnostics.mismatch import TileMismatch
 from seamfree.diagnostics.seams import SeamScore
 from seamfree.layers.audit import NormAudit
-from seamfree.tiling.receptive import ReceptiveField, TilingSuggestion
+from seamfree.models.describe import ModelInfo
+from seamfree.models.receptive import ReceptiveField
+from seamfree.tiling.suggest import TilingSuggestion
 
 __all__ = ["Recommendation", "recommend"]
 
@@ -48,15 +50,19 @@ def _layer_phrase(audit: NormAudit) -> str:
 
 def recommend(audit: NormAudit, rf: ReceptiveField, halo: tuple[int, ...], mismatch: TileMismatch,
               disparity: TrainEvalDisparity, seams: SeamScore, exactness: ExactnessCheck,
-              suggestion: TilingSuggestion) -> Recommendation:
-    """Return the recommendation that follows from the measured indicators."""
+              suggestion: TilingSuggestion, model: ModelInfo | None = None) -> Recommendation:
+    """Return the recommendation that follows from the measured indicators (``model``: the description whose
+    tile probe may contradict the static audit)."""
     tiling = (f"seamfree predict --core {','.join(map(str, suggestion.core))} "
               f"--halo {','.join(map(str, suggestion.halo))}")
     tm_noise = mismatch.tm_abs <= TM_ABS_NOISE and mismatch.tm_dice <= TM_DICE_NOISE
     seam_text = f", seam score {seams.score:.2f}" if seams.score is not None else ""
-    if not tm_noise or audit.verdict == "tile-dependent":
+    probed = model is not None and model.tile_dependent
+    if not tm_noise or audit.verdict == "tile-dependent" or probed:
         if audit.tile_dependent_layers:
             cause = f"{_layer_phrase(audit)} use per-tile statistics"
+        elif probed and model is not None:
+            cause = f"the prediction depends on the tile, decided by {model.evidence}"
         else:
             cause = "the prediction depends on the tile although no layer was recognized as the cause"
         return Recommendation(

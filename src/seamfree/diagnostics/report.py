@@ -184,6 +184,7 @@ def _verdict_class(verdict: str) -> str:
 
 def _comparison_table(diagnoses: Sequence[Diagnosis]) -> str:
     rows = [("verdict", lambda d: d.recommendation.verdict), ("norm audit", lambda d: d.audit.verdict),
+            ("tiling verdict (audit + probe)", lambda d: None if d.model is None else d.model.verdict),
             ("TM_dice", lambda d: d.tile_mismatch.tm_dice), ("TM_abs", lambda d: d.tile_mismatch.tm_abs),
             ("TM_dice (shifted grid)", lambda d: d.tile_mismatch.shifted_tm_dice),
             ("TED_dice", lambda d: d.disparity.ted_dice), ("TED_abs", lambda d: d.disparity.ted_abs),
@@ -219,8 +220,19 @@ def _model_section(diagnosis: Diagnosis, figures: dict[str, tuple[bytes, str]]) 
     return (f'<div class="model"><h2>{html.escape(d.name)}</h2>'
             f'<div class="verdict {_verdict_class(d.recommendation.verdict)}"><b>{d.recommendation.verdict}</b>: '
             f"{html.escape(d.recommendation.message)}</div><p>What to do:</p><ul>{advice}</ul>"
-            f"<p>{html.escape(geometry)}</p><h3>Normalization audit: {html.escape(d.audit.summary)}</h3>"
+            f"<p>{html.escape(geometry)}</p>{_evidence(d)}<h3>Normalization audit: {html.escape(d.audit.summary)}</h3>"
             f"{_audit_table(d)}{images}</div>")
+
+
+def _evidence(diagnosis: Diagnosis) -> str:
+    """The tiling verdict, which evidence decided it, and what the model description noticed."""
+    info = diagnosis.model
+    if info is None:
+        return ""
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in info.notes)
+    return (f"<p><b>Tiling verdict: {html.escape(info.verdict)}</b>, decided by {html.escape(info.evidence)}. "
+            f"Model: {html.escape(info.kind)}, {info.spatial_dims}D, {info.in_channels} → {info.out_channels} "
+            f"channel(s), network stride {list(info.network_stride)}.</p>" + (f"<ul>{notes}</ul>" if notes else ""))
 
 
 def write_report(diagnoses: Diagnosis | Sequence[Diagnosis], out_dir: str | os.PathLike[str]) -> Path:

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,9 @@ class ClusterConfig:
         Tiles (= output chunks) per task: more amortizes scheduling, fewer spreads work and loses less on failure.
     timeout : float
         Seconds to wait for the scheduler.
+    worker_timeout : float
+        Seconds the scheduler may be without any worker while tasks wait, before the run stops with an error
+        (the workers died, or none were started); a rerun resumes.
     tune_allocator : bool
         Spawn LocalCluster workers with seamfree's glibc settings (:mod:`seamfree.allocator`): faster
         3D forward passes, but a worker then keeps its high-water mark of memory, which dask counts as unmanaged
@@ -90,8 +94,12 @@ class ClusterConfig:
     tiles_per_task: int = 4
     timeout: float = 30.0
     tune_allocator: bool = False
+    worker_timeout: float = 120.0
 
     def __post_init__(self) -> None:
+        if not self.worker_timeout > 0:
+            raise ConfigError(f"worker_timeout (CLI --worker-timeout) must be a positive number of seconds, got "
+                              f"{self.worker_timeout}")
         if self.workers < 1 or self.threads_per_worker < 1 or self.tiles_per_task < 1:
             raise ConfigError(f"workers, threads_per_worker and tiles_per_task must be >= 1, got {self.workers}, "
                               f"{self.threads_per_worker}, {self.tiles_per_task}")
@@ -122,14 +130,14 @@ _MODELS: dict[tuple[str, str], torch.nn.Module] = {}
 _SOURCES: dict[tuple[str, str | None, int], ImageSource] = {}
 
 
-def _worker_model(path: str, digest: str, threads: int) -> torch.nn.Module:
+def _worker_model(path: str, digest: str, threads: int, allow_pickle: bool) -> torch.nn.Module:
     key = (path, digest)
     if key not in _MODELS:
         torch.set_num_threads(threads)
         if file_sha256(Path(path)) != digest:
             raise DataError(f"the model file {path} seen by this worker differs from the driver's; the workers "
                             "must see the same file (shared storage)")
-        _MODELS[key] = load_model(path).eval()
+        _MODELS[key] = load_model(path, allow_pickle=allow_pickle)  # in eval mode
     return _MODELS[key]
 
 
@@ -141,9 +149,9 @@ def _worker_source(image: str, axes: str | None, dims: int) -> ImageSource:
 
 
 def _run_task(tiles: list[Tile], *, model: str, digest: str, image: str, axes: str | None, output: str,
-              plan: PredictionPlan, threads: int) -> int:
+              plan: PredictionPlan, threads: int, allow_pickle: bool = False) -> int:
     """Worker task: predict and write a group of tiles (each owning its output chunk); return how many ran."""
-    net = _worker_model(model, digest, threads)
+    net = _worker_model(model, digest, threads, allow_pickle)
     source = _worker_source(image, axes, plan.grid.spatial_dims)
     return run_tiles(net, plan, source, tiles, CropSink(ZarrBlockWriter(output), plan.output))
 
@@ -190,6 +198,55 @@ def start_local_cluster(cluster: ClusterConfig) -> Any:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _worker_count(dask_scheduler: Any) -> int:
+    """Runs on the scheduler: how many workers it has now."""
+    return len(dask_scheduler.workers)
+
+
+class _WorkerWatchdog:
+    """Cancels the run when the scheduler has had no worker for ``timeout`` seconds (the workers died, or none
+    were started): the driver would otherwise wait for them forever."""
+
+    def __init__(self, client: Any, timeout: float) -> None:
+        self.client, self.timeout = client, timeout
+        self.tripped: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="seamfree-worker-watchdog", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        alone_since: float | None = None
+        while not self._stop.wait(min(1.0, self.timeout / 4)):
+            try:  # asked of the scheduler itself: the client's cached view can lag behind
+                workers = int(self.client.run_on_scheduler(_worker_count))
+            except Exception as exc:  # the client is closing: nothing to watch
+                logger.debug("worker watchdog stops: %s", exc)
+                return
+            now = time.monotonic()
+            alone_since = None if workers else (alone_since or now)
+            if alone_since is not None and now - alone_since >= self.timeout:
+                self.tripped = now - alone_since
+                try:
+                    from distributed import Future
+
+                    # the client keeps states, not futures: a future per waiting key is what cancel takes
+                    self.client.cancel([Future(key, self.client) for key in list(self.client.futures)], force=True)
+                except Exception:
+                    logger.exception("could not cancel the waiting tasks")
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def raise_if_tripped(self, cause: Exception) -> None:
+        if self.tripped is not None:
+            raise DataError(
+                f"no dask worker has been connected to the scheduler {self.client.scheduler.address} for "
+                f"{self.tripped:.0f} s while tasks were waiting: its workers died or none were started; start "
+                "workers (dask worker ADDRESS) and rerun the same command to resume (worker_timeout, "
+                "CLI --worker-timeout, sets how long to wait)") from cause
 
 
 def _client(cluster: ClusterConfig) -> tuple[Any, Any]:
@@ -242,11 +299,13 @@ def predict_distributed(
     cluster: ClusterConfig | None = None,
     axes: str | None = None,
     progress: bool | Callable[[int, int], None] = False,
+    allow_pickle: bool = False,
 ) -> DistributedReport:
     """Predict ``image`` with the model at ``model`` into the OME-Zarr ``output`` on a dask cluster.
 
     Same parameters and same result as :func:`seamfree.predict` (crop stitching); rerun to resume. Returns a
-    summary (tiles, tasks, time, throughput).
+    summary (tiles, tasks, time, throughput). ``allow_pickle`` lets the driver and every worker load a
+    ``torch.export`` program or a pickled module (code from the file runs on each of them).
     """
     config = config or PredictConfig()
     cluster = cluster or ClusterConfig()
@@ -262,12 +321,13 @@ def predict_distributed(
     if not model_path.is_file():
         raise DataError(f"model file {str(model_path)!r} not found; workers load the model from a file")
     started = time.perf_counter()
-    net = load_model(model_path)
+    net = load_model(model_path, allow_pickle=allow_pickle)
     info = describe(net, config)
     dims = info.spatial_dims
     image_path = os.fspath(image)
     with output_lock(output), open_image(image_path, spatial_dims=dims, axes=axes) as source:
         client, local = _client(cluster)
+        watchdog = _WorkerWatchdog(client, cluster.worker_timeout)
         try:
             normalization = _normalization(client, str(image_path), axes, source, dims, config.normalization)
             plan = plan_prediction(net, source, config, normalization, info=info)
@@ -277,10 +337,14 @@ def predict_distributed(
                                    input_path=source.path)
             todo = [t for t in plan.grid.tiles() if not target.is_done(t.index)]
             computed, tasks = _submit(client, todo, model_path, str(image_path), axes, Path(output), plan,
-                                      cluster, progress, len(plan.grid))
+                                      cluster, progress, len(plan.grid), allow_pickle)
             target.finalize()
             workers = len(client.scheduler_info().get("workers", {}))
+        except Exception as exc:
+            watchdog.raise_if_tripped(exc)
+            raise
         finally:
+            watchdog.stop()
             client.close()
             if local is not None:
                 local.close()
@@ -295,7 +359,7 @@ def predict_distributed(
 
 def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
             axes: str | None, output: Path, plan: PredictionPlan, cluster: ClusterConfig,
-            progress: bool | Callable[[int, int], None], total: int) -> tuple[int, int]:
+            progress: bool | Callable[[int, int], None], total: int, allow_pickle: bool) -> tuple[int, int]:
     """Run the tasks of ``todo`` with at most a window of them known to the scheduler at any time.
 
     A finished task is released at once (the scheduler and the worker forget it) and the next one submitted, so the
@@ -307,7 +371,8 @@ def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
     threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
     window = max(TASKS_IN_FLIGHT, 4 * threads)
     kwargs = {"model": str(model_path.resolve()), "digest": file_sha256(model_path), "image": image, "axes": axes,
-              "output": str(output.resolve()), "plan": plan, "threads": cluster.threads_per_worker}
+              "output": str(output.resolve()), "plan": plan, "threads": cluster.threads_per_worker,
+              "allow_pickle": allow_pickle}
     sizes: dict[str, int] = {}
 
     def submit(group: list[Tile]) -> Any:

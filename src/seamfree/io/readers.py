@@ -266,16 +266,35 @@ def _open_zarr(path: Path, key: str | None) -> tuple[Any, int | None, str, tuple
     except Exception as exc:  # zarr raises several unrelated types for unreadable stores
         raise DataError(f"cannot open {str(path)!r} as zarr: {exc}") from exc
     if isinstance(node, zarr.Array):  # type: ignore[attr-defined]
+        _warn_missing_chunks(node, str(path))
         return node, None, str(path), None
     multiscales = _ome_multiscales(dict(node.attrs))
     if key is None and multiscales:
-        return _open_ome_level0(node, multiscales, path)
+        opened = _open_ome_level0(node, multiscales, path)
+        _warn_missing_chunks(opened[0], opened[2])
+        return opened
     arrays = [name for name, _ in node.arrays()]
     if key is None and len(arrays) == 1:
         key = arrays[0]
     if key is None or key not in arrays:
         raise DataError(f"{str(path)!r} is a zarr group with arrays {arrays}; choose one with key=... (CLI --key)")
+    _warn_missing_chunks(node[key], f"{path}/{key}")
     return node[key], None, f"{path}/{key}", None
+
+
+def _warn_missing_chunks(array: Any, where: str) -> None:
+    """Say so when chunks of a zarr input are not stored: zarr reads them as the fill value, without a word.
+
+    (A writer may leave out chunks that hold only the fill value; a lost chunk looks the same.)
+    """
+    try:
+        stored, total = int(array.nchunks_initialized), int(array.nchunks)
+    except Exception:  # stores that cannot be listed: nothing to say
+        return
+    if stored < total:
+        logger.warning("%d of %d chunks of the input %s are not stored: they are read as the fill value %s "
+                       "(regions never written, or chunks lost); check the input if that is unexpected", total - stored,
+                       total, where, getattr(array, "fill_value", 0))
 
 
 def _ome_multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]]:

@@ -9,8 +9,9 @@ Until the last block is written the output says it is incomplete: an OME-Zarr gr
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from seamfree.errors import ConfigError, OutputExistsError, ShapeError, require
+from seamfree.io.markers import MARKER_DIR, ArrayOutput, MarkedOutput, OutputTarget, block_digest
 from seamfree.io.safety import (
     TIFF_SIGNATURE,
     check_not_input,
@@ -30,125 +32,22 @@ from seamfree.io.safety import (
     tiff_signature,
 )
 
-__all__ = ["ArrayOutput", "OutputTarget", "TiffOutput", "ZarrBlockWriter", "ZarrOutput", "check_not_input",
-           "create_output", "output_format", "resolved_path"]
+__all__ = [
+    "ArrayOutput",
+    "OutputTarget",
+    "TiffOutput",
+    "ZarrBlockWriter",
+    "ZarrOutput",
+    "block_digest",
+    "check_not_input",
+    "create_output",
+    "output_format",
+    "resolved_path",
+]
 
 logger = logging.getLogger(__name__)
 
-MARKER_DIR = ".seamfree"
-# Fingerprint keys added after the first release (absent from older outputs, which still resume).
-ADDED_KEYS = ("runtime", "model_output")
-
-
-def _block_name(block: Sequence[int]) -> str:
-    return "_".join(str(int(i)) for i in block)
-
-
-class OutputTarget:
-    """Where predictions go: ``write`` regions, mark blocks done, ``finalize`` at the end."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    array: Any
-
-    def write(self, window: Sequence[slice], data: np.ndarray) -> None:
-        """Write ``data``, shape ``(C, *window)``, into the spatial ``window`` of ``self.array``."""
-        self._check(window, data)
-        self.array[(slice(None), *window)] = data
-
-    def is_done(self, block: Sequence[int]) -> bool:
-        raise NotImplementedError
-
-    def mark_done(self, block: Sequence[int]) -> None:
-        raise NotImplementedError
-
-    def finalize(self) -> Any:
-        """Mark the output complete and return what ``predict`` gives back."""
-        raise NotImplementedError
-
-    def _check(self, window: Sequence[slice], data: np.ndarray) -> None:
-        expected = (self.shape[0], *(s.stop - s.start for s in window))
-        if data.shape != expected:
-            raise ShapeError(f"block data of shape {data.shape} does not fit window {tuple(window)}")
-
-
-class ArrayOutput(OutputTarget):
-    """An in-memory (or user-provided, sliceable) array; progress lives only in memory."""
-
-    def __init__(self, array: Any) -> None:
-        self.array = array
-        self.shape = tuple(array.shape)
-        self.dtype = np.dtype(array.dtype)
-        self._done: set[tuple[int, ...]] = set()
-
-    def is_done(self, block: Sequence[int]) -> bool:
-        return tuple(block) in self._done
-
-    def mark_done(self, block: Sequence[int]) -> None:
-        self._done.add(tuple(block))
-
-    def finalize(self) -> Any:
-        return self.array
-
-
-class _MarkedOutput(OutputTarget):
-    """Shared done-marker logic of path outputs: one empty file per finished block."""
-
-    marker_root: Path
-
-    def _init_markers(self, fingerprint: dict[str, Any]) -> None:
-        (self.marker_root / "done").mkdir(parents=True, exist_ok=True)
-        path = self.marker_root / "fingerprint.json"
-        if path.exists():
-            stored = json.loads(path.read_text())
-            if isinstance(stored.get("input"), dict):  # earlier versions stored the path as it was typed
-                stored["input"]["path"] = resolved_path(stored["input"].get("path"))
-            # keys that earlier versions did not record are not compared: their outputs still resume
-            fingerprint_now = {k: v for k, v in fingerprint.items() if k in stored or k not in ADDED_KEYS}
-            if stored != fingerprint_now:
-                changed = sorted(k for k in set(stored) | set(fingerprint_now)
-                                 if stored.get(k) != fingerprint_now.get(k))
-                raise OutputExistsError(
-                    f"{str(self.location)!r} holds a prediction made with different {', '.join(changed)}"
-                    f"{_differences(stored, fingerprint_now)}; refusing to resume into it. Rerun with the same "
-                    "settings, use a new output path, or replace it (CLI: --overwrite)"
-                )
-            done = sum(1 for _ in (self.marker_root / "done").iterdir())
-            logger.info("resuming %s: %d blocks already done", self.location, done)
-        else:
-            _atomic_write_text(path, json.dumps(fingerprint, sort_keys=True, indent=1))
-
-    @property
-    def location(self) -> Path:
-        raise NotImplementedError
-
-    def is_done(self, block: Sequence[int]) -> bool:
-        return (self.marker_root / "done" / _block_name(block)).exists()
-
-    def mark_done(self, block: Sequence[int]) -> None:
-        (self.marker_root / "done" / _block_name(block)).touch()
-
-
-def _differences(stored: dict[str, Any], now: dict[str, Any]) -> str:
-    """Return ``" (grid.halo [112, 112] there, [96, 96] now; ...)"`` for the short values that differ."""
-    parts = []
-    for key in ("grid", "settings", "runtime", "activation"):
-        old, new = stored.get(key), now.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            parts += [f"{key}.{name} {old.get(name)} there, {new.get(name)} now" for name in sorted(set(old) | set(new))
-                      if old.get(name) != new.get(name)]
-        elif old != new:
-            parts.append(f"{key} {old} there, {new} now")
-    return f" ({'; '.join(parts[:4])})" if parts else ""
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
-class ZarrOutput(_MarkedOutput):
+class ZarrOutput(MarkedOutput):
     """An OME-Zarr (zarr v3, OME-NGFF 0.5) image with one level, chunks aligned with the tile cores."""
 
     def __init__(
@@ -217,7 +116,7 @@ class ZarrOutput(_MarkedOutput):
         return self.array
 
 
-class ZarrBlockWriter(_MarkedOutput):
+class ZarrBlockWriter(MarkedOutput):
     """Write access to an existing seamfree OME-Zarr output from another process (a dask worker).
 
     The driver creates the output and its fingerprint (:class:`ZarrOutput`); workers only write the chunks of
@@ -257,7 +156,7 @@ def _ome_metadata(spatial_dims: int, scale: tuple[float, ...] | None) -> dict[st
     }
 
 
-class TiffOutput(_MarkedOutput):
+class TiffOutput(MarkedOutput):
     """A (Big)TIFF written through a memory map under ``NAME.partial.tif``, renamed when complete."""
 
     def __init__(
@@ -288,10 +187,16 @@ class TiffOutput(_MarkedOutput):
                                         "delete it or pass --overwrite")
         else:
             shutil.rmtree(self.marker_root, ignore_errors=True)
-            self.array = tifffile.memmap(  # type: ignore[attr-defined]
-                str(self.partial), shape=self.shape, dtype=self.dtype, bigtiff=True,
-                metadata={"axes": "C" + "ZYX"[-(len(shape) - 1):], TIFF_SIGNATURE: fingerprint_digest(fingerprint)},
-            )
+            try:
+                self.array = tifffile.memmap(  # type: ignore[attr-defined]
+                    str(self.partial), shape=self.shape, dtype=self.dtype, bigtiff=True,
+                    metadata={"axes": "C" + "ZYX"[-(len(shape) - 1):],
+                              TIFF_SIGNATURE: fingerprint_digest(fingerprint)},
+                )
+                _reserve(self.partial)
+            except OSError:
+                self.partial.unlink(missing_ok=True)  # ours, just created: nothing of the user's is lost
+                raise
         self._init_markers(fingerprint)
 
     def _finished_before(self, fingerprint: dict[str, Any]) -> bool:
@@ -307,9 +212,9 @@ class TiffOutput(_MarkedOutput):
     def is_done(self, block: Sequence[int]) -> bool:
         return self.finished or super().is_done(block)
 
-    def mark_done(self, block: Sequence[int]) -> None:
-        self.array.flush()
-        super().mark_done(block)
+    def mark_done(self, block: Sequence[int], record: dict[str, Any] | None = None) -> None:
+        self.array.flush()  # msync: the block's pages are on the disk before its marker is
+        super().mark_done(block, record)
 
     def finalize(self) -> Any:
         if not self.finished:
@@ -318,6 +223,40 @@ class TiffOutput(_MarkedOutput):
             os.replace(self.partial, self.path)
         shutil.rmtree(self.marker_root, ignore_errors=True)
         return self.path
+
+
+def _check_free_space(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Warn when the output's uncompressed size exceeds the free space of its file system (a TIFF reserves its
+    size when created, so it then fails at once with ENOSPC instead of in the middle)."""
+    needed = math.prod(shape) * np.dtype(dtype).itemsize
+    free = shutil.disk_usage(path.parent).free
+    if needed > free:
+        logger.warning("the output %s may not fit: %s uncompressed, %s free on its file system (OME-Zarr "
+                       "compresses; a full disk stops the run cleanly, and a rerun resumes it)", path,
+                       _size(needed), _size(free))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the whole file now: a memory map over a sparse file on a full disk dies of SIGBUS later."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            if code not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate stay sparse
+                raise OSError(code, f"{os.strerror(code)} (reserving {_size(size)} for the TIFF output)",
+                              str(path)) from exc
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
@@ -366,6 +305,7 @@ def create_output(
         raise OutputExistsError(f"the folder of output {str(path)!r} does not exist; create it first")
     if not os.access(path.parent, os.W_OK):
         raise OutputExistsError(f"cannot write output {str(path)!r}: folder {str(path.parent)!r} is not writable")
+    _check_free_space(path, shape, dtype)
     if output_format(path) == "tiff":
         return TiffOutput(path, shape=shape, dtype=dtype, fingerprint=fingerprint, overwrite=overwrite)
     return ZarrOutput(path, shape=shape, dtype=dtype, chunks=chunks, fingerprint=fingerprint, scale=scale,

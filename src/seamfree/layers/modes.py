@@ -23,9 +23,21 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     >>> net.training
     True
     """
+    if _fixed_mode(model):  # a torch.export program's module: its mode was fixed at export (eval for inference)
+        yield model
+        return
     was_training = model.training
     model.eval()
     try:
         yield model
     finally:
         model.train(was_training)
+
+
+def _fixed_mode(model: nn.Module) -> bool:
+    """Whether the model refuses mode switches (``torch.export``'s modules raise on ``eval()``)."""
+    try:
+        model.train(model.training)
+    except (NotImplementedError, RuntimeError):
+        return True
+    return False

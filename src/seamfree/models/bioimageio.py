@@ -17,6 +17,7 @@ with the audit's verdict in its description; it passes ``bioimageio.core``'s own
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import os
@@ -109,10 +110,15 @@ def _load_description(path: Path) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         descr = load_description(source, format_version="latest")
+        gc.collect()  # bioimageio.spec leaves zip file handles to the collector: close them here, quietly
     if not isinstance(descr, ModelDescr):
         summary = getattr(descr, "validation_summary", None)
         errors = [str(getattr(e, "msg", e)) for d in getattr(summary, "details", []) for e in getattr(d, "errors", [])]
         reason = errors[0].splitlines()[0] if errors else f"it describes a {getattr(descr, 'type', 'non-model')}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            del descr, summary  # the invalid description holds the package's zip open: closed here, quietly
+            gc.collect()
         raise CheckpointError(f"{str(path)!r} is not a valid bioimage.io model package: {reason[:200]}; check it "
                               "with `bioimageio validate` or re-export it")
     return descr

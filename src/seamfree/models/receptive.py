@@ -106,6 +106,22 @@ class ReceptiveField:
                 "linearized": self.linearized}
 
 
+def _batched(network: nn.Module, select: Select, x: torch.Tensor) -> torch.Tensor:
+    """The selected output of a batch; item by item for models whose batch size is fixed (``torch.export``)."""
+    try:
+        return _tensor(select(network(x)))
+    except Exception:
+        if x.shape[0] == 1:
+            raise
+        return torch.cat([_tensor(select(network(x[i:i + 1]))) for i in range(x.shape[0])])
+
+
+def _thin(stride: int, strides: int) -> int:
+    """Width of a probe across the measured axis: ``strides`` network strides, at least 16 voxels (exported
+    programs often guard their input sizes from below)."""
+    return max(strides * stride, round_up(16, stride))
+
+
 def _compiled(model: nn.Module) -> bool:
     """Whether some part of the model is compiled (TorchScript, ``torch.export``): its layers cannot be swapped."""
     return any(isinstance(m, torch.jit.ScriptModule | torch.fx.GraphModule) for m in model.modules())
@@ -160,7 +176,7 @@ class _Gradients:
         x = torch.randn((items, self.in_channels, *probe), generator=generator).to(device, dtype).requires_grad_()
         centre = tuple(p // 2 // s * s for p, s in zip(probe, self.stride))
         with eval_mode(self.network):
-            out = _tensor(self.select(self.network(x)))
+            out = _batched(self.network, self.select, x)
         if tuple(out.shape[2:]) != probe:
             raise ShapeError(
                 f"the model's output spatial shape {tuple(out.shape[2:])} differs from its input {probe}; "
@@ -182,7 +198,7 @@ class _Gradients:
         """
         length = start
         while True:
-            probe = tuple(length if a == axis else 2 * s for a, s in enumerate(self.stride))
+            probe = tuple(length if a == axis else _thin(s, 2) for a, s in enumerate(self.stride))
             maps, centre = self.maps(probe, self.stride[axis])
             radius, context, touches = _radius(maps, centre, self.stride, self.threshold, [axis])
             if not touches:
@@ -227,7 +243,7 @@ def _support(model: nn.Module, in_channels: int, stride: tuple[int, ...],
     if linear is not None:
         gradients = _Gradients(linear, in_channels, stride, select)
         try:
-            gradients.maps(tuple(4 * s for s in stride), 1)
+            gradients.maps(tuple(_thin(s, 4) for s in stride), 1)
             return gradients, True
         except (RuntimeError, ShapeError) as exc:  # e.g. a style branch whose pooling was removed
             logger.info("the linearized copy does not run (%s); measuring the real model", exc)
@@ -306,9 +322,9 @@ def measure_receptive_field(
         linearized = False
     probe = tuple(round_up(2 * r + 2 * s, s) for r, s in zip(radius, stride))
     real = _Gradients(model, in_channels, stride, select)
-    effective = tuple(
-        _radius(*real.maps(tuple(p if a == axis else min(p, 4 * s) for a, (p, s) in enumerate(zip(probe, stride))),
-                           1, seed=1), stride, tolerance, [axis])[0][axis]
-        for axis in range(spatial_dims)
-    )
-    return ReceptiveField(tuple(radius), effective, stride, tile_dependent, tolerance, tuple(context), linearized)
+    effective = []
+    for axis in range(spatial_dims):  # a probe long on this axis, four strides wide on the others
+        thin = tuple(p if a == axis else min(p, _thin(s, 4)) for a, (p, s) in enumerate(zip(probe, stride)))
+        effective.append(_radius(*real.maps(thin, 1, seed=1), stride, tolerance, [axis])[0][axis])
+    return ReceptiveField(tuple(radius), tuple(effective), stride, tile_dependent, tolerance, tuple(context),
+                          linearized)

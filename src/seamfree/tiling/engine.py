@@ -8,6 +8,7 @@ its lower half for callers that consume predictions themselves; :func:`forward_b
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from seamfree.errors import ConfigError, DataError
+from seamfree.io.markers import block_digest
 from seamfree.io.readers import ImageSource
 from seamfree.layers.modes import eval_mode
 from seamfree.models.describe import resolve_activation, select_output
@@ -37,6 +39,8 @@ __all__ = [
     "resolve_activation",
     "run_tiles",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Tiles read ahead of the forward pass, in batches.
 PREFETCH_BATCHES = 2
@@ -95,9 +99,14 @@ def forward_batch(model: nn.Module, batch: np.ndarray, runtime: RuntimeSpec) -> 
     return (total / len(flips)).cpu().numpy()
 
 
+def input_digest(raw: np.ndarray) -> str:
+    """sha256 of a tile's raw input window (recorded in its done marker: a resume sees a changed input)."""
+    return block_digest(raw)
+
+
 def _prefetch(source: ImageSource, tiles: Iterator[Tile], normalization: IntensityNormalization,
-              tiles_per_batch: int, stop: threading.Event) -> Iterator[tuple[list[Tile], np.ndarray]]:
-    """Yield (tiles, normalized batch) read by a background thread, a few batches ahead."""
+              tiles_per_batch: int, stop: threading.Event) -> Iterator[tuple[list[Tile], np.ndarray, list[str]]]:
+    """Yield (tiles, normalized batch, input digests) read by a background thread, a few batches ahead."""
     buffer: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_BATCHES)
 
     def reader() -> None:
@@ -106,13 +115,15 @@ def _prefetch(source: ImageSource, tiles: Iterator[Tile], normalization: Intensi
                 chunk = list(itertools.islice(tiles, tiles_per_batch))
                 if not chunk:
                     break
-                batch = np.stack([normalization.apply(read_window(source, t.read)) for t in chunk])
+                raw = [read_window(source, t.read) for t in chunk]
+                batch = np.stack([normalization.apply(r) for r in raw])
+                digests = [input_digest(r) for r in raw]
                 if not np.isfinite(batch).all():
                     raise DataError(
                         f"the input {source.where} contains NaN or Inf values in the tile read at "
                         f"{chunk[0].read}; clean or mask them before prediction (e.g. numpy.nan_to_num)"
                     )
-                buffer.put((chunk, batch))
+                buffer.put((chunk, batch, digests))
         except BaseException as exc:  # handed to the consumer, which re-raises it
             buffer.put(exc)
         finally:
@@ -141,13 +152,34 @@ def predict_batches(model: nn.Module, source: ImageSource, tiles: Iterable[Tile]
 
     ``normalization`` must be resolved (global statistics) and ``runtime.activation`` resolved for the model.
     """
+    for batch_tiles, predictions, _ in _predict(model, source, tiles, normalization, runtime, tiles_per_batch):
+        yield batch_tiles, predictions
+
+
+def _predict(model: nn.Module, source: ImageSource, tiles: Iterable[Tile], normalization: IntensityNormalization,
+             runtime: RuntimeSpec, tiles_per_batch: int) -> Iterator[tuple[list[Tile], np.ndarray, list[str]]]:
     if not normalization.resolved:
         raise ConfigError(f"tiles need resolved intensity statistics, got {normalization}; "
                           "call compute_normalization(source, normalization) first")
     stop = threading.Event()
     with eval_mode(model), torch.inference_mode():
-        for batch_tiles, batch in _prefetch(source, iter(tiles), normalization, tiles_per_batch, stop):
-            yield batch_tiles, forward_batch(model, batch, runtime)
+        for batch_tiles, batch, digests in _prefetch(source, iter(tiles), normalization, tiles_per_batch, stop):
+            yield batch_tiles, forward_batch(model, batch, runtime), digests
+
+
+def _changed_inputs(source: ImageSource, done: Sequence[Tile], sink: TileSink) -> list[Tile]:
+    """Return the done tiles whose input changed since they were predicted (their markers forgotten)."""
+    changed = []
+    for tile in done:
+        recorded = sink.input_digest(tile)
+        if recorded is not None and recorded != input_digest(read_window(source, tile.read)):
+            sink.forget(tile)
+            changed.append(tile)
+    if changed:
+        logger.warning("the input %s changed under %d block(s) already predicted (%s%s): predicting them again",
+                       source.where, len(changed), ", ".join(str(t.index) for t in changed[:5]),
+                       ", ..." if len(changed) > 5 else "")
+    return changed
 
 
 def run_tiles(model: nn.Module, plan: PredictionPlan, source: ImageSource, tiles: Sequence[Tile],
@@ -158,13 +190,15 @@ def run_tiles(model: nn.Module, plan: PredictionPlan, source: ImageSource, tiles
     every batch. The sink is finished at the end, so a rerun with the same sink resumes.
     """
     todo = sink.pending(tiles)
+    pending = {t.index for t in todo}
+    todo += _changed_inputs(source, [t for t in tiles if t.index not in pending], sink)
     done = len(tiles) - len(todo)
     if progress is not None:
         progress(done, len(tiles))
-    for batch_tiles, predictions in predict_batches(model, source, todo, normalization=plan.normalization,
-                                                    runtime=plan.runtime, tiles_per_batch=plan.tiles_per_batch):
-        for tile, prediction in zip(batch_tiles, predictions):
-            sink.add(tile, prediction)
+    for batch_tiles, predictions, digests in _predict(model, source, todo, plan.normalization, plan.runtime,
+                                                      plan.tiles_per_batch):
+        for tile, prediction, digest in zip(batch_tiles, predictions, digests):
+            sink.add(tile, prediction, digest)
         done += len(batch_tiles)
         if progress is not None:
             progress(done, len(tiles))

@@ -283,13 +283,23 @@ def _check_halo_vs_rf(grid: TileGrid, measured: ReceptiveField, tiling: TilingSp
         )
 
 
+def _input_entry(source: ImageSource, stitching: str) -> dict[str, Any]:
+    """The input as the fingerprint records it: its resolved path, shape and dtype. Its content is checked block by
+    block (each crop block's marker holds the digest of the input it was predicted from, compared on resume); a
+    blend cell depends on several tiles, so blend outputs keep the digest of a sample of the input instead."""
+    entry: dict[str, Any] = {"path": resolved_path(source.path), "shape": list(source.shape),
+                             "dtype": str(source.dtype)}
+    if stitching == "blend":
+        sample = source.read(tuple(slice(0, min(s, 64)) for s in source.spatial_shape))
+        entry["sample_sha256"] = hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest()
+    return entry
+
+
 def _fingerprint(source: ImageSource, info: ModelInfo, config: PredictConfig, grid: TileGrid,
                  normalization: IntensityNormalization, runtime: RuntimeSpec, tiles_per_batch: int) -> dict[str, Any]:
-    sample = source.read(tuple(slice(0, min(s, 64)) for s in source.spatial_shape))
     settings = {k: v for k, v in asdict(config).items() if k not in _NOT_FINGERPRINTED}
     fingerprint = {
-        "input": {"path": resolved_path(source.path), "shape": list(source.shape), "dtype": str(source.dtype),
-                  "sample_sha256": hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest()},
+        "input": _input_entry(source, config.stitching),
         "model": info.digest,
         "settings": json.loads(json.dumps(settings, default=str)),
         "grid": {"core": list(grid.core), "halo": list(grid.halo), "overlap": list(grid.overlap)},

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from seamfree.io.writers import OutputTarget
+from seamfree.io.writers import OutputTarget, block_digest
 from seamfree.tiling.blend import BlendAccumulator, BlendWindow
 from seamfree.tiling.grid import Tile, TileGrid
 from seamfree.tiling.plan import PredictionPlan
@@ -30,8 +30,16 @@ class TileSink(ABC):
         """Return the tiles of ``tiles`` whose predictions are still needed (the others are written)."""
 
     @abstractmethod
-    def add(self, tile: Tile, prediction: np.ndarray) -> None:
-        """Take the prediction ``(C, *tile.read)`` of ``tile``'s whole read window."""
+    def add(self, tile: Tile, prediction: np.ndarray, input_digest: str | None = None) -> None:
+        """Take the prediction ``(C, *tile.read)`` of ``tile``'s whole read window (``input_digest``: of the raw
+        input it was predicted from, recorded so that a resume sees a changed input)."""
+
+    def input_digest(self, tile: Tile) -> str | None:
+        """The input digest recorded when ``tile`` was written (None: unknown, or the sink keeps none)."""
+        return None
+
+    def forget(self, tile: Tile) -> None:  # noqa: B027  (sinks without per-tile records keep nothing)
+        """Make a written tile pending again (its input changed)."""
 
     def finish(self) -> None:  # noqa: B027  (most sinks have nothing left to do)
         """Called after the last tile; a sink that buffers writes what it holds."""
@@ -47,9 +55,16 @@ class CropSink(TileSink):
     def pending(self, tiles: Sequence[Tile]) -> list[Tile]:
         return [tile for tile in tiles if not self.target.is_done(tile.index)]
 
-    def add(self, tile: Tile, prediction: np.ndarray) -> None:
-        self.target.write(tile.write, self.output.convert(prediction[(slice(None), *tile.crop)]))
-        self.target.mark_done(tile.index)
+    def add(self, tile: Tile, prediction: np.ndarray, input_digest: str | None = None) -> None:
+        data = self.output.convert(prediction[(slice(None), *tile.crop)])
+        self.target.write(tile.write, data)
+        self.target.mark_done(tile.index, _record(tile.write, data, input_digest))
+
+    def input_digest(self, tile: Tile) -> str | None:
+        return self.target.input_digest(tile.index)
+
+    def forget(self, tile: Tile) -> None:
+        self.target.forget(tile.index)
 
 
 class BlendSink(TileSink):
@@ -66,14 +81,23 @@ class BlendSink(TileSink):
         self.accumulator.skip_done(lambda cell: target.is_done(_cell_id(cell)))
 
     def _emit(self, cell: tuple[slice, ...], values: np.ndarray) -> None:
-        self.target.write(cell, self.output.convert(values))
-        self.target.mark_done(_cell_id(cell))
+        data = self.output.convert(values)
+        self.target.write(cell, data)
+        self.target.mark_done(_cell_id(cell), _record(cell, data, None))
 
     def pending(self, tiles: Sequence[Tile]) -> list[Tile]:
         return [tile for tile in tiles if self.accumulator.needs(tile)]
 
-    def add(self, tile: Tile, prediction: np.ndarray) -> None:
+    def add(self, tile: Tile, prediction: np.ndarray, input_digest: str | None = None) -> None:
         self.accumulator.add(tile, prediction)
+
+
+def _record(window: Sequence[slice], data: np.ndarray, input_digest: str | None) -> dict[str, object]:
+    """A done marker's record: where the block is, the digest of its stored values, and of its input."""
+    record: dict[str, object] = {"window": [[w.start, w.stop] for w in window], "sha256": block_digest(data)}
+    if input_digest is not None:
+        record["input_sha256"] = input_digest
+    return record
 
 
 def _cell_id(cell: tuple[slice, ...]) -> tuple[int, ...]:

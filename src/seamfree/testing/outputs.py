@@ -1,0 +1,25 @@
+"""Reading seamfree's outputs back in tests: a complete OME-Zarr (its level 0) or a TIFF, as a numpy array."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["read_output"]
+
+
+def read_output(path: str | os.PathLike[str]) -> np.ndarray:
+    """Return the stored prediction at ``path``; AssertionError unless an OME-Zarr output says it is complete."""
+    path = Path(path)
+    if path.suffix == ".zarr":
+        import zarr
+
+        group: Any = zarr.open_group(str(path), mode="r")
+        assert dict(group.attrs)["seamfree"]["status"] == "complete", f"{path} is not complete"
+        return np.asarray(group["0"][...])
+    import tifffile
+
+    return np.asarray(tifffile.imread(str(path)))
