@@ -35,6 +35,7 @@ TILING_ORDER = ["specs", "grid", "normalize", "blend", "engine", "suggest", "pla
                 "allocator", "__init__"]
 
 HEAVY_OPTIONAL = ("dask", "distributed", "zarr", "tifffile", "h5py", "matplotlib", "monai", "bioimageio", "napari",
+                  "ome_zarr_models",
                   "skimage", "scipy", "imageio")
 
 

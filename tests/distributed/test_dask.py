@@ -92,7 +92,7 @@ def test_losing_a_worker_mid_run_still_gives_identical_output(inputs, tmp_path):
         pids = list(client.run(os.getpid).values())
 
         def kill_one():
-            marker = tmp_path / "out.zarr" / ".seamfree" / "done"
+            marker = tmp_path / "out.zarr.seamfree" / "done"
             deadline = time.time() + 60
             while time.time() < deadline and not (marker.exists() and any(marker.iterdir())):
                 time.sleep(0.05)

@@ -54,7 +54,7 @@ def _read(path):
 
 
 def _markers(path):
-    return (path / ".seamfree" / "done") if path.suffix == ".zarr" else path.with_name(path.name + ".seamfree") / "done"
+    return path.with_name(path.name + ".seamfree") / "done"
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".tif"])

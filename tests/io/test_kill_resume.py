@@ -63,7 +63,7 @@ def _complete(out):
 
 
 def _markers(out):
-    return out / ".seamfree" / "done" if out.suffix == ".zarr" else out.with_name(out.name + ".seamfree") / "done"
+    return out.with_name(out.name + ".seamfree") / "done"
 
 
 @pytest.mark.slow

@@ -309,12 +309,37 @@ def test_an_output_fingerprinted_before_runtime_was_recorded_still_resumes(net, 
     image = rng.normal(size=(64, 64)).astype(np.float32)
     out = tmp_path / "pred.zarr"
     config = PredictConfig(core=32, halo=0, allow_small_halo=True, tiles_per_batch=1)
-    predict(net, image, out, config=config)
-    stored = out / ".seamfree" / "fingerprint.json"
+    with pytest.raises(KeyboardInterrupt):
+        predict(net, image, out, config=config, progress=_interrupt_after(1))
+    stored = out.with_name(out.name + ".seamfree") / "fingerprint.json"
     older = json.loads(stored.read_text())
     del older["runtime"]  # as written by seamfree before the runtime was part of the fingerprint
     stored.write_text(json.dumps(older))
     predict(net, image, out, config=config)
+
+
+def _interrupt_after(count):
+    def progress(done):
+        if done >= count:
+            raise KeyboardInterrupt
+    return progress
+
+
+def test_an_output_written_with_markers_inside_the_store_still_resumes(net, tmp_path, rng):
+    """Versions before 0.3 kept the done markers inside the zarr store: they are moved out, and the run resumes."""
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    out = tmp_path / "pred.zarr"
+    config = PredictConfig(core=32, halo=0, allow_small_halo=True, tiles_per_batch=1)
+    with pytest.raises(KeyboardInterrupt):
+        predict(net, image, out, config=config, progress=_interrupt_after(2))
+    (out.with_name(out.name + ".seamfree")).rename(out / ".seamfree")  # the old layout
+    group = zarr.open_group(str(out), mode="r+")
+    group.attrs["seamfree"] = {"status": "incomplete"}  # and the old attributes
+    computed = []
+    predict(net, image, out, config=config, report=computed)
+    assert computed[0].tiles_computed == computed[0].tiles_total - 2
+    assert not (out / ".seamfree").exists()
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(out))["0"][:]), predict(net, image, config=config))
 
 
 @pytest.mark.parametrize(("argv", "pattern"), [
@@ -408,3 +433,14 @@ def test_the_payload_is_real_it_runs_with_allow_pickle(tmp_path):
     with pytest.raises(CheckpointError):
         load_model(path, allow_pickle=True)  # it unpickles (running the payload) to a dict, not a module
     assert marker.exists()
+
+
+def test_an_image_holding_a_pickle_never_runs_code(tmp_path, net, capsys):
+    """A .npy of Python objects (which numpy could unpickle) is refused as an image, in one line."""
+    marker = tmp_path / "payload-ran"
+    np.save(tmp_path / "image.npy", np.array([_Payload(marker)], dtype=object), allow_pickle=True)
+    model = save_model(net, tmp_path / "m.pt")
+    assert main(["predict", str(model), str(tmp_path / "image.npy"), str(tmp_path / "o.zarr"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pickle" in err.lower(), err
+    assert not marker.exists()

@@ -79,7 +79,9 @@ def test_a_package_predicts_what_bioimageio_core_predicts(tmp_path, weights, rng
     # (the network's zero padding, as a whole-image forward does): inside the halo the two agree to float noise
     h = declared.declared_halo[0]
     assert np.abs(ours - theirs)[:, h:-h, h:-h].max() < 1e-4
-    assert describe_model(model).verdict == "tile-independent"
+    info = describe_model(model)
+    assert info.verdict == "tile-independent"
+    assert any("computed over the whole image, once" in note for note in info.notes)  # not per tile
 
 
 def test_a_package_declaring_too_small_a_halo_is_flagged(tmp_path, capsys):

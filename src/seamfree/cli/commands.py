@@ -119,6 +119,7 @@ def predict(args: argparse.Namespace) -> int:
         amp=args.amp, tta=args.tta, normalization=normalization, output_kind=args.output_kind,
         threshold=args.threshold, pinned_core=args.core is not None and args.pin_core,
         allow_small_halo=args.allow_small_halo, overwrite=args.overwrite, activation=args.activation,
+        voxel_size=args.voxel_size, unit=args.unit,
         **_model_options(args),  # type: ignore[arg-type]
     )
     if args.workers or args.scheduler:

@@ -42,6 +42,15 @@ def _int_tuple(text: str) -> int | tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from exc
 
 
+def _float_tuple(text: str) -> float | tuple[float, ...]:
+    """Parse ``"0.5"`` (every axis) or ``"2,0.5,0.5"`` (z, y, x)."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from exc
+    return values[0] if len(values) == 1 else values
+
+
 def _output_key(text: str) -> int | str:
     """An output index (``"1"``) or dict key (``"flows"``)."""
     return int(text) if text.isdigit() else text
@@ -166,6 +175,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
                  help="given intensity offset (skips the statistics pass), with --intensity-scale")
     _add_renamed(p, "--intensity-scale", "--scale", type=float, help="given intensity scale, with --intensity-offset")
     p.add_argument("--output-kind", choices=["float32", "uint8", "mask"], default="float32")
+    p.add_argument("--voxel-size", type=_float_tuple, metavar="SIZE",
+                   help="voxel size for the output's metadata when the input records none, e.g. 2,0.5,0.5")
+    p.add_argument("--unit", help="space unit of --voxel-size (um, nm, micrometer, ...)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing seamfree output instead of resuming (never data seamfree did not write)")

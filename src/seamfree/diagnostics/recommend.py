@@ -99,7 +99,7 @@ def recommend(audit: NormAudit, rf: ReceptiveField, halo: tuple[int, ...], misma
              else f"tiled differs from whole-image by up to {exactness.max_abs:.2g}")
     return Recommendation(
         "seamless",
-        f"seamless: {why}, halo {halo} >= the {rf.halo} the receptive field needs, TM_abs {mismatch.tm_abs:.1g}, "
+        f"{why}, halo {halo} >= the {rf.halo} the receptive field needs, TM_abs {mismatch.tm_abs:.1g}, "
         f"TED_dice {disparity.ted_dice:.2g}{seam_text}; {exact}.",
         (f"predict with {tiling} ({suggestion.tiles_per_batch} tile(s) per batch)",),
     )

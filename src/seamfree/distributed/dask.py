@@ -41,7 +41,7 @@ from seamfree.models.checkpoint import load_model
 from seamfree.tiling.engine import run_tiles
 from seamfree.tiling.grid import Tile
 from seamfree.tiling.normalize import IntensityNormalization, SlabStatistics, iter_slabs
-from seamfree.tiling.plan import PredictConfig, PredictionPlan, describe, plan_prediction
+from seamfree.tiling.plan import PredictConfig, PredictionPlan, describe, output_calibration, plan_prediction
 from seamfree.tiling.sinks import CropSink
 
 __all__ = ["ClusterConfig", "DistributedReport", "predict_distributed", "start_local_cluster"]
@@ -333,7 +333,8 @@ def predict_distributed(
             plan = plan_prediction(net, source, config, normalization, info=info)
             _check_input(source, plan)
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
-                                   fingerprint=plan.fingerprint, scale=source.scale, overwrite=config.overwrite,
+                                   fingerprint=plan.fingerprint, overwrite=config.overwrite,
+                                   calibration=output_calibration(source, config),
                                    input_path=source.path)
             todo = [t for t in plan.grid.tiles() if not target.is_done(t.index)]
             computed, tasks = _submit(client, todo, model_path, str(image_path), axes, Path(output), plan,

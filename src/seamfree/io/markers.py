@@ -23,7 +23,7 @@ from seamfree.errors import OutputExistsError, ShapeError
 from seamfree.io.safety import resolved_path
 
 __all__ = ["ADDED_KEYS", "MARKER_DIR", "ArrayOutput", "MarkedOutput", "OutputTarget", "atomic_write_text",
-           "block_digest"]
+           "block_digest", "check_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,24 @@ class ArrayOutput(OutputTarget):
         return self.array
 
 
+def check_fingerprint(stored: dict[str, Any], fingerprint: dict[str, Any], location: Path) -> None:
+    """OutputExistsError, naming what differs, unless ``stored`` (an output's) matches this run's ``fingerprint``."""
+    stored = json.loads(json.dumps(stored))  # a copy, normalized below
+    if isinstance(stored.get("input"), dict):  # earlier versions stored the path as it was typed
+        stored["input"]["path"] = resolved_path(stored["input"].get("path"))
+        if "sample_sha256" not in fingerprint.get("input", {}):  # crop outputs check blocks instead
+            stored["input"].pop("sample_sha256", None)
+    # keys that earlier versions did not record are not compared: their outputs still resume
+    now = {k: v for k, v in fingerprint.items() if k in stored or k not in ADDED_KEYS}
+    if stored != now:
+        changed = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+        raise OutputExistsError(
+            f"{str(location)!r} holds a prediction made with different {', '.join(changed)}"
+            f"{_differences(stored, now)}; refusing to resume into it. Rerun with the same settings, use a new "
+            "output path, or replace it (CLI: --overwrite)"
+        )
+
+
 class MarkedOutput(OutputTarget):
     """Shared done-marker logic of path outputs: one empty file per finished block."""
 
@@ -111,21 +129,7 @@ class MarkedOutput(OutputTarget):
         (self.marker_root / "done").mkdir(parents=True, exist_ok=True)
         path = self.marker_root / "fingerprint.json"
         if path.exists():
-            stored = json.loads(path.read_text())
-            if isinstance(stored.get("input"), dict):  # earlier versions stored the path as it was typed
-                stored["input"]["path"] = resolved_path(stored["input"].get("path"))
-                if "sample_sha256" not in fingerprint.get("input", {}):  # crop outputs check blocks instead
-                    stored["input"].pop("sample_sha256", None)
-            # keys that earlier versions did not record are not compared: their outputs still resume
-            fingerprint_now = {k: v for k, v in fingerprint.items() if k in stored or k not in ADDED_KEYS}
-            if stored != fingerprint_now:
-                changed = sorted(k for k in set(stored) | set(fingerprint_now)
-                                 if stored.get(k) != fingerprint_now.get(k))
-                raise OutputExistsError(
-                    f"{str(self.location)!r} holds a prediction made with different {', '.join(changed)}"
-                    f"{_differences(stored, fingerprint_now)}; refusing to resume into it. Rerun with the same "
-                    "settings, use a new output path, or replace it (CLI: --overwrite)"
-                )
+            check_fingerprint(json.loads(path.read_text()), fingerprint, self.location)
             done = sum(1 for _ in (self.marker_root / "done").iterdir())
             logger.info("resuming %s: %d blocks already done", self.location, done)
         else:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from seamfree.errors import DataError, ShapeError, require
+from seamfree.io.ome import Calibration, read_calibration
 
 __all__ = ["SUPPORTED_DTYPES", "ImageSource", "open_image", "parse_axes"]
 
@@ -67,6 +68,13 @@ class ImageSource:
     spatial_chunks: tuple[int, ...] | None = None
     scale: tuple[float, ...] | None = None
     handle: Any = None
+    translation: tuple[float, ...] | None = None
+    units: tuple[str | None, ...] | None = None
+
+    @property
+    def calibration(self) -> Calibration:
+        """Voxel size, origin and units of the spatial axes, as far as the file says."""
+        return Calibration(self.scale, self.translation, self.units)
 
     def close(self) -> None:
         """Close the file this source holds open (TIFF store, HDF5 file); a no-op for arrays."""
@@ -118,10 +126,18 @@ class ImageSource:
         if len(window) != self.spatial_dims:
             raise ShapeError(f"window {tuple(window)} needs {self.spatial_dims} spatial slices")
         index: list[slice] = list(window)
-        if self.channel_axis is None:
-            return np.asarray(self.data[tuple(index)])[np.newaxis]
-        index.insert(self.channel_axis, slice(None))
-        return np.moveaxis(np.asarray(self.data[tuple(index)]), self.channel_axis, 0)
+        if self.channel_axis is not None:
+            index.insert(self.channel_axis, slice(None))
+        try:
+            data = np.asarray(self.data[tuple(index)])
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a chunk that does not decode, a truncated file: the storage, not the caller
+            region = [(w.start, w.stop) for w in window]
+            raise DataError(f"cannot read the region {region} of the input {self.where}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}; the file may be corrupt or "
+                            "truncated there") from exc
+        return data[np.newaxis] if self.channel_axis is None else np.moveaxis(data, self.channel_axis, 0)
 
     def read_all(self) -> np.ndarray:
         """Return the whole image in memory (only for images that fit)."""
@@ -194,16 +210,31 @@ def open_image(
     spatial_chunks = None
     if isinstance(chunks, tuple) and len(chunks) == len(data.shape):
         spatial_chunks = tuple(int(c) for i, c in enumerate(chunks) if i != channel_axis)
-    return ImageSource(data, channel_axis, path, spatial_chunks, scale, handle)
+    calibration = scale if isinstance(scale, Calibration) else Calibration(scale)
+    return ImageSource(data, channel_axis, path, spatial_chunks, calibration.scale, handle, calibration.translation,
+                       calibration.units)
 
 
-def _open_path(path: Path, key: str | None) -> tuple[Any, int | None, str, tuple[float, ...] | None, Any]:
+def _open_npy(path: Path) -> np.ndarray:
+    """A memory-mapped .npy; never unpickled (object arrays are refused, not loaded)."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Python objects" in str(exc):
+            raise DataError(f"{str(path)!r} holds Python objects (a pickle), not an image: seamfree never unpickles "
+                            "input files; save the image as a numeric array") from exc
+        raise DataError(f"cannot read {str(path)!r} as .npy: {exc}") from exc
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {str(path)!r} as .npy ({exc}); is it really a .npy file?") from exc
+
+
+def _open_path(path: Path, key: str | None) -> tuple[Any, int | None, str, Calibration | None, Any]:
     """Return (array, channel axis from metadata or None (-1: known to have none), path, scale, handle)."""
     if not path.exists():
         raise DataError(f"input {str(path)!r} does not exist")
     name = path.name.lower()
     if name.endswith(".npy"):
-        return np.load(path, mmap_mode="r"), None, str(path), None, None
+        return _open_npy(path), None, str(path), None, None
     if name.endswith((".tif", ".tiff")):
         array, handle = _open_tiff(path)
         return array, None, str(path), None, handle
@@ -259,7 +290,7 @@ def _open_hdf5(path: Path, key: str | None) -> Any:
     return handle[key]
 
 
-def _open_zarr(path: Path, key: str | None) -> tuple[Any, int | None, str, tuple[float, ...] | None]:
+def _open_zarr(path: Path, key: str | None) -> tuple[Any, int | None, str, Calibration | None]:
     zarr = require("zarr", "zarr")
     try:
         node = zarr.open(str(path), mode="r")  # type: ignore[attr-defined]
@@ -304,7 +335,7 @@ def _ome_multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _open_ome_level0(
     group: Any, multiscales: list[dict[str, Any]], path: Path
-) -> tuple[Any, int | None, str, tuple[float, ...] | None]:
+) -> tuple[Any, int | None, str, Calibration]:
     image = multiscales[0]
     level0 = image["datasets"][0]
     axes = [a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])]
@@ -312,11 +343,8 @@ def _open_ome_level0(
     if "t" in axes:
         raise ShapeError(f"{str(path)!r} has a time axis (axes {axes}); select one time point first")
     channel_axis = axes.index("c") if "c" in axes else -1
-    scale = None
-    for transform in level0.get("coordinateTransformations", []):
-        if transform.get("type") == "scale":
-            scale = tuple(float(s) for i, s in enumerate(transform["scale"]) if not axes or axes[i] != "c")
+    calibration = read_calibration(image, level0)
     if not axes:
         channel_axis = 0 if array.ndim == 4 else -1
-    logger.debug("OME-Zarr %s: level 0 %s, axes %s", path, level0["path"], axes)
-    return array, channel_axis, f"{path}/{level0['path']}", scale
+    logger.debug("OME-Zarr %s: level 0 %s, axes %s, %s", path, level0["path"], axes, calibration)
+    return array, channel_axis, f"{path}/{level0['path']}", calibration

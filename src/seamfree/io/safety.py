@@ -1,9 +1,10 @@
 """What protects the user's data: outputs never over the input, ``--overwrite`` only of seamfree's own outputs.
 
-A path output is seamfree's own when it carries seamfree's mark: an OME-Zarr output its fingerprint file
-(``.seamfree/fingerprint.json``), a TIFF the :data:`TIFF_SIGNATURE` key in its shaped metadata (the digest of
-its fingerprint, so that a rerun of the same prediction knows a complete TIFF as its own). Nothing else is
-ever deleted, and nothing is deleted through a symbolic link.
+A path output is seamfree's own when it carries seamfree's mark: an OME-Zarr output its fingerprint in the
+group's ``seamfree`` attributes (or, written before 0.3, a ``.seamfree/fingerprint.json`` inside it), a TIFF
+the :data:`TIFF_SIGNATURE` key in its shaped metadata (the digest of its fingerprint, so that a rerun of the
+same prediction knows a complete TIFF as its own). Nothing else is ever deleted, and nothing is deleted through
+a symbolic link.
 """
 
 from __future__ import annotations

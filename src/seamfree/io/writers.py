@@ -10,6 +10,7 @@ Until the last block is written the output says it is incomplete: an OME-Zarr gr
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import os
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from seamfree.errors import ConfigError, OutputExistsError, ShapeError, require
-from seamfree.io.markers import MARKER_DIR, ArrayOutput, MarkedOutput, OutputTarget, block_digest
+from seamfree.io.markers import MARKER_DIR, ArrayOutput, MarkedOutput, OutputTarget, block_digest, check_fingerprint
+from seamfree.io.ome import Calibration, dimension_names, ome_image_attrs
 from seamfree.io.safety import (
     TIFF_SIGNATURE,
     check_not_input,
@@ -47,8 +49,36 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+def zarr_markers(path: Path) -> Path:
+    """Where an OME-Zarr output's fingerprint and done markers live while it is written: beside it
+    (``NAME.zarr.seamfree``), outside the zarr hierarchy, which then holds nothing zarr does not recognise."""
+    return path.with_name(path.name + MARKER_DIR)
+
+
+def seamfree_attrs(path: Path) -> dict[str, Any] | None:
+    """seamfree's attributes of the zarr group at ``path`` (None: not a group seamfree wrote)."""
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return None
+    mark = attrs.get("seamfree") if isinstance(attrs, dict) else None
+    return mark if isinstance(mark, dict) else None
+
+
+def is_seamfree_zarr(path: Path) -> bool:
+    """Whether ``path`` is an OME-Zarr output seamfree wrote (its fingerprint in the group's attributes, or the
+    marker folder inside it that versions before 0.3 kept)."""
+    mark = seamfree_attrs(path)
+    return (mark is not None and "fingerprint" in mark) or (path / MARKER_DIR / "fingerprint.json").is_file()
+
+
 class ZarrOutput(MarkedOutput):
-    """An OME-Zarr (zarr v3, OME-NGFF 0.5) image with one level, chunks aligned with the tile cores."""
+    """An OME-Zarr (zarr v3, OME-NGFF 0.5) image with one level, chunks aligned with the tile cores.
+
+    The group's attributes carry the OME metadata (with the input's calibration), seamfree's status and the
+    run's fingerprint; the done markers live beside the store while it is written and are removed when it is
+    complete (a rerun of a complete output compares the fingerprint in its attributes and has nothing to do).
+    """
 
     def __init__(
         self,
@@ -58,34 +88,50 @@ class ZarrOutput(MarkedOutput):
         dtype: np.dtype,
         chunks: tuple[int, ...],
         fingerprint: dict[str, Any],
-        scale: tuple[float, ...] | None = None,
+        calibration: Calibration | None = None,
         overwrite: bool = False,
     ) -> None:
         zarr = require("zarr", "zarr")
         self.path = path
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
-        self.marker_root = path / MARKER_DIR
-        if overwrite and path.exists():
-            remove_own_output(path, written_by_seamfree=(path / MARKER_DIR / "fingerprint.json").is_file())
+        self.fingerprint = fingerprint
+        self.marker_root = zarr_markers(path)
+        if overwrite and (path.exists() or path.is_symlink()):
+            remove_own_output(path, written_by_seamfree=is_seamfree_zarr(path))
+        if overwrite and (self.marker_root / "fingerprint.json").is_file():
+            shutil.rmtree(self.marker_root)  # the markers of a run of ours into that output
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()  # an empty folder: a creation killed before its first file (nothing to lose)
+        legacy = path / MARKER_DIR
+        if legacy.is_dir() and not self.marker_root.exists():
+            os.replace(legacy, self.marker_root)  # written by seamfree < 0.3: markers move out of the hierarchy
+            logger.info("moved the done markers of %s out of the zarr hierarchy to %s", path, self.marker_root)
         if path.exists():
             self.group = self._reopen(zarr)
         else:
             # the group's metadata, seamfree's mark included, is one file written at once: a run killed at any
             # moment leaves either no group or one that says it is seamfree's and incomplete
             self.group = zarr.open_group(str(path), mode="w-", attributes={  # type: ignore[attr-defined]
-                "ome": _ome_metadata(len(shape) - 1, scale), "seamfree": {"status": "incomplete"}})
+                "ome": ome_image_attrs(len(shape) - 1, calibration),
+                "seamfree": {"status": "incomplete", "fingerprint": fingerprint}})
         if "0" not in self.group:  # new, or a creation killed before its array
             self.group.create_array("0", shape=self.shape, dtype=self.dtype, chunks=(self.shape[0], *chunks),
-                                    fill_value=0)
+                                    fill_value=0, dimension_names=dimension_names(len(shape) - 1))
         self.array = self.group["0"]
-        self._init_markers(fingerprint)
+        mark = dict(self.group.attrs.get("seamfree", {}))
+        self.finished = mark.get("status") == "complete" and "fingerprint" in mark and not self.marker_root.exists()
+        if self.finished:
+            check_fingerprint(mark["fingerprint"], fingerprint, self.location)
+        else:
+            self._init_markers(fingerprint)
 
     @property
     def location(self) -> Path:
         return self.path
+
+    def is_done(self, block: Sequence[int]) -> bool:
+        return self.finished or super().is_done(block)
 
     def _reopen(self, zarr: Any) -> Any:
         try:
@@ -112,7 +158,9 @@ class ZarrOutput(MarkedOutput):
         return group
 
     def finalize(self) -> Any:
-        self.group.attrs["seamfree"] = {"status": "complete"}
+        self.group.attrs["seamfree"] = {"status": "complete", "fingerprint": self.fingerprint}
+        shutil.rmtree(self.marker_root, ignore_errors=True)
+        self.finished = True
         return self.array
 
 
@@ -126,7 +174,7 @@ class ZarrBlockWriter(MarkedOutput):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         zarr = require("zarr", "zarr")
         self.path = Path(path)
-        self.marker_root = self.path / MARKER_DIR
+        self.marker_root = zarr_markers(self.path)
         try:
             group = zarr.open_group(str(self.path), mode="r+")  # type: ignore[attr-defined]
             self.array = group["0"]
@@ -139,21 +187,6 @@ class ZarrBlockWriter(MarkedOutput):
     @property
     def location(self) -> Path:
         return self.path
-
-
-def _ome_metadata(spatial_dims: int, scale: tuple[float, ...] | None) -> dict[str, Any]:
-    names = "zyx"[-spatial_dims:]
-    axes = [{"name": "c", "type": "channel"}] + [{"name": n, "type": "space"} for n in names]
-    scale_values = [1.0, *(scale or (1.0,) * spatial_dims)]
-    return {
-        "version": "0.5",
-        "multiscales": [{
-            "name": "seamfree prediction",
-            "axes": axes,
-            "datasets": [{"path": "0",
-                          "coordinateTransformations": [{"type": "scale", "scale": scale_values}]}],
-        }],
-    }
 
 
 class TiffOutput(MarkedOutput):
@@ -283,6 +316,7 @@ def create_output(
     scale: tuple[float, ...] | None = None,
     overwrite: bool = False,
     input_path: str | None = None,
+    calibration: Calibration | None = None,
 ) -> OutputTarget:
     """Return the output for ``target``: None (a new numpy array), an array, or a .zarr/.tif path.
 
@@ -308,5 +342,5 @@ def create_output(
     _check_free_space(path, shape, dtype)
     if output_format(path) == "tiff":
         return TiffOutput(path, shape=shape, dtype=dtype, fingerprint=fingerprint, overwrite=overwrite)
-    return ZarrOutput(path, shape=shape, dtype=dtype, chunks=chunks, fingerprint=fingerprint, scale=scale,
-                      overwrite=overwrite)
+    return ZarrOutput(path, shape=shape, dtype=dtype, chunks=chunks, fingerprint=fingerprint,
+                      calibration=calibration or Calibration(scale), overwrite=overwrite)

@@ -89,7 +89,8 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     temporary = path.with_name(path.name + ".partial")
-    torch.save(payload, temporary)
+    with open(temporary, "wb") as handle:  # an unwritable folder is an OSError here, with its errno
+        torch.save(payload, handle)
     os.replace(temporary, path)
     return path
 

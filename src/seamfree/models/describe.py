@@ -336,7 +336,13 @@ def _describe(model: nn.Module, digest: str, spatial_dims: int | None, in_channe
 
     rf = measure_receptive_field(model, spatial_dims=dims, in_channels=channels, network_stride=stride,
                                  select=pick, audit=audit)
-    declared = getattr(getattr(model, "seamfree_package", None), "declared_halo", None)
+    package = getattr(model, "seamfree_package", None)
+    normalization = getattr(package, "normalization", None)
+    if normalization:
+        notes.append(f"the bioimage.io package's input normalization ({normalization['method']}) is "
+                     "computed over the whole image, once, not per tile: per-tile statistics are themselves a tiling "
+                     "artifact")
+    declared = getattr(package, "declared_halo", None)
     if declared is not None and any(d < h for d, h in zip(declared, rf.halo)):
         notes.append(f"the bioimage.io package declares halo {tuple(declared)}, smaller than the {rf.halo} its "
                      "measured receptive field needs: consumers that trust the declaration stitch visible seams")

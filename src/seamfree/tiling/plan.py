@@ -21,6 +21,7 @@ from torch import nn
 
 from seamfree.config import apply_renamed
 from seamfree.errors import ConfigError, HaloError, ShapeError
+from seamfree.io.ome import Calibration
 from seamfree.io.readers import ImageSource
 from seamfree.io.safety import resolved_path
 from seamfree.models.checkpoint import check_device
@@ -37,6 +38,7 @@ __all__ = [
     "PredictionPlan",
     "TilingSpec",
     "check_model_input",
+    "output_calibration",
     "plan_prediction",
 ]
 
@@ -47,7 +49,7 @@ logger = logging.getLogger(__name__)
 # The model's geometry (spatial_dims, in_channels) changes nothing it computes; the selected output is recorded
 # as the fingerprint's "model_output" entry.
 _NOT_FINGERPRINTED = ("device", "tiles_per_batch", "batch_size", "overwrite", "normalization", "memory_budget",
-                      "amp", "spatial_dims", "in_channels", "model_output")
+                      "amp", "spatial_dims", "in_channels", "model_output", "voxel_size", "unit")
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,9 @@ class PredictConfig:
         ``--in-channels``).
     model_output : int or str, optional
         Index or key of the segmentation among a tuple/dict model output (CLI ``--output``).
+    voxel_size, unit : optional
+        Voxel size (one value, or one per spatial axis) and space unit written into the output's metadata for an
+        input that records none (CLI ``--voxel-size``, ``--unit``); an input's own calibration wins.
     batch_size : int, optional
         Deprecated name of ``tiles_per_batch``.
     """
@@ -139,6 +144,8 @@ class PredictConfig:
     spatial_dims: int | None = None
     in_channels: int | None = None
     model_output: int | str | None = None
+    voxel_size: float | tuple[float, ...] | None = None
+    unit: str | None = None
     batch_size: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -215,6 +222,13 @@ def check_model_input(source: ImageSource, in_channels: int, spatial_dims: int) 
             f"the image has {source.shape[0]} channel(s) (shape {source.shape}), the model expects "
             f"{in_channels}; select or stack channels, or pass axes=... if the channel axis was misread"
         )
+
+
+def output_calibration(source: ImageSource, config: PredictConfig) -> Calibration:
+    """The output's voxel size, origin and units: the input's, completed by ``voxel_size``/``unit``."""
+    size = config.voxel_size
+    sizes = None if size is None else ((size,) if isinstance(size, int | float) else tuple(size))
+    return source.calibration.with_defaults(sizes, config.unit, source.spatial_dims)
 
 
 def describe(model: nn.Module, config: PredictConfig) -> ModelInfo:

@@ -27,7 +27,14 @@ from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.engine import eval_mode, forward_batch, predict_batches, read_window, resolve_activation, run_tiles
 from seamfree.tiling.grid import Tile, TileGrid, round_up
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
-from seamfree.tiling.plan import PredictConfig, PredictionPlan, check_model_input, describe, plan_prediction
+from seamfree.tiling.plan import (
+    PredictConfig,
+    PredictionPlan,
+    check_model_input,
+    describe,
+    output_calibration,
+    plan_prediction,
+)
 from seamfree.tiling.sinks import sink_for
 from seamfree.tiling.specs import Activation, RuntimeSpec
 
@@ -123,7 +130,8 @@ def predict(
         with output_lock(output):  # one writer per output path, taken before any work
             plan = plan_prediction(model, source, config, info=info)
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
-                                   fingerprint=plan.fingerprint, scale=source.scale, overwrite=config.overwrite,
+                                   fingerprint=plan.fingerprint, overwrite=config.overwrite,
+                                   calibration=output_calibration(source, config),
                                    input_path=source.path)
             tiles = list(plan.grid.tiles())
             computed = run_tiles(model, plan, source, tiles, sink_for(plan, target), progress=_progress(progress))

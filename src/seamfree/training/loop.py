@@ -209,7 +209,8 @@ def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
                "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
                "torch_rng": torch.get_rng_state(), "best_dice": best}
     partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
+    with open(partial, "wb") as handle:  # an unwritable folder is an OSError here, with its errno
+        torch.save(payload, handle)
     partial.replace(path)
 
 
@@ -220,12 +221,18 @@ def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot resume from {path}: {exc}; delete it to start over") from exc
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    rng.bit_generator.state = payload["numpy_rng"]
-    torch.set_rng_state(payload["torch_rng"])
-    return int(payload["step"]), payload["best_dice"]
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        rng.bit_generator.state = payload["numpy_rng"]
+        torch.set_rng_state(payload["torch_rng"])
+        return int(payload["step"]), payload["best_dice"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot resume from {path}: it was saved by another model or optimizer configuration ({first}); "
+            "resume with the settings of that run, or start a new one (--overwrite replaces it)") from exc
 
 
 def _check_output_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -280,16 +287,16 @@ def train(
     train_pairs, val_pairs = load_pairs(config.data, dims)
     sampler = PatchSampler(_normalized(train_pairs, dims), tuple(t.patch_size), t.batch_size,
                            foreground_fraction=t.foreground_fraction, min_foreground=t.min_foreground, rng=rng)
-    (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
                                   weight_decay=t.weight_decay)
     scheduler = _scheduler(optimizer, config)
     loss_fn = get_loss(t.loss)
     step, best = 0, None
     state_path = out / "state.pt"
-    if resume and state_path.exists():
+    if resume and state_path.exists():  # before anything is written: a refused resume leaves the run as it was
         step, best = _load_state(state_path, model, optimizer, scheduler, rng)
         logger.info("resuming %s at step %d", out, step)
+    (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     log = _Log(out, step)
     checkpoint_every = t.checkpoint_every or t.validate_every
     bar = _bar(progress, t.iterations, step)

@@ -17,6 +17,7 @@ from seamfree.models.describe import describe_model
 from seamfree.tiling.engine import read_window
 from seamfree.tiling.grid import as_axis_tuple
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
+from seamfree.tiling.plan import check_model_input
 
 __all__ = ["recalibrate_on_images"]
 
@@ -51,6 +52,8 @@ def recalibrate_on_images(
     rng = np.random.default_rng(seed)
     sources = [open_image(image, spatial_dims=dims) for image in images]
     try:
+        for source in sources:
+            check_model_input(source, info.in_channels, dims)
         norms = [compute_normalization(s, IntensityNormalization()) for s in sources]
         for source in sources:
             if any(p > n for p, n in zip(patch, source.spatial_shape)) or any(p % s for p, s in zip(patch, stride)):

@@ -1,0 +1,91 @@
+"""OME-Zarr outputs checked by an independent reader (ome-zarr-models, NGFF 0.5): valid, calibrated like their
+input (scale, translation, units), with dimension names, and nothing in the store that zarr warns about."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seamfree.cli.main import main
+from seamfree.models import UNet, save_model
+from seamfree.tiling import PredictConfig, predict
+
+zarr = pytest.importorskip("zarr")
+ome_zarr_models = pytest.importorskip("ome_zarr_models")
+
+from ome_zarr_models.v05.image import Image  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(0)
+    return {2: UNet(2, 1, 2, depth=1, features=2, norm="batchrenorm").eval(),
+            3: UNet(3, 1, 1, depth=1, features=2, norm="batchrenorm").eval()}
+
+
+def _validated(path):
+    group = zarr.open_group(str(path), mode="r")
+    image = Image.from_zarr(group)  # raises on any violation of the NGFF 0.5 image spec
+    return group, image.ome_attributes.multiscales[0]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("kind", ["float32", "uint8", "mask"])
+def test_outputs_validate_as_ome_zarr_0_5(nets, tmp_path, dims, kind):
+    shape = (48, 40) if dims == 2 else (12, 24, 20)
+    image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    out = tmp_path / "out.zarr"
+    predict(nets[dims], image, out, config=PredictConfig(core=16 if dims == 2 else (8, 16, 16), output_kind=kind))
+    group, multiscale = _validated(out)
+    assert group["0"].metadata.dimension_names == ("c", *"zyx"[-dims:])
+    assert [a.name for a in multiscale.axes] == ["c", *"zyx"[-dims:]]
+
+
+def test_the_input_calibration_carries_over(nets, tmp_path):
+    """An OME-Zarr input at (0.5, 0.1, 0.1) µm with origin (2, 10, 20) µm gives an output that overlays it."""
+    volume = np.random.default_rng(1).integers(0, 255, (12, 24, 20), dtype=np.uint8)
+    source = zarr.open_group(str(tmp_path / "in.zarr"), mode="w")
+    source.create_array("s0", shape=volume.shape, chunks=(12, 24, 20), dtype="u1",
+                        dimension_names=["z", "y", "x"])[:] = volume
+    source.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"],
+        "datasets": [{"path": "s0", "coordinateTransformations": [
+            {"type": "scale", "scale": [0.5, 0.1, 0.1]}, {"type": "translation", "translation": [2.0, 10.0, 20.0]}]}],
+    }]}
+    out = tmp_path / "out.zarr"
+    predict(nets[3], tmp_path / "in.zarr", out, config=PredictConfig(core=(8, 16, 16)))
+    _, multiscale = _validated(out)
+    assert [a.unit for a in multiscale.axes] == [None, "micrometer", "micrometer", "micrometer"]
+    scale, translation = multiscale.datasets[0].coordinateTransformations
+    assert scale.scale == [1.0, 0.5, 0.1, 0.1] and translation.translation == [0.0, 2.0, 10.0, 20.0]
+
+
+def test_voxel_size_and_unit_for_inputs_without_them(nets, tmp_path):
+    np.save(tmp_path / "image.npy", np.random.default_rng(2).integers(0, 255, (48, 40), dtype=np.uint8))
+    checkpoint = save_model(nets[2], tmp_path / "m.pt")
+    out = tmp_path / "out.zarr"
+    assert main(["predict", str(checkpoint), str(tmp_path / "image.npy"), str(out), "-q", "--voxel-size", "0.25",
+                 "--unit", "um"]) == 0
+    _, multiscale = _validated(out)
+    assert [a.unit for a in multiscale.axes] == [None, "micrometer", "micrometer"]
+    assert multiscale.datasets[0].coordinateTransformations[0].scale == [1.0, 0.25, 0.25]
+    assert main(["predict", str(checkpoint), str(tmp_path / "image.npy"), str(tmp_path / "x.zarr"), "-q",
+                 "--unit", "parsecs-ish"]) == 2
+
+
+def test_listing_an_output_warns_about_nothing(nets, tmp_path):
+    """The done markers live beside the store, so zarr finds nothing it does not recognise (warnings are errors
+    in this suite), during a run and after it."""
+    image = np.random.default_rng(3).integers(0, 255, (48, 40), dtype=np.uint8)
+    out = tmp_path / "out.zarr"
+
+    def interrupt(done):
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict(nets[2], image, out, config=PredictConfig(core=16, tiles_per_batch=1), progress=interrupt)
+    assert [name for name, _ in zarr.open_group(str(out), mode="r").members()] == ["0"]
+    predict(nets[2], image, out, config=PredictConfig(core=16, tiles_per_batch=1))
+    assert [name for name, _ in zarr.open_group(str(out), mode="r").members()] == ["0"]
