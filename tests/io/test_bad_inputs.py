@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,20 +132,6 @@ def test_every_bad_input_is_one_line_and_exit_2(workspace, case, capsys):
     assert re.search(pattern, err, re.IGNORECASE), f"{case}: {err}"
     after = _files(workspace)
     assert {k: v for k, v in after.items() if k in before} == before, f"{case} changed the user's files"
-
-
-@pytest.fixture
-def read_only_folder(tmp_path):
-    """A read-only file system (root ignores permission bits, not a read-only mount)."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"mounting a read-only tmpfs needs root: {done.stderr.decode().strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.mark.parametrize("command", ["train", "recalibrate", "predict"])

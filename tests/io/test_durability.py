@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 
 import numpy as np
 import pytest
@@ -93,20 +92,6 @@ def test_a_block_whose_input_changed_is_predicted_again(net, image, tmp_path, ca
         predict(net, str(source), out, config=CONFIG)
     assert "changed under" in caplog.text and "(0, 0)" in caplog.text
     np.testing.assert_array_equal(_read(out), predict(net, changed, config=CONFIG))
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1.5 MB tmpfs: a real full disk (ENOSPC from the kernel), not a mock."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs needs root: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".tif"])

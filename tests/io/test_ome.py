@@ -89,3 +89,85 @@ def test_listing_an_output_warns_about_nothing(nets, tmp_path):
     assert [name for name, _ in zarr.open_group(str(out), mode="r").members()] == ["0"]
     predict(nets[2], image, out, config=PredictConfig(core=16, tiles_per_batch=1))
     assert [name for name, _ in zarr.open_group(str(out), mode="r").members()] == ["0"]
+
+
+@pytest.mark.parametrize("flavour", ["ome", "imagej"])
+def test_tiff_pixel_sizes_carry_over(nets, tmp_path, flavour):
+    tifffile = pytest.importorskip("tifffile")
+    image = np.random.default_rng(4).integers(0, 255, (48, 40), dtype=np.uint8)
+    path = tmp_path / "in.tif"
+    if flavour == "ome":
+        tifffile.imwrite(path, image, ome=True, metadata={"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.3,
+                                                          "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+    else:
+        tifffile.imwrite(path, image, imagej=True, resolution=(1 / 0.2, 1 / 0.3), metadata={"unit": "um"})
+    out = tmp_path / "out.zarr"
+    predict(nets[2], path, out, config=PredictConfig(core=16))
+    _, multiscale = _validated(out)
+    assert [a.unit for a in multiscale.axes] == [None, "micrometer", "micrometer"]
+    np.testing.assert_allclose(multiscale.datasets[0].coordinateTransformations[0].scale, [1.0, 0.3, 0.2], rtol=1e-6)
+
+
+def test_the_pyramid_matches_a_whole_array_downsampling_and_validates(nets, tmp_path):
+    from seamfree.io.pyramid import downsample
+
+    image = np.random.default_rng(5).integers(0, 255, (600, 520), dtype=np.uint8)
+    out = tmp_path / "out.zarr"
+    predict(nets[2], image, out, config=PredictConfig(core=128))
+    group, multiscale = _validated(out)
+    assert [d.path for d in multiscale.datasets] == ["0", "1", "2"]
+    assert group["1"].shape == (2, 300, 260) and group["2"].shape == (2, 150, 130)
+    reference = np.asarray(group["0"][...])
+    for level in (1, 2):
+        reference = downsample(reference, "mean")
+        np.testing.assert_array_equal(np.asarray(group[str(level)][...]), reference)
+        scale, translation = multiscale.datasets[level].coordinateTransformations
+        assert scale.scale == [1.0, 2.0 ** level, 2.0 ** level]
+        assert translation.translation == [0.0, (2 ** level - 1) / 2, (2 ** level - 1) / 2]  # centres overlay
+
+
+def test_a_mask_pyramid_takes_every_second_voxel(nets, tmp_path):
+    image = np.random.default_rng(6).integers(0, 255, (520, 300), dtype=np.uint8)
+    out = tmp_path / "mask.zarr"
+    predict(nets[2], image, out, config=PredictConfig(core=128, output_kind="mask"))
+    group, multiscale = _validated(out)
+    level0 = np.asarray(group["0"][...])
+    np.testing.assert_array_equal(np.asarray(group["1"][...]), level0[:, ::2, ::2])
+    assert len(multiscale.datasets[1].coordinateTransformations) == 1  # no half-voxel shift for a subsample
+
+
+def test_the_pyramid_resumes_after_an_interruption(nets, tmp_path, monkeypatch):
+    import seamfree.io.pyramid as pyramid
+
+    image = np.random.default_rng(7).integers(0, 255, (600, 520), dtype=np.uint8)
+    reference = tmp_path / "reference.zarr"
+    predict(nets[2], image, reference, config=PredictConfig(core=128))
+    original, calls = pyramid.downsample, []
+
+    def failing(block, method):
+        calls.append(1)
+        if len(calls) > 5:
+            raise KeyboardInterrupt  # a kill in the middle of level 1
+        return original(block, method)
+
+    out = tmp_path / "out.zarr"
+    monkeypatch.setattr(pyramid, "downsample", failing)
+    with pytest.raises(KeyboardInterrupt):
+        predict(nets[2], image, out, config=PredictConfig(core=128))
+    assert zarr.open_group(str(out), mode="r").attrs["seamfree"]["status"] == "incomplete"
+    calls.clear()
+    monkeypatch.setattr(pyramid, "downsample", lambda block, method: (calls.append(1), original(block, method))[1])
+    predict(nets[2], image, out, config=PredictConfig(core=128))
+    total = sum(-(-s // 128) * -(-t // 128) for s, t in ((300, 260), (150, 130)))
+    assert len(calls) == total - 5  # the 5 blocks written before the interruption were not written again
+    for level in ("0", "1", "2"):
+        np.testing.assert_array_equal(np.asarray(zarr.open_group(str(out))[level][...]),
+                                      np.asarray(zarr.open_group(str(reference))[level][...]))
+
+
+def test_no_pyramid_writes_level_0_only(nets, tmp_path):
+    image = np.random.default_rng(8).integers(0, 255, (600, 520), dtype=np.uint8)
+    out = tmp_path / "out.zarr"
+    predict(nets[2], image, out, config=PredictConfig(core=128, pyramid=False))
+    group, multiscale = _validated(out)
+    assert [name for name, _ in group.members()] == ["0"] and len(multiscale.datasets) == 1

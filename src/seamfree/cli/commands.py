@@ -119,9 +119,12 @@ def predict(args: argparse.Namespace) -> int:
         amp=args.amp, tta=args.tta, normalization=normalization, output_kind=args.output_kind,
         threshold=args.threshold, pinned_core=args.core is not None and args.pin_core,
         allow_small_halo=args.allow_small_halo, overwrite=args.overwrite, activation=args.activation,
-        voxel_size=args.voxel_size, unit=args.unit,
+        voxel_size=args.voxel_size, unit=args.unit, pyramid=args.pyramid,
         **_model_options(args),  # type: ignore[arg-type]
     )
+    if (args.workers or args.scheduler) and args.key:
+        raise SeamfreeError(f"--key {args.key!r} is not supported with --workers/--scheduler yet; save the dataset "
+                            "as its own .zarr (workers open the input by path), or predict in this process")
     if args.workers or args.scheduler:
         from seamfree.distributed import ClusterConfig, predict_distributed
 
@@ -135,7 +138,8 @@ def predict(args: argparse.Namespace) -> int:
               f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.voxels_per_second:.3g} voxels/s)")
         return 0
     report: list[PredictionReport] = []
-    predict(model, args.image, args.out, config=config, axes=args.axes, progress=not args.quiet, report=report)
+    predict(model, args.image, args.out, config=config, axes=args.axes, progress=not args.quiet, report=report,
+            key=args.key)
     done = report[0]
     print(f"wrote {args.out}: {done.tiles_computed} of {done.tiles_total} tiles computed in {done.seconds:.1f} s "
           f"(core {done.grid.core}, halo {done.grid.halo}, {done.grid.compute_ratio:.2f}× voxels computed)")
@@ -155,7 +159,7 @@ def diagnose(args: argparse.Namespace) -> int:
         seed=args.seed, activation=args.activation, **_model_options(args),  # type: ignore[arg-type]
     )
     diagnosis = diagnose(model, args.image, ground_truth=args.gt, config=config, axes=args.axes,
-                         name=args.name or Path(args.model).stem)
+                         name=args.name or Path(args.model).stem, key=args.key)
     page = write_report(diagnosis, args.out)
     tm, ted = diagnosis.tile_mismatch, diagnosis.disparity
     print(f"{diagnosis.recommendation.verdict}: {diagnosis.recommendation.message}")

@@ -76,6 +76,7 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gt", help="ground-truth mask of the image (adds Dice and ΔDice)")
     p.add_argument("--out", type=Path, required=True, help="report folder (report.html, report.json, figures/)")
     p.add_argument("--axes", help="axis order of the input, e.g. ZYX, YXC")
+    p.add_argument("--key", help="dataset inside an HDF5 file, or array inside a zarr group")
     p.add_argument("--core", type=_int_tuple, help="core of the diagnosis grid (default: predict's, ≤ half the image)")
     p.add_argument("--halo", type=_int_tuple, help="halo (default: measured receptive field)")
     _add_renamed(p, "--grid-offset", "--offset", type=_int_tuple,
@@ -157,6 +158,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="input: .zarr/OME-Zarr, .tif, .h5 (with --key) or .npy")
     p.add_argument("out", type=Path, help="output: .zarr (OME-Zarr) or .tif; rerun to resume")
     p.add_argument("--axes", help="axis order of the input, e.g. ZYX, CYX, YXC (default: channel-first)")
+    p.add_argument("--key", help="dataset inside an HDF5 file, or array inside a zarr group")
     p.add_argument("--core", type=_int_tuple, help="core shape, e.g. 512 or 32,256,256 (default: from memory)")
     p.add_argument("--pin-core", action="store_true", help="error if --core is not a multiple of the stride")
     p.add_argument("--halo", type=_int_tuple, help="halo per side (default: measured receptive field)")
@@ -178,6 +180,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--voxel-size", type=_float_tuple, metavar="SIZE",
                    help="voxel size for the output's metadata when the input records none, e.g. 2,0.5,0.5")
     p.add_argument("--unit", help="space unit of --voxel-size (um, nm, micrometer, ...)")
+    p.add_argument("--no-pyramid", dest="pyramid", action="store_false",
+                   help="write level 0 only (default: a 2x multiscale pyramid down to 256 voxels per axis)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing seamfree output instead of resuming (never data seamfree did not write)")

@@ -161,6 +161,7 @@ def diagnose(
     config: DiagnoseConfig | None = None,
     axes: str | None = None,
     name: str = "model",
+    key: str | None = None,
 ) -> Diagnosis:
     """Return the diagnosis of ``model`` on ``image``: audit, TM, TED, seam score, exactness, advice.
 
@@ -192,7 +193,7 @@ def diagnose(
     info = describe_model(model, spatial_dims=config.spatial_dims, in_channels=config.in_channels,
                           output=config.model_output, activation=config.activation)
     dims = info.spatial_dims
-    with open_image(image, spatial_dims=dims, axes=axes) as source:
+    with open_image(image, spatial_dims=dims, axes=axes, key=key) as source:
         check_model_input(source, info.in_channels, dims)
         normalization = compute_normalization(source, config.normalization)
         window = _region(source.spatial_shape, config)

@@ -334,7 +334,8 @@ def predict_distributed(
             _check_input(source, plan)
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
                                    fingerprint=plan.fingerprint, overwrite=config.overwrite,
-                                   calibration=output_calibration(source, config),
+                                   calibration=output_calibration(source, config), pyramid=config.pyramid,
+                                   downsampling="stride" if config.output_kind == "mask" else "mean",
                                    input_path=source.path)
             todo = [t for t in plan.grid.tiles() if not target.is_done(t.index)]
             computed, tasks = _submit(client, todo, model_path, str(image_path), axes, Path(output), plan,

@@ -16,7 +16,8 @@ from seamfree.errors import ConfigError, require
 __all__ = ["Calibration", "dimension_names", "normalized_unit", "ome_image_attrs", "read_calibration"]
 
 # the NGFF names for the units people type
-_UNIT_ALIASES = {"um": "micrometer", "µm": "micrometer", "micron": "micrometer", "nm": "nanometer",
+_UNIT_ALIASES = {"um": "micrometer", "µm": "micrometer", "μm": "micrometer", "micron": "micrometer",
+                 "microns": "micrometer", "nm": "nanometer",
                  "mm": "millimeter", "pm": "picometer", "A": "angstrom", "m": "meter"}
 _SPACE_UNITS = ("angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot", "gigameter",
                 "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile", "millimeter",
@@ -64,22 +65,30 @@ def dimension_names(spatial_dims: int) -> list[str]:
 
 
 def ome_image_attrs(spatial_dims: int, calibration: Calibration | None = None, *,
-                    name: str = "seamfree prediction") -> dict[str, Any]:
-    """Return the ``ome`` attributes of a one-level image, validated by ``ome-zarr-models``."""
+                    name: str = "seamfree prediction", levels: int = 1,
+                    downsampling: str = "mean") -> dict[str, Any]:
+    """Return the ``ome`` attributes of an image of ``levels`` resolution levels (arrays ``0``, ``1``, ...; see
+    :mod:`seamfree.io.pyramid`), validated by ``ome-zarr-models``."""
     require("ome_zarr_models", "zarr")
     from ome_zarr_models.v05.coordinate_transformations import VectorScale, VectorTranslation
     from ome_zarr_models.v05.image import Axis, Dataset, ImageAttrs, Multiscale
+
+    from seamfree.io.pyramid import level_transforms
 
     calibration = calibration or Calibration()
     units = calibration.units or (None,) * spatial_dims
     axes = [Axis(name="c", type="channel")] + [Axis(name=n, type="space", unit=u)
                                                  for n, u in zip("zyx"[-spatial_dims:], units)]
-    scale = [1.0, *(calibration.scale or (1.0,) * spatial_dims)]
-    transforms: tuple[Any, ...] = (VectorScale(type="scale", scale=scale),)
-    if calibration.translation is not None and any(calibration.translation):
-        transforms += (VectorTranslation(type="translation", translation=[0.0, *calibration.translation]),)
-    multiscale = Multiscale(axes=axes, datasets=(Dataset(path="0", coordinateTransformations=transforms),),
-                            name=name)
+    scale0 = [1.0, *(calibration.scale or (1.0,) * spatial_dims)]
+    translation0 = [0.0, *(calibration.translation or (0.0,) * spatial_dims)]
+    datasets = []
+    for level in range(levels):
+        scale, translation = level_transforms(scale0, translation0, level, downsampling)  # type: ignore[arg-type]
+        transforms: tuple[Any, ...] = (VectorScale(type="scale", scale=scale),)
+        if any(translation):
+            transforms += (VectorTranslation(type="translation", translation=translation),)
+        datasets.append(Dataset(path=str(level), coordinateTransformations=transforms))
+    multiscale = Multiscale(axes=axes, datasets=tuple(datasets), name=name)
     return ImageAttrs(version="0.5", multiscales=[multiscale]).model_dump(mode="json", exclude_none=True)
 
 

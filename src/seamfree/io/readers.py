@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from seamfree.errors import DataError, ShapeError, require
-from seamfree.io.ome import Calibration, read_calibration
+from seamfree.errors import ConfigError, DataError, ShapeError, require
+from seamfree.io.ome import Calibration, normalized_unit, read_calibration
 
 __all__ = ["SUPPORTED_DTYPES", "ImageSource", "open_image", "parse_axes"]
 
@@ -188,12 +188,11 @@ def open_image(
     if isinstance(source, ImageSource):
         return source
     handle = None
+    path: str | None
     if isinstance(source, str | os.PathLike):
         data, channel_axis_meta, path, scale, handle = _open_path(Path(source), key)
     else:
-        data, channel_axis_meta, path, scale = source, None, None, None
-        if not hasattr(data, "shape") or not hasattr(data, "dtype"):
-            raise DataError(f"expected an array or a file path, got a {type(source).__name__}")
+        data, channel_axis_meta, path, scale = _in_memory(source, key)
     where = repr(path) if path else "the input array"
     if axes is not None:
         channel_axis, parsed_dims = parse_axes(axes, len(data.shape))
@@ -206,13 +205,43 @@ def open_image(
     spatial_count = len(data.shape) - (channel_axis is not None)
     if spatial_count not in (1, 2, 3):
         raise ShapeError(f"{where} has shape {tuple(data.shape)}: expected 2 or 3 spatial dimensions")
-    chunks = getattr(data, "chunks", None)
+    chunks = getattr(data, "chunksize", None) or getattr(data, "chunks", None)  # dask: chunksize
     spatial_chunks = None
-    if isinstance(chunks, tuple) and len(chunks) == len(data.shape):
+    if isinstance(chunks, tuple) and len(chunks) == len(data.shape) and all(isinstance(c, int) for c in chunks):
         spatial_chunks = tuple(int(c) for i, c in enumerate(chunks) if i != channel_axis)
-    calibration = scale if isinstance(scale, Calibration) else Calibration(scale)
+    calibration = _trimmed(scale if isinstance(scale, Calibration) else Calibration(scale), spatial_count)
     return ImageSource(data, channel_axis, path, spatial_chunks, calibration.scale, handle, calibration.translation,
                        calibration.units)
+
+
+def _trimmed(calibration: Calibration, dims: int) -> Calibration:
+    """The calibration of the last ``dims`` spatial axes (a TIFF records z, y and x even for a 2D image)."""
+    def last(values: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        return None if values is None else tuple(values[-dims:]) if len(values) >= dims else None
+    return Calibration(last(calibration.scale), last(calibration.translation), last(calibration.units))
+
+
+def _in_memory(source: Any, key: str | None) -> tuple[Any, int | None, str | None, Calibration | None]:
+    """An array-like handed over in Python: numpy, zarr (array or OME-Zarr group), dask (read chunk by chunk,
+    never whole), h5py, or a torch tensor (copied to the CPU)."""
+    module = type(source).__module__
+    if module.startswith("torch") and hasattr(source, "detach"):
+        return source.detach().cpu().numpy(), None, None, None
+    if module.startswith("zarr") and hasattr(source, "arrays") and not hasattr(source, "shape"):  # a zarr.Group
+        multiscales = _ome_multiscales(dict(source.attrs))
+        if key is None and multiscales:
+            array, channel_axis, _, calibration = _open_ome_level0(source, multiscales, Path("<zarr group>"))
+            return array, channel_axis, None, calibration
+        arrays = [name for name, _ in source.arrays()]
+        if key is None and len(arrays) == 1:
+            key = arrays[0]
+        if key not in arrays:
+            raise DataError(f"the zarr group has arrays {arrays}; choose one with key=...")
+        return source[key], None, None, None
+    if not hasattr(source, "shape") or not hasattr(source, "dtype"):
+        raise DataError(f"expected an array (numpy, zarr, dask, h5py, torch) or a file path, got a "
+                        f"{type(source).__name__}")
+    return source, None, None, None
 
 
 def _open_npy(path: Path) -> np.ndarray:
@@ -237,7 +266,7 @@ def _open_path(path: Path, key: str | None) -> tuple[Any, int | None, str, Calib
         return _open_npy(path), None, str(path), None, None
     if name.endswith((".tif", ".tiff")):
         array, handle = _open_tiff(path)
-        return array, None, str(path), None, handle
+        return array, None, str(path), _tiff_calibration(path), handle
     if name.endswith((".h5", ".hdf5", ".hdf", ".n5h5")):
         dataset = _open_hdf5(path, key)
         return dataset, None, str(path), None, dataset.file
@@ -267,6 +296,42 @@ def _open_tiff(path: Path) -> tuple[Any, Any]:
         raise _unreadable_tiff(path, exc) from exc
 
 
+def _tiff_calibration(path: Path) -> Calibration | None:
+    """Pixel sizes (z, y, x order) and unit of an OME-TIFF or ImageJ TIFF; None when the file records none."""
+    tifffile = require("tifffile", "tiff")
+    try:
+        with tifffile.TiffFile(str(path)) as tif:  # type: ignore[attr-defined]
+            if tif.is_ome and tif.ome_metadata:
+                pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]  # type: ignore[attr-defined]
+                pixels = (pixels[0] if isinstance(pixels, list) else pixels)["Pixels"]
+                sizes = [pixels.get(f"PhysicalSize{a}") for a in "ZYX"]
+                units = [pixels.get(f"PhysicalSize{a}Unit", "µm") for a in "ZYX"]
+            elif tif.is_imagej:
+                meta = tif.imagej_metadata or {}
+                tags = tif.pages.first.tags
+                sizes = [meta.get("spacing")]
+                for tag in ("YResolution", "XResolution"):
+                    value = tags[tag].value if tag in tags else None
+                    sizes.append(value[1] / value[0] if value and value[0] else None)
+                units = [meta.get("unit")] * 3
+            else:
+                return None
+    except Exception:  # metadata we cannot parse: the image still reads, without calibration
+        return None
+    known = [(s, u) for s, u in zip(sizes, units) if s is not None]
+    if not known:
+        return None
+    scale = tuple(float(s) if s is not None else 1.0 for s in sizes)
+    return Calibration(scale, None, tuple(_unit_or_none(u) for u in units))
+
+
+def _unit_or_none(unit: Any) -> str | None:
+    try:
+        return normalized_unit(str(unit).replace("\\u00B5", "µ")) if unit else None
+    except ConfigError:
+        return None
+
+
 def _unreadable_tiff(path: Path, cause: Exception) -> DataError:
     size = path.stat().st_size if path.exists() else 0
     return DataError(f"cannot read {str(path)!r} ({size} bytes) as a TIFF ({type(cause).__name__}: "
@@ -276,17 +341,17 @@ def _unreadable_tiff(path: Path, cause: Exception) -> DataError:
 def _open_hdf5(path: Path, key: str | None) -> Any:
     h5py = require("h5py", "h5")
     handle = h5py.File(path, "r")  # type: ignore[attr-defined]
-    if key is None:
-        datasets: list[str] = []
-        handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)  # type: ignore[attr-defined]
-        if len(datasets) != 1:
-            raise DataError(
-                f"{str(path)!r} holds {len(datasets)} datasets ({', '.join(datasets[:5])}); "
-                "choose one with key=... (CLI --key)"
-            )
-        key = datasets[0]
-    if key not in handle:
-        raise DataError(f"{str(path)!r} has no dataset {key!r}; it holds {list(handle.keys())}")
+    datasets: list[str] = []
+    handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)  # type: ignore[attr-defined]
+    if key is None and len(datasets) != 1:
+        handle.close()
+        raise DataError(f"{str(path)!r} holds {len(datasets)} datasets ({', '.join(datasets[:8])}); choose one with "
+                        "key=... (CLI --key)")
+    key = key if key is not None else datasets[0]
+    if key not in datasets:
+        handle.close()
+        raise DataError(f"{str(path)!r} has no dataset {key!r}; it holds {', '.join(datasets[:8]) or 'none'}; pass "
+                        "one of them with --key")
     return handle[key]
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from seamfree.errors import ConfigError, OutputExistsError, ShapeError, require
 from seamfree.io.markers import MARKER_DIR, ArrayOutput, MarkedOutput, OutputTarget, block_digest, check_fingerprint
 from seamfree.io.ome import Calibration, dimension_names, ome_image_attrs
+from seamfree.io.pyramid import Downsampling, write_pyramid
 from seamfree.io.safety import (
     TIFF_SIGNATURE,
     check_not_input,
@@ -78,6 +79,8 @@ class ZarrOutput(MarkedOutput):
     The group's attributes carry the OME metadata (with the input's calibration), seamfree's status and the
     run's fingerprint; the done markers live beside the store while it is written and are removed when it is
     complete (a rerun of a complete output compares the fingerprint in its attributes and has nothing to do).
+    When level 0 is complete, the multiscale pyramid is written (:mod:`seamfree.io.pyramid`) before the output
+    says it is complete.
     """
 
     def __init__(
@@ -90,9 +93,12 @@ class ZarrOutput(MarkedOutput):
         fingerprint: dict[str, Any],
         calibration: Calibration | None = None,
         overwrite: bool = False,
+        pyramid: bool = True,
+        downsampling: Downsampling = "mean",
     ) -> None:
         zarr = require("zarr", "zarr")
         self.path = path
+        self.calibration, self.pyramid, self.downsampling = calibration, pyramid, downsampling
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.fingerprint = fingerprint
@@ -158,9 +164,15 @@ class ZarrOutput(MarkedOutput):
         return group
 
     def finalize(self) -> Any:
-        self.group.attrs["seamfree"] = {"status": "complete", "fingerprint": self.fingerprint}
-        shutil.rmtree(self.marker_root, ignore_errors=True)
-        self.finished = True
+        """Write the pyramid (resumable), then the metadata of every level and the complete status at once."""
+        if not self.finished:
+            levels = write_pyramid(self.group, self.marker_root, self.downsampling) if self.pyramid else 1
+            self.group.attrs.update({
+                "ome": ome_image_attrs(len(self.shape) - 1, self.calibration, levels=levels,
+                                       downsampling=self.downsampling),
+                "seamfree": {"status": "complete", "fingerprint": self.fingerprint}})
+            shutil.rmtree(self.marker_root, ignore_errors=True)
+            self.finished = True
         return self.array
 
 
@@ -317,6 +329,8 @@ def create_output(
     overwrite: bool = False,
     input_path: str | None = None,
     calibration: Calibration | None = None,
+    pyramid: bool = True,
+    downsampling: Downsampling = "mean",
 ) -> OutputTarget:
     """Return the output for ``target``: None (a new numpy array), an array, or a .zarr/.tif path.
 
@@ -343,4 +357,5 @@ def create_output(
     if output_format(path) == "tiff":
         return TiffOutput(path, shape=shape, dtype=dtype, fingerprint=fingerprint, overwrite=overwrite)
     return ZarrOutput(path, shape=shape, dtype=dtype, chunks=chunks, fingerprint=fingerprint,
-                      calibration=calibration or Calibration(scale), overwrite=overwrite)
+                      calibration=calibration or Calibration(scale), overwrite=overwrite, pyramid=pyramid,
+                      downsampling=downsampling)

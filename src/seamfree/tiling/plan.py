@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 # The model's geometry (spatial_dims, in_channels) changes nothing it computes; the selected output is recorded
 # as the fingerprint's "model_output" entry.
 _NOT_FINGERPRINTED = ("device", "tiles_per_batch", "batch_size", "overwrite", "normalization", "memory_budget",
-                      "amp", "spatial_dims", "in_channels", "model_output", "voxel_size", "unit")
+                      "amp", "spatial_dims", "in_channels", "model_output", "voxel_size", "unit", "pyramid")
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,8 @@ class PredictConfig:
     voxel_size, unit : optional
         Voxel size (one value, or one per spatial axis) and space unit written into the output's metadata for an
         input that records none (CLI ``--voxel-size``, ``--unit``); an input's own calibration wins.
+    pyramid : bool
+        Write the multiscale pyramid of an OME-Zarr output once level 0 is complete (CLI ``--no-pyramid``).
     batch_size : int, optional
         Deprecated name of ``tiles_per_batch``.
     """
@@ -146,6 +148,7 @@ class PredictConfig:
     model_output: int | str | None = None
     voxel_size: float | tuple[float, ...] | None = None
     unit: str | None = None
+    pyramid: bool = True
     batch_size: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:

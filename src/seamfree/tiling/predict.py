@@ -88,6 +88,7 @@ def predict(
     axes: str | None = None,
     progress: bool | Callable[[int], None] = False,
     report: list[PredictionReport] | None = None,
+    key: str | None = None,
 ) -> Any:
     """Return the tiled prediction of ``model`` on ``image``, written to ``output``.
 
@@ -109,6 +110,8 @@ def predict(
     report : list, optional
         If given, a :class:`PredictionReport` is appended to it.
 
+    key : str, optional
+        Dataset inside an HDF5 file or array inside a zarr group (CLI ``--key``).
     Returns
     -------
     ndarray, zarr array or path
@@ -124,14 +127,15 @@ def predict(
     """
     config = config or PredictConfig()
     info = describe(model, config)
-    source = open_image(image, spatial_dims=info.spatial_dims, axes=axes)
+    source = open_image(image, spatial_dims=info.spatial_dims, axes=axes, key=key)
     try:
         started = time.perf_counter()
         with output_lock(output):  # one writer per output path, taken before any work
             plan = plan_prediction(model, source, config, info=info)
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
                                    fingerprint=plan.fingerprint, overwrite=config.overwrite,
-                                   calibration=output_calibration(source, config),
+                                   calibration=output_calibration(source, config), pyramid=config.pyramid,
+                                   downsampling="stride" if config.output_kind == "mask" else "mean",
                                    input_path=source.path)
             tiles = list(plan.grid.tiles())
             computed = run_tiles(model, plan, source, tiles, sink_for(plan, target), progress=_progress(progress))

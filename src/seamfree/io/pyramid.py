@@ -1,0 +1,113 @@
+"""The multiscale pyramid of an OME-Zarr output: levels 1, 2, ... downsampled 2× per spatial axis from the level
+below, block by block (one output chunk at a time: bounded memory), resumable through done markers.
+
+Probabilities are averaged (uint8 ones rounded back); masks and labels take every second voxel (a label is never
+averaged into another). An odd extent's last voxel is averaged with itself. A level's voxel size doubles, and its
+origin moves by half a voxel of the level below, so that every level overlays level 0.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["Downsampling", "downsample", "level_shapes", "level_transforms", "pyramid_voxels", "write_pyramid"]
+
+logger = logging.getLogger(__name__)
+
+Downsampling = Literal["mean", "stride"]
+
+# levels are added until the largest spatial extent is at most this (a viewer's overview fits one screen)
+SMALLEST_EXTENT = 256
+
+
+def level_shapes(shape: Sequence[int], smallest: int = SMALLEST_EXTENT) -> list[tuple[int, ...]]:
+    """Shapes ``(C, *spatial)`` of levels 1, 2, ... until every spatial extent is at most ``smallest``.
+
+    Examples
+    --------
+    >>> level_shapes((1, 1000, 600))
+    [(1, 500, 300), (1, 250, 150)]
+    """
+    levels: list[tuple[int, ...]] = []
+    current = tuple(int(s) for s in shape)
+    while max(current[1:]) > smallest:
+        current = (current[0], *(max(1, -(-s // 2)) for s in current[1:]))
+        levels.append(current)
+    return levels
+
+
+def downsample(block: np.ndarray, method: Downsampling) -> np.ndarray:
+    """Return ``block`` ``(C, *spatial)`` downsampled 2× per spatial axis."""
+    if method == "stride":
+        return block[(slice(None), *(slice(0, None, 2) for _ in block.shape[1:]))]
+    pad = [(0, 0)] + [(0, s % 2) for s in block.shape[1:]]
+    values = np.pad(block.astype(np.float64), pad, mode="edge")
+    shape = [values.shape[0]]
+    for s in values.shape[1:]:
+        shape += [s // 2, 2]
+    mean = values.reshape(shape).mean(axis=tuple(range(2, len(shape), 2)))
+    if np.issubdtype(block.dtype, np.integer):
+        return np.clip(np.rint(mean), np.iinfo(block.dtype).min, np.iinfo(block.dtype).max).astype(block.dtype)
+    return mean.astype(block.dtype)
+
+
+def _blocks(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, ...]]:
+    ranges = [range(0, n, c) for n, c in zip(shape[1:], chunks[1:])]
+    return [tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks[1:], shape[1:]))
+            for origin in itertools.product(*ranges)]
+
+
+def write_pyramid(group: Any, markers: Path, method: Downsampling, smallest: int = SMALLEST_EXTENT) -> int:
+    """Write levels ``1``, ``2``, ... of ``group`` from its level ``0``; return how many levels there are.
+
+    Each level's arrays are created once; each written block leaves a marker in ``markers/pyramid``, so a rerun
+    after a kill writes only the blocks still missing.
+    """
+    base = group["0"]
+    shapes = level_shapes(base.shape, smallest)
+    done = markers / "pyramid"
+    done.mkdir(parents=True, exist_ok=True)
+    chunks = tuple(base.chunks)
+    names = getattr(base.metadata, "dimension_names", None)
+    for level, shape in enumerate(shapes, start=1):
+        name = str(level)
+        if name not in group:
+            level_chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
+            group.create_array(name, shape=shape, dtype=base.dtype, chunks=level_chunks, fill_value=0,
+                               dimension_names=names)
+        below, target = group[str(level - 1)], group[name]
+        written = 0
+        for block in _blocks(shape, tuple(target.chunks)):
+            marker = done / f"{level}_{'_'.join(str(w.start) for w in block)}"
+            if marker.exists():
+                continue
+            source = tuple(slice(2 * w.start, min(2 * w.stop, n)) for w, n in zip(block, below.shape[1:]))
+            target[(slice(None), *block)] = downsample(np.asarray(below[(slice(None), *source)]), method)
+            marker.touch()
+            written += 1
+        logger.info("pyramid level %d %s: %d blocks written", level, shape, written)
+    return 1 + len(shapes)
+
+
+def level_transforms(scale: Sequence[float], translation: Sequence[float], level: int,
+                     method: Downsampling) -> tuple[list[float], list[float]]:
+    """Scale and translation ``(C, *spatial)`` of pyramid ``level`` from level 0's: each level doubles the voxel
+    size; averaging moves the origin by half a voxel of the level below (the mean of two voxel centres), taking
+    every second voxel keeps it."""
+    factor = 2 ** level
+    shift = (factor - 1) / 2 if method == "mean" else 0.0
+    spatial_scale = [s * factor for s in scale[1:]]
+    spatial_translation = [t + shift * s for t, s in zip(translation[1:], scale[1:])]
+    return [scale[0], *spatial_scale], [translation[0], *spatial_translation]
+
+
+def pyramid_voxels(shape: Sequence[int], smallest: int = SMALLEST_EXTENT) -> int:
+    """Voxels of all pyramid levels above level 0 (at most a third of level 0 in 2D, a seventh in 3D)."""
+    return sum(math.prod(s) for s in level_shapes(shape, smallest))
