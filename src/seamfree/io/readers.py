@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from seamfree.errors import ConfigError, DataError, ShapeError, require
-from seamfree.io.ome import Calibration, normalized_unit, read_calibration
+from seamfree.errors import DataError, ShapeError, require
+from seamfree.io.formats import open_hdf5, open_tiff, tiff_calibration
+from seamfree.io.ome import Calibration, read_calibration
 
 __all__ = ["SUPPORTED_DTYPES", "ImageSource", "open_image", "parse_axes"]
 
@@ -265,94 +266,16 @@ def _open_path(path: Path, key: str | None) -> tuple[Any, int | None, str, Calib
     if name.endswith(".npy"):
         return _open_npy(path), None, str(path), None, None
     if name.endswith((".tif", ".tiff")):
-        array, handle = _open_tiff(path)
-        return array, None, str(path), _tiff_calibration(path), handle
+        array, handle = open_tiff(path)
+        return array, None, str(path), tiff_calibration(path), handle
     if name.endswith((".h5", ".hdf5", ".hdf", ".n5h5")):
-        dataset = _open_hdf5(path, key)
+        dataset = open_hdf5(path, key)
         return dataset, None, str(path), None, dataset.file
     if name.endswith(".zarr") or (path / "zarr.json").exists() or (path / ".zarray").exists():
         return (*_open_zarr(path, key), None)
     raise DataError(
         f"cannot tell the format of {str(path)!r}; supported: .npy, .zarr (OME-Zarr), .tif/.tiff, .h5/.hdf5"
     )
-
-
-def _open_tiff(path: Path) -> tuple[Any, Any]:
-    """Return (array, handle to close): a memory map, or tifffile's zarr store for compressed/tiled files."""
-    tifffile = require("tifffile", "tiff")
-    if path.is_dir():
-        raise DataError(f"input {str(path)!r} is a folder, not a TIFF file; pass the path of a .tif file")
-    try:
-        return tifffile.memmap(str(path), mode="r"), None  # type: ignore[attr-defined]
-    except ValueError:
-        pass  # compressed or tiled: read chunk-wise through tifffile's zarr store
-    except Exception as exc:  # empty, truncated or not a TIFF at all: tifffile fails in many ways
-        raise _unreadable_tiff(path, exc) from exc
-    zarr = require("zarr", "zarr")
-    try:
-        store = tifffile.imread(str(path), aszarr=True)  # type: ignore[attr-defined]
-        return zarr.open(store, mode="r"), store  # type: ignore[attr-defined]
-    except Exception as exc:
-        raise _unreadable_tiff(path, exc) from exc
-
-
-def _tiff_calibration(path: Path) -> Calibration | None:
-    """Pixel sizes (z, y, x order) and unit of an OME-TIFF or ImageJ TIFF; None when the file records none."""
-    tifffile = require("tifffile", "tiff")
-    try:
-        with tifffile.TiffFile(str(path)) as tif:  # type: ignore[attr-defined]
-            if tif.is_ome and tif.ome_metadata:
-                pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]  # type: ignore[attr-defined]
-                pixels = (pixels[0] if isinstance(pixels, list) else pixels)["Pixels"]
-                sizes = [pixels.get(f"PhysicalSize{a}") for a in "ZYX"]
-                units = [pixels.get(f"PhysicalSize{a}Unit", "µm") for a in "ZYX"]
-            elif tif.is_imagej:
-                meta = tif.imagej_metadata or {}
-                tags = tif.pages.first.tags
-                sizes = [meta.get("spacing")]
-                for tag in ("YResolution", "XResolution"):
-                    value = tags[tag].value if tag in tags else None
-                    sizes.append(value[1] / value[0] if value and value[0] else None)
-                units = [meta.get("unit")] * 3
-            else:
-                return None
-    except Exception:  # metadata we cannot parse: the image still reads, without calibration
-        return None
-    known = [(s, u) for s, u in zip(sizes, units) if s is not None]
-    if not known:
-        return None
-    scale = tuple(float(s) if s is not None else 1.0 for s in sizes)
-    return Calibration(scale, None, tuple(_unit_or_none(u) for u in units))
-
-
-def _unit_or_none(unit: Any) -> str | None:
-    try:
-        return normalized_unit(str(unit).replace("\\u00B5", "µ")) if unit else None
-    except ConfigError:
-        return None
-
-
-def _unreadable_tiff(path: Path, cause: Exception) -> DataError:
-    size = path.stat().st_size if path.exists() else 0
-    return DataError(f"cannot read {str(path)!r} ({size} bytes) as a TIFF ({type(cause).__name__}: "
-                     f"{' '.join(str(cause).split())}); check that the file is a complete TIFF image")
-
-
-def _open_hdf5(path: Path, key: str | None) -> Any:
-    h5py = require("h5py", "h5")
-    handle = h5py.File(path, "r")  # type: ignore[attr-defined]
-    datasets: list[str] = []
-    handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)  # type: ignore[attr-defined]
-    if key is None and len(datasets) != 1:
-        handle.close()
-        raise DataError(f"{str(path)!r} holds {len(datasets)} datasets ({', '.join(datasets[:8])}); choose one with "
-                        "key=... (CLI --key)")
-    key = key if key is not None else datasets[0]
-    if key not in datasets:
-        handle.close()
-        raise DataError(f"{str(path)!r} has no dataset {key!r}; it holds {', '.join(datasets[:8]) or 'none'}; pass "
-                        "one of them with --key")
-    return handle[key]
 
 
 def _open_zarr(path: Path, key: str | None) -> tuple[Any, int | None, str, Calibration | None]:
