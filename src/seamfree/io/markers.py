@@ -50,6 +50,7 @@ class OutputTarget:
     shape: tuple[int, ...]
     dtype: np.dtype
     array: Any
+    records_inputs = False  # whether done markers keep the digest of each block's input
 
     def write(self, window: Sequence[slice], data: np.ndarray) -> None:
         """Write ``data``, shape ``(C, *window)``, into the spatial ``window`` of ``self.array``."""
@@ -124,6 +125,7 @@ class MarkedOutput(OutputTarget):
     """Shared done-marker logic of path outputs: one empty file per finished block."""
 
     marker_root: Path
+    records_inputs = True
 
     def _init_markers(self, fingerprint: dict[str, Any]) -> None:
         (self.marker_root / "done").mkdir(parents=True, exist_ok=True)

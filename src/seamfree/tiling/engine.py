@@ -105,8 +105,9 @@ def input_digest(raw: np.ndarray) -> str:
 
 
 def _prefetch(source: ImageSource, tiles: Iterator[Tile], normalization: IntensityNormalization,
-              tiles_per_batch: int, stop: threading.Event) -> Iterator[tuple[list[Tile], np.ndarray, list[str]]]:
-    """Yield (tiles, normalized batch, input digests) read by a background thread, a few batches ahead."""
+              tiles_per_batch: int, stop: threading.Event,
+              digests_wanted: bool) -> Iterator[tuple[list[Tile], np.ndarray, list[str | None]]]:
+    """Yield (tiles, normalized batch, input digests or Nones) read by a background thread, a few batches ahead."""
     buffer: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_BATCHES)
 
     def reader() -> None:
@@ -117,7 +118,7 @@ def _prefetch(source: ImageSource, tiles: Iterator[Tile], normalization: Intensi
                     break
                 raw = [read_window(source, t.read) for t in chunk]
                 batch = np.stack([normalization.apply(r) for r in raw])
-                digests = [input_digest(r) for r in raw]
+                digests = [input_digest(r) if digests_wanted else None for r in raw]
                 if not np.isfinite(batch).all():
                     raise DataError(
                         f"the input {source.where} contains NaN or Inf values in the tile read at "
@@ -157,13 +158,15 @@ def predict_batches(model: nn.Module, source: ImageSource, tiles: Iterable[Tile]
 
 
 def _predict(model: nn.Module, source: ImageSource, tiles: Iterable[Tile], normalization: IntensityNormalization,
-             runtime: RuntimeSpec, tiles_per_batch: int) -> Iterator[tuple[list[Tile], np.ndarray, list[str]]]:
+             runtime: RuntimeSpec, tiles_per_batch: int,
+             digests_wanted: bool = False) -> Iterator[tuple[list[Tile], np.ndarray, list[str | None]]]:
     if not normalization.resolved:
         raise ConfigError(f"tiles need resolved intensity statistics, got {normalization}; "
                           "call compute_normalization(source, normalization) first")
     stop = threading.Event()
     with eval_mode(model), torch.inference_mode():
-        for batch_tiles, batch, digests in _prefetch(source, iter(tiles), normalization, tiles_per_batch, stop):
+        for batch_tiles, batch, digests in _prefetch(source, iter(tiles), normalization, tiles_per_batch, stop,
+                                                     digests_wanted):
             yield batch_tiles, forward_batch(model, batch, runtime), digests
 
 
@@ -196,7 +199,7 @@ def run_tiles(model: nn.Module, plan: PredictionPlan, source: ImageSource, tiles
     if progress is not None:
         progress(done, len(tiles))
     for batch_tiles, predictions, digests in _predict(model, source, todo, plan.normalization, plan.runtime,
-                                                      plan.tiles_per_batch):
+                                                      plan.tiles_per_batch, sink.records_inputs):
         for tile, prediction, digest in zip(batch_tiles, predictions, digests):
             sink.add(tile, prediction, digest)
         done += len(batch_tiles)

@@ -25,6 +25,8 @@ __all__ = ["BlendSink", "CropSink", "TileSink", "sink_for"]
 class TileSink(ABC):
     """Takes tile predictions in any order; :meth:`finish` once all of them were added."""
 
+    records_inputs = False  # whether :meth:`add` keeps input digests (only then does the engine compute them)
+
     @abstractmethod
     def pending(self, tiles: Sequence[Tile]) -> list[Tile]:
         """Return the tiles of ``tiles`` whose predictions are still needed (the others are written)."""
@@ -51,6 +53,7 @@ class CropSink(TileSink):
     def __init__(self, target: OutputTarget, output: OutputSpec) -> None:
         self.target = target
         self.output = output
+        self.records_inputs = target.records_inputs
 
     def pending(self, tiles: Sequence[Tile]) -> list[Tile]:
         return [tile for tile in tiles if not self.target.is_done(tile.index)]
