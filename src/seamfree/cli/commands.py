@@ -120,11 +120,9 @@ def predict(args: argparse.Namespace) -> int:
         threshold=args.threshold, pinned_core=args.core is not None and args.pin_core,
         allow_small_halo=args.allow_small_halo, overwrite=args.overwrite, activation=args.activation,
         voxel_size=args.voxel_size, unit=args.unit, pyramid=args.pyramid,
+        labels=args.labels, channel_names=args.channel_names, ngff=args.ngff, sharding=args.sharding,
         **_model_options(args),  # type: ignore[arg-type]
     )
-    if (args.workers or args.scheduler) and args.key:
-        raise SeamfreeError(f"--key {args.key!r} is not supported with --workers/--scheduler yet; save the dataset "
-                            "as its own .zarr (workers open the input by path), or predict in this process")
     if args.workers or args.scheduler:
         from seamfree.distributed import ClusterConfig, predict_distributed
 
@@ -133,7 +131,8 @@ def predict(args: argparse.Namespace) -> int:
                                 tiles_per_task=args.tiles_per_task, timeout=args.timeout,
                                 tune_allocator=args.tune_allocator, worker_timeout=args.worker_timeout)
         summary = predict_distributed(args.model, args.image, args.out, config=config, cluster=cluster,
-                                      axes=args.axes, progress=not args.quiet, allow_pickle=args.allow_pickle)
+                                      axes=args.axes, progress=not args.quiet, allow_pickle=args.allow_pickle,
+                                      key=args.key)
         print(f"wrote {args.out}: {summary.tiles_computed} of {summary.tiles_total} tiles in {summary.tasks} tasks on "
               f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.voxels_per_second:.3g} voxels/s)")
         return 0

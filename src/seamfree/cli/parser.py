@@ -42,6 +42,13 @@ def _int_tuple(text: str) -> int | tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from exc
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names such as background,membrane, got {text!r}")
+    return names
+
+
 def _float_tuple(text: str) -> float | tuple[float, ...]:
     """Parse ``"0.5"`` (every axis) or ``"2,0.5,0.5"`` (z, y, x)."""
     try:
@@ -182,6 +189,16 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--unit", help="space unit of --voxel-size (um, nm, micrometer, ...)")
     p.add_argument("--no-pyramid", dest="pyramid", action="store_false",
                    help="write level 0 only (default: a 2x multiscale pyramid down to 256 voxels per axis)")
+    p.add_argument("--labels", action="store_true",
+                   help="also write the mask (--threshold, argmax of several channels) as an OME-Zarr label image "
+                        "labels/mask next to the probabilities (napari opens it as a Labels layer)")
+    p.add_argument("--channel-names", type=_names, metavar="NAMES",
+                   help="names of the output channels in the OME metadata, e.g. background,membrane")
+    p.add_argument("--ngff", choices=["0.5", "0.4"], default="0.5",
+                   help="OME-NGFF version of a .zarr output: 0.5 (zarr v3, sharded; default) or 0.4 (zarr v2) for "
+                        "older tools")
+    p.add_argument("--no-sharding", dest="sharding", action="store_false",
+                   help="one chunk per tile core (default: shards of one core holding viewer-sized chunks)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing seamfree output instead of resuming (never data seamfree did not write)")

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from seamfree.allocator import allocator_environment
-from seamfree.distributed.watchdog import WorkerWatchdog
+from seamfree.distributed.watchdog import WorkerWatchdog, completed, gathered
 from seamfree.errors import ConfigError, DataError, require
 from seamfree.io.files import file_sha256
 from seamfree.io.lock import output_lock
@@ -41,7 +41,14 @@ from seamfree.models.checkpoint import load_model
 from seamfree.tiling.engine import run_tiles
 from seamfree.tiling.grid import Tile
 from seamfree.tiling.normalize import IntensityNormalization, SlabStatistics, iter_slabs
-from seamfree.tiling.plan import PredictConfig, PredictionPlan, describe, output_calibration, plan_prediction
+from seamfree.tiling.plan import (
+    PredictConfig,
+    PredictionPlan,
+    describe,
+    output_calibration,
+    plan_prediction,
+    zarr_options,
+)
 from seamfree.tiling.sinks import CropSink
 
 __all__ = ["ClusterConfig", "DistributedReport", "predict_distributed", "start_local_cluster"]
@@ -127,7 +134,7 @@ class DistributedReport:
 
 # Per worker process: models and opened inputs, keyed by what identifies them (loaded once, not per task).
 _MODELS: dict[tuple[str, str], torch.nn.Module] = {}
-_SOURCES: dict[tuple[str, str | None, int], ImageSource] = {}
+_SOURCES: dict[tuple[str, str | None, int, str | None], ImageSource] = {}
 
 
 def _worker_model(path: str, digest: str, threads: int, allow_pickle: bool) -> torch.nn.Module:
@@ -141,25 +148,26 @@ def _worker_model(path: str, digest: str, threads: int, allow_pickle: bool) -> t
     return _MODELS[key]
 
 
-def _worker_source(image: str, axes: str | None, dims: int) -> ImageSource:
-    key = (image, axes, dims)
-    if key not in _SOURCES:
-        _SOURCES[key] = open_image(image, spatial_dims=dims, axes=axes)
-    return _SOURCES[key]
+def _worker_source(image: str, axes: str | None, dims: int, key: str | None = None) -> ImageSource:
+    known = (image, axes, dims, key)
+    if known not in _SOURCES:
+        _SOURCES[known] = open_image(image, spatial_dims=dims, axes=axes, key=key)
+    return _SOURCES[known]
 
 
 def _run_task(tiles: list[Tile], *, model: str, digest: str, image: str, axes: str | None, output: str,
-              plan: PredictionPlan, threads: int, allow_pickle: bool = False) -> int:
+              plan: PredictionPlan, threads: int, allow_pickle: bool = False, key: str | None = None) -> int:
     """Worker task: predict and write a group of tiles (each owning its output chunk); return how many ran."""
     net = _worker_model(model, digest, threads, allow_pickle)
-    source = _worker_source(image, axes, plan.grid.spatial_dims)
+    source = _worker_source(image, axes, plan.grid.spatial_dims, key)
     return run_tiles(net, plan, source, tiles, CropSink(ZarrBlockWriter(output), plan.output))
 
 
 def _slab_statistics(windows: list[tuple[slice, ...]], *, image: str, axes: str | None, dims: int,
-                     channels: int, total: int, exact: bool, stride: int) -> list[SlabStatistics]:
+                     channels: int, total: int, exact: bool, stride: int,
+                     key: str | None = None) -> list[SlabStatistics]:
     """Worker task: statistics of each slab separately (merged in order by the driver)."""
-    source = _worker_source(image, axes, dims)
+    source = _worker_source(image, axes, dims, key)
     result = []
     for window in windows:
         statistics = SlabStatistics(channels, total, exact, stride)
@@ -226,7 +234,8 @@ def _check_input(source: ImageSource, plan: PredictionPlan) -> None:
 
 
 def _normalization(client: Any, image: str, axes: str | None, source: ImageSource, dims: int,
-                   normalization: IntensityNormalization) -> IntensityNormalization:
+                   normalization: IntensityNormalization, watchdog: WorkerWatchdog,
+                   key: str | None) -> IntensityNormalization:
     if normalization.resolved:
         return normalization
     template = SlabStatistics.for_source(source)
@@ -234,9 +243,9 @@ def _normalization(client: Any, image: str, axes: str | None, source: ImageSourc
     groups = [windows[i:i + 8] for i in range(0, len(windows), 8)]
     futures = client.map(_slab_statistics, groups, image=image, axes=axes, dims=dims, channels=template.channels,
                          total=template.total, exact=template.histograms is not None, stride=template.stride,
-                         pure=False)
-    for future in futures:  # in slab order: identical to one sequential pass
-        for slab in future.result():
+                         key=key, pure=False)
+    for slabs in gathered(client, futures, watchdog):  # in slab order: identical to one sequential pass
+        for slab in slabs:
             template.merge(slab)
     return template.finish(normalization)
 
@@ -251,12 +260,14 @@ def predict_distributed(
     axes: str | None = None,
     progress: bool | Callable[[int, int], None] = False,
     allow_pickle: bool = False,
+    key: str | None = None,
 ) -> DistributedReport:
     """Predict ``image`` with the model at ``model`` into the OME-Zarr ``output`` on a dask cluster.
 
     Same parameters and same result as :func:`seamfree.predict` (crop stitching); rerun to resume. Returns a
     summary (tiles, tasks, time, throughput). ``allow_pickle`` lets the driver and every worker load a
-    ``torch.export`` program or a pickled module (code from the file runs on each of them).
+    ``torch.export`` program or a pickled module (code from the file runs on each of them). ``key`` names the
+    dataset of an HDF5 file or the array of a zarr group, as in :func:`seamfree.predict`.
     """
     config = config or PredictConfig()
     cluster = cluster or ClusterConfig()
@@ -276,28 +287,24 @@ def predict_distributed(
     info = describe(net, config)
     dims = info.spatial_dims
     image_path = os.fspath(image)
-    with output_lock(output), open_image(image_path, spatial_dims=dims, axes=axes) as source:
+    with output_lock(output), open_image(image_path, spatial_dims=dims, axes=axes, key=key) as source:
         client, local = _client(cluster)
         watchdog = WorkerWatchdog(client, cluster.worker_timeout)
         try:
-            normalization = _normalization(client, str(image_path), axes, source, dims, config.normalization)
+            normalization = _normalization(client, str(image_path), axes, source, dims, config.normalization,
+                                           watchdog, key)
             plan = plan_prediction(net, source, config, normalization, info=info)
             _check_input(source, plan)
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
                                    fingerprint=plan.fingerprint, overwrite=config.overwrite,
-                                   calibration=output_calibration(source, config), pyramid=config.pyramid,
-                                   downsampling="stride" if config.output_kind == "mask" else "mean",
-                                   input_path=source.path)
+                                   calibration=output_calibration(source, config), input_path=source.path,
+                                   **zarr_options(config, plan.out_channels))
             todo = [t for t in plan.grid.tiles() if not target.is_done(t.index)]
             computed, tasks = _submit(client, todo, model_path, str(image_path), axes, Path(output), plan,
-                                      cluster, progress, len(plan.grid), allow_pickle)
+                                      cluster, progress, len(plan.grid), allow_pickle, watchdog, key)
             target.finalize()
             workers = len(client.scheduler_info().get("workers", {}))
-        except Exception as exc:
-            watchdog.raise_if_tripped(exc)
-            raise
         finally:
-            watchdog.stop()
             client.close()
             if local is not None:
                 local.close()
@@ -312,7 +319,8 @@ def predict_distributed(
 
 def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
             axes: str | None, output: Path, plan: PredictionPlan, cluster: ClusterConfig,
-            progress: bool | Callable[[int, int], None], total: int, allow_pickle: bool) -> tuple[int, int]:
+            progress: bool | Callable[[int, int], None], total: int, allow_pickle: bool,
+            watchdog: WorkerWatchdog, key: str | None) -> tuple[int, int]:
     """Run the tasks of ``todo`` with at most a window of them known to the scheduler at any time.
 
     A finished task is released at once (the scheduler and the worker forget it) and the next one submitted, so the
@@ -325,7 +333,7 @@ def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
     window = max(TASKS_IN_FLIGHT, 4 * threads)
     kwargs = {"model": str(model_path.resolve()), "digest": file_sha256(model_path), "image": image, "axes": axes,
               "output": str(output.resolve()), "plan": plan, "threads": cluster.threads_per_worker,
-              "allow_pickle": allow_pickle}
+              "allow_pickle": allow_pickle, "key": key}
     sizes: dict[str, int] = {}
 
     def submit(group: list[Tile]) -> Any:
@@ -344,7 +352,7 @@ def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
 
         bar = tqdm(total=total, initial=done, unit="tile", desc="predict (dask)")
     computed = 0
-    for future, result in running:
+    for future, result in completed(running, watchdog):
         computed += result
         size = sizes.pop(future.key)
         done += size

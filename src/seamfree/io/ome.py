@@ -13,7 +13,8 @@ from typing import Any
 
 from seamfree.errors import ConfigError, require
 
-__all__ = ["Calibration", "dimension_names", "normalized_unit", "ome_image_attrs", "read_calibration"]
+__all__ = ["NGFF_VERSIONS", "Calibration", "dimension_names", "labels_group_attrs", "normalized_unit",
+           "ome_image_attrs", "read_calibration"]
 
 # the NGFF names for the units people type
 _UNIT_ALIASES = {"um": "micrometer", "µm": "micrometer", "μm": "micrometer", "micron": "micrometer",
@@ -64,14 +65,37 @@ def dimension_names(spatial_dims: int) -> list[str]:
     return ["c", *"zyx"[-spatial_dims:]]
 
 
+NGFF_VERSIONS = ("0.5", "0.4")
+# a colour per class for label layers (0, the background, is transparent)
+_LABEL_COLOURS = ((0, 0, 0, 0), (255, 0, 255, 255), (0, 255, 0, 255), (0, 128, 255, 255), (255, 200, 0, 255),
+                  (255, 64, 64, 255), (0, 255, 255, 255), (160, 80, 255, 255))
+_CHANNEL_COLOURS = ("FFFFFF", "FF00FF", "00FF00", "00FFFF", "FFFF00", "FF0000", "0000FF")
+
+
 def ome_image_attrs(spatial_dims: int, calibration: Calibration | None = None, *,
                     name: str = "seamfree prediction", levels: int = 1,
-                    downsampling: str = "mean") -> dict[str, Any]:
-    """Return the ``ome`` attributes of an image of ``levels`` resolution levels (arrays ``0``, ``1``, ...; see
-    :mod:`seamfree.io.pyramid`), validated by ``ome-zarr-models``."""
+                    downsampling: str = "mean", channel_names: Sequence[str] | None = None,
+                    label_values: int | None = None, version: str = "0.5") -> dict[str, Any]:
+    """Return the OME attributes of an image of ``levels`` resolution levels (arrays ``0``, ``1``, ...; see
+    :mod:`seamfree.io.pyramid`), validated by ``ome-zarr-models``.
+
+    ``channel_names`` go into the ``omero`` block (with a display window of 0..1 for probabilities);
+    ``label_values`` makes it an image-label (a label layer in napari) with colours for values ``0..n-1``.
+    ``version`` "0.5" gives the content of the ``ome`` attribute of a zarr v3 group, "0.4" the top-level
+    attributes of a zarr v2 group.
+    """
     require("ome_zarr_models", "zarr")
-    from ome_zarr_models.v05.coordinate_transformations import VectorScale, VectorTranslation
-    from ome_zarr_models.v05.image import Axis, Dataset, ImageAttrs, Multiscale
+    if version not in NGFF_VERSIONS:
+        raise ConfigError(f"OME-NGFF version must be one of {', '.join(NGFF_VERSIONS)}, got {version!r}")
+    if version == "0.4":
+        from ome_zarr_models.v04.coordinate_transformations import VectorScale, VectorTranslation
+        from ome_zarr_models.v04.image import Axis, Dataset, ImageAttrs, Multiscale
+    else:
+        from ome_zarr_models.v05.coordinate_transformations import (
+            VectorScale,
+            VectorTranslation,
+        )
+        from ome_zarr_models.v05.image import Axis, Dataset, ImageAttrs, Multiscale  # type: ignore[assignment]
 
     from seamfree.io.pyramid import level_transforms
 
@@ -88,8 +112,48 @@ def ome_image_attrs(spatial_dims: int, calibration: Calibration | None = None, *
         if any(translation):
             transforms += (VectorTranslation(type="translation", translation=translation),)
         datasets.append(Dataset(path=str(level), coordinateTransformations=transforms))
-    multiscale = Multiscale(axes=axes, datasets=tuple(datasets), name=name)
-    return ImageAttrs(version="0.5", multiscales=[multiscale]).model_dump(mode="json", exclude_none=True)
+    extra = {"version": "0.4"} if version == "0.4" else {}
+    multiscale = Multiscale(axes=axes, datasets=tuple(datasets), name=name, **extra)  # type: ignore[arg-type]
+    if version == "0.4":
+        attrs = ImageAttrs(multiscales=[multiscale]).model_dump(mode="json", exclude_none=True, by_alias=True)
+    else:
+        attrs = ImageAttrs(version="0.5", multiscales=[multiscale]).model_dump(  # type: ignore[call-arg]
+            mode="json", exclude_none=True, by_alias=True)
+    if channel_names:
+        attrs["omero"] = _omero(channel_names)
+    if label_values is not None:
+        attrs["image-label"] = _image_label(label_values, version)
+    return attrs
+
+
+def _omero(channel_names: Sequence[str]) -> dict[str, Any]:
+    from ome_zarr_models.common.omero import Omero
+
+    channels = [{"label": str(label), "color": _CHANNEL_COLOURS[i % len(_CHANNEL_COLOURS)], "active": True,
+                 "window": {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0}}
+                for i, label in enumerate(channel_names)]
+    return Omero(channels=channels).model_dump(mode="json", exclude_none=True, by_alias=True)  # type: ignore[arg-type]
+
+
+def _image_label(values: int, version: str) -> dict[str, Any]:
+    from ome_zarr_models.common.image_label_types import LabelBase
+
+    colours = [{"label-value": v, "rgba": _LABEL_COLOURS[v % len(_LABEL_COLOURS)] if v else (0, 0, 0, 0)}
+               for v in range(max(values, 2))]
+    label = LabelBase(colors=colours, version=version)  # type: ignore[arg-type]
+    return label.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+def labels_group_attrs(names: Sequence[str], version: str = "0.5") -> dict[str, Any]:
+    """The attributes of an image's ``labels`` group listing the label images ``names``."""
+    if version == "0.4":
+        from ome_zarr_models.v04.labels import LabelsAttrs as LabelsAttrs04
+
+        return LabelsAttrs04(labels=list(names)).model_dump(mode="json", exclude_none=True, by_alias=True)
+    from ome_zarr_models.v05.labels import LabelsAttrs
+
+    return {"ome": LabelsAttrs(version="0.5", labels=list(names)).model_dump(
+        mode="json", exclude_none=True, by_alias=True)}
 
 
 def read_calibration(image: dict[str, Any], level: dict[str, Any]) -> Calibration:

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["Downsampling", "downsample", "level_shapes", "level_transforms", "pyramid_voxels", "write_pyramid"]
+__all__ = ["Downsampling", "blocks", "downsample", "level_shapes", "level_transforms", "pyramid_voxels",
+           "write_pyramid"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def downsample(block: np.ndarray, method: Downsampling) -> np.ndarray:
     return mean.astype(block.dtype)
 
 
-def _blocks(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, ...]]:
+def blocks(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, ...]]:
+    """The spatial windows of the chunks ``chunks`` of an array ``(C, *spatial)`` of ``shape``."""
     ranges = [range(0, n, c) for n, c in zip(shape[1:], chunks[1:])]
     return [tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks[1:], shape[1:]))
             for origin in itertools.product(*ranges)]
@@ -74,17 +76,18 @@ def write_pyramid(group: Any, markers: Path, method: Downsampling, smallest: int
     shapes = level_shapes(base.shape, smallest)
     done = markers / "pyramid"
     done.mkdir(parents=True, exist_ok=True)
-    chunks = tuple(base.chunks)
-    names = getattr(base.metadata, "dimension_names", None)
+    chunks = tuple(base.chunks)  # a sharded level 0's inner chunks: the levels above are small, left unsharded
+    layout: dict[str, Any] = {"dimension_names": getattr(base.metadata, "dimension_names", None)}
+    if base.metadata.zarr_format == 2:  # NGFF 0.4: "/" in chunk keys, no dimension names
+        layout = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
     for level, shape in enumerate(shapes, start=1):
         name = str(level)
         if name not in group:
             level_chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
-            group.create_array(name, shape=shape, dtype=base.dtype, chunks=level_chunks, fill_value=0,
-                               dimension_names=names)
+            group.create_array(name, shape=shape, dtype=base.dtype, chunks=level_chunks, fill_value=0, **layout)
         below, target = group[str(level - 1)], group[name]
         written = 0
-        for block in _blocks(shape, tuple(target.chunks)):
+        for block in blocks(shape, tuple(target.chunks)):
             marker = done / f"{level}_{'_'.join(str(w.start) for w in block)}"
             if marker.exists():
                 continue

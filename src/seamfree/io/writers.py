@@ -10,7 +10,6 @@ Until the last block is written the output says it is incomplete: an OME-Zarr gr
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
 import os
@@ -22,9 +21,8 @@ from typing import Any
 import numpy as np
 
 from seamfree.errors import ConfigError, OutputExistsError, ShapeError, require
-from seamfree.io.markers import MARKER_DIR, ArrayOutput, MarkedOutput, OutputTarget, block_digest, check_fingerprint
-from seamfree.io.ome import Calibration, dimension_names, ome_image_attrs
-from seamfree.io.pyramid import Downsampling, write_pyramid
+from seamfree.io.markers import MARKER_DIR, ArrayOutput, MarkedOutput, OutputTarget, block_digest
+from seamfree.io.ome import Calibration
 from seamfree.io.safety import (
     TIFF_SIGNATURE,
     check_not_input,
@@ -34,6 +32,7 @@ from seamfree.io.safety import (
     resolved_path,
     tiff_signature,
 )
+from seamfree.io.zarr_output import ZarrBlockWriter, ZarrOutput
 
 __all__ = [
     "ArrayOutput",
@@ -49,157 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-def zarr_markers(path: Path) -> Path:
-    """Where an OME-Zarr output's fingerprint and done markers live while it is written: beside it
-    (``NAME.zarr.seamfree``), outside the zarr hierarchy, which then holds nothing zarr does not recognise."""
-    return path.with_name(path.name + MARKER_DIR)
-
-
-def seamfree_attrs(path: Path) -> dict[str, Any] | None:
-    """seamfree's attributes of the zarr group at ``path`` (None: not a group seamfree wrote)."""
-    try:
-        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return None
-    mark = attrs.get("seamfree") if isinstance(attrs, dict) else None
-    return mark if isinstance(mark, dict) else None
-
-
-def is_seamfree_zarr(path: Path) -> bool:
-    """Whether ``path`` is an OME-Zarr output seamfree wrote (its fingerprint in the group's attributes, or the
-    marker folder inside it that versions before 0.3 kept)."""
-    mark = seamfree_attrs(path)
-    return (mark is not None and "fingerprint" in mark) or (path / MARKER_DIR / "fingerprint.json").is_file()
-
-
-class ZarrOutput(MarkedOutput):
-    """An OME-Zarr (zarr v3, OME-NGFF 0.5) image with one level, chunks aligned with the tile cores.
-
-    The group's attributes carry the OME metadata (with the input's calibration), seamfree's status and the
-    run's fingerprint; the done markers live beside the store while it is written and are removed when it is
-    complete (a rerun of a complete output compares the fingerprint in its attributes and has nothing to do).
-    When level 0 is complete, the multiscale pyramid is written (:mod:`seamfree.io.pyramid`) before the output
-    says it is complete.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        chunks: tuple[int, ...],
-        fingerprint: dict[str, Any],
-        calibration: Calibration | None = None,
-        overwrite: bool = False,
-        pyramid: bool = True,
-        downsampling: Downsampling = "mean",
-    ) -> None:
-        zarr = require("zarr", "zarr")
-        self.path = path
-        self.calibration, self.pyramid, self.downsampling = calibration, pyramid, downsampling
-        self.shape = tuple(shape)
-        self.dtype = np.dtype(dtype)
-        self.fingerprint = fingerprint
-        self.marker_root = zarr_markers(path)
-        if overwrite and (path.exists() or path.is_symlink()):
-            remove_own_output(path, written_by_seamfree=is_seamfree_zarr(path))
-        if overwrite and (self.marker_root / "fingerprint.json").is_file():
-            shutil.rmtree(self.marker_root)  # the markers of a run of ours into that output
-        if path.is_dir() and not any(path.iterdir()):
-            path.rmdir()  # an empty folder: a creation killed before its first file (nothing to lose)
-        legacy = path / MARKER_DIR
-        if legacy.is_dir() and not self.marker_root.exists():
-            os.replace(legacy, self.marker_root)  # written by seamfree < 0.3: markers move out of the hierarchy
-            logger.info("moved the done markers of %s out of the zarr hierarchy to %s", path, self.marker_root)
-        if path.exists():
-            self.group = self._reopen(zarr)
-        else:
-            # the group's metadata, seamfree's mark included, is one file written at once: a run killed at any
-            # moment leaves either no group or one that says it is seamfree's and incomplete
-            self.group = zarr.open_group(str(path), mode="w-", attributes={  # type: ignore[attr-defined]
-                "ome": ome_image_attrs(len(shape) - 1, calibration),
-                "seamfree": {"status": "incomplete", "fingerprint": fingerprint}})
-        if "0" not in self.group:  # new, or a creation killed before its array
-            self.group.create_array("0", shape=self.shape, dtype=self.dtype, chunks=(self.shape[0], *chunks),
-                                    fill_value=0, dimension_names=dimension_names(len(shape) - 1))
-        self.array = self.group["0"]
-        mark = dict(self.group.attrs.get("seamfree", {}))
-        self.finished = mark.get("status") == "complete" and "fingerprint" in mark and not self.marker_root.exists()
-        if self.finished:
-            check_fingerprint(mark["fingerprint"], fingerprint, self.location)
-        else:
-            self._init_markers(fingerprint)
-
-    @property
-    def location(self) -> Path:
-        return self.path
-
-    def is_done(self, block: Sequence[int]) -> bool:
-        return self.finished or super().is_done(block)
-
-    def _reopen(self, zarr: Any) -> Any:
-        try:
-            group = zarr.open_group(str(self.path), mode="r+")
-        except Exception as exc:  # not a zarr group at all
-            raise OutputExistsError(
-                f"output {str(self.path)!r} exists and is not a seamfree prediction; choose another path "
-                "(seamfree never overwrites data it did not write; CLI --overwrite deletes it)"
-            ) from exc
-        if "seamfree" not in group.attrs:
-            raise OutputExistsError(
-                f"output {str(self.path)!r} exists and was not written by seamfree; choose another path "
-                "or delete it (CLI --overwrite)"
-            )
-        if "0" not in group:
-            return group
-        array = group["0"]
-        if tuple(array.shape) != self.shape or np.dtype(array.dtype) != self.dtype:
-            raise OutputExistsError(
-                f"output {str(self.path)!r} exists with shape {tuple(array.shape)} and dtype {array.dtype}, "
-                f"this prediction needs shape {self.shape} and dtype {self.dtype}; use another path or "
-                "delete it (CLI --overwrite)"
-            )
-        return group
-
-    def finalize(self) -> Any:
-        """Write the pyramid (resumable), then the metadata of every level and the complete status at once."""
-        if not self.finished:
-            levels = write_pyramid(self.group, self.marker_root, self.downsampling) if self.pyramid else 1
-            self.group.attrs.update({
-                "ome": ome_image_attrs(len(self.shape) - 1, self.calibration, levels=levels,
-                                       downsampling=self.downsampling),
-                "seamfree": {"status": "complete", "fingerprint": self.fingerprint}})
-            shutil.rmtree(self.marker_root, ignore_errors=True)
-            self.finished = True
-        return self.array
-
-
-class ZarrBlockWriter(MarkedOutput):
-    """Write access to an existing seamfree OME-Zarr output from another process (a dask worker).
-
-    The driver creates the output and its fingerprint (:class:`ZarrOutput`); workers only write the chunks of
-    their blocks and the blocks' done markers, and never change the metadata.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        zarr = require("zarr", "zarr")
-        self.path = Path(path)
-        self.marker_root = zarr_markers(self.path)
-        try:
-            group = zarr.open_group(str(self.path), mode="r+")  # type: ignore[attr-defined]
-            self.array = group["0"]
-        except Exception as exc:
-            raise OutputExistsError(f"cannot open the output {str(self.path)!r} for writing on this worker: {exc}; "
-                                    "the output must be on storage every worker can reach") from exc
-        self.shape = tuple(self.array.shape)
-        self.dtype = np.dtype(self.array.dtype)
-
-    @property
-    def location(self) -> Path:
-        return self.path
-
 
 class TiffOutput(MarkedOutput):
     """A (Big)TIFF written through a memory map under ``NAME.partial.tif``, renamed when complete."""
@@ -329,14 +177,14 @@ def create_output(
     overwrite: bool = False,
     input_path: str | None = None,
     calibration: Calibration | None = None,
-    pyramid: bool = True,
-    downsampling: Downsampling = "mean",
+    **zarr_options: Any,
 ) -> OutputTarget:
     """Return the output for ``target``: None (a new numpy array), an array, or a .zarr/.tif path.
 
     A path that is the input (``input_path``), lies inside it or contains it is refused. With ``overwrite``,
     an existing path is deleted only if seamfree wrote it (a fingerprinted OME-Zarr, a signed TIFF), never
     through a symbolic link; anything else is refused with a message that says what is there.
+    ``zarr_options`` (pyramid, labels, channel names, NGFF version, sharding) go to :class:`ZarrOutput`.
     """
     if target is None:
         return ArrayOutput(np.zeros(shape, dtype=dtype))
@@ -357,5 +205,4 @@ def create_output(
     if output_format(path) == "tiff":
         return TiffOutput(path, shape=shape, dtype=dtype, fingerprint=fingerprint, overwrite=overwrite)
     return ZarrOutput(path, shape=shape, dtype=dtype, chunks=chunks, fingerprint=fingerprint,
-                      calibration=calibration or Calibration(scale), overwrite=overwrite, pyramid=pyramid,
-                      downsampling=downsampling)
+                      calibration=calibration or Calibration(scale), overwrite=overwrite, **zarr_options)

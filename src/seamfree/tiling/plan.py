@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -21,7 +22,7 @@ from torch import nn
 
 from seamfree.config import apply_renamed
 from seamfree.errors import ConfigError, HaloError, ShapeError
-from seamfree.io.ome import Calibration
+from seamfree.io.ome import NGFF_VERSIONS, Calibration
 from seamfree.io.readers import ImageSource
 from seamfree.io.safety import resolved_path
 from seamfree.models.checkpoint import check_device
@@ -49,7 +50,10 @@ logger = logging.getLogger(__name__)
 # The model's geometry (spatial_dims, in_channels) changes nothing it computes; the selected output is recorded
 # as the fingerprint's "model_output" entry.
 _NOT_FINGERPRINTED = ("device", "tiles_per_batch", "batch_size", "overwrite", "normalization", "memory_budget",
-                      "amp", "spatial_dims", "in_channels", "model_output", "voxel_size", "unit", "pyramid")
+                      "amp", "spatial_dims", "in_channels", "model_output", "voxel_size", "unit", "pyramid",
+                      "channel_names", "sharding")
+# Recorded only when not at their default, so that outputs of versions without them still resume.
+_FINGERPRINTED_IF_SET = {"labels": False, "ngff": "0.5"}
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,18 @@ class PredictConfig:
         input that records none (CLI ``--voxel-size``, ``--unit``); an input's own calibration wins.
     pyramid : bool
         Write the multiscale pyramid of an OME-Zarr output once level 0 is complete (CLI ``--no-pyramid``).
+    labels : bool
+        Also write the mask (``threshold``, or the argmax of several channels) as an OME-Zarr label image
+        ``labels/mask`` next to the probabilities (CLI ``--labels``); a ``output_kind="mask"`` output is itself
+        a label image.
+    channel_names : sequence of str, optional
+        Names of the output channels in the OME metadata (CLI ``--channel-names``).
+    ngff : {"0.5", "0.4"}
+        OME-NGFF version of an OME-Zarr output: 0.5 (zarr v3, sharded) or 0.4 (zarr v2) for older tools
+        (CLI ``--ngff``).
+    sharding : bool
+        Store level 0 as shards of one tile core holding viewer-sized chunks (NGFF 0.5; CLI ``--no-sharding``
+        makes each core one chunk).
     batch_size : int, optional
         Deprecated name of ``tiles_per_batch``.
     """
@@ -149,6 +165,10 @@ class PredictConfig:
     voxel_size: float | tuple[float, ...] | None = None
     unit: str | None = None
     pyramid: bool = True
+    labels: bool = False
+    channel_names: tuple[str, ...] | None = None
+    ngff: str = "0.5"
+    sharding: bool = True
     batch_size: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -157,6 +177,11 @@ class PredictConfig:
             raise ConfigError(f"stitching must be 'crop' or 'blend', got {self.stitching!r}")
         if self.tiles_per_batch is not None and self.tiles_per_batch < 1:
             raise ConfigError(f"tiles_per_batch must be >= 1, got {self.tiles_per_batch}")
+        if self.ngff not in NGFF_VERSIONS:
+            raise ConfigError(f"ngff (CLI --ngff) must be one of {', '.join(NGFF_VERSIONS)}, got {self.ngff!r}")
+        if self.labels and self.output_kind == "mask":
+            raise ConfigError("labels=True (CLI --labels) writes a mask next to the probabilities; with "
+                              "output_kind='mask' the output is the mask already: drop one of them")
         # the specs validate their own fields
         _ = self.runtime, self.output
 
@@ -232,6 +257,29 @@ def output_calibration(source: ImageSource, config: PredictConfig) -> Calibratio
     size = config.voxel_size
     sizes = None if size is None else ((size,) if isinstance(size, int | float) else tuple(size))
     return source.calibration.with_defaults(sizes, config.unit, source.spatial_dims)
+
+
+def zarr_options(config: PredictConfig, out_channels: int) -> dict[str, Any]:
+    """How an OME-Zarr output of ``config`` is laid out and described: pyramid, labels, channel names, NGFF
+    version, sharding (TIFF outputs ignore them)."""
+    spec = config.output
+    names = config.channel_names
+    if names is not None and len(names) != spec.stored_channels(out_channels):
+        raise ConfigError(f"channel_names (CLI --channel-names) gives {len(names)} names {list(names)}, the output "
+                          f"has {spec.stored_channels(out_channels)} channels; give one name per channel")
+    mask = spec.kind == "mask"
+    labels_from = None
+    if config.labels:
+        scale = 255.0 if spec.kind == "uint8" else 1.0
+        labels_from = partial(_mask_of, OutputSpec("mask", config.threshold), scale)
+    return {"pyramid": config.pyramid, "downsampling": "stride" if mask else "mean", "channel_names": names,
+            "label_values": max(out_channels, 2) if mask else None, "labels_from": labels_from,
+            "ngff": config.ngff, "sharding": config.sharding}
+
+
+def _mask_of(spec: OutputSpec, scale: float, block: np.ndarray) -> np.ndarray:
+    """The mask of a block of stored probabilities (uint8 ones divided by ``scale`` = 255 first)."""
+    return spec.convert(block.astype(np.float32) / np.float32(scale) if scale != 1.0 else block)
 
 
 def describe(model: nn.Module, config: PredictConfig) -> ModelInfo:
@@ -314,7 +362,8 @@ def _input_entry(source: ImageSource, stitching: str) -> dict[str, Any]:
 
 def _fingerprint(source: ImageSource, info: ModelInfo, config: PredictConfig, grid: TileGrid,
                  normalization: IntensityNormalization, runtime: RuntimeSpec, tiles_per_batch: int) -> dict[str, Any]:
-    settings = {k: v for k, v in asdict(config).items() if k not in _NOT_FINGERPRINTED}
+    settings = {k: v for k, v in asdict(config).items() if k not in _NOT_FINGERPRINTED
+                and not (k in _FINGERPRINTED_IF_SET and v == _FINGERPRINTED_IF_SET[k])}
     fingerprint = {
         "input": _input_entry(source, config.stitching),
         "model": info.digest,

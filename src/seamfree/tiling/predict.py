@@ -34,6 +34,7 @@ from seamfree.tiling.plan import (
     describe,
     output_calibration,
     plan_prediction,
+    zarr_options,
 )
 from seamfree.tiling.sinks import sink_for
 from seamfree.tiling.specs import Activation, RuntimeSpec
@@ -134,9 +135,8 @@ def predict(
             plan = plan_prediction(model, source, config, info=info)
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
                                    fingerprint=plan.fingerprint, overwrite=config.overwrite,
-                                   calibration=output_calibration(source, config), pyramid=config.pyramid,
-                                   downsampling="stride" if config.output_kind == "mask" else "mean",
-                                   input_path=source.path)
+                                   calibration=output_calibration(source, config), input_path=source.path,
+                                   **zarr_options(config, plan.out_channels))
             tiles = list(plan.grid.tiles())
             computed = run_tiles(model, plan, source, tiles, sink_for(plan, target), progress=_progress(progress))
             result = target.finalize()

@@ -1,0 +1,270 @@
+"""OME-Zarr outputs: the resumable block writer of a prediction, its pyramid, its labels, its metadata.
+
+Layout of an output ``NAME.zarr`` (NGFF 0.5, zarr v3; ``ngff="0.4"`` writes the same in zarr v2):
+
+- ``0``: level 0, ``(C, *spatial)``. Its *shards* are the tile cores, so one writer (one task of a dask run)
+  owns each shard, and its inner *chunks* are viewer sized (256² in 2D, 64³ in 3D, or the largest divisors of the
+  core below that), so that a viewer fetches little per screen. A core no larger than a viewer chunk is one plain
+  chunk.
+- ``1``, ``2``, ...: the multiscale pyramid (:mod:`seamfree.io.pyramid`), written after level 0 is complete.
+- With ``labels_from`` (CLI ``--labels``): ``labels/mask``, an OME-Zarr label image (napari opens a Labels layer)
+  computed block by block from the probabilities of level 0, with its own pyramid (every second voxel).
+- A mask output (``label_values``) is itself a label image: ``image-label`` metadata on the root group.
+
+The group's attributes carry the OME metadata (the input's calibration, channel names), seamfree's status and the
+run's fingerprint; the done markers live beside the store while it is written (``NAME.zarr.seamfree``, outside the
+hierarchy, so zarr lists nothing it does not recognise) and are removed when it is complete. Every pass after
+level 0 is resumable through its own markers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seamfree.errors import OutputExistsError, require
+from seamfree.io.markers import MARKER_DIR, MarkedOutput, check_fingerprint
+from seamfree.io.ome import Calibration, dimension_names, labels_group_attrs, ome_image_attrs
+from seamfree.io.pyramid import Downsampling, blocks, write_pyramid
+from seamfree.io.safety import remove_own_output
+
+__all__ = ["VIEWER_CHUNK", "ZarrBlockWriter", "ZarrOutput", "is_seamfree_zarr", "viewer_chunks", "zarr_markers"]
+
+logger = logging.getLogger(__name__)
+
+# the edge of an inner chunk a viewer fetches, by spatial dimensions (a 256 KiB float32 chunk in both cases)
+VIEWER_CHUNK = {2: 256, 3: 64}
+LABELS_NAME = "mask"
+
+
+def zarr_markers(path: Path) -> Path:
+    """Where an OME-Zarr output's fingerprint and done markers live while it is written: beside it
+    (``NAME.zarr.seamfree``), outside the zarr hierarchy, which then holds nothing zarr does not recognise."""
+    return path.with_name(path.name + MARKER_DIR)
+
+
+def viewer_chunks(core: Sequence[int], edge: int | None = None) -> tuple[int, ...]:
+    """Inner chunks for shards of shape ``core``: per axis, the largest divisor of the core's extent that is at
+    most the viewer chunk's edge (a shard must hold a whole number of chunks).
+
+    Examples
+    --------
+    >>> viewer_chunks((1024, 1024))
+    (256, 256)
+    >>> viewer_chunks((32, 128, 88))
+    (32, 64, 44)
+    """
+    edge = edge or VIEWER_CHUNK.get(len(core), 64)
+    return tuple(max(d for d in range(1, min(int(c), edge) + 1) if int(c) % d == 0) for c in core)
+
+
+def _group_attributes(path: Path) -> dict[str, Any]:
+    for name, nested in (("zarr.json", True), (".zattrs", False)):
+        try:
+            document = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        attrs = document.get("attributes", {}) if nested else document
+        return attrs if isinstance(attrs, dict) else {}
+    return {}
+
+
+def seamfree_attrs(path: Path) -> dict[str, Any] | None:
+    """seamfree's attributes of the zarr group at ``path`` (None: not a group seamfree wrote)."""
+    mark = _group_attributes(path).get("seamfree")
+    return mark if isinstance(mark, dict) else None
+
+
+def is_seamfree_zarr(path: Path) -> bool:
+    """Whether ``path`` is an OME-Zarr output seamfree wrote (its fingerprint in the group's attributes, or the
+    marker folder inside it that versions before 0.3 kept)."""
+    mark = seamfree_attrs(path)
+    return (mark is not None and "fingerprint" in mark) or (path / MARKER_DIR / "fingerprint.json").is_file()
+
+
+class ZarrOutput(MarkedOutput):
+    """An OME-Zarr image written block by block (one block = one tile core = one shard), resumable.
+
+    Parameters beyond the array's: ``calibration`` (scale, translation, units), ``pyramid`` and its
+    ``downsampling``, ``channel_names`` (the ``omero`` block), ``label_values`` (a mask output: the root is a
+    label image with that many values), ``labels_from`` (a function from a block of level 0 to its mask: writes
+    ``labels/mask``), ``ngff`` ("0.5" or "0.4") and ``sharding`` (off: chunks are the cores).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        chunks: tuple[int, ...],
+        fingerprint: dict[str, Any],
+        calibration: Calibration | None = None,
+        overwrite: bool = False,
+        pyramid: bool = True,
+        downsampling: Downsampling = "mean",
+        channel_names: Sequence[str] | None = None,
+        label_values: int | None = None,
+        labels_from: Callable[[np.ndarray], np.ndarray] | None = None,
+        ngff: str = "0.5",
+        sharding: bool = True,
+    ) -> None:
+        zarr = require("zarr", "zarr")
+        self.path = path
+        self.calibration, self.pyramid, self.downsampling = calibration, pyramid, downsampling
+        self.channel_names = list(channel_names) if channel_names else None
+        self.label_values, self.labels_from, self.ngff = label_values, labels_from, ngff
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.fingerprint = fingerprint
+        self.marker_root = zarr_markers(path)
+        if overwrite and (path.exists() or path.is_symlink()):
+            remove_own_output(path, written_by_seamfree=is_seamfree_zarr(path))
+        if overwrite and (self.marker_root / "fingerprint.json").is_file():
+            shutil.rmtree(self.marker_root)  # the markers of a run of ours into that output
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()  # an empty folder: a creation killed before its first file (nothing to lose)
+        legacy = path / MARKER_DIR
+        if legacy.is_dir() and not self.marker_root.exists():
+            os.replace(legacy, self.marker_root)  # written by seamfree < 0.3: markers move out of the hierarchy
+            logger.info("moved the done markers of %s out of the zarr hierarchy to %s", path, self.marker_root)
+        if path.exists():
+            self.group = self._reopen(zarr)
+        else:
+            # the group's metadata, seamfree's mark included, is one file written at once: a run killed at any
+            # moment leaves either no group or one that says it is seamfree's and incomplete
+            self.group = zarr.open_group(str(path), mode="w-", zarr_format=self._format,  # type: ignore[attr-defined]
+                                         attributes=self._attributes(1, "incomplete"))
+        if "0" not in self.group:  # new, or a creation killed before its array
+            core = (self.shape[0], *chunks)
+            inner = (self.shape[0], *viewer_chunks(chunks)) if sharding and ngff == "0.5" else core
+            self.group.create_array("0", shape=self.shape, dtype=self.dtype, fill_value=0, **_layout(
+                core, inner, ngff, dimension_names(len(shape) - 1)))
+        self.array = self.group["0"]
+        mark = dict(self.group.attrs.get("seamfree", {}))
+        self.finished = mark.get("status") == "complete" and "fingerprint" in mark and not self.marker_root.exists()
+        if self.finished:
+            check_fingerprint(mark["fingerprint"], fingerprint, self.location)
+        else:
+            self._init_markers(fingerprint)
+
+    @property
+    def _format(self) -> int:
+        return 2 if self.ngff == "0.4" else 3
+
+    def _attributes(self, levels: int, status: str) -> dict[str, Any]:
+        ome = ome_image_attrs(len(self.shape) - 1, self.calibration, levels=levels, downsampling=self.downsampling,
+                              channel_names=self.channel_names, label_values=self.label_values, version=self.ngff)
+        mark = {"seamfree": {"status": status, "fingerprint": self.fingerprint}}
+        return {**ome, **mark} if self.ngff == "0.4" else {"ome": ome, **mark}
+
+    @property
+    def location(self) -> Path:
+        return self.path
+
+    def is_done(self, block: Sequence[int]) -> bool:
+        return self.finished or super().is_done(block)
+
+    def _reopen(self, zarr: Any) -> Any:
+        try:
+            group = zarr.open_group(str(self.path), mode="r+")
+        except Exception as exc:  # not a zarr group at all
+            raise OutputExistsError(
+                f"output {str(self.path)!r} exists and is not a seamfree prediction; choose another path "
+                "(seamfree never overwrites data it did not write; CLI --overwrite deletes it)"
+            ) from exc
+        if "seamfree" not in group.attrs:
+            raise OutputExistsError(
+                f"output {str(self.path)!r} exists and was not written by seamfree; choose another path "
+                "or delete it (CLI --overwrite)"
+            )
+        if "0" not in group:
+            return group
+        array = group["0"]
+        if tuple(array.shape) != self.shape or np.dtype(array.dtype) != self.dtype:
+            raise OutputExistsError(
+                f"output {str(self.path)!r} exists with shape {tuple(array.shape)} and dtype {array.dtype}, "
+                f"this prediction needs shape {self.shape} and dtype {self.dtype}; use another path or "
+                "delete it (CLI --overwrite)"
+            )
+        return group
+
+    def finalize(self) -> Any:
+        """Write the pyramid and the labels (both resumable), then the metadata of every level and the complete
+        status at once."""
+        if not self.finished:
+            levels = write_pyramid(self.group, self.marker_root, self.downsampling) if self.pyramid else 1
+            if self.labels_from is not None:
+                self._write_labels()
+            self.group.attrs.update(self._attributes(levels, "complete"))
+            shutil.rmtree(self.marker_root, ignore_errors=True)
+            self.finished = True
+        return self.array
+
+    def _write_labels(self) -> None:
+        """``labels/mask``: the mask of level 0, block by block (one shard at a time), with its own pyramid."""
+        assert self.labels_from is not None
+        names = dimension_names(len(self.shape) - 1) if self.ngff == "0.5" else None
+        labels = self.group.require_group("labels")
+        labels.attrs.update(labels_group_attrs([LABELS_NAME], self.ngff))
+        image = labels.require_group(LABELS_NAME)
+        base = self.array
+        shape = (1, *self.shape[1:])
+        core = (1, *(getattr(base, "shards", None) or base.chunks)[1:])
+        if "0" not in image:
+            image.create_array("0", shape=shape, dtype=np.uint8, fill_value=0,
+                               **_layout(core, (1, *base.chunks[1:]), self.ngff, names))
+        target = image["0"]
+        done = self.marker_root / "labels"
+        done.mkdir(parents=True, exist_ok=True)
+        for block in blocks(shape, core):
+            marker = done / "_".join(str(w.start) for w in block)
+            if not marker.exists():
+                target[(slice(None), *block)] = self.labels_from(np.asarray(base[(slice(None), *block)]))
+                marker.touch()
+        levels = write_pyramid(image, done, "stride") if self.pyramid else 1
+        ome = ome_image_attrs(len(self.shape) - 1, self.calibration, name=LABELS_NAME, levels=levels,
+                              downsampling="stride", label_values=2, version=self.ngff)
+        image.attrs.update(ome if self.ngff == "0.4" else {"ome": ome})
+
+
+def _layout(shards: tuple[int, ...], chunks: tuple[int, ...], ngff: str,
+            names: Sequence[str] | None) -> dict[str, Any]:
+    """The keyword arguments of ``create_array`` for shards of ``shards`` holding chunks of ``chunks``."""
+    if ngff == "0.4":  # zarr v2: no shards, no dimension names; NGFF 0.4 asks for "/" in chunk keys
+        return {"chunks": shards, "chunk_key_encoding": {"name": "v2", "separator": "/"}}
+    if tuple(chunks) == tuple(shards):
+        return {"chunks": shards, "dimension_names": names}
+    return {"chunks": chunks, "shards": shards, "dimension_names": names}
+
+
+class ZarrBlockWriter(MarkedOutput):
+    """Write access to an existing seamfree OME-Zarr output from another process (a dask worker).
+
+    The driver creates the output and its fingerprint (:class:`ZarrOutput`); workers only write the chunks of
+    their blocks and the blocks' done markers, and never change the metadata.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        zarr = require("zarr", "zarr")
+        self.path = Path(path)
+        self.marker_root = zarr_markers(self.path)
+        try:
+            group = zarr.open_group(str(self.path), mode="r+")  # type: ignore[attr-defined]
+            self.array = group["0"]
+        except Exception as exc:
+            raise OutputExistsError(f"cannot open the output {str(self.path)!r} for writing on this worker: {exc}; "
+                                    "the output must be on storage every worker can reach") from exc
+        self.shape = tuple(self.array.shape)
+        self.dtype = np.dtype(self.array.dtype)
+
+    @property
+    def location(self) -> Path:
+        return self.path
