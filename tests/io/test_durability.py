@@ -71,7 +71,7 @@ def test_a_corrupted_done_block_is_predicted_again(net, image, tmp_path, suffix,
     else:
         partial = out.with_name("out.partial.tif")
         memmap = tifffile.memmap(str(partial), mode="r+")
-        memmap[0, 10:20, 10:20] = 0.123  # the block's pixels differ from what its marker records
+        memmap[..., 10:20, 10:20] = 0.123  # the block's pixels differ from what its marker records
         memmap.flush()
         del memmap
     with caplog.at_level(logging.WARNING):

@@ -171,3 +171,34 @@ def test_no_pyramid_writes_level_0_only(nets, tmp_path):
     predict(nets[2], image, out, config=PredictConfig(core=128, pyramid=False))
     group, multiscale = _validated(out)
     assert [name for name, _ in group.members()] == ["0"] and len(multiscale.datasets) == 1
+
+
+def test_ome_tiff_in_and_out_overlay(nets, tmp_path):
+    """An OME-TIFF input's pixel sizes reach the OME-TIFF output (read back by tifffile's OME-XML parser), which
+    is memory-mapped, signed as seamfree's and complete only after its rename."""
+    tifffile = pytest.importorskip("tifffile")
+    from seamfree.io.safety import is_seamfree_tiff
+
+    image = np.random.default_rng(9).integers(0, 255, (6, 48, 40), dtype=np.uint8)
+    source = tmp_path / "in.ome.tif"
+    tifffile.imwrite(source, image, ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 1.5,
+        "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm", "PhysicalSizeZUnit": "µm"})
+    out = tmp_path / "out.ome.tif"
+    predict(nets[3], source, out, config=PredictConfig(core=(6, 16, 16), channel_names=("foreground",)))
+    with tifffile.TiffFile(out) as tiff:
+        series = tiff.series[0]
+        sizes = dict(zip(series.get_axes(False), series.get_shape(False)))  # unsqueezed: T, C, Z, Y, X, samples
+        assert tiff.is_ome and (sizes["C"], sizes["Z"], sizes["Y"], sizes["X"]) == (1, 6, 48, 40)
+        pixels = tifffile.xml2dict(tiff.ome_metadata)["OME"]["Image"]["Pixels"]
+    assert (pixels["PhysicalSizeZ"], pixels["PhysicalSizeY"], pixels["PhysicalSizeX"]) == (1.5, 0.3, 0.2)
+    assert pixels["PhysicalSizeXUnit"] == "µm" and pixels["Channel"]["Name"] == "foreground"
+    assert is_seamfree_tiff(out)
+    expected = predict(nets[3], source, config=PredictConfig(core=(6, 16, 16)))
+    np.testing.assert_array_equal(tifffile.imread(out), expected[0])  # tifffile squeezes the single channel
+    # and it reads back as an input with the same calibration
+    again = tmp_path / "again.zarr"
+    predict(nets[3], out, again, config=PredictConfig(core=(6, 16, 16)))
+    _, multiscale = _validated(again)
+    np.testing.assert_allclose(multiscale.datasets[0].coordinateTransformations[0].scale, [1.0, 1.5, 0.3, 0.2])
+    assert [a.unit for a in multiscale.axes][1:] == ["micrometer"] * 3

@@ -14,7 +14,7 @@ from typing import Any
 from seamfree.errors import ConfigError, require
 
 __all__ = ["NGFF_VERSIONS", "Calibration", "dimension_names", "labels_group_attrs", "normalized_unit",
-           "ome_image_attrs", "read_calibration"]
+           "ome_image_attrs", "ome_tiff_metadata", "read_calibration"]
 
 # the NGFF names for the units people type
 _UNIT_ALIASES = {"um": "micrometer", "µm": "micrometer", "μm": "micrometer", "micron": "micrometer",
@@ -154,6 +154,31 @@ def labels_group_attrs(names: Sequence[str], version: str = "0.5") -> dict[str, 
 
     return {"ome": LabelsAttrs(version="0.5", labels=list(names)).model_dump(
         mode="json", exclude_none=True, by_alias=True)}
+
+
+# OME-XML's unit symbols for the NGFF unit names
+_OME_XML_UNITS = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
+                  "picometer": "pm", "angstrom": "Å"}
+
+
+def ome_tiff_metadata(spatial_dims: int, channels: int, calibration: Calibration | None = None, *,
+                      channel_names: Sequence[str] | None = None,
+                      name: str = "seamfree prediction") -> dict[str, Any]:
+    """The ``metadata`` tifffile turns into the OME-XML of an OME-TIFF output: axes, physical sizes with their
+    units, channel names. (Plane positions, the origin, are not written: OME-TIFF readers differ in reading them.)"""
+    metadata: dict[str, Any] = {"axes": "C" + "ZYX"[-spatial_dims:], "Name": name}
+    calibration = calibration or Calibration()
+    if calibration.scale is not None:
+        units = calibration.units or (None,) * spatial_dims
+        for axis, size, unit in zip("ZYX"[-spatial_dims:], calibration.scale, units):
+            metadata[f"PhysicalSize{axis}"] = float(size)
+            if unit is not None:
+                metadata[f"PhysicalSize{axis}Unit"] = _OME_XML_UNITS.get(unit, unit)
+    if channel_names:
+        metadata["Channel"] = {"Name": [str(n) for n in channel_names]}
+    elif channels:
+        metadata["Channel"] = {"Name": [f"channel {i}" for i in range(channels)]}
+    return metadata
 
 
 def read_calibration(image: dict[str, Any], level: dict[str, Any]) -> Calibration:

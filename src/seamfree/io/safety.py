@@ -18,11 +18,13 @@ from typing import Any
 
 from seamfree.errors import OutputExistsError, require
 
-__all__ = ["TIFF_SIGNATURE", "check_not_input", "fingerprint_digest", "is_seamfree_tiff", "remove_own_output",
-           "resolved_path", "tiff_signature"]
+__all__ = ["SIGNATURE_TAG", "TIFF_SIGNATURE", "check_not_input", "fingerprint_digest", "is_seamfree_tiff",
+           "remove_own_output", "resolved_path", "tiff_signature"]
 
-# Key in the shaped metadata of the TIFFs seamfree writes: how --overwrite knows a TIFF is its own.
+# How --overwrite knows a TIFF is its own: a private tag of the first page holding "seamfree:" and the digest of
+# the run's fingerprint (OME-TIFF outputs), or this key in the shaped metadata (TIFFs of seamfree < 0.3).
 TIFF_SIGNATURE = "seamfree"
+SIGNATURE_TAG = 65000
 
 
 def resolved_path(path: str | None) -> str | None:
@@ -42,14 +44,18 @@ def tiff_signature(path: Path) -> Any:
     tifffile = require("tifffile", "tiff")
     try:
         with tifffile.TiffFile(str(path)) as tiff:  # type: ignore[attr-defined]
+            tag = tiff.pages.first.tags.get(SIGNATURE_TAG)
+            signed = tag.value if tag is not None else None  # read while the file is open
             metadata = tiff.shaped_metadata or ()
     except Exception:  # not a TIFF at all, or unreadable: certainly not ours
         return None
+    if isinstance(signed, str) and signed.startswith(TIFF_SIGNATURE + ":"):
+        return signed.removeprefix(TIFF_SIGNATURE + ":")
     return next((m.get(TIFF_SIGNATURE) for m in metadata if isinstance(m, dict) and m.get(TIFF_SIGNATURE)), None)
 
 
 def is_seamfree_tiff(path: Path) -> bool:
-    """Whether ``path`` is a TIFF that seamfree wrote (its shaped metadata carries seamfree's signature)."""
+    """Whether ``path`` is a TIFF that seamfree wrote (it carries seamfree's signature)."""
     return tiff_signature(path) is not None
 
 

@@ -22,8 +22,9 @@ import numpy as np
 
 from seamfree.errors import ConfigError, OutputExistsError, ShapeError, require
 from seamfree.io.markers import MARKER_DIR, ArrayOutput, MarkedOutput, OutputTarget, block_digest
-from seamfree.io.ome import Calibration
+from seamfree.io.ome import Calibration, ome_tiff_metadata
 from seamfree.io.safety import (
+    SIGNATURE_TAG,
     TIFF_SIGNATURE,
     check_not_input,
     fingerprint_digest,
@@ -50,11 +51,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 class TiffOutput(MarkedOutput):
-    """A (Big)TIFF written through a memory map under ``NAME.partial.tif``, renamed when complete."""
+    """An OME-TIFF (BigTIFF) written through a memory map under ``NAME.partial.tif``, renamed when complete.
+
+    Its OME-XML carries the axes, the physical pixel sizes and units of ``calibration`` and the channel names;
+    a private tag carries seamfree's signature (the fingerprint's digest).
+    """
 
     def __init__(
         self, path: Path, *, shape: tuple[int, ...], dtype: np.dtype, fingerprint: dict[str, Any],
-        overwrite: bool = False,
+        overwrite: bool = False, calibration: Calibration | None = None,
+        channel_names: Sequence[str] | None = None,
     ) -> None:
         tifffile = require("tifffile", "tiff")
         self.path = path
@@ -75,6 +81,8 @@ class TiffOutput(MarkedOutput):
             raise OutputExistsError(f"output {str(path)!r} already exists; choose another path or pass --overwrite")
         if self.partial.exists() and (self.marker_root / "fingerprint.json").exists():
             self.array = tifffile.memmap(str(self.partial), mode="r+")  # type: ignore[attr-defined]
+            if self.array.size == math.prod(self.shape):  # OME series squeeze a single channel: a view of ours
+                self.array = self.array.reshape(self.shape)
             if self.array.shape != self.shape or self.array.dtype != self.dtype:
                 raise OutputExistsError(f"partial output {str(self.partial)!r} has another shape or dtype; "
                                         "delete it or pass --overwrite")
@@ -82,9 +90,9 @@ class TiffOutput(MarkedOutput):
             shutil.rmtree(self.marker_root, ignore_errors=True)
             try:
                 self.array = tifffile.memmap(  # type: ignore[attr-defined]
-                    str(self.partial), shape=self.shape, dtype=self.dtype, bigtiff=True,
-                    metadata={"axes": "C" + "ZYX"[-(len(shape) - 1):],
-                              TIFF_SIGNATURE: fingerprint_digest(fingerprint)},
+                    str(self.partial), shape=self.shape, dtype=self.dtype, bigtiff=True, ome=True,
+                    metadata=ome_tiff_metadata(len(shape) - 1, shape[0], calibration, channel_names=channel_names),
+                    extratags=[(SIGNATURE_TAG, "s", 0, f"{TIFF_SIGNATURE}:{fingerprint_digest(fingerprint)}", True)],
                 )
                 _reserve(self.partial)
             except OSError:
@@ -203,6 +211,8 @@ def create_output(
         raise OutputExistsError(f"cannot write output {str(path)!r}: folder {str(path.parent)!r} is not writable")
     _check_free_space(path, shape, dtype)
     if output_format(path) == "tiff":
-        return TiffOutput(path, shape=shape, dtype=dtype, fingerprint=fingerprint, overwrite=overwrite)
+        return TiffOutput(path, shape=shape, dtype=dtype, fingerprint=fingerprint, overwrite=overwrite,
+                          calibration=calibration or Calibration(scale),
+                          channel_names=zarr_options.get("channel_names"))
     return ZarrOutput(path, shape=shape, dtype=dtype, chunks=chunks, fingerprint=fingerprint,
                       calibration=calibration or Calibration(scale), overwrite=overwrite, **zarr_options)
