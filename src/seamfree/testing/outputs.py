@@ -25,7 +25,7 @@ def read_output(path: str | os.PathLike[str]) -> np.ndarray:
     with tifffile.TiffFile(str(path)) as tiff:
         data = np.asarray(tiff.asarray())
         if tiff.is_ome:  # an OME series squeezes a single channel: the stored layout is (C, *spatial)
-            pixels = tifffile.xml2dict(tiff.ome_metadata)["OME"]["Image"]["Pixels"]
+            pixels = tifffile.xml2dict(tiff.ome_metadata or "")["OME"]["Image"]["Pixels"]
             if int(pixels["SizeC"]) == 1:
                 data = data[np.newaxis]
     return data
