@@ -236,6 +236,21 @@ def test_allow_pickle_reaches_the_workers(inputs, cluster, tmp_path):
     assert status == "complete" and np.abs(result - reference).max() <= 1e-5
 
 
+def test_key_chooses_the_array_of_a_group_on_every_worker(inputs, cluster, tmp_path):
+    folder, model, reference = inputs
+    volume = zarr.open_array(str(folder / "volume.zarr"), mode="r")[:]
+    group = zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    group.create_array("raw", shape=volume.shape, chunks=(8, 32, 32), dtype="f4")[:] = volume
+    group.create_array("other", shape=(4, 4, 4), dtype="f4")
+    with pytest.raises(DataError, match="choose one with key"):
+        predict_distributed(model, tmp_path / "group.zarr", tmp_path / "refused.zarr", config=CONFIG, cluster=cluster)
+    predict_distributed(model, tmp_path / "group.zarr", tmp_path / "out.zarr", config=CONFIG, cluster=cluster,
+                        key="raw")
+    status, result = _output(tmp_path / "out.zarr")
+    assert status == "complete"
+    np.testing.assert_array_equal(result, reference)
+
+
 def test_a_scheduler_whose_only_worker_died_is_a_clear_error_not_an_endless_wait(inputs, tmp_path):
     from distributed import LocalCluster
 

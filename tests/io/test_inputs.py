@@ -82,3 +82,99 @@ def test_hdf5_with_two_datasets_and_key(net, image, tmp_path, capsys):
 def test_something_that_is_no_array_is_one_clear_error(net):
     with pytest.raises(Exception, match=r"expected an array .* or a file path, got a dict"):
         predict(net, {"not": "an image"}, config=CONFIG)
+
+
+def _ome_image(group, data, scale):
+    group.create_array("0", shape=data.shape, chunks=data.shape, dtype=data.dtype,
+                       dimension_names=["y", "x"])[:] = data
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": n, "type": "space", "unit": "micrometer"} for n in "yx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]}
+
+
+@pytest.fixture
+def bioformats2raw(tmp_path):
+    """The layout bioformats2raw writes for a vendor file with two series (NGFF 0.5 form): a root marked with
+    ``bioformats2raw.layout``, one image group per series, and the ``OME`` group listing them."""
+    zarr = pytest.importorskip("zarr")
+    path = tmp_path / "converted.zarr"
+    root = zarr.open_group(str(path), mode="w")
+    root.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
+    rng = np.random.default_rng(2)
+    series = [rng.integers(0, 255, (64, 48), dtype=np.uint8), rng.integers(0, 255, (40, 56), dtype=np.uint8)]
+    for index, data in enumerate(series):
+        _ome_image(root.create_group(str(index)), data, [0.5 * (index + 1), 0.5 * (index + 1)])
+    root.create_group("OME").attrs["ome"] = {"version": "0.5", "series": ["0", "1"]}
+    return path, series
+
+
+def test_bioformats2raw_reads_series_0_by_default_and_series_n_when_asked(net, bioformats2raw, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    path, series = bioformats2raw
+    checkpoint = save_model(net, tmp_path / "m.pt")
+    np.testing.assert_array_equal(predict(net, path, config=CONFIG), predict(net, series[0], config=CONFIG))
+    np.testing.assert_array_equal(predict(net, path, config=CONFIG, key="1"), predict(net, series[1], config=CONFIG))
+    out = tmp_path / "series1.zarr"
+    assert main(["predict", str(checkpoint), str(path), str(out), "-q", "--core", "32", "--series", "1"]) == 0
+    scale = zarr.open_group(str(out), mode="r").attrs["ome"]["multiscales"][0]["datasets"][0]
+    assert scale["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]  # series 1's own voxel size
+
+
+def test_a_series_out_of_range_lists_the_series(net, bioformats2raw, tmp_path, capsys):
+    path, _ = bioformats2raw
+    checkpoint = save_model(net, tmp_path / "m.pt")
+    assert main(["predict", str(checkpoint), str(path), str(tmp_path / "o.zarr"), "-q", "--series", "5"]) == 2
+    error = capsys.readouterr().err
+    assert "no series 5" in error and "2 series (0, 1)" in error and "--series N" in error
+    assert len(error.strip().splitlines()) == 1
+    assert main(["predict", str(checkpoint), str(path), str(tmp_path / "o.zarr"), "-q", "--series", "1",
+                 "--key", "0"]) == 2
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server of ``tmp_path`` (the tests have no internet: a real server on the loopback)."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_an_ome_zarr_at_an_http_url_is_predicted_with_its_calibration(net, image, tmp_path, http_server):
+    zarr = pytest.importorskip("zarr")
+    pytest.importorskip("aiohttp")
+    _ome_image(zarr.open_group(str(tmp_path / "served.zarr"), mode="w"), image, [0.25, 0.5])
+    out = tmp_path / "out.zarr"
+    predict(net, f"{http_server}/served.zarr", out, config=CONFIG)
+    group = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(np.asarray(group["0"][...]), predict(net, image, config=CONFIG))
+    assert group.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == \
+        [1.0, 0.25, 0.5]
+
+
+def test_an_unreachable_url_fails_fast_with_one_line(net, tmp_path, capsys):
+    import socket
+    import time
+
+    pytest.importorskip("aiohttp")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    checkpoint = save_model(net, tmp_path / "m.pt")
+    started = time.monotonic()
+    assert main(["predict", str(checkpoint), f"http://127.0.0.1:{port}/image.zarr", str(tmp_path / "o.zarr"),
+                 "-q"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert time.monotonic() - started < 30
+    assert len(error.splitlines()) == 1 and f"127.0.0.1:{port}/image.zarr" in error and "reachable" in error

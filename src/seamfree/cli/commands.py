@@ -132,17 +132,26 @@ def predict(args: argparse.Namespace) -> int:
                                 tune_allocator=args.tune_allocator, worker_timeout=args.worker_timeout)
         summary = predict_distributed(args.model, args.image, args.out, config=config, cluster=cluster,
                                       axes=args.axes, progress=not args.quiet, allow_pickle=args.allow_pickle,
-                                      key=args.key)
+                                      key=_key(args))
         print(f"wrote {args.out}: {summary.tiles_computed} of {summary.tiles_total} tiles in {summary.tasks} tasks on "
               f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.voxels_per_second:.3g} voxels/s)")
         return 0
     report: list[PredictionReport] = []
     predict(model, args.image, args.out, config=config, axes=args.axes, progress=not args.quiet, report=report,
-            key=args.key)
+            key=_key(args))
     done = report[0]
     print(f"wrote {args.out}: {done.tiles_computed} of {done.tiles_total} tiles computed in {done.seconds:.1f} s "
           f"(core {done.grid.core}, halo {done.grid.halo}, {done.grid.compute_ratio:.2f}× voxels computed)")
     return 0
+
+
+def _key(args: argparse.Namespace) -> str | None:
+    """The member of the input to read: --key, or --series N of a bioformats2raw layout."""
+    if args.series is None:
+        return args.key
+    if args.key is not None:
+        raise SeamfreeError(f"--key {args.key!r} and --series {args.series} both choose what to read; give one")
+    return str(args.series)
 
 
 def diagnose(args: argparse.Namespace) -> int:
@@ -158,7 +167,7 @@ def diagnose(args: argparse.Namespace) -> int:
         seed=args.seed, activation=args.activation, **_model_options(args),  # type: ignore[arg-type]
     )
     diagnosis = diagnose(model, args.image, ground_truth=args.gt, config=config, axes=args.axes,
-                         name=args.name or Path(args.model).stem, key=args.key)
+                         name=args.name or Path(args.model).stem, key=_key(args))
     page = write_report(diagnosis, args.out)
     tm, ted = diagnosis.tile_mismatch, diagnosis.disparity
     print(f"{diagnosis.recommendation.verdict}: {diagnosis.recommendation.message}")

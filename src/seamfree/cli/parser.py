@@ -42,6 +42,16 @@ def _int_tuple(text: str) -> int | tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from exc
 
 
+def _series(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a series number 0, 1, 2, ..., got {text!r}")
+    return value
+
+
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(","))
     if not all(names):
@@ -84,6 +94,8 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="report folder (report.html, report.json, figures/)")
     p.add_argument("--axes", help="axis order of the input, e.g. ZYX, YXC")
     p.add_argument("--key", help="dataset inside an HDF5 file, or array inside a zarr group")
+    p.add_argument("--series", type=_series, metavar="N",
+                   help="series of a bioformats2raw OME-Zarr (a converted vendor file; default 0)")
     p.add_argument("--core", type=_int_tuple, help="core of the diagnosis grid (default: predict's, ≤ half the image)")
     p.add_argument("--halo", type=_int_tuple, help="halo (default: measured receptive field)")
     _add_renamed(p, "--grid-offset", "--offset", type=_int_tuple,
@@ -166,6 +178,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path, help="output: .zarr (OME-Zarr) or .tif; rerun to resume")
     p.add_argument("--axes", help="axis order of the input, e.g. ZYX, CYX, YXC (default: channel-first)")
     p.add_argument("--key", help="dataset inside an HDF5 file, or array inside a zarr group")
+    p.add_argument("--series", type=_series, metavar="N",
+                   help="series of a bioformats2raw OME-Zarr (a converted vendor file; default 0)")
     p.add_argument("--core", type=_int_tuple, help="core shape, e.g. 512 or 32,256,256 (default: from memory)")
     p.add_argument("--pin-core", action="store_true", help="error if --core is not a multiple of the stride")
     p.add_argument("--halo", type=_int_tuple, help="halo per side (default: measured receptive field)")

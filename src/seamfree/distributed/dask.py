@@ -156,18 +156,19 @@ def _worker_source(image: str, axes: str | None, dims: int, key: str | None = No
 
 
 def _run_task(tiles: list[Tile], *, model: str, digest: str, image: str, axes: str | None, output: str,
-              plan: PredictionPlan, threads: int, allow_pickle: bool = False, key: str | None = None) -> int:
-    """Worker task: predict and write a group of tiles (each owning its output chunk); return how many ran."""
+              plan: PredictionPlan, threads: int, allow_pickle: bool = False, dataset: str | None = None) -> int:
+    """Worker task: predict and write a group of tiles (each owning its output chunk); return how many ran.
+    (``dataset`` is the ``key`` of :func:`open_image`: dask's submit and map keep ``key`` for the task's name.)"""
     net = _worker_model(model, digest, threads, allow_pickle)
-    source = _worker_source(image, axes, plan.grid.spatial_dims, key)
+    source = _worker_source(image, axes, plan.grid.spatial_dims, dataset)
     return run_tiles(net, plan, source, tiles, CropSink(ZarrBlockWriter(output), plan.output))
 
 
 def _slab_statistics(windows: list[tuple[slice, ...]], *, image: str, axes: str | None, dims: int,
                      channels: int, total: int, exact: bool, stride: int,
-                     key: str | None = None) -> list[SlabStatistics]:
+                     dataset: str | None = None) -> list[SlabStatistics]:
     """Worker task: statistics of each slab separately (merged in order by the driver)."""
-    source = _worker_source(image, axes, dims, key)
+    source = _worker_source(image, axes, dims, dataset)
     result = []
     for window in windows:
         statistics = SlabStatistics(channels, total, exact, stride)
@@ -243,7 +244,7 @@ def _normalization(client: Any, image: str, axes: str | None, source: ImageSourc
     groups = [windows[i:i + 8] for i in range(0, len(windows), 8)]
     futures = client.map(_slab_statistics, groups, image=image, axes=axes, dims=dims, channels=template.channels,
                          total=template.total, exact=template.histograms is not None, stride=template.stride,
-                         key=key, pure=False)
+                         dataset=key, pure=False)
     for slabs in gathered(client, futures, watchdog):  # in slab order: identical to one sequential pass
         for slab in slabs:
             template.merge(slab)
@@ -333,7 +334,7 @@ def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
     window = max(TASKS_IN_FLIGHT, 4 * threads)
     kwargs = {"model": str(model_path.resolve()), "digest": file_sha256(model_path), "image": image, "axes": axes,
               "output": str(output.resolve()), "plan": plan, "threads": cluster.threads_per_worker,
-              "allow_pickle": allow_pickle, "key": key}
+              "allow_pickle": allow_pickle, "dataset": key}
     sizes: dict[str, int] = {}
 
     def submit(group: list[Tile]) -> Any:

@@ -29,6 +29,8 @@ SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (
     "bool", "uint8", "uint16", "uint32", "int8", "int16", "int32", "float16", "float32", "float64",
 ))
 _SPATIAL = "ZYX"
+# Seconds a URL input may take to answer (a sixth of it to connect): an unreachable server fails fast.
+URL_TIMEOUT = 60.0
 
 
 def parse_axes(axes: str, ndim: int) -> tuple[int | None, int]:
@@ -190,7 +192,9 @@ def open_image(
         return source
     handle = None
     path: str | None
-    if isinstance(source, str | os.PathLike):
+    if isinstance(source, str) and "://" in source:
+        data, channel_axis_meta, path, scale = _open_url(source, key)
+    elif isinstance(source, str | os.PathLike):
         data, channel_axis_meta, path, scale, handle = _open_path(Path(source), key)
     else:
         data, channel_axis_meta, path, scale = _in_memory(source, key)
@@ -229,16 +233,8 @@ def _in_memory(source: Any, key: str | None) -> tuple[Any, int | None, str | Non
     if module.startswith("torch") and hasattr(source, "detach"):
         return source.detach().cpu().numpy(), None, None, None
     if module.startswith("zarr") and hasattr(source, "arrays") and not hasattr(source, "shape"):  # a zarr.Group
-        multiscales = _ome_multiscales(dict(source.attrs))
-        if key is None and multiscales:
-            array, channel_axis, _, calibration = _open_ome_level0(source, multiscales, Path("<zarr group>"))
-            return array, channel_axis, None, calibration
-        arrays = [name for name, _ in source.arrays()]
-        if key is None and len(arrays) == 1:
-            key = arrays[0]
-        if key not in arrays:
-            raise DataError(f"the zarr group has arrays {arrays}; choose one with key=...")
-        return source[key], None, None, None
+        array, channel_axis, _, calibration = _zarr_group(source, key, "the zarr group")
+        return array, channel_axis, None, calibration
     if not hasattr(source, "shape") or not hasattr(source, "dtype"):
         raise DataError(f"expected an array (numpy, zarr, dask, h5py, torch) or a file path, got a "
                         f"{type(source).__name__}")
@@ -287,18 +283,80 @@ def _open_zarr(path: Path, key: str | None) -> tuple[Any, int | None, str, Calib
     if isinstance(node, zarr.Array):  # type: ignore[attr-defined]
         _warn_missing_chunks(node, str(path))
         return node, None, str(path), None
-    multiscales = _ome_multiscales(dict(node.attrs))
+    opened = _zarr_group(node, key, str(path))
+    _warn_missing_chunks(opened[0], opened[2])
+    return opened
+
+
+def _open_url(url: str, key: str | None) -> tuple[Any, int | None, str, Calibration | None]:
+    """An OME-Zarr (or zarr) store at a URL (``https://``, ``s3://``, ...), read through fsspec."""
+    zarr = require("zarr", "zarr")
+    options: dict[str, Any] = {}
+    if url.startswith(("http://", "https://")):
+        try:
+            import aiohttp
+        except ImportError as exc:
+            raise DataError(f"reading {url!r} needs fsspec and aiohttp: pip install 'seamfree[remote]'") from exc
+        options = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=URL_TIMEOUT, connect=URL_TIMEOUT / 6)}}
+    try:
+        node = zarr.open(url, mode="r", storage_options=options)  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise DataError(f"reading {url!r} needs fsspec and the file system of its scheme ({exc}); e.g. "
+                        "pip install 'seamfree[remote]' for http(s), s3fs for s3://") from exc
+    except Exception as exc:  # connection refused, unknown host, 404, not a zarr store: one line, not a traceback
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"cannot open {url!r} as OME-Zarr ({type(exc).__name__}: {reason}); check the URL and that "
+                        "the server is reachable") from exc
+    if isinstance(node, zarr.Array):  # type: ignore[attr-defined]
+        return node, None, url, None
+    return _zarr_group(node, key, url.rstrip("/"))
+
+
+def _bioformats2raw_series(group: Any, attrs: dict[str, Any]) -> list[str] | None:
+    """The series of a bioformats2raw layout (None: the group is not one): the ``OME`` group's list, else the
+    numbered subgroups."""
+    if "bioformats2raw.layout" not in attrs and "bioformats2raw.layout" not in attrs.get("ome", {}):
+        return None
+    listed = None
+    if "OME" in group:
+        ome = dict(group["OME"].attrs)
+        listed = ome.get("series", ome.get("ome", {}).get("series"))
+    if listed:
+        return [str(name) for name in listed]
+    return sorted((name for name, _ in group.groups() if name.isdigit()), key=int)
+
+
+def _zarr_group(group: Any, key: str | None, where: str) -> tuple[Any, int | None, str, Calibration | None]:
+    """Level 0 of the OME-Zarr image in ``group`` (or in its member ``key``: a series of a bioformats2raw layout,
+    an image subgroup), or the array ``key``."""
+    attrs = dict(group.attrs)
+    series = _bioformats2raw_series(group, attrs)
+    if series is not None:
+        if not series:
+            raise DataError(f"{where} is a bioformats2raw layout without any series")
+        if key is None:
+            key = series[0]
+            if len(series) > 1:
+                logger.info("%s holds %d series; reading series %s (CLI --series N for another)", where,
+                            len(series), key)
+        elif key not in series:
+            raise DataError(f"{where} has no series {key}: it holds {len(series)} series "
+                            f"({', '.join(series[:8])}{', ...' if len(series) > 8 else ''}); choose one with "
+                            "--series N")
+    multiscales = _ome_multiscales(attrs)
     if key is None and multiscales:
-        opened = _open_ome_level0(node, multiscales, path)
-        _warn_missing_chunks(opened[0], opened[2])
-        return opened
-    arrays = [name for name, _ in node.arrays()]
-    if key is None and len(arrays) == 1:
-        key = arrays[0]
+        return _open_ome_level0(group, multiscales, where)
+    arrays = [name for name, _ in group.arrays()]
+    images = [name for name, sub in group.groups() if _ome_multiscales(dict(sub.attrs))]
+    if key is None and len(arrays) + len(images) == 1:
+        key = (arrays or images)[0]
+    if key in images:
+        sub = group[key]
+        return _open_ome_level0(sub, _ome_multiscales(dict(sub.attrs)), f"{where}/{key}")
     if key is None or key not in arrays:
-        raise DataError(f"{str(path)!r} is a zarr group with arrays {arrays}; choose one with key=... (CLI --key)")
-    _warn_missing_chunks(node[key], f"{path}/{key}")
-    return node[key], None, f"{path}/{key}", None
+        found = arrays + [f"{name}/ (image)" for name in images]
+        raise DataError(f"{where} is a zarr group holding {found}; choose one with key=... (CLI --key)")
+    return group[key], None, f"{where}/{key}", None
 
 
 def _warn_missing_chunks(array: Any, where: str) -> None:
@@ -322,14 +380,14 @@ def _ome_multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _open_ome_level0(
-    group: Any, multiscales: list[dict[str, Any]], path: Path
+    group: Any, multiscales: list[dict[str, Any]], path: str
 ) -> tuple[Any, int | None, str, Calibration]:
     image = multiscales[0]
     level0 = image["datasets"][0]
     axes = [a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])]
     array = group[level0["path"]]
     if "t" in axes:
-        raise ShapeError(f"{str(path)!r} has a time axis (axes {axes}); select one time point first")
+        raise ShapeError(f"{path!r} has a time axis (axes {axes}); select one time point first")
     channel_axis = axes.index("c") if "c" in axes else -1
     calibration = read_calibration(image, level0)
     if not axes:
