@@ -251,6 +251,44 @@ def test_key_chooses_the_array_of_a_group_on_every_worker(inputs, cluster, tmp_p
     np.testing.assert_array_equal(result, reference)
 
 
+def test_the_pyramid_and_labels_are_written_by_the_workers(cluster, tmp_path, monkeypatch):
+    """After level 0, the pyramid's and the labels' blocks run as tasks on the cluster (the driver writes none),
+    and every array equals the single-process output's."""
+    import seamfree.io.pyramid as pyramid
+    import seamfree.io.zarr_output as zarr_output
+    from seamfree.io.pyramid import downsample
+
+    torch.manual_seed(0)
+    net = randomize_norm_statistics(UNet(2, 1, 1, depth=1, features=4, norm="batchrenorm")).eval()
+    model = save_model(net, tmp_path / "model.pt")
+    image = np.random.default_rng(3).normal(100, 20, size=(600, 520)).astype(np.float32)
+    zarr.create_array(str(tmp_path / "image.zarr"), shape=image.shape, chunks=(128, 128), dtype="f4")[:] = image
+    config = PredictConfig(core=128, labels=True, tiles_per_batch=1)
+    reference = tmp_path / "reference.zarr"
+    predict(net, tmp_path / "image.zarr", reference, config=config)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the driver wrote pyramid or label blocks itself")
+
+    monkeypatch.setattr(pyramid, "_downsample_jobs", not_here)
+    monkeypatch.setattr(zarr_output, "_label_jobs", not_here)
+    predict_distributed(model, tmp_path / "image.zarr", tmp_path / "out.zarr", config=config, cluster=cluster)
+    out, expected = zarr.open_group(str(tmp_path / "out.zarr"), mode="r"), zarr.open_group(str(reference), mode="r")
+    assert out.attrs["seamfree"]["status"] == "complete"
+    # level 0 as in one process (to the last bit where the threads agree: the workers run 1 thread, this process 2)
+    level0 = np.asarray(out["0"][...])
+    np.testing.assert_allclose(level0, np.asarray(expected["0"][...]), atol=1e-6)
+    levels = [level0, downsample(level0, "mean")]
+    levels.append(downsample(levels[1], "mean"))
+    masks = [(level0 > 0.5).astype(np.uint8)]
+    masks += [masks[0][:, ::2, ::2], masks[0][:, ::4, ::4]]
+    for level in (1, 2):
+        np.testing.assert_array_equal(np.asarray(out[str(level)][...]), levels[level])
+    for level in (0, 1, 2):
+        np.testing.assert_array_equal(np.asarray(out[f"labels/mask/{level}"][...]), masks[level])
+    assert out.attrs["ome"] == expected.attrs["ome"]
+
+
 def test_a_scheduler_whose_only_worker_died_is_a_clear_error_not_an_endless_wait(inputs, tmp_path):
     from distributed import LocalCluster
 

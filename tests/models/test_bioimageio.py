@@ -101,6 +101,11 @@ def test_packages_from_the_cli(tmp_path, capsys, rng):
     image = rng.normal(size=(256, 256)).astype(np.float32)
     np.save(tmp_path / "image.npy", image)
     assert main(["predict", str(out), str(tmp_path / "image.npy"), str(tmp_path / "p.tif"), "-q"]) == 0
+    assert main(["predict", str(out), str(tmp_path / "image.npy"), str(tmp_path / "p.zarr"), "-q"]) == 0
+    import zarr  # the package's output channel names reach the OME metadata
+
+    assert [c["label"] for c in zarr.open_group(str(tmp_path / "p.zarr"), mode="r").attrs["ome"]["omero"]["channels"]] \
+        == [str(name) for name in load_description_names(out)]
     assert main(["diagnose", str(out), str(tmp_path / "image.npy"), "--out", str(tmp_path / "report"),
                  "--core", "64", "--ted-batches", "1", "--patch-size", "64"]) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())["diagnoses"][0]
@@ -116,3 +121,19 @@ def test_a_corrupt_package_is_a_one_line_error(tmp_path, capsys):
     assert main(["audit", str(broken)]) == 2
     err = capsys.readouterr().err
     assert "not a valid bioimage.io model package" in err and len(err.strip().splitlines()) == 1
+
+
+def load_description_names(path):
+    """The output channel names of a package, as bioimageio.spec reads them."""
+    import gc
+    import warnings
+
+    from bioimageio.spec import load_description
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the spec leaves the zip's handle to the collector
+        descr = load_description(path, format_version="latest")
+        names = next(axis.channel_names for axis in descr.outputs[0].axes if axis.type == "channel")
+        del descr
+        gc.collect()
+    return names

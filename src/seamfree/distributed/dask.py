@@ -36,7 +36,7 @@ from seamfree.errors import ConfigError, DataError, require
 from seamfree.io.files import file_sha256
 from seamfree.io.lock import output_lock
 from seamfree.io.readers import ImageSource, open_image
-from seamfree.io.writers import ZarrBlockWriter, create_output, output_format
+from seamfree.io.writers import ZarrBlockWriter, ZarrOutput, create_output, output_format
 from seamfree.models.checkpoint import load_model
 from seamfree.tiling.engine import run_tiles
 from seamfree.tiling.grid import Tile
@@ -299,11 +299,12 @@ def predict_distributed(
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
                                    fingerprint=plan.fingerprint, overwrite=config.overwrite,
                                    calibration=output_calibration(source, config), input_path=source.path,
-                                   **zarr_options(config, plan.out_channels))
+                                   **zarr_options(config, plan.out_channels, net))
             todo = [t for t in plan.grid.tiles() if not target.is_done(t.index)]
             computed, tasks = _submit(client, todo, model_path, str(image_path), axes, Path(output), plan,
                                       cluster, progress, len(plan.grid), allow_pickle, watchdog, key)
-            target.finalize()
+            assert isinstance(target, ZarrOutput)
+            target.finalize(run=_on_cluster(client, watchdog))  # pyramid and labels: blocks spread as tasks
             workers = len(client.scheduler_info().get("workers", {}))
         finally:
             client.close()
@@ -316,6 +317,15 @@ def predict_distributed(
     logger.info("distributed prediction: %d of %d tiles in %d tasks on %d workers, %.1f s (%.3g voxels/s)",
                 computed, len(plan.grid), tasks, workers, seconds, report.voxels_per_second)
     return report
+
+
+def _on_cluster(client: Any, watchdog: WorkerWatchdog) -> Callable[[Callable[[list[Any]], Any], list[list[Any]]],
+                                                                     None]:
+    """A :data:`~seamfree.io.pyramid.Runner` that maps batches of blocks over the cluster and waits for them."""
+    def run(task: Callable[[list[Any]], Any], batches: list[list[Any]]) -> None:
+        if batches:
+            gathered(client, client.map(task, batches, pure=False), watchdog)
+    return run
 
 
 def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,

@@ -11,14 +11,18 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["Downsampling", "blocks", "downsample", "level_shapes", "level_transforms", "pyramid_voxels",
-           "write_pyramid"]
+from seamfree.errors import require
+
+__all__ = ["Downsampling", "Runner", "blocks", "downsample", "downsample_task", "level_shapes", "level_transforms",
+           "local_path", "pyramid_voxels", "run_here", "write_pyramid"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +70,32 @@ def blocks(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, ...
             for origin in itertools.product(*ranges)]
 
 
-def write_pyramid(group: Any, markers: Path, method: Downsampling, smallest: int = SMALLEST_EXTENT) -> int:
+# Runs ``task(batch)`` for every batch, here or elsewhere (the dask driver passes one that maps the batches over
+# its cluster), and returns when all are done.
+Runner = Callable[[Callable[[list[Any]], Any], list[list[Any]]], None]
+# pyramid blocks per task when a runner spreads them over a cluster
+BLOCKS_PER_TASK = 32
+
+
+def run_here(task: Callable[[list[Any]], Any], batches: list[list[Any]]) -> None:
+    """The default :data:`Runner`: every batch in this process, in order."""
+    for batch in batches:
+        task(batch)
+
+
+def local_path(group: Any) -> str | None:
+    """The file-system path of a zarr group on a local store (None for other stores)."""
+    root = getattr(group.store, "root", None)
+    return None if root is None else os.path.join(str(root), group.path)
+
+
+def write_pyramid(group: Any, markers: Path, method: Downsampling, smallest: int = SMALLEST_EXTENT,
+                  run: Runner | None = None) -> int:
     """Write levels ``1``, ``2``, ... of ``group`` from its level ``0``; return how many levels there are.
 
     Each level's arrays are created once; each written block leaves a marker in ``markers/pyramid``, so a rerun
-    after a kill writes only the blocks still missing.
+    after a kill writes only the blocks still missing. ``run`` spreads each level's blocks over workers that see
+    the same storage (a level starts when the one below is complete); by default they are written here.
     """
     base = group["0"]
     shapes = level_shapes(base.shape, smallest)
@@ -80,23 +105,37 @@ def write_pyramid(group: Any, markers: Path, method: Downsampling, smallest: int
     layout: dict[str, Any] = {"dimension_names": getattr(base.metadata, "dimension_names", None)}
     if base.metadata.zarr_format == 2:  # NGFF 0.4: "/" in chunk keys, no dimension names
         layout = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+    path = local_path(group)
     for level, shape in enumerate(shapes, start=1):
         name = str(level)
         if name not in group:
             level_chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
             group.create_array(name, shape=shape, dtype=base.dtype, chunks=level_chunks, fill_value=0, **layout)
-        below, target = group[str(level - 1)], group[name]
-        written = 0
-        for block in blocks(shape, tuple(target.chunks)):
-            marker = done / f"{level}_{'_'.join(str(w.start) for w in block)}"
-            if marker.exists():
-                continue
-            source = tuple(slice(2 * w.start, min(2 * w.stop, n)) for w, n in zip(block, below.shape[1:]))
-            target[(slice(None), *block)] = downsample(np.asarray(below[(slice(None), *source)]), method)
-            marker.touch()
-            written += 1
-        logger.info("pyramid level %d %s: %d blocks written", level, shape, written)
+        jobs = [(level, block, str(marker)) for block in blocks(shape, tuple(group[name].chunks))
+                if not (marker := done / f"{level}_{'_'.join(str(w.start) for w in block)}").exists()]
+        if run is None or path is None:
+            _downsample_jobs(group, jobs, method)
+        else:
+            run(partial(downsample_task, path=path, method=method),
+                [jobs[i:i + BLOCKS_PER_TASK] for i in range(0, len(jobs), BLOCKS_PER_TASK)])
+        logger.info("pyramid level %d %s: %d blocks written", level, shape, len(jobs))
     return 1 + len(shapes)
+
+
+def downsample_task(jobs: list[tuple[int, tuple[slice, ...], str]], *, path: str, method: Downsampling) -> int:
+    """A task (here or on a dask worker): write the pyramid blocks ``jobs`` (level, window, marker path) of the
+    zarr group at ``path``; return how many."""
+    zarr = require("zarr", "zarr")
+    return _downsample_jobs(zarr.open_group(path, mode="r+"), jobs, method)  # type: ignore[attr-defined]
+
+
+def _downsample_jobs(group: Any, jobs: list[tuple[int, tuple[slice, ...], str]], method: Downsampling) -> int:
+    for level, block, marker in jobs:
+        below, target = group[str(level - 1)], group[str(level)]
+        source = tuple(slice(2 * w.start, min(2 * w.stop, n)) for w, n in zip(block, below.shape[1:]))
+        target[(slice(None), *block)] = downsample(np.asarray(below[(slice(None), *source)]), method)
+        Path(marker).touch()
+    return len(jobs)
 
 
 def level_transforms(scale: Sequence[float], translation: Sequence[float], level: int,

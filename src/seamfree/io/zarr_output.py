@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import numpy as np
 from seamfree.errors import OutputExistsError, require
 from seamfree.io.markers import MARKER_DIR, MarkedOutput, check_fingerprint
 from seamfree.io.ome import Calibration, dimension_names, labels_group_attrs, ome_image_attrs
-from seamfree.io.pyramid import Downsampling, blocks, write_pyramid
+from seamfree.io.pyramid import Downsampling, Runner, blocks, local_path, write_pyramid
 from seamfree.io.safety import remove_own_output
 
 __all__ = ["VIEWER_CHUNK", "ZarrBlockWriter", "ZarrOutput", "is_seamfree_zarr", "viewer_chunks", "zarr_markers"]
@@ -196,19 +197,19 @@ class ZarrOutput(MarkedOutput):
             )
         return group
 
-    def finalize(self) -> Any:
+    def finalize(self, run: Runner | None = None) -> Any:
         """Write the pyramid and the labels (both resumable), then the metadata of every level and the complete
-        status at once."""
+        status at once. ``run`` spreads their blocks over workers that see the same storage (the dask driver's)."""
         if not self.finished:
-            levels = write_pyramid(self.group, self.marker_root, self.downsampling) if self.pyramid else 1
+            levels = write_pyramid(self.group, self.marker_root, self.downsampling, run=run) if self.pyramid else 1
             if self.labels_from is not None:
-                self._write_labels()
+                self._write_labels(run)
             self.group.attrs.update(self._attributes(levels, "complete"))
             shutil.rmtree(self.marker_root, ignore_errors=True)
             self.finished = True
         return self.array
 
-    def _write_labels(self) -> None:
+    def _write_labels(self, run: Runner | None) -> None:
         """``labels/mask``: the mask of level 0, block by block (one shard at a time), with its own pyramid."""
         assert self.labels_from is not None
         names = dimension_names(len(self.shape) - 1) if self.ngff == "0.5" else None
@@ -221,18 +222,36 @@ class ZarrOutput(MarkedOutput):
         if "0" not in image:
             image.create_array("0", shape=shape, dtype=np.uint8, fill_value=0,
                                **_layout(core, (1, *base.chunks[1:]), self.ngff, names))
-        target = image["0"]
         done = self.marker_root / "labels"
         done.mkdir(parents=True, exist_ok=True)
-        for block in blocks(shape, core):
-            marker = done / "_".join(str(w.start) for w in block)
-            if not marker.exists():
-                target[(slice(None), *block)] = self.labels_from(np.asarray(base[(slice(None), *block)]))
-                marker.touch()
-        levels = write_pyramid(image, done, "stride") if self.pyramid else 1
+        jobs = [(block, str(marker)) for block in blocks(shape, core)
+                if not (marker := done / "_".join(str(w.start) for w in block)).exists()]
+        path = local_path(self.group)
+        if run is None or path is None:
+            _label_jobs(self.group, jobs, self.labels_from)
+        else:
+            run(partial(label_task, path=path, labels_from=self.labels_from), [[job] for job in jobs])
+        levels = write_pyramid(image, done, "stride", run=run) if self.pyramid else 1
         ome = ome_image_attrs(len(self.shape) - 1, self.calibration, name=LABELS_NAME, levels=levels,
                               downsampling="stride", label_values=2, version=self.ngff)
         image.attrs.update(ome if self.ngff == "0.4" else {"ome": ome})
+
+
+def label_task(jobs: list[tuple[tuple[slice, ...], str]], *, path: str,
+               labels_from: Callable[[np.ndarray], np.ndarray]) -> int:
+    """A task (here or on a dask worker): write the label blocks ``jobs`` (window, marker path) of the output at
+    ``path`` from its level 0; return how many."""
+    zarr = require("zarr", "zarr")
+    return _label_jobs(zarr.open_group(path, mode="r+"), jobs, labels_from)  # type: ignore[attr-defined]
+
+
+def _label_jobs(group: Any, jobs: list[tuple[tuple[slice, ...], str]],
+                labels_from: Callable[[np.ndarray], np.ndarray]) -> int:
+    base, target = group["0"], group[f"labels/{LABELS_NAME}/0"]
+    for block, marker in jobs:
+        target[(slice(None), *block)] = labels_from(np.asarray(base[(slice(None), *block)]))
+        Path(marker).touch()
+    return len(jobs)
 
 
 def _layout(shards: tuple[int, ...], chunks: tuple[int, ...], ngff: str,

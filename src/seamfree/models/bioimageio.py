@@ -59,6 +59,8 @@ class PackageInfo:
         The output halo the package declares (per spatial axis).
     spatial_axes : str
         The package's spatial axes, e.g. "yx" or "zyx".
+    channel_names : tuple of str or None
+        The names of the output's channels (written into the OME metadata of predictions).
     """
 
     name: str
@@ -67,6 +69,7 @@ class PackageInfo:
     activation: str
     declared_halo: tuple[int, ...] | None
     spatial_axes: str
+    channel_names: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "weights": self.weights, "normalization": self.normalization,
@@ -146,6 +149,14 @@ def _activation(descr: Any) -> str:
     return "none"
 
 
+def _channel_names(descr: Any) -> tuple[str, ...] | None:
+    for axis in descr.outputs[0].axes:
+        names = getattr(axis, "channel_names", None) if getattr(axis, "type", "") == "channel" else None
+        if names:
+            return tuple(str(name) for name in names)
+    return None
+
+
 def _declared(descr: Any) -> tuple[tuple[int, ...] | None, str]:
     axes = [a for a in descr.outputs[0].axes if getattr(a, "type", "") == "space"]
     halo = tuple(int(getattr(a, "halo", 0) or 0) for a in axes)
@@ -195,7 +206,8 @@ def load_package(path: str | os.PathLike[str], *, device: torch.device, allow_pi
     descr = _load_description(path)
     model, kind = _weights(descr, device, allow_pickle, path)
     halo, spatial = _declared(descr)
-    info = PackageInfo(str(descr.name), kind, _normalization(descr), _activation(descr), halo, spatial)
+    info = PackageInfo(str(descr.name), kind, _normalization(descr), _activation(descr), halo, spatial,
+                       _channel_names(descr))
     # nn.Module and ScriptModule both take plain Python attributes
     model.seamfree_package = info  # type: ignore[assignment]
     model.seamfree_activation = info.activation  # type: ignore[assignment]

@@ -25,6 +25,7 @@ from seamfree.errors import ConfigError, HaloError, ShapeError
 from seamfree.io.ome import NGFF_VERSIONS, Calibration
 from seamfree.io.readers import ImageSource
 from seamfree.io.safety import resolved_path
+from seamfree.models.bioimageio import package_info
 from seamfree.models.checkpoint import check_device
 from seamfree.models.describe import ModelInfo, describe_model
 from seamfree.models.receptive import ReceptiveField
@@ -259,14 +260,19 @@ def output_calibration(source: ImageSource, config: PredictConfig) -> Calibratio
     return source.calibration.with_defaults(sizes, config.unit, source.spatial_dims)
 
 
-def zarr_options(config: PredictConfig, out_channels: int) -> dict[str, Any]:
-    """How an OME-Zarr output of ``config`` is laid out and described: pyramid, labels, channel names, NGFF
-    version, sharding (TIFF outputs ignore them)."""
+def zarr_options(config: PredictConfig, out_channels: int, model: nn.Module | None = None) -> dict[str, Any]:
+    """How an OME-Zarr output of ``config`` is laid out and described: pyramid, labels, channel names (the
+    config's, else those a bioimage.io ``model`` declares), NGFF version, sharding (TIFF outputs use the names)."""
     spec = config.output
     names = config.channel_names
-    if names is not None and len(names) != spec.stored_channels(out_channels):
+    stored = spec.stored_channels(out_channels)
+    if names is not None and len(names) != stored:
         raise ConfigError(f"channel_names (CLI --channel-names) gives {len(names)} names {list(names)}, the output "
-                          f"has {spec.stored_channels(out_channels)} channels; give one name per channel")
+                          f"has {stored} channels; give one name per channel")
+    package = package_info(model) if model is not None else None
+    declared = package.channel_names if package is not None else None
+    if names is None and declared is not None and len(declared) == stored and spec.kind != "mask":
+        names = declared
     mask = spec.kind == "mask"
     labels_from = None
     if config.labels:

@@ -136,7 +136,7 @@ def predict(
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
                                    fingerprint=plan.fingerprint, overwrite=config.overwrite,
                                    calibration=output_calibration(source, config), input_path=source.path,
-                                   **zarr_options(config, plan.out_channels))
+                                   **zarr_options(config, plan.out_channels, model))
             tiles = list(plan.grid.tiles())
             computed = run_tiles(model, plan, source, tiles, sink_for(plan, target), progress=_progress(progress))
             result = target.finalize()

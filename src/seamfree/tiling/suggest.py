@@ -19,7 +19,8 @@ from seamfree.models.describe import ModelInfo, describe_model
 from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.grid import round_up
 
-__all__ = ["TilingSuggestion", "activation_bytes_per_voxel", "default_memory_budget", "suggest_tiling"]
+__all__ = ["TilingSuggestion", "activation_bytes_per_voxel", "default_memory_budget", "suggest_tiling",
+           "total_memory"]
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,10 @@ def suggest_tiling(
 
     The halo is the measured receptive-field radius (rounded to the network stride). The number of cores per
     axis is the smallest for which a tile fits the budget, so cores are as large as memory allows and the
-    recomputed halo, ``(core + 2·halo)^d / core^d``, as small as it can be. Default budget: a quarter of the
-    available RAM, at most 4 GiB, on CPU (batch 1: large tiles are not slower per voxel there); half of the
-    free GPU memory on CUDA (batch up to 4). ``info``: the model's description (made if not given);
-    ``receptive_field`` replaces its receptive field.
+    recomputed halo, ``(core + 2·halo)^d / core^d``, as small as it can be. Default budget: an eighth of the
+    machine's total RAM, at most 4 GiB, on CPU, the same at every call (:func:`default_memory_budget`; batch 1:
+    large tiles are not slower per voxel there); half of the free GPU memory on CUDA (batch up to 4). ``info``:
+    the model's description (made if not given); ``receptive_field`` replaces its receptive field.
     """
     info = info or describe_model(model, probe=False)
     rf = receptive_field or info.receptive_field
@@ -123,14 +124,34 @@ def suggest_tiling(
 
 
 def default_memory_budget(device: str) -> int:
-    """Return the default bytes for activations: half the free GPU memory, or min(RAM/4, 4 GiB) on CPU."""
+    """Return the default bytes for activations: half the free GPU memory, or min(RAM/8, 4 GiB) on CPU.
+
+    On the CPU the budget comes from the machine's *total* memory (its cgroup limit where lower), never from the
+    free memory of the moment, which the page cache and other programs change from call to call: the same command
+    on the same machine always chooses the same plan, so a default-settings run resumes whatever the memory
+    situation now.
+    """
     if device.startswith("cuda") and torch.cuda.is_available():
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free * 0.5)
-    try:
-        import os
+    return int(min(4 << 30, total_memory() // 8))
 
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+def total_memory() -> int:
+    """Bytes of physical memory this process may use: the machine's RAM, or its cgroup's limit when lower."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        available = 8 << 30
-    return int(min(4 << 30, available // 4))
+        total = 16 << 30
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file) as handle:
+                limit = handle.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and 0 < int(limit) < total:
+            total = int(limit)
+        break
+    return int(total)
