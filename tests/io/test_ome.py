@@ -174,7 +174,7 @@ def test_no_pyramid_writes_level_0_only(nets, tmp_path):
 
 
 def test_ome_tiff_in_and_out_overlay(nets, tmp_path):
-    """An OME-TIFF input's pixel sizes reach the OME-TIFF output (read back by tifffile's OME-XML parser), which
+    """An OME-TIFF input's pixel sizes and origin reach the OME-TIFF output (read back by tifffile's OME-XML parser), which
     is memory-mapped, signed as seamfree's and complete only after its rename."""
     tifffile = pytest.importorskip("tifffile")
     from seamfree.io.safety import is_seamfree_tiff
@@ -183,7 +183,8 @@ def test_ome_tiff_in_and_out_overlay(nets, tmp_path):
     source = tmp_path / "in.ome.tif"
     tifffile.imwrite(source, image, ome=True, metadata={
         "axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 1.5,
-        "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm", "PhysicalSizeZUnit": "µm"})
+        "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm", "PhysicalSizeZUnit": "µm",
+        "Plane": {"PositionZ": [2.0 + 1.5 * z for z in range(6)], "PositionY": [10.0] * 6, "PositionX": [20.0] * 6}})
     out = tmp_path / "out.ome.tif"
     predict(nets[3], source, out, config=PredictConfig(core=(6, 16, 16), channel_names=("foreground",)))
     with tifffile.TiffFile(out) as tiff:
@@ -193,6 +194,8 @@ def test_ome_tiff_in_and_out_overlay(nets, tmp_path):
         pixels = tifffile.xml2dict(tiff.ome_metadata)["OME"]["Image"]["Pixels"]
     assert (pixels["PhysicalSizeZ"], pixels["PhysicalSizeY"], pixels["PhysicalSizeX"]) == (1.5, 0.3, 0.2)
     assert pixels["PhysicalSizeXUnit"] == "µm" and pixels["Channel"]["Name"] == "foreground"
+    positions = [(p["PositionZ"], p["PositionY"], p["PositionX"]) for p in pixels["Plane"]]
+    assert positions == [(2.0 + 1.5 * z, 10.0, 20.0) for z in range(6)]  # the origin, and each plane's own Z
     assert is_seamfree_tiff(out)
     expected = predict(nets[3], source, config=PredictConfig(core=(6, 16, 16)))
     np.testing.assert_array_equal(tifffile.imread(out), expected[0])  # tifffile squeezes the single channel
@@ -201,4 +204,5 @@ def test_ome_tiff_in_and_out_overlay(nets, tmp_path):
     predict(nets[3], out, again, config=PredictConfig(core=(6, 16, 16)))
     _, multiscale = _validated(again)
     np.testing.assert_allclose(multiscale.datasets[0].coordinateTransformations[0].scale, [1.0, 1.5, 0.3, 0.2])
+    np.testing.assert_allclose(multiscale.datasets[0].coordinateTransformations[1].translation, [0, 2.0, 10.0, 20.0])
     assert [a.unit for a in multiscale.axes][1:] == ["micrometer"] * 3

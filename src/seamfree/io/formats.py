@@ -41,6 +41,7 @@ def tiff_calibration(path: Path) -> Calibration | None:
                 pixels = (pixels[0] if isinstance(pixels, list) else pixels)["Pixels"]
                 sizes = [pixels.get(f"PhysicalSize{a}") for a in "ZYX"]
                 units = [pixels.get(f"PhysicalSize{a}Unit", "µm") for a in "ZYX"]
+                origin = _plane_origin(pixels.get("Plane"))
             elif tif.is_imagej:
                 meta = tif.imagej_metadata or {}
                 tags = tif.pages.first.tags
@@ -49,6 +50,7 @@ def tiff_calibration(path: Path) -> Calibration | None:
                     value = tags[tag].value if tag in tags else None
                     sizes.append(value[1] / value[0] if value and value[0] else None)
                 units = [meta.get("unit")] * 3
+                origin = None
             else:
                 return None
     except Exception:  # metadata we cannot parse: the image still reads, without calibration
@@ -57,7 +59,16 @@ def tiff_calibration(path: Path) -> Calibration | None:
     if not known:
         return None
     scale = tuple(float(s) if s is not None else 1.0 for s in sizes)
-    return Calibration(scale, None, tuple(_unit_or_none(u) for u in units))
+    return Calibration(scale, origin, tuple(_unit_or_none(u) for u in units))
+
+
+def _plane_origin(planes: Any) -> tuple[float, float, float] | None:
+    """The origin (z, y, x) of an OME-TIFF image: the position of its first plane (None when not recorded).
+    Positions are taken in the unit of the pixel sizes, as seamfree writes them."""
+    first = planes[0] if isinstance(planes, list) and planes else planes
+    if not isinstance(first, dict) or not any(f"Position{a}" in first for a in "ZYX"):
+        return None
+    return tuple(float(first.get(f"Position{a}", 0.0)) for a in "ZYX")  # type: ignore[return-value]
 
 
 def _unit_or_none(unit: Any) -> str | None:

@@ -162,18 +162,30 @@ _OME_XML_UNITS = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "c
 
 
 def ome_tiff_metadata(spatial_dims: int, channels: int, calibration: Calibration | None = None, *,
-                      channel_names: Sequence[str] | None = None,
+                      planes: int = 1, channel_names: Sequence[str] | None = None,
                       name: str = "seamfree prediction") -> dict[str, Any]:
     """The ``metadata`` tifffile turns into the OME-XML of an OME-TIFF output: axes, physical sizes with their
-    units, channel names. (Plane positions, the origin, are not written: OME-TIFF readers differ in reading them.)"""
-    metadata: dict[str, Any] = {"axes": "C" + "ZYX"[-spatial_dims:], "Name": name}
+    units, the origin as every plane's position (``Plane PositionX/Y/Z``: the first plane's is the origin, each
+    plane's Z its own), channel names. ``planes`` is the number of Z planes of a 3D output."""
+    axes = "ZYX"[-spatial_dims:]
+    metadata: dict[str, Any] = {"axes": "C" + axes, "Name": name}
     calibration = calibration or Calibration()
+    units = calibration.units or (None,) * spatial_dims
     if calibration.scale is not None:
-        units = calibration.units or (None,) * spatial_dims
-        for axis, size, unit in zip("ZYX"[-spatial_dims:], calibration.scale, units):
+        for axis, size, unit in zip(axes, calibration.scale, units):
             metadata[f"PhysicalSize{axis}"] = float(size)
             if unit is not None:
                 metadata[f"PhysicalSize{axis}Unit"] = _OME_XML_UNITS.get(unit, unit)
+    if calibration.translation is not None and any(calibration.translation):
+        depth = planes if spatial_dims == 3 else 1
+        scale = calibration.scale or (1.0,) * spatial_dims
+        plane: dict[str, list[Any]] = {}
+        for i, (axis, origin, unit) in enumerate(zip(axes, calibration.translation, units)):
+            step = float(scale[i]) if axis == "Z" else 0.0  # planes are stored channel by channel, Z inside
+            plane[f"Position{axis}"] = [float(origin) + step * (p % depth) for p in range(channels * depth)]
+            if unit is not None:
+                plane[f"Position{axis}Unit"] = [_OME_XML_UNITS.get(unit, unit)] * (channels * depth)
+        metadata["Plane"] = plane
     if channel_names:
         metadata["Channel"] = {"Name": [str(n) for n in channel_names]}
     elif channels:

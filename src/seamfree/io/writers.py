@@ -91,7 +91,8 @@ class TiffOutput(MarkedOutput):
             try:
                 self.array = tifffile.memmap(  # type: ignore[attr-defined]
                     str(self.partial), shape=self.shape, dtype=self.dtype, bigtiff=True, ome=True,
-                    metadata=ome_tiff_metadata(len(shape) - 1, shape[0], calibration, channel_names=channel_names),
+                    metadata=ome_tiff_metadata(len(shape) - 1, shape[0], calibration, planes=shape[1],
+                                               channel_names=channel_names),
                     extratags=[(SIGNATURE_TAG, "s", 0, f"{TIFF_SIGNATURE}:{fingerprint_digest(fingerprint)}", True)],
                 )
                 _reserve(self.partial)
