@@ -3,9 +3,10 @@ viewer: the time to read one chunk of level 0 and of the coarsest level.
 
     python benchmarks/pyramid.py [--shape 64,512,512] [--repeats 2] [--out benchmarks/results/pyramid.json]
 
-A depth-3, 8-feature BatchRenorm 3D U-Net; a zarr input; outputs with ``pyramid=False`` and ``pyramid=True``
-(the difference is the pyramid pass); the pass is also timed alone (``write_pyramid`` on a finished level 0) with
-its peak of traced Python/numpy memory. Medians of ``--repeats`` runs, 2 CPU threads, run alone.
+A depth-3, 8-feature BatchRenorm 3D U-Net; a zarr input; outputs with ``pyramid=False`` (sharded, the default
+layout, and unsharded: the cost of shards) and ``pyramid=True`` (the difference is the pyramid pass); the pass
+is also timed alone (``write_pyramid`` on a finished level 0) with its peak of traced Python/numpy memory.
+Medians of ``--repeats`` runs, 2 CPU threads, run alone.
 """
 
 from __future__ import annotations
@@ -43,14 +44,17 @@ def main() -> None:
     volume = zarr.create_array(str(folder / "in.zarr"), shape=shape, chunks=(32, 128, 128), dtype="u1")
     volume[:] = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
     config = sf.PredictConfig(core=(32, 128, 128))
-    times: dict[str, list[float]] = {"level0_only": [], "with_pyramid": [], "pyramid_pass": []}
+    times: dict[str, list[float]] = {"level0_only": [], "level0_unsharded": [], "with_pyramid": [],
+                                     "pyramid_pass": []}
     peaks = []
     for _ in range(args.repeats):
-        for name, pyramid in (("level0_only", False), ("with_pyramid", True)):
+        for name, pyramid, sharding in (("level0_only", False, True), ("level0_unsharded", False, False),
+                                        ("with_pyramid", True, True)):
             out = folder / f"{name}.zarr"
             shutil.rmtree(out, ignore_errors=True)
             started = time.perf_counter()
-            sf.predict(model, folder / "in.zarr", out, config=dataclasses.replace(config, pyramid=pyramid))
+            sf.predict(model, folder / "in.zarr", out,
+                       config=dataclasses.replace(config, pyramid=pyramid, sharding=sharding))
             times[name].append(time.perf_counter() - started)
         group = zarr.open_group(str(folder / "level0_only.zarr"), mode="r+")
         markers = folder / "markers"
@@ -80,7 +84,8 @@ def main() -> None:
               "pyramid_peak_traced_bytes": max(peaks), "level0_bytes": level0_bytes,
               "levels": int(top) + 1, "chunk_read_seconds": reads,
               "chunk_shapes": {lv: list(group[lv].chunks) for lv in ("0", top)}}
-    print(f"{shape}: level 0 only {medians['level0_only']:.1f} s, with pyramid {medians['with_pyramid']:.1f} s; "
+    print(f"{shape}: level 0 only {medians['level0_only']:.1f} s (unsharded {medians['level0_unsharded']:.1f} s), "
+          f"with pyramid {medians['with_pyramid']:.1f} s; "
           f"pyramid pass alone {medians['pyramid_pass']:.2f} s ({result['pyramid_over_level0']:.1%} of level 0), "
           f"peak {max(peaks) / 2**20:.1f} MiB traced (level 0 is {level0_bytes / 2**20:.0f} MiB); "
           f"{int(top) + 1} levels")

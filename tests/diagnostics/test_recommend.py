@@ -11,7 +11,7 @@ from seamfree.diagnostics.exactness import ExactnessCheck
 from seamfree.diagnostics.mismatch import TileMismatch
 from seamfree.diagnostics.recommend import recommend
 from seamfree.diagnostics.seams import SeamScore
-from seamfree.layers import audit_norms
+from seamfree.layers import BatchRenorm2d, audit_norms
 from seamfree.tiling import ReceptiveField, TilingSuggestion
 
 RF = ReceptiveField((23, 23), (9, 9), (4, 4), False, 1e-3, (22, 22))
@@ -35,6 +35,7 @@ SEAMS = SeamScore(1.0, [1.0, 1.0], 0.1, 0.1, 2, MAP)
 BATCH = audit_norms(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
 INSTANCE = audit_norms(nn.Sequential(nn.Conv2d(1, 2, 3), nn.InstanceNorm2d(2)))
 NONE = audit_norms(nn.Sequential(nn.Conv2d(1, 2, 3)))
+RENORM = audit_norms(nn.Sequential(nn.Conv2d(1, 2, 3), BatchRenorm2d(2)))
 
 
 @pytest.mark.parametrize(("audit", "halo", "tm", "ted", "max_abs", "verdict", "says"), [
@@ -49,6 +50,17 @@ def test_each_verdict_follows_from_its_indicators(audit, halo, tm, ted, max_abs,
     advice = recommend(audit, RF, halo, _mismatch(*tm), _disparity(*ted), SEAMS, _exactness(max_abs), SUGGESTION)
     assert advice.verdict == verdict
     assert says in advice.message + " ".join(advice.actions)
+
+
+def test_a_batchrenorm_model_is_never_told_to_convert_to_batchrenorm():
+    batch = recommend(BATCH, RF, RF.halo, _mismatch(1e-7, 0.0), _disparity(0.05, 0.02), SEAMS, _exactness(1e-7),
+                      SUGGESTION)
+    renorm = recommend(RENORM, RF, RF.halo, _mismatch(1e-7, 0.0), _disparity(0.05, 0.02), SEAMS, _exactness(1e-7),
+                       SUGGESTION)
+    assert batch.verdict == renorm.verdict == "train/eval disparity"
+    assert any("convert to BatchRenorm" in action for action in batch.actions)
+    assert not any("convert" in action for action in renorm.actions)
+    assert any("already uses BatchRenorm" in action for action in renorm.actions)
 
 
 def test_a_small_halo_that_is_still_exact_is_not_called_too_small():

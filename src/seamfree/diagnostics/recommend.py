@@ -48,6 +48,16 @@ def _layer_phrase(audit: NormAudit) -> str:
     return ", ".join(parts) + (" layer" if sum(types.values()) == 1 else " layers")
 
 
+def _second_remedy(audit: NormAudit) -> str:
+    """For a train/eval disparity: BatchRenorm for a BatchNorm model; more training for a BatchRenorm one (its
+    running statistics are what it already normalizes with: they converge as training goes on)."""
+    if any("renorm" in layer.type.lower() for layer in audit.layers):
+        return ("or fine-tune further: the model already uses BatchRenorm, whose running statistics settle with "
+                "more steps on your data (seamfree train with model.checkpoint: MODEL)")
+    return ("or convert to BatchRenorm and fine-tune: seamfree convert MODEL --out CONVERTED.pt, then seamfree "
+            "train with model.checkpoint: CONVERTED.pt")
+
+
 def recommend(audit: NormAudit, rf: ReceptiveField, halo: tuple[int, ...], mismatch: TileMismatch,
               disparity: TrainEvalDisparity, seams: SeamScore, exactness: ExactnessCheck,
               suggestion: TilingSuggestion, model: ModelInfo | None = None) -> Recommendation:
@@ -90,9 +100,7 @@ def recommend(audit: NormAudit, rf: ReceptiveField, halo: tuple[int, ...], misma
             f"{disparity.ted_dice:.3g}, TED_abs {disparity.ted_abs:.2g}{delta}): the running statistics do not match "
             "the data.",
             ("recalibrate the running statistics on your images: seamfree recalibrate MODEL IMAGES --out FIXED.pt",
-             "or convert to BatchRenorm and fine-tune: seamfree convert MODEL --out CONVERTED.pt, then "
-             "seamfree train with model.checkpoint: CONVERTED.pt",
-             f"tile with {tiling}"),
+             _second_remedy(audit), f"tile with {tiling}"),
         )
     why = "no normalization layers" if audit.verdict == "no-normalization" else "fixed normalization statistics"
     exact = (f"tiled = whole-image up to {exactness.max_abs:.1g}" if exactness.exact
