@@ -103,16 +103,56 @@ def test_seam_score_sees_steps_at_seams_and_ignores_the_stride_pattern(rng):
     grid = TileGrid.create((128, 128), 32, 8, network_stride=4)
     smooth = rng.normal(0, 0.1, size=(1, 128, 128)).astype(np.float32)
     assert seam_score(smooth, grid).score == pytest.approx(1.0, abs=0.15)
+    assert seam_score(smooth, grid).detected is False
     periodic = smooth.copy()
     periodic[:, :, 3::4] += 1.0  # a stride-4 pattern, like a pooling network's, is not a seam
     periodic[:, 3::4, :] += 1.0
     assert seam_score(periodic, grid).score == pytest.approx(1.0, abs=0.15)
+    assert seam_score(periodic, grid).detected is False
     stepped = smooth.copy()
     for k in range(4):  # every core gets its own offset: visible seams
         stepped[:, 32 * k:32 * (k + 1), :] += 0.5 * k
     result = seam_score(stepped, grid)
     assert result.score > 2 and result.per_axis[0] > 4 and result.per_axis[1] == pytest.approx(1.0, abs=0.15)
-    assert result.map[32].max() > 0.4 and result.map[16, 10] == 0 and result.map[16, 32] > 0
+    assert result.detected and result.z > 10 and result.ci[0] > 2
+    # the map shows the excess: the row seams, nothing on the invisible column seams, nothing elsewhere
+    assert result.map[32].max() > 0.4 and result.map[16, 10] == 0 and result.map[16, 32] == 0
+    assert "seams detected" in result.summary
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_seamless_prediction_is_never_flagged(seed):
+    """Predictions with nothing at their seams — smooth fields, textured ones, a stride pattern, edges that cross
+    the seams — are not flagged, whatever the grid (the calibration an exactly tiled model relies on)."""
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(seed)
+    field = scipy_ndimage.gaussian_filter(rng.normal(size=(384, 320)), sigma=float(rng.uniform(1, 8)))
+    field = (field - field.min()) / (field.max() - field.min())
+    if seed % 3 == 0:
+        field[:, ::8] += 0.05  # the stride pattern of a pooling network
+    if seed % 3 == 1:
+        field = (field > 0.5).astype(np.float64)  # hard edges everywhere, crossing seams at random
+    prediction = field[np.newaxis].astype(np.float32)
+    core = int(rng.choice([32, 64, 96]))
+    grid = TileGrid.create(prediction.shape[1:], core, 16, network_stride=8, offset=int(rng.integers(0, 4)) * 8)
+    result = seam_score(prediction, grid)
+    assert result.detected is False, (seed, result.summary)
+    assert result.map.max() == 0 or np.count_nonzero(result.map) < 0.02 * result.map.size
+
+
+def test_a_faint_per_tile_offset_on_a_textured_image_is_flagged():
+    """What InstanceNorm does: a small offset per tile (here 2 % of the range), under image texture far larger."""
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(5)
+    field = scipy_ndimage.gaussian_filter(rng.normal(size=(384, 320)), sigma=2.0)
+    field = (field - field.min()) / (field.max() - field.min())
+    grid = TileGrid.create(field.shape, 64, 16, network_stride=8)
+    tiled = field.copy()
+    for tile in grid.tiles():
+        tiled[tile.write] += rng.normal(0, 0.02)
+    assert seam_score(field[np.newaxis], grid).detected is False
+    result = seam_score(tiled[np.newaxis].astype(np.float32), grid)
+    assert result.detected, result.summary
 
 
 def test_shifted_grid_tiles_have_whole_cores():

@@ -171,6 +171,20 @@ def test_runs_killed_at_random_moments_resume_to_the_identical_output(inputs, tm
         np.testing.assert_array_equal(result, reference, err_msg=f"run {run}")
 
 
+def test_a_quiet_cli_run_on_a_cluster_prints_nothing_of_dask(inputs, tmp_path):
+    folder, model, reference = inputs
+    command = [sys.executable, "-m", "seamfree.cli.main", "predict", str(model), str(folder / "volume.zarr"),
+               str(tmp_path / "out.zarr"), "--workers", "2", "--core", "8,32,32", "--tiles-per-batch", "1", "-q"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stderr.strip() == "", finished.stderr[-2000:]  # no scheduler, nanny or worker lines
+    assert finished.stdout.strip().splitlines()[-1].startswith("wrote ")
+    np.testing.assert_array_equal(_output(tmp_path / "out.zarr")[1], reference)
+    verbose = subprocess.run([*command[:-1], "--overwrite", "--verbose"], capture_output=True, text=True,
+                             timeout=300, check=False)
+    assert verbose.returncode == 0 and "distributed." in verbose.stderr  # --verbose shows them
+
+
 def _malloc_environment():
     return {name: os.environ.get(name) for name in ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_")}
 

@@ -174,8 +174,8 @@ def test_no_pyramid_writes_level_0_only(nets, tmp_path):
 
 
 def test_ome_tiff_in_and_out_overlay(nets, tmp_path):
-    """An OME-TIFF input's pixel sizes and origin reach the OME-TIFF output (read back by tifffile's OME-XML parser), which
-    is memory-mapped, signed as seamfree's and complete only after its rename."""
+    """An OME-TIFF input's pixel sizes and origin reach the OME-TIFF output (read back by tifffile's OME-XML
+    parser), which is memory-mapped, signed as seamfree's and complete only after its rename."""
     tifffile = pytest.importorskip("tifffile")
     from seamfree.io.safety import is_seamfree_tiff
 

@@ -174,8 +174,8 @@ def diagnose(args: argparse.Namespace) -> int:
     for action in diagnosis.recommendation.actions:
         print(f"  -> {action}")
     print(f"TM_dice {tm.tm_dice:.3g}  TM_abs {tm.tm_abs:.2g}  TED_dice {ted.ted_dice:.3g}  TED_abs {ted.ted_abs:.2g}  "
-          f"seam score {diagnosis.seams.score if diagnosis.seams.score is None else round(diagnosis.seams.score, 3)}"
-          f"  max|tiled-whole| {diagnosis.exactness.max_abs:.2g}")
+          f"max|tiled-whole| {diagnosis.exactness.max_abs:.2g}")
+    print(f"seams: {diagnosis.seams.summary}")
     print(f"report: {page} (JSON: {Path(args.out) / 'report.json'})")
     return 0
 
@@ -219,7 +219,7 @@ def demo(args: argparse.Namespace) -> int:
     for d in result.diagnoses:
         tm, ted = d.tile_mismatch, d.disparity
         print(f"  {d.name:18s} {d.recommendation.verdict:20s} TM_dice {tm.tm_dice:.3g}  TM_abs {tm.tm_abs:.2g}  "
-              f"TED_dice {ted.ted_dice:.2g}  seam score {d.seams.score:.2f}  Dice {d.dice:.3f}")
+              f"TED_dice {ted.ted_dice:.2g}  Dice {d.dice:.3f}  {d.seams.summary}")
     print("Open the report in a browser: the InstanceNorm prediction and its mismatch map show the tile grid "
           "(seams), the BatchRenorm ones do not (tile mismatch 0: tiled = whole-image prediction).")
     return 0

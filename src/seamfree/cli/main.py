@@ -30,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
+    if not args.verbose:
+        _quiet_libraries()
     tune_cpu_allocator()  # before torch or any reader starts a thread
     try:
         return int(args.handler(args))
@@ -45,6 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         message, status = describe_error(exc)
         print(f"seamfree {args.command}: error: {message}", file=sys.stderr)
         return status
+
+
+# Libraries whose own logs (dask's cluster life, tornado's connections) say nothing a user acts on; --verbose
+# shows them.
+_CHATTY_LIBRARIES = ("distributed", "tornado", "asyncio", "bokeh", "fsspec", "aiohttp", "numcodecs")
+
+
+def _quiet_libraries() -> None:
+    """Only errors from third-party libraries, here and in the dask workers this command starts (they read the
+    environment when they import distributed)."""
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+    for name in _CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _silence_stdout() -> None:

@@ -114,10 +114,8 @@ def _seam_figure(diagnosis: Diagnosis) -> bytes:
     width = max(1, round(max(seam_map.shape) / 300))
     widened = ndimage.maximum_filter(seam_map, size=2 * width + 1)
     top = float(np.percentile(widened[widened > 0], 99)) if (widened > 0).any() else 1.0
-    score = diagnosis.seams.score
-    return _image_figure(widened, f"seam map: jump across core boundaries (seam score "
-                         f"{'n/a' if score is None else f'{score:.2f}'})", cmap="magma", vmin=0,
-                         vmax=max(top, 1e-6), colorbar=True)
+    return _image_figure(widened, f"seam map: significant excess jump at core boundaries; "
+                         f"{diagnosis.seams.summary}", cmap="magma", vmin=0, vmax=max(top, 1e-6), colorbar=True)
 
 
 def _bars_figure(diagnoses: Sequence[Diagnosis]) -> bytes:
@@ -189,6 +187,7 @@ def _comparison_table(diagnoses: Sequence[Diagnosis]) -> str:
             ("TM_dice (shifted grid)", lambda d: d.tile_mismatch.shifted_tm_dice),
             ("TED_dice", lambda d: d.disparity.ted_dice), ("TED_abs", lambda d: d.disparity.ted_abs),
             ("ΔDice (train − eval)", lambda d: d.disparity.delta_dice), ("seam score", lambda d: d.seams.score),
+            ("seams (z > 4, interval > 1.05)", lambda d: d.seams.summary),
             ("max |tiled − whole|", lambda d: d.exactness.max_abs), ("Dice vs ground truth", lambda d: d.dice)]
     head = "".join(f"<th>{html.escape(d.name)}</th>" for d in diagnoses)
     body = "".join(f"<tr><th>{label}</th>" + "".join(f"<td>{_fmt(get(d))}</td>" for d in diagnoses) + "</tr>"

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 # The metric columns of the study table, in order.
 METRICS = ("dice", "dice_small", "tm_dice", "tm_abs", "tm_dice_small", "tm_abs_small", "ted_dice", "ted_abs",
-           "delta_dice", "dice_train_mode", "dice_eval_mode", "seam_score", "seam_score_small", "exact_max_abs")
+           "delta_dice", "dice_train_mode", "dice_eval_mode", "seam_score", "seam_score_small", "exact_max_abs",
+           "seams_detected", "seams_detected_small", "seam_z", "seam_z_small")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,14 @@ def _metrics(normal: Diagnosis, small: Diagnosis) -> dict[str, float | None]:
         "dice_eval_mode": normal.disparity.dice_eval,
         "seam_score": normal.seams.score, "seam_score_small": small.seams.score,
         "exact_max_abs": normal.exactness.max_abs,
+        # the calibrated seam test (a fraction of the test images once averaged), and its statistic
+        "seams_detected": _flag(normal.seams.detected), "seams_detected_small": _flag(small.seams.detected),
+        "seam_z": normal.seams.z, "seam_z_small": small.seams.z,
     }
+
+
+def _flag(detected: bool | None) -> float | None:
+    return None if detected is None else float(detected)
 
 
 def _central(shape: tuple[int, ...], region: tuple[int, ...]) -> tuple[slice, ...]:
