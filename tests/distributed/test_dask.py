@@ -180,8 +180,8 @@ def test_a_quiet_cli_run_on_a_cluster_prints_nothing_of_dask(inputs, tmp_path):
     assert finished.stderr.strip() == "", finished.stderr[-2000:]  # no scheduler, nanny or worker lines
     assert finished.stdout.strip().splitlines()[-1].startswith("wrote ")
     np.testing.assert_array_equal(_output(tmp_path / "out.zarr")[1], reference)
-    verbose = subprocess.run([*command[:-1], "--overwrite", "--verbose"], capture_output=True, text=True,
-                             timeout=300, check=False)
+    verbose = subprocess.run([*command[:3], "--verbose", *command[3:-1], "--overwrite"], capture_output=True,
+                             text=True, timeout=300, check=False)
     assert verbose.returncode == 0 and "distributed." in verbose.stderr  # --verbose shows them
 
 

@@ -217,7 +217,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing seamfree output instead of resuming (never data seamfree did not write)")
     p.add_argument("--allow-pickle", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no informational lines (warnings and errors still show)")
     p.add_argument("--workers", type=int, help="run on a dask LocalCluster with this many worker processes")
     p.add_argument("--scheduler", help="run on the dask cluster of this scheduler address (tcp://host:8786)")
     p.add_argument("--threads-per-worker", type=int, default=1)
