@@ -178,3 +178,54 @@ def test_an_unreachable_url_fails_fast_with_one_line(net, tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert time.monotonic() - started < 30
     assert len(error.splitlines()) == 1 and f"127.0.0.1:{port}/image.zarr" in error and "reachable" in error
+
+
+@pytest.fixture
+def rgb():
+    rng = np.random.default_rng(4)
+    return rng.integers(0, 255, (96, 80, 3), dtype=np.uint8)
+
+
+def test_an_rgb_tiff_has_three_channels_not_a_thousand(rgb, tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    from seamfree.io.readers import open_image
+
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    with open_image(tmp_path / "rgb.tif", spatial_dims=2) as source:
+        assert source.shape == (3, 96, 80)
+        np.testing.assert_array_equal(source.read_all(), np.moveaxis(rgb, -1, 0))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_pictures_are_read_with_their_colour_channels(rgb, tmp_path, suffix):
+    imageio = pytest.importorskip("imageio.v3")
+    from seamfree.io.readers import open_image
+
+    imageio.imwrite(tmp_path / f"picture{suffix}", rgb)
+    with open_image(tmp_path / f"picture{suffix}", spatial_dims=2) as source:
+        assert source.shape == (3, 96, 80) and source.dtype == np.uint8
+        if suffix == ".png":  # lossless
+            np.testing.assert_array_equal(source.read_all(), np.moveaxis(rgb, -1, 0))
+
+
+def test_channels_and_gray_pick_or_merge_the_input_channels(net, rgb, tmp_path, capsys):
+    imageio = pytest.importorskip("imageio.v3")
+    zarr = pytest.importorskip("zarr")
+    imageio.imwrite(tmp_path / "picture.png", rgb)
+    checkpoint = save_model(net, tmp_path / "m.pt")
+    def mean(channels):
+        return np.rint(rgb[..., channels].astype(np.float64).mean(axis=-1)).astype(np.uint8)
+
+    for flags, expected in ((["--gray"], mean([0, 1, 2])), (["--channels", "1"], rgb[..., 1]),
+                            (["--channels", "0,2", "--gray"], mean([0, 2]))):
+        out = tmp_path / f"out{len(flags)}{flags[-1].replace(',', '')}.zarr"
+        assert main(["predict", str(checkpoint), str(tmp_path / "picture.png"), str(out), "-q", "--core", "32",
+                     *flags]) == 0
+        np.testing.assert_array_equal(np.asarray(zarr.open_group(str(out), mode="r")["0"][...]),
+                                      predict(net, expected, config=CONFIG), err_msg=" ".join(flags))
+    # without a selection a 3-channel picture does not fit a 1-channel model: said in one line
+    assert main(["predict", str(checkpoint), str(tmp_path / "picture.png"), str(tmp_path / "x.zarr"), "-q"]) == 2
+    assert main(["predict", str(checkpoint), str(tmp_path / "picture.png"), str(tmp_path / "y.zarr"), "-q",
+                 "--channels", "5"]) == 2
+    error = capsys.readouterr().err
+    assert "channels [5] do not exist" in error and "3 channel(s)" in error and "--channels" in error

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from seamfree.errors import SeamfreeError
 
@@ -123,6 +123,9 @@ def predict(args: argparse.Namespace) -> int:
         labels=args.labels, channel_names=args.channel_names, ngff=args.ngff, sharding=args.sharding,
         **_model_options(args),  # type: ignore[arg-type]
     )
+    if (args.workers or args.scheduler) and (args.channels is not None or args.gray):
+        raise SeamfreeError("--channels and --gray are not supported with --workers/--scheduler yet; save the "
+                            "channels you need as their own .zarr, or predict in this process")
     if args.workers or args.scheduler:
         from seamfree.distributed import ClusterConfig, predict_distributed
 
@@ -137,12 +140,30 @@ def predict(args: argparse.Namespace) -> int:
               f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.voxels_per_second:.3g} voxels/s)")
         return 0
     report: list[PredictionReport] = []
-    predict(model, args.image, args.out, config=config, axes=args.axes, progress=not args.quiet, report=report,
-            key=_key(args))
+    image = _input(args, model)
+    try:
+        predict(model, image, args.out, config=config, axes=args.axes, progress=not args.quiet, report=report,
+                key=_key(args))
+    finally:
+        if image is not args.image:
+            image.close()
     done = report[0]
     print(f"wrote {args.out}: {done.tiles_computed} of {done.tiles_total} tiles computed in {done.seconds:.1f} s "
           f"(core {done.grid.core}, halo {done.grid.halo}, {done.grid.compute_ratio:.2f}× voxels computed)")
     return 0
+
+
+def _input(args: argparse.Namespace, model: Any) -> Any:
+    """The input path, or, with --channels/--gray, the input opened with that channel selection."""
+    if args.channels is None and not args.gray:
+        return args.image
+    from seamfree.io.readers import open_image
+    from seamfree.models.describe import describe_model
+
+    dims = describe_model(model, spatial_dims=args.spatial_dims, in_channels=args.in_channels,
+                          probe=False).spatial_dims
+    return open_image(args.image, spatial_dims=dims, axes=args.axes, key=_key(args), channels=args.channels,
+                      gray=args.gray)
 
 
 def _key(args: argparse.Namespace) -> str | None:
@@ -166,8 +187,13 @@ def diagnose(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, ted_batches=args.ted_batches, threshold=args.threshold, device=args.device,
         seed=args.seed, activation=args.activation, **_model_options(args),  # type: ignore[arg-type]
     )
-    diagnosis = diagnose(model, args.image, ground_truth=args.gt, config=config, axes=args.axes,
-                         name=args.name or Path(args.model).stem, key=_key(args))
+    image = _input(args, model)
+    try:
+        diagnosis = diagnose(model, image, ground_truth=args.gt, config=config, axes=args.axes,
+                             name=args.name or Path(args.model).stem, key=_key(args))
+    finally:
+        if image is not args.image:
+            image.close()
     page = write_report(diagnosis, args.out)
     tm, ted = diagnosis.tile_mismatch, diagnosis.disparity
     print(f"{diagnosis.recommendation.verdict}: {diagnosis.recommendation.message}")

@@ -42,6 +42,16 @@ def _int_tuple(text: str) -> int | tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from exc
 
 
+def _channels(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = (-1,)
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected channel numbers such as 0 or 0,2, got {text!r}")
+    return values
+
+
 def _series(text: str) -> int:
     try:
         value = int(text)
@@ -96,6 +106,11 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--key", help="dataset inside an HDF5 file, or array inside a zarr group")
     p.add_argument("--series", type=_series, metavar="N",
                    help="series of a bioformats2raw OME-Zarr (a converted vendor file; default 0)")
+    p.add_argument("--channels", type=_channels, metavar="LIST",
+                   help="input channels to read, in this order, e.g. 0 or 0,2 (default: all)")
+    p.add_argument("--gray", action="store_true",
+                   help="read the (selected) input channels as one gray channel, their mean (RGB for a one-channel "
+                        "model)")
     p.add_argument("--core", type=_int_tuple, help="core of the diagnosis grid (default: predict's, ≤ half the image)")
     p.add_argument("--halo", type=_int_tuple, help="halo (default: measured receptive field)")
     _add_renamed(p, "--grid-offset", "--offset", type=_int_tuple,
@@ -180,6 +195,11 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--key", help="dataset inside an HDF5 file, or array inside a zarr group")
     p.add_argument("--series", type=_series, metavar="N",
                    help="series of a bioformats2raw OME-Zarr (a converted vendor file; default 0)")
+    p.add_argument("--channels", type=_channels, metavar="LIST",
+                   help="input channels to read, in this order, e.g. 0 or 0,2 (default: all)")
+    p.add_argument("--gray", action="store_true",
+                   help="read the (selected) input channels as one gray channel, their mean (RGB for a one-channel "
+                        "model)")
     p.add_argument("--core", type=_int_tuple, help="core shape, e.g. 512 or 32,256,256 (default: from memory)")
     p.add_argument("--pin-core", action="store_true", help="error if --core is not a multiple of the stride")
     p.add_argument("--halo", type=_int_tuple, help="halo per side (default: measured receptive field)")

@@ -9,7 +9,7 @@ from typing import Any
 from seamfree.errors import ConfigError, DataError, require
 from seamfree.io.ome import Calibration, normalized_unit
 
-__all__ = ["open_hdf5", "open_tiff", "tiff_calibration"]
+__all__ = ["open_hdf5", "open_tiff", "tiff_calibration", "tiff_channel_axis"]
 
 
 def open_tiff(path: Path) -> tuple[Any, Any]:
@@ -29,6 +29,22 @@ def open_tiff(path: Path) -> tuple[Any, Any]:
         return zarr.open(store, mode="r"), store  # type: ignore[attr-defined]
     except Exception as exc:
         raise _unreadable_tiff(path, exc) from exc
+
+
+def tiff_channel_axis(path: Path, ndim: int) -> int | None:
+    """The channel axis a TIFF records: its samples (RGB, ``S``) or its ``C`` axis (None: not said)."""
+    tifffile = require("tifffile", "tiff")
+    try:
+        with tifffile.TiffFile(str(path)) as tif:  # type: ignore[attr-defined]
+            axes = tif.series[0].axes
+    except Exception:  # unreadable metadata: the caller decides from the shape
+        return None
+    if len(axes) != ndim:
+        return None
+    for letter in "SC":
+        if letter in axes:
+            return axes.index(letter)
+    return -1 if set(axes) <= set("ZYX") else None  # named spatial axes only; Q, I... leave it to the shape
 
 
 def tiff_calibration(path: Path) -> Calibration | None:

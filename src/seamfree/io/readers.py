@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from seamfree.errors import DataError, ShapeError, require
-from seamfree.io.formats import open_hdf5, open_tiff, tiff_calibration
+from seamfree.io.formats import open_hdf5, open_tiff, tiff_calibration, tiff_channel_axis
 from seamfree.io.ome import Calibration, read_calibration
 
 __all__ = ["SUPPORTED_DTYPES", "ImageSource", "open_image", "parse_axes"]
@@ -63,6 +63,10 @@ class ImageSource:
         Chunk shape of the storage along the spatial axes, when chunked.
     scale : tuple of float or None
         Physical voxel size per spatial axis, when the format records it.
+    channels : tuple of int or None
+        The stored channels that are read, in this order (None: all).
+    gray : bool
+        Read the (selected) channels as one, their mean in the stored dtype (an RGB image as gray).
     """
 
     data: Any
@@ -73,6 +77,8 @@ class ImageSource:
     handle: Any = None
     translation: tuple[float, ...] | None = None
     units: tuple[str | None, ...] | None = None
+    channels: tuple[int, ...] | None = None
+    gray: bool = False
 
     @property
     def calibration(self) -> Calibration:
@@ -99,18 +105,28 @@ class ImageSource:
         if 0 in tuple(self.data.shape):
             raise DataError(f"the image {self.where} is empty (shape {tuple(self.data.shape)}); pass an image with at "
                             "least one voxel on every axis")
+        stored = self.stored_channels
+        if self.channels is not None and (not self.channels or any(not 0 <= c < stored for c in self.channels)):
+            raise DataError(f"channels {list(self.channels)} do not exist in {self.where}, which has {stored} "
+                            f"channel(s) (0..{stored - 1}); choose among them (CLI --channels)")
 
     @property
     def where(self) -> str:
         return repr(self.path) if self.path else "the input array"
 
     @property
+    def stored_channels(self) -> int:
+        """Channels in the file, before any selection."""
+        return 1 if self.channel_axis is None else int(self.data.shape[self.channel_axis])
+
+    @property
     def shape(self) -> tuple[int, ...]:
-        """Channel-first shape ``(C, *spatial)``."""
+        """Channel-first shape ``(C, *spatial)`` as read (after the channel selection)."""
         shape = tuple(int(s) for s in self.data.shape)
-        if self.channel_axis is None:
-            return (1, *shape)
-        return (shape[self.channel_axis], *(s for i, s in enumerate(shape) if i != self.channel_axis))
+        spatial = shape if self.channel_axis is None else tuple(s for i, s in enumerate(shape)
+                                                                   if i != self.channel_axis)
+        channels = 1 if self.gray else len(self.channels) if self.channels is not None else self.stored_channels
+        return (channels, *spatial)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -140,7 +156,13 @@ class ImageSource:
             raise DataError(f"cannot read the region {region} of the input {self.where}: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}; the file may be corrupt or "
                             "truncated there") from exc
-        return data[np.newaxis] if self.channel_axis is None else np.moveaxis(data, self.channel_axis, 0)
+        data = data[np.newaxis] if self.channel_axis is None else np.moveaxis(data, self.channel_axis, 0)
+        if self.channels is not None:
+            data = data[list(self.channels)]
+        if self.gray and data.shape[0] > 1:
+            mean = data.mean(axis=0, keepdims=True, dtype=np.float64)
+            data = (np.rint(mean) if np.issubdtype(data.dtype, np.integer) else mean).astype(data.dtype)
+        return data
 
     def read_all(self) -> np.ndarray:
         """Return the whole image in memory (only for images that fit)."""
@@ -166,6 +188,8 @@ def open_image(
     spatial_dims: int | None = None,
     axes: str | None = None,
     key: str | None = None,
+    channels: Sequence[int] | None = None,
+    gray: bool = False,
 ) -> ImageSource:
     """Return an :class:`ImageSource` for an array or a file path.
 
@@ -181,6 +205,11 @@ def open_image(
         metadata, else channel-first.
     key : str, optional
         Dataset inside an HDF5 file or array inside a zarr group.
+    channels : sequence of int, optional
+        Stored channels to read, in this order (CLI ``--channels``); default all.
+    gray : bool
+        Read the (selected) channels as one gray channel, their mean (CLI ``--gray``: an RGB image for a
+        one-channel model).
 
     Examples
     --------
@@ -216,7 +245,7 @@ def open_image(
         spatial_chunks = tuple(int(c) for i, c in enumerate(chunks) if i != channel_axis)
     calibration = _trimmed(scale if isinstance(scale, Calibration) else Calibration(scale), spatial_count)
     return ImageSource(data, channel_axis, path, spatial_chunks, calibration.scale, handle, calibration.translation,
-                       calibration.units)
+                       calibration.units, None if channels is None else tuple(int(c) for c in channels), gray)
 
 
 def _trimmed(calibration: Calibration, dims: int) -> Calibration:
@@ -263,15 +292,34 @@ def _open_path(path: Path, key: str | None) -> tuple[Any, int | None, str, Calib
         return _open_npy(path), None, str(path), None, None
     if name.endswith((".tif", ".tiff")):
         array, handle = open_tiff(path)
-        return array, None, str(path), tiff_calibration(path), handle
+        return array, tiff_channel_axis(path, array.ndim), str(path), tiff_calibration(path), handle
+    if name.endswith(_PICTURES):
+        return (*_open_picture(path), None)
     if name.endswith((".h5", ".hdf5", ".hdf", ".n5h5")):
         dataset = open_hdf5(path, key)
         return dataset, None, str(path), None, dataset.file
     if name.endswith(".zarr") or (path / "zarr.json").exists() or (path / ".zarray").exists():
         return (*_open_zarr(path, key), None)
     raise DataError(
-        f"cannot tell the format of {str(path)!r}; supported: .npy, .zarr (OME-Zarr), .tif/.tiff, .h5/.hdf5"
+        f"cannot tell the format of {str(path)!r}; supported: .npy, .zarr (OME-Zarr), .tif/.tiff, .h5/.hdf5, "
+        ".png/.jpg (pictures)"
     )
+
+
+_PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def _open_picture(path: Path) -> tuple[Any, int | None, str, Calibration | None]:
+    """A PNG/JPEG/... picture, read whole through imageio (pictures fit in memory); RGB(A) as channels."""
+    imageio = require("imageio", "plot")
+    try:
+        data = np.asarray(imageio.v3.imread(path))  # type: ignore[attr-defined]
+    except Exception as exc:  # truncated, not a picture: imageio's plugins fail in many ways
+        raise DataError(f"cannot read {str(path)!r} as a picture ({type(exc).__name__}: {exc}); check the "
+                        "file") from exc
+    if data.ndim == 3 and data.shape[-1] in (3, 4):
+        return data, data.ndim - 1, str(path), None  # height, width, RGB(A): channels last
+    return data, -1, str(path), None
 
 
 def _open_zarr(path: Path, key: str | None) -> tuple[Any, int | None, str, Calibration | None]:

@@ -360,6 +360,9 @@ def _input_entry(source: ImageSource, stitching: str) -> dict[str, Any]:
     blend cell depends on several tiles, so blend outputs keep the digest of a sample of the input instead."""
     entry: dict[str, Any] = {"path": resolved_path(source.path), "shape": list(source.shape),
                              "dtype": str(source.dtype)}
+    if source.channels is not None or source.gray:  # recorded only when used: older outputs still resume
+        entry["channels"] = {"selected": None if source.channels is None else list(source.channels),
+                             "gray": source.gray}
     if stitching == "blend":
         sample = source.read(tuple(slice(0, min(s, 64)) for s in source.spatial_shape))
         entry["sample_sha256"] = hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest()
