@@ -96,6 +96,18 @@ def _add_model_options(parser: argparse.ArgumentParser, activation: bool = True)
                                 "that declare it, none otherwise)")
 
 
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    """What to read of the input: --key, --series, --channels, --gray (predict and diagnose)."""
+    parser.add_argument("--key", help="dataset inside an HDF5 file, or array inside a zarr group")
+    parser.add_argument("--series", type=_series, metavar="N",
+                        help="series of a bioformats2raw OME-Zarr (a converted vendor file; default 0)")
+    parser.add_argument("--channels", type=_channels, metavar="LIST",
+                        help="input channels to read, in this order, e.g. 0 or 0,2 (default: all)")
+    parser.add_argument("--gray", action="store_true",
+                        help="read the (selected) input channels as one gray channel, their mean (RGB for a "
+                             "one-channel model)")
+
+
 def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("diagnose", help="will tiling hurt this model on this image? TM, TED, seams, report")
     p.add_argument("model", type=Path)
@@ -103,14 +115,7 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gt", help="ground-truth mask of the image (adds Dice and ΔDice)")
     p.add_argument("--out", type=Path, required=True, help="report folder (report.html, report.json, figures/)")
     p.add_argument("--axes", help="axis order of the input, e.g. ZYX, YXC")
-    p.add_argument("--key", help="dataset inside an HDF5 file, or array inside a zarr group")
-    p.add_argument("--series", type=_series, metavar="N",
-                   help="series of a bioformats2raw OME-Zarr (a converted vendor file; default 0)")
-    p.add_argument("--channels", type=_channels, metavar="LIST",
-                   help="input channels to read, in this order, e.g. 0 or 0,2 (default: all)")
-    p.add_argument("--gray", action="store_true",
-                   help="read the (selected) input channels as one gray channel, their mean (RGB for a one-channel "
-                        "model)")
+    _add_input_options(p)
     p.add_argument("--core", type=_int_tuple, help="core of the diagnosis grid (default: predict's, ≤ half the image)")
     p.add_argument("--halo", type=_int_tuple, help="halo (default: measured receptive field)")
     _add_renamed(p, "--grid-offset", "--offset", type=_int_tuple,
@@ -192,14 +197,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="input: .zarr/OME-Zarr, .tif, .h5 (with --key) or .npy")
     p.add_argument("out", type=Path, help="output: .zarr (OME-Zarr) or .tif; rerun to resume")
     p.add_argument("--axes", help="axis order of the input, e.g. ZYX, CYX, YXC (default: channel-first)")
-    p.add_argument("--key", help="dataset inside an HDF5 file, or array inside a zarr group")
-    p.add_argument("--series", type=_series, metavar="N",
-                   help="series of a bioformats2raw OME-Zarr (a converted vendor file; default 0)")
-    p.add_argument("--channels", type=_channels, metavar="LIST",
-                   help="input channels to read, in this order, e.g. 0 or 0,2 (default: all)")
-    p.add_argument("--gray", action="store_true",
-                   help="read the (selected) input channels as one gray channel, their mean (RGB for a one-channel "
-                        "model)")
+    _add_input_options(p)
     p.add_argument("--core", type=_int_tuple, help="core shape, e.g. 512 or 32,256,256 (default: from memory)")
     p.add_argument("--pin-core", action="store_true", help="error if --core is not a multiple of the stride")
     p.add_argument("--halo", type=_int_tuple, help="halo per side (default: measured receptive field)")
