@@ -102,18 +102,18 @@ def test_disparity_with_ground_truth_gives_delta_dice(image):
 def test_seam_score_sees_steps_at_seams_and_ignores_the_stride_pattern(rng):
     grid = TileGrid.create((128, 128), 32, 8, network_stride=4)
     smooth = rng.normal(0, 0.1, size=(1, 128, 128)).astype(np.float32)
-    assert seam_score(smooth, grid).score == pytest.approx(1.0, abs=0.15)
-    assert seam_score(smooth, grid).detected is False
+    noise = seam_score(smooth, grid)
+    assert noise.detected is False and noise.ci[0] < 1 < noise.ci[1]  # about 1: white noise is a hard case
     periodic = smooth.copy()
     periodic[:, :, 3::4] += 1.0  # a stride-4 pattern, like a pooling network's, is not a seam
     periodic[:, 3::4, :] += 1.0
-    assert seam_score(periodic, grid).score == pytest.approx(1.0, abs=0.15)
-    assert seam_score(periodic, grid).detected is False
+    pattern = seam_score(periodic, grid)
+    assert pattern.detected is False and pattern.ci[0] < 1 < pattern.ci[1]
     stepped = smooth.copy()
     for k in range(4):  # every core gets its own offset: visible seams
         stepped[:, 32 * k:32 * (k + 1), :] += 0.5 * k
     result = seam_score(stepped, grid)
-    assert result.score > 2 and result.per_axis[0] > 4 and result.per_axis[1] == pytest.approx(1.0, abs=0.15)
+    assert result.score > 2 and result.per_axis[0] > 4 and result.per_axis[1] < 2
     assert result.detected and result.z > 10 and result.ci[0] > 2
     # the map shows the excess: the row seams, nothing on the invisible column seams, nothing elsewhere
     assert result.map[32].max() > 0.4 and result.map[16, 10] == 0 and result.map[16, 32] == 0

@@ -1,30 +1,29 @@
 """Seam score: are the core boundaries of a stitched prediction visible? A calibrated, paired statistic.
 
-For every seam (a core boundary inside the image) along every axis, the jump of the prediction across it,
-``|P[b] − P[b − 1]|``, is compared *position by position* with the jumps across the nearest lines of the same
+What a tile-wise normalization leaves at a seam is a *step*: the two tiles' predictions differ by an offset that
+keeps its sign along the shared boundary. The statistic measures that step, segment by segment along every seam
+(segments of :data:`SEGMENT` voxels), and compares it with the same measure on the nearest lines of the same
 stride phase that are not seams (up to :data:`REFERENCE_LINES` on each side)::
 
-    excess(v) = |jump at the seam|(v) − mean |jump at the reference lines|(v)
+    step(segment) = | mean over the segment of (P[b] − P[b − 1]) |        (per channel, then averaged)
 
-Only lines at the same position modulo the network stride are compared: a pooling network's output has a faint
-periodic pattern with the period of its stride, and seams, being stride-aligned, always sit at the same phase of
-it. Content (an edge, a cell) that crosses the seam crosses the reference lines a few voxels away too, so the
-pairing cancels most of what the image itself contributes.
+Averaging the *signed* jump over a segment cancels the image's own texture, which has no preferred sign along a
+line, while a tile offset adds up; taking the reference lines a few voxels away, at the same position modulo the
+network stride, keeps the faint periodic pattern of a pooling network (and everything the image contributes) out
+of the comparison. Over all segments:
 
-The excess is averaged over *segments* of :data:`SEGMENT` voxels along each seam (the statistical units, far
-less correlated than single voxels). Over all segments of all seams:
-
-- ``score`` = mean seam jump / mean reference jump (about 1: seamless), with a 95 % bootstrap interval over the
+- ``score`` = mean seam step / mean reference step (about 1: seamless), with a 95 % bootstrap interval over the
   segments (``ci``);
-- ``z`` = mean segment excess / its standard error, per axis (the largest is reported);
+- ``z`` = mean segment excess (seam step − reference step) over its standard error, per axis (the largest is
+  reported);
 - ``detected`` when, along some axis, ``z > Z_DETECTED`` *and* the interval of that axis's ratio lies above
-  ``MIN_RATIO`` (1.05):
-  a significant, systematic discontinuity at the seams that the rest of the prediction does not have. An exactly
-  tiled prediction has nothing systematic at its seams, so it is not flagged (``z`` then behaves like a standard
-  normal variable).
+  ``MIN_RATIO`` (1.05): a significant, systematic discontinuity at the seams that the rest of the prediction does
+  not have. An exactly tiled prediction has nothing systematic at its seams, so it is not flagged (``z`` then
+  behaves like a standard normal variable).
 
-The seam map holds each segment's excess where that segment alone is significant (its own t statistic above
-``Z_SEGMENT``), 0 elsewhere: flat for a seamless model, the visible seams for a tile-dependent one.
+The seam map holds each segment's excess step where it stands out of the reference lines' own spread at that
+segment (more than ``Z_SEGMENT`` of their standard deviations), 0 elsewhere: flat for a seamless model, the
+visible seams for a tile-dependent one.
 """
 
 from __future__ import annotations
@@ -127,12 +126,9 @@ def _segment_means(plane: np.ndarray) -> np.ndarray:
     return result
 
 
-def _segment_t(excess: np.ndarray) -> np.ndarray:
-    """Each segment's own t statistic of its mean excess (against its voxels' spread)."""
-    mean = _segment_means(excess)
-    spread = np.sqrt(np.maximum(_segment_means(excess ** 2) - mean ** 2, 0.0))
-    count = np.prod([min(SEGMENT, s) for s in excess.shape])
-    return np.where(spread > 0, mean / (spread / np.sqrt(count) + 1e-12), np.where(mean > 0, np.inf, 0.0))
+def _steps(jumps: np.ndarray) -> np.ndarray:
+    """Per segment of one line of signed jumps ``(C, *plane)``: the step, ``|mean jump|``, averaged over channels."""
+    return np.mean([np.abs(_segment_means(channel)) for channel in jumps.astype(np.float64)], axis=0)
 
 
 def seam_score(prediction: np.ndarray, grid: TileGrid, *, seed: int = 0) -> SeamScore:
@@ -148,25 +144,26 @@ def seam_score(prediction: np.ndarray, grid: TileGrid, *, seed: int = 0) -> Seam
         if spatial[axis] < 2 or not lines:
             per_axis.append(None)
             continue
-        jumps = np.moveaxis(np.abs(np.diff(prediction, axis=axis + 1)).mean(axis=0), axis, 0)
+        jumps = np.moveaxis(np.diff(prediction, axis=axis + 1), axis + 1, 1)  # (C, line, *plane), signed
         stride = grid.network_stride[axis]
-        is_seam = np.zeros(jumps.shape[0], dtype=bool)
+        is_seam = np.zeros(jumps.shape[1], dtype=bool)
         is_seam[lines] = True
         axis_seam, axis_reference = [], []
         for line in lines:
             references = [k for k in range(line - REFERENCE_LINES * stride, line + REFERENCE_LINES * stride + 1, stride)
-                          if 0 <= k < jumps.shape[0] and not is_seam[k]]
+                          if 0 <= k < jumps.shape[1] and not is_seam[k]]
             if not references:
                 continue
-            seam_line = jumps[line].astype(np.float64)
-            reference = jumps[references].astype(np.float64).mean(axis=0)
-            axis_seam.append(_segment_means(seam_line).ravel())
-            axis_reference.append(_segment_means(reference).ravel())
-            excess = seam_line - reference
-            significant = _segment_t(excess) > Z_SEGMENT
-            shown = np.where(significant, _segment_means(excess), 0.0)
+            step = _steps(jumps[:, line])
+            others = np.stack([_steps(jumps[:, k]) for k in references])
+            reference = others.mean(axis=0)
+            axis_seam.append(step.ravel())
+            axis_reference.append(reference.ravel())
+            # a segment is shown when its step stands out of the reference lines' own spread there
+            spread = others.std(axis=0, ddof=1) if len(references) > 1 else np.full_like(reference, np.inf)
+            shown = np.where(step - reference > Z_SEGMENT * spread, step - reference, 0.0)
             expanded = shown
-            for a, n in enumerate(excess.shape):
+            for a, n in enumerate(jumps.shape[2:]):
                 expanded = np.repeat(expanded, SEGMENT, axis=a)[(slice(None),) * a + (slice(0, n),)]
             target = np.moveaxis(seam_map, axis, 0)
             target[line + 1] = np.maximum(target[line + 1], expanded.astype(np.float32))
