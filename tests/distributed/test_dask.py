@@ -19,7 +19,7 @@ zarr = pytest.importorskip("zarr")
 
 from seamfree.distributed import ClusterConfig, predict_distributed  # noqa: E402
 from seamfree.errors import ConfigError, DataError, OutputExistsError  # noqa: E402
-from seamfree.models import UNet, save_model  # noqa: E402
+from seamfree.models import UNet, load_model, save_model  # noqa: E402
 from seamfree.testing import randomize_norm_statistics  # noqa: E402
 from seamfree.tiling import IntensityNormalization, PredictConfig, predict  # noqa: E402
 
@@ -263,6 +263,23 @@ def test_key_chooses_the_array_of_a_group_on_every_worker(inputs, cluster, tmp_p
     status, result = _output(tmp_path / "out.zarr")
     assert status == "complete"
     np.testing.assert_array_equal(result, reference)
+
+
+def test_channels_and_gray_reach_every_worker(inputs, cluster, tmp_path):
+    """A 3-channel input for a 1-channel model: --channels 1 reads one channel, --gray their mean, on the driver
+    (statistics) and on every worker (tiles) alike."""
+    folder, model, _ = inputs
+    volume = zarr.open_array(str(folder / "volume.zarr"), mode="r")[:]
+    stack = np.stack([volume, volume * 0.5 + 10, volume * 2 - 50]).astype(np.float32)
+    zarr.create_array(str(tmp_path / "rgb.zarr"), shape=stack.shape, chunks=(3, 8, 32, 32), dtype="f4")[:] = stack
+    net = load_model(model)
+    for name, options, expected in (("one", {"channels": (1,)}, stack[1]),
+                                    ("gray", {"gray": True}, stack.mean(axis=0, dtype=np.float64).astype(np.float32))):
+        predict_distributed(model, tmp_path / "rgb.zarr", tmp_path / f"{name}.zarr", config=CONFIG, cluster=cluster,
+                            axes="CZYX", **options)
+        status, result = _output(tmp_path / f"{name}.zarr")
+        assert status == "complete"
+        np.testing.assert_allclose(result, predict(net, expected, config=CONFIG), atol=1e-5, err_msg=name)
 
 
 def test_the_pyramid_and_labels_are_written_by_the_workers(cluster, tmp_path, monkeypatch):

@@ -123,9 +123,6 @@ def predict(args: argparse.Namespace) -> int:
         labels=args.labels, channel_names=args.channel_names, ngff=args.ngff, sharding=args.sharding,
         **_model_options(args),  # type: ignore[arg-type]
     )
-    if (args.workers or args.scheduler) and (args.channels is not None or args.gray):
-        raise SeamfreeError("--channels and --gray are not supported with --workers/--scheduler yet; save the "
-                            "channels you need as their own .zarr, or predict in this process")
     if args.workers or args.scheduler:
         from seamfree.distributed import ClusterConfig, predict_distributed
 
@@ -135,7 +132,7 @@ def predict(args: argparse.Namespace) -> int:
                                 tune_allocator=args.tune_allocator, worker_timeout=args.worker_timeout)
         summary = predict_distributed(args.model, args.image, args.out, config=config, cluster=cluster,
                                       axes=args.axes, progress=not args.quiet, allow_pickle=args.allow_pickle,
-                                      key=_key(args))
+                                      key=_key(args), channels=args.channels, gray=args.gray)
         print(f"wrote {args.out}: {summary.tiles_computed} of {summary.tiles_total} tiles in {summary.tasks} tasks on "
               f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.voxels_per_second:.3g} voxels/s)")
         return 0

@@ -134,7 +134,7 @@ class DistributedReport:
 
 # Per worker process: models and opened inputs, keyed by what identifies them (loaded once, not per task).
 _MODELS: dict[tuple[str, str], torch.nn.Module] = {}
-_SOURCES: dict[tuple[str, str | None, int, str | None], ImageSource] = {}
+_SOURCES: dict[tuple[Any, ...], ImageSource] = {}
 
 
 def _worker_model(path: str, digest: str, threads: int, allow_pickle: bool) -> torch.nn.Module:
@@ -148,27 +148,31 @@ def _worker_model(path: str, digest: str, threads: int, allow_pickle: bool) -> t
     return _MODELS[key]
 
 
-def _worker_source(image: str, axes: str | None, dims: int, key: str | None = None) -> ImageSource:
-    known = (image, axes, dims, key)
+def _worker_source(image: str, axes: str | None, dims: int, key: str | None = None,
+                   channels: tuple[int, ...] | None = None, gray: bool = False) -> ImageSource:
+    known = (image, axes, dims, key, channels, gray)
     if known not in _SOURCES:
-        _SOURCES[known] = open_image(image, spatial_dims=dims, axes=axes, key=key)
+        _SOURCES[known] = open_image(image, spatial_dims=dims, axes=axes, key=key, channels=channels, gray=gray)
     return _SOURCES[known]
 
 
 def _run_task(tiles: list[Tile], *, model: str, digest: str, image: str, axes: str | None, output: str,
-              plan: PredictionPlan, threads: int, allow_pickle: bool = False, dataset: str | None = None) -> int:
+              plan: PredictionPlan, threads: int, allow_pickle: bool = False, dataset: str | None = None,
+              channels: tuple[int, ...] | None = None, gray: bool = False) -> int:
     """Worker task: predict and write a group of tiles (each owning its output chunk); return how many ran.
     (``dataset`` is the ``key`` of :func:`open_image`: dask's submit and map keep ``key`` for the task's name.)"""
     net = _worker_model(model, digest, threads, allow_pickle)
-    source = _worker_source(image, axes, plan.grid.spatial_dims, dataset)
+    source = _worker_source(image, axes, plan.grid.spatial_dims, dataset, channels, gray)
     return run_tiles(net, plan, source, tiles, CropSink(ZarrBlockWriter(output), plan.output))
 
 
 def _slab_statistics(windows: list[tuple[slice, ...]], *, image: str, axes: str | None, dims: int,
                      channels: int, total: int, exact: bool, stride: int,
-                     dataset: str | None = None) -> list[SlabStatistics]:
-    """Worker task: statistics of each slab separately (merged in order by the driver)."""
-    source = _worker_source(image, axes, dims, dataset)
+                     dataset: str | None = None, selected: tuple[int, ...] | None = None,
+                     gray: bool = False) -> list[SlabStatistics]:
+    """Worker task: statistics of each slab separately (merged in order by the driver); ``selected``: the input
+    channels read (``channels`` is how many the statistics have)."""
+    source = _worker_source(image, axes, dims, dataset, selected, gray)
     result = []
     for window in windows:
         statistics = SlabStatistics(channels, total, exact, stride)
@@ -244,7 +248,7 @@ def _normalization(client: Any, image: str, axes: str | None, source: ImageSourc
     groups = [windows[i:i + 8] for i in range(0, len(windows), 8)]
     futures = client.map(_slab_statistics, groups, image=image, axes=axes, dims=dims, channels=template.channels,
                          total=template.total, exact=template.histograms is not None, stride=template.stride,
-                         dataset=key, pure=False)
+                         dataset=key, selected=source.channels, gray=source.gray, pure=False)
     for slabs in gathered(client, futures, watchdog):  # in slab order: identical to one sequential pass
         for slab in slabs:
             template.merge(slab)
@@ -262,13 +266,16 @@ def predict_distributed(
     progress: bool | Callable[[int, int], None] = False,
     allow_pickle: bool = False,
     key: str | None = None,
+    channels: Sequence[int] | None = None,
+    gray: bool = False,
 ) -> DistributedReport:
     """Predict ``image`` with the model at ``model`` into the OME-Zarr ``output`` on a dask cluster.
 
     Same parameters and same result as :func:`seamfree.predict` (crop stitching); rerun to resume. Returns a
     summary (tiles, tasks, time, throughput). ``allow_pickle`` lets the driver and every worker load a
     ``torch.export`` program or a pickled module (code from the file runs on each of them). ``key`` names the
-    dataset of an HDF5 file or the array of a zarr group, as in :func:`seamfree.predict`.
+    dataset of an HDF5 file or the array of a zarr group, as in :func:`seamfree.predict`; ``channels`` and
+    ``gray`` select or merge the input's channels, as in :func:`~seamfree.io.readers.open_image`.
     """
     config = config or PredictConfig()
     cluster = cluster or ClusterConfig()
@@ -288,7 +295,8 @@ def predict_distributed(
     info = describe(net, config)
     dims = info.spatial_dims
     image_path = os.fspath(image)
-    with output_lock(output), open_image(image_path, spatial_dims=dims, axes=axes, key=key) as source:
+    with output_lock(output), open_image(image_path, spatial_dims=dims, axes=axes, key=key, channels=channels,
+                                                 gray=gray) as source:
         client, local = _client(cluster)
         watchdog = WorkerWatchdog(client, cluster.worker_timeout)
         try:
@@ -302,7 +310,8 @@ def predict_distributed(
                                    **zarr_options(config, plan.out_channels, net))
             todo = [t for t in plan.grid.tiles() if not target.is_done(t.index)]
             computed, tasks = _submit(client, todo, model_path, str(image_path), axes, Path(output), plan,
-                                      cluster, progress, len(plan.grid), allow_pickle, watchdog, key)
+                                      cluster, progress, len(plan.grid), allow_pickle, watchdog,
+                                      {"dataset": key, "channels": source.channels, "gray": source.gray})
             assert isinstance(target, ZarrOutput)
             target.finalize(run=_on_cluster(client, watchdog))  # pyramid and labels: blocks spread as tasks
             workers = len(client.scheduler_info().get("workers", {}))
@@ -331,8 +340,9 @@ def _on_cluster(client: Any, watchdog: WorkerWatchdog) -> Callable[[Callable[[li
 def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
             axes: str | None, output: Path, plan: PredictionPlan, cluster: ClusterConfig,
             progress: bool | Callable[[int, int], None], total: int, allow_pickle: bool,
-            watchdog: WorkerWatchdog, key: str | None) -> tuple[int, int]:
-    """Run the tasks of ``todo`` with at most a window of them known to the scheduler at any time.
+            watchdog: WorkerWatchdog, reading: dict[str, Any]) -> tuple[int, int]:
+    """Run the tasks of ``todo`` with at most a window of them known to the scheduler at any time (``reading``:
+    what each worker reads of the input: dataset, channels, gray).
 
     A finished task is released at once (the scheduler and the worker forget it) and the next one submitted, so the
     cluster's bookkeeping does not grow with the volume: a terabyte at 4 tiles per task is ~10⁶ tasks.
@@ -344,7 +354,7 @@ def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
     window = max(TASKS_IN_FLIGHT, 4 * threads)
     kwargs = {"model": str(model_path.resolve()), "digest": file_sha256(model_path), "image": image, "axes": axes,
               "output": str(output.resolve()), "plan": plan, "threads": cluster.threads_per_worker,
-              "allow_pickle": allow_pickle, "dataset": key}
+              "allow_pickle": allow_pickle, **reading}
     sizes: dict[str, int] = {}
 
     def submit(group: list[Tile]) -> Any:
