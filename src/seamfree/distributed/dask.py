@@ -35,6 +35,7 @@ from seamfree.distributed.watchdog import WorkerWatchdog, completed, gathered
 from seamfree.errors import ConfigError, DataError, require
 from seamfree.io.files import file_sha256
 from seamfree.io.lock import output_lock
+from seamfree.io.pyramid import Runner
 from seamfree.io.readers import ImageSource, open_image
 from seamfree.io.writers import ZarrBlockWriter, ZarrOutput, create_output, output_format
 from seamfree.models.checkpoint import load_model
@@ -328,8 +329,7 @@ def predict_distributed(
     return report
 
 
-def _on_cluster(client: Any, watchdog: WorkerWatchdog) -> Callable[[Callable[[list[Any]], Any], list[list[Any]]],
-                                                                     None]:
+def _on_cluster(client: Any, watchdog: WorkerWatchdog) -> Runner:
     """A :data:`~seamfree.io.pyramid.Runner` that maps batches of blocks over the cluster and waits for them."""
     def run(task: Callable[[list[Any]], Any], batches: list[list[Any]]) -> None:
         if batches:

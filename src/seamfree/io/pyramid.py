@@ -22,7 +22,7 @@ import numpy as np
 from seamfree.errors import require
 
 __all__ = ["Downsampling", "Runner", "blocks", "downsample", "downsample_task", "level_shapes", "level_transforms",
-           "local_path", "pyramid_voxels", "run_here", "write_pyramid"]
+           "local_path", "pyramid_voxels", "write_pyramid"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +75,6 @@ def blocks(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, ...
 Runner = Callable[[Callable[[list[Any]], Any], list[list[Any]]], None]
 # pyramid blocks per task when a runner spreads them over a cluster
 BLOCKS_PER_TASK = 32
-
-
-def run_here(task: Callable[[list[Any]], Any], batches: list[list[Any]]) -> None:
-    """The default :data:`Runner`: every batch in this process, in order."""
-    for batch in batches:
-        task(batch)
 
 
 def local_path(group: Any) -> str | None:
