@@ -70,9 +70,25 @@ def test_report_json_follows_the_documented_schema(two_diagnoses, tmp_path):
     assert first["tile_mismatch"]["tm_dice"] > 0 and data["diagnoses"][1]["tile_mismatch"]["tm_abs"] == 0
     assert first["dice"] is not None and first["train_eval_disparity"]["delta_dice"] is not None
     html = page.read_text()
-    assert html.count("data:image/png;base64,") == 9  # 4 figures per model + the indicator bars
+    assert html.count("data:image/png;base64,") == 17  # 3 crops and 5 overviews per model, the indicator bars
     assert "instance net" in html and "batchrenorm net" in html and "InstanceNorm2d" in html
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir())[0] == "batchrenorm-net_input.png"
+    assert "How to read this" in html and "Tile mismatch (TM)" in html and "docs/diagnose.md" in html
+    assert "Dice of the tiled prediction against the ground truth" in html
+    names = {p.name for p in (tmp_path / "figures").iterdir()}
+    assert {"instance-net_crop_difference.png", "batchrenorm-net_grid.png", "indicators.png"} <= names
+
+
+def test_report_crops_show_the_disagreement_of_the_tile_dependent_model_only(two_diagnoses, tmp_path):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    write_report(two_diagnoses, tmp_path)
+    crop = {name: plt.imread(str(tmp_path / "figures" / f"{name}_crop_difference.png"))[6:-6, 6:-6, :3]
+            for name in ("instance-net", "batchrenorm-net")}
+    assert crop["instance-net"].shape == crop["batchrenorm-net"].shape  # the same window, the same zoom
+    assert crop["instance-net"].shape[0] >= 160  # enlarged to be seen without zooming
+    assert crop["instance-net"].max() > 0.3  # |A − B| of InstanceNorm: bright somewhere
+    assert crop["batchrenorm-net"].max() < 0.05  # exact: black everywhere on the shared scale
+    predictions = [plt.imread(str(tmp_path / "figures" / f"{n}_crop_prediction.png")) for n in crop]
+    assert all(p[6:-6, 6:-6].std() > 0 for p in predictions)  # not blank
 
 
 def test_report_renders_in_headless_chromium(two_diagnoses, tmp_path):
@@ -80,8 +96,35 @@ def test_report_renders_in_headless_chromium(two_diagnoses, tmp_path):
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
     page = write_report(two_diagnoses, tmp_path)
     seen = check_rendering(page, tmp_path / "shot.png")
-    assert seen.figures_loaded and seen.figure_count == 9
+    assert seen.figures_loaded and seen.figure_count == 17
     assert seen.nonblank_fraction > 0.05  # a blank or broken page is (almost) all white
+
+
+def test_report_on_a_real_em_frame_has_nonblank_crops_and_legible_text(data_dir, tmp_path):
+    """isbi2012: a real section, two models; the crops carry the image's texture, every text is 13 px or more."""
+    import re
+
+    from seamfree.data.datasets import load_dataset
+    from seamfree.diagnostics import report
+
+    plt = pytest.importorskip("matplotlib.pyplot")
+    image, mask = load_dataset("isbi2012", "test", root=data_dir)[0]
+    image, mask = image[..., :256, :256], mask[..., :256, :256]
+    found = []
+    for norm in ("instance", "batchrenorm"):
+        torch.manual_seed(0)
+        net = randomize_norm_statistics(UNet(2, 1, 1, depth=2, features=4, norm=norm)).eval()
+        found.append(diagnose(net, image, ground_truth=mask, name=norm, config=FAST))
+    page = write_report(found, tmp_path)
+    for name in ("instance", "batchrenorm"):
+        for key in ("input", "prediction"):
+            crop = plt.imread(str(tmp_path / "figures" / f"{name}_crop_{key}.png"))[6:-6, 6:-6, :3]
+            assert crop.std() > 0.02, (name, key)  # membranes and cytoplasm, not a flat square
+    sizes = re.findall(r"font-size:\s*([0-9.]+)(px|em)", report._CSS)
+    assert sizes and all(float(v) * (16 if unit == "em" else 1) >= 13 for v, unit in sizes), sizes
+    if find_chromium() is not None:
+        seen = check_rendering(page, tmp_path / "shot.png")
+        assert seen.figures_loaded and seen.nonblank_fraction > 0.05
 
 
 def test_cli_diagnose_writes_the_report_and_bad_checkpoint_exits_2(tmp_path, rng, capsys):

@@ -155,6 +155,41 @@ def test_a_faint_per_tile_offset_on_a_textured_image_is_flagged():
     assert result.detected, result.summary
 
 
+def test_image_structure_on_a_seam_is_not_a_seam_when_the_shifted_prediction_is_the_baseline():
+    """A brightness step between the image's halves, exactly on a seam (the demo image's): nearby lines cannot
+    tell it from a seam, the same segments predicted on grid B can. Exact tiling: no excess at all."""
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(2)
+    field = scipy_ndimage.gaussian_filter(rng.normal(size=(384, 384)), sigma=2.0)
+    field = (field - field.min()) / (field.max() - field.min())
+    field[:, 192:] += 0.5  # a step at x = 192, a multiple of the core
+    grid_a = TileGrid.create(field.shape, 64, 16, network_stride=8)
+    grid_b = TileGrid.create(field.shape, 64, 16, network_stride=8, offset=32)
+    exact = field[np.newaxis].astype(np.float32)
+    assert seam_score(exact, grid_a).per_axis[1] > 2  # the known limit of nearby lines: "a seam 2× the rest"
+    paired = seam_score(exact, grid_a, reference=(exact, grid_b))
+    assert paired.paired and paired.detected is False and paired.z == 0 and paired.score == 1
+    assert paired.map.max() == 0
+    tiled = exact.copy()  # per-tile offsets on top: flagged against the same baseline
+    for tile in grid_a.tiles():
+        tiled[(slice(None), *tile.write)] += rng.normal(0, 0.02)
+    assert seam_score(tiled, grid_a, reference=(exact, grid_b)).detected
+    # grid B covering only its whole cores (NaN elsewhere, as diagnose makes it) changes nothing
+    covered = np.full_like(exact, np.nan)
+    covered[:, 32:352, 32:352] = exact[:, 32:352, 32:352]
+    assert seam_score(exact, grid_a, reference=(covered, grid_b)).z == 0
+    # a grid B that breaks at the same lines is no baseline: nearby lines again
+    assert not seam_score(exact, grid_a, reference=(exact, grid_a)).paired
+
+
+def test_diagnose_does_not_flag_an_exact_model_on_an_image_with_a_step_on_a_seam(rng):
+    image = rng.normal(0.5, 0.1, size=(192, 192)).astype(np.float32)
+    image[:, 96:] += 0.5  # the step lies on the seam between the second and third cores (core 48)
+    d = diagnose(_net("batchrenorm"), image, config=FAST)
+    assert d.exactness.exact and d.exactness.max_abs < 1e-5
+    assert d.seams.paired and d.seams.detected is False and abs(d.seams.z) < 1e-6
+
+
 def test_shifted_grid_tiles_have_whole_cores():
     grid = TileGrid.create((200, 120), 64, 16, network_stride=8, offset=32)
     tiles = shifted_tiles(grid)

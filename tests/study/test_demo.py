@@ -21,7 +21,9 @@ def test_demo_writes_a_report_contrasting_instance_norm_and_batch_renorm(tmp_pat
     assert instance["tile_mismatch"]["tm_dice"] > 1e-3 and instance["recommendation"]["verdict"] == "tiling artifacts"
     assert renorm["tile_mismatch"]["tm_abs"] < 1e-6 and renorm["exactness"]["exact"]
     assert instance["train_eval_disparity"]["ted_abs"] == 0.0
+    # the exact model's seams: compared with grid B at the same places, nothing at all
+    assert renorm["seams"]["paired"] and renorm["seams"]["detected"] is False and renorm["seams"]["z"] == 0
     if find_chromium() is None:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the JSON checks passed")
     seen = check_rendering(tmp_path / "report" / "report.html", tmp_path / "shot.png")
-    assert seen.figures_loaded and seen.figure_count == 9 and seen.nonblank_fraction > 0.05
+    assert seen.figures_loaded and seen.figure_count == 17 and seen.nonblank_fraction > 0.05

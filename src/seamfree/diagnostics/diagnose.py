@@ -230,7 +230,7 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
     mismatch = tile_mismatch(first, second, grid_a, grid_b, activation=activation, threshold=config.threshold)
     seconds["tile_mismatch"] = _lap(clock) - seconds["prediction"]
     clock = time.perf_counter()
-    seams = seam_score(first, grid_a)
+    seams = seam_score(first, grid_a, reference=(second, grid_b))
     patch, batch_size = _training_batch(model, dims, config)
     disparity = train_eval_disparity(model, source, normalization=normalization, patch_size=patch,
                                      batch_size=batch_size, batches=config.ted_batches, ground_truth=gt,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
 import math
@@ -27,16 +26,15 @@ from typing import Any
 import numpy as np
 
 from seamfree.diagnostics.diagnose import Diagnosis
-from seamfree.diagnostics.seams import seam_positions
-from seamfree.errors import DataError, require
-from seamfree.tiling.grid import TileGrid
+from seamfree.diagnostics.figures import Crops, bars_figure, crops, overview_figures, pyplot
+from seamfree.errors import DataError
 
 __all__ = ["RenderCheck", "check_rendering", "write_report"]
 
 logger = logging.getLogger(__name__)
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1500px; }
+body { font-family: system-ui, sans-serif; font-size: 16px; margin: 2em; color: #222; max-width: 1500px; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ccc; padding: 4px 8px; text-align: left; }
 th { background: #f0f0f0; }
@@ -45,7 +43,10 @@ th { background: #f0f0f0; }
 .models { display: flex; flex-wrap: wrap; gap: 2em; }
 .model { flex: 1 1 600px; min-width: 500px; }
 figure { margin: 0.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: 0.85em; color: #555; }
+figcaption { font-size: 0.9em; color: #444; }
+.crops td, .crops th { text-align: center; vertical-align: top; border: none; }
+.crops img { image-rendering: pixelated; border: none; }
+.howto { background: #f6f6f6; padding: 0.6em 1em; border-radius: 6px; max-width: 1100px; }
 .bad { color: #b00; font-weight: bold; }
 """
 
@@ -58,108 +59,6 @@ window.addEventListener('load', function () {
   document.body.setAttribute('data-figure-count', String(images.length));
 });
 """
-
-
-def _plt() -> Any:
-    require("matplotlib", "plot")
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _middle_slice(volume: np.ndarray) -> np.ndarray:
-    """Return a 2D view: the array itself, or the middle plane of the first axis of a 3D array."""
-    return volume if volume.ndim == 2 else volume[volume.shape[0] // 2]
-
-
-def _grid_of(diagnosis: Diagnosis) -> TileGrid:
-    g = diagnosis.geometry
-    return TileGrid.create(diagnosis.prediction.shape[1:], g["core"], g["halo"], network_stride=g["network_stride"])
-
-
-def _png(figure: Any) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    _plt().close(figure)
-    return buffer.getvalue()
-
-
-def _image_figure(values: np.ndarray, title: str, *, cmap: str, grid: TileGrid | None = None,
-                  vmin: float | None = None, vmax: float | None = None, colorbar: bool = False) -> bytes:
-    plt = _plt()
-    figure, axis = plt.subplots(figsize=(5.2, 5.2 * values.shape[0] / max(values.shape[1], 1) + 0.4))
-    shown = axis.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    if grid is not None:
-        dims = grid.spatial_dims
-        for y in seam_positions(grid, dims - 2):
-            axis.axhline(y - 0.5, color="#ff00ff", linewidth=0.6, alpha=0.6)
-        for x in seam_positions(grid, dims - 1):
-            axis.axvline(x - 0.5, color="#ff00ff", linewidth=0.6, alpha=0.6)
-    if colorbar:
-        figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
-    axis.set_title(title, fontsize=10)
-    axis.set_xticks([])
-    axis.set_yticks([])
-    return _png(figure)
-
-
-def _seam_figure(diagnosis: Diagnosis) -> bytes:
-    seam_map = _middle_slice(diagnosis.seams.map)
-    # Seam lines are one voxel wide: widen them so that they stay visible in a downscaled figure.
-    from scipy import ndimage
-
-    width = max(1, round(max(seam_map.shape) / 300))
-    widened = ndimage.maximum_filter(seam_map, size=2 * width + 1)
-    top = float(np.percentile(widened[widened > 0], 99)) if (widened > 0).any() else 1.0
-    return _image_figure(widened, f"seam map: significant excess jump at core boundaries; "
-                         f"{diagnosis.seams.summary}", cmap="magma", vmin=0, vmax=max(top, 1e-6), colorbar=True)
-
-
-def _bars_figure(diagnoses: Sequence[Diagnosis]) -> bytes:
-    plt = _plt()
-    names = ["TM_dice", "TM_abs", "TED_dice", "TED_abs"]
-    floor = 1e-8
-    figure, axis = plt.subplots(figsize=(7, 3.4))
-    width = 0.8 / len(diagnoses)
-    for k, d in enumerate(diagnoses):
-        values = [d.tile_mismatch.tm_dice, d.tile_mismatch.tm_abs, d.disparity.ted_dice, d.disparity.ted_abs]
-        positions = np.arange(len(names)) + (k - (len(diagnoses) - 1) / 2) * width
-        bars = axis.bar(positions, [max(v, floor) for v in values], width, label=d.name)
-        for bar, value in zip(bars, values):
-            axis.annotate(f"{value:.1e}" if value else "0", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                          ha="center", va="bottom", fontsize=7)
-    axis.set_yscale("log")
-    axis.set_ylim(floor / 2, 2.0)
-    axis.set_xticks(range(len(names)), names)
-    axis.axhline(1e-4, color="grey", linestyle=":", linewidth=0.8)
-    axis.set_ylabel("value (log; floor 1e-8 = 0)")
-    axis.set_title("tile mismatch and train/eval disparity (lower is better)", fontsize=10)
-    axis.legend(fontsize=8)
-    return _png(figure)
-
-
-def _figures(diagnosis: Diagnosis) -> dict[str, tuple[bytes, str]]:
-    grid = _grid_of(diagnosis)
-    image = _middle_slice(diagnosis.image[0])
-    low, high = np.percentile(image, [1, 99.8]) if image.size else (0, 1)
-    prediction = _middle_slice(diagnosis.prediction[0])
-    mismatch = _middle_slice(diagnosis.tile_mismatch.map)
-    finite = mismatch[np.isfinite(mismatch)]
-    top = float(finite.max()) if finite.size and finite.max() > 0 else 1e-6
-    plane = " (middle z plane)" if diagnosis.image.ndim == 4 else ""
-    return {
-        "input": (_image_figure(image, f"input{plane}", cmap="gray", vmin=float(low), vmax=float(high)),
-                  "the image region diagnosed"),
-        "prediction": (_image_figure(prediction, "tiled prediction, channel 0 (magenta: seams)", cmap="viridis",
-                                     grid=grid, vmin=0, vmax=1), "crop-stitched prediction on the diagnosis grid"),
-        "seams": (_seam_figure(diagnosis), "|P[b] − P[b−1]| across each seam; seamless models show noise only"),
-        "mismatch": (_image_figure(np.ma.masked_invalid(mismatch), "tile mismatch |A − B| (grid B shifted by half "
-                                   "a core)", cmap="inferno", vmin=0, vmax=top, colorbar=True),
-                     "where two overlapping tiles disagree; blank where grid B did not predict"),
-    }
 
 
 def _fmt(value: Any) -> str:
@@ -207,7 +106,7 @@ def _audit_table(diagnosis: Diagnosis) -> str:
             + "".join(rows) + "</table>")
 
 
-def _model_section(diagnosis: Diagnosis, figures: dict[str, tuple[bytes, str]]) -> str:
+def _model_section(diagnosis: Diagnosis, figures: dict[str, tuple[bytes, str]], own: Crops | None) -> str:
     d = diagnosis
     advice = "".join(f"<li><code>{html.escape(a)}</code></li>" for a in d.recommendation.actions)
     g = d.geometry
@@ -216,6 +115,8 @@ def _model_section(diagnosis: Diagnosis, figures: dict[str, tuple[bytes, str]]) 
                 f"; TED on {d.disparity.batches} batches of {d.disparity.batch_size} × {list(d.disparity.patch_size)}")
     images = "".join(f'<figure><img alt="{key}" src="{_data_uri(png)}"><figcaption>{html.escape(caption)}'
                      f"</figcaption></figure>" for key, (png, caption) in figures.items())
+    if own is not None:  # a model diagnosed on its own region: its crops go in its own section
+        images = _crops_section([d], own) + images
     return (f'<div class="model"><h2>{html.escape(d.name)}</h2>'
             f'<div class="verdict {_verdict_class(d.recommendation.verdict)}"><b>{d.recommendation.verdict}</b>: '
             f"{html.escape(d.recommendation.message)}</div><p>What to do:</p><ul>{advice}</ul>"
@@ -244,30 +145,100 @@ def write_report(diagnoses: Diagnosis | Sequence[Diagnosis], out_dir: str | os.P
         raise DataError("write_report needs at least one diagnosis, got none")
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    sections, slug_seen = [], set()
-    for d in items:
-        figures = _figures(d)
-        slug = "".join(ch if ch.isalnum() else "-" for ch in d.name).strip("-") or "model"
-        while slug in slug_seen:
-            slug += "-2"
-        slug_seen.add(slug)
+    same_region = len({(tuple(d.prediction.shape[1:]), json.dumps(d.geometry["core"])) for d in items}) == 1
+    cut = crops(items) if same_region else None
+    sections, slugs = [], _slugs(items)
+    for k, (d, slug) in enumerate(zip(items, slugs)):
+        own = cut if cut is not None else crops([d])
+        figures = overview_figures(d, own.window)
         for key, (png, _) in figures.items():
             (out / "figures" / f"{slug}_{key}.png").write_bytes(png)
-        sections.append(_model_section(d, figures))
-    bars = _bars_figure(items)
+        for key, png in own.images[k if cut is not None else 0].items():
+            (out / "figures" / f"{slug}_crop_{key}.png").write_bytes(png)
+        sections.append(_model_section(d, figures, None if cut is not None else own))
+    bars = bars_figure(items)
     (out / "figures" / "indicators.png").write_bytes(bars)
     document = {"schema_version": items[0].to_dict()["schema_version"], "diagnoses": [d.to_dict() for d in items]}
     (out / "report.json").write_text(json.dumps(_strict_json(document), indent=2, allow_nan=False))
     title = "seamfree diagnosis: " + ", ".join(d.name for d in items)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style><script>{_LOADED_SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
-            f"{_comparison_table(items)}<figure><img alt='indicators' src='{_data_uri(bars)}'><figcaption>TM and "
-            f"TED per model; the dotted line is the noise level of TM_abs (1e-4)</figcaption></figure>"
+            f"{_comparison_table(items)}{_dice_note(items)}"
+            f"{_crops_section(items, cut) if cut is not None else ''}{_HOW_TO_READ}"
+            f"<figure><img alt='indicators' src='{_data_uri(bars)}'><figcaption>TM and TED per model; the dotted "
+            f"line is the noise level of TM_abs (1e-4)</figcaption></figure>"
             f"<div class='models'>{''.join(sections)}</div></body></html>")
     partial = out / "report.html.partial"
     partial.write_text(page, encoding="utf-8")
     partial.replace(out / "report.html")
     return out / "report.html"
+
+
+def _slugs(items: Sequence[Diagnosis]) -> list[str]:
+    result: list[str] = []
+    for d in items:
+        slug = "".join(ch if ch.isalnum() else "-" for ch in d.name).strip("-") or "model"
+        while slug in result:
+            slug += "-2"
+        result.append(slug)
+    return result
+
+
+_HOW_TO_READ = """<div class="howto"><h3>How to read this</h3><p>
+<b>Tile mismatch (TM)</b> compares two tiled predictions of the same image, on grid A and on grid B shifted by
+half a core: where two tiles overlap, a model whose output depends on the tile disagrees with itself.
+<b>TM_abs</b> is the mean |A − B| of the outputs, <b>TM_dice</b> 1 − Dice of the two binarized predictions;
+about 0 (below 1e-4) means tiling cannot change the result.
+<b>Train/eval disparity (TED)</b> compares the model in training mode, on training-like batches, with eval mode
+on the same patches: large values mean the running statistics do not describe the data (BatchNorm's problem,
+not a tiling one). <b>Seam score</b>: the jump of the prediction across each seam over the jump at the same place
+predicted on grid B, where it is the interior of a tile (about 1: invisible); seams count as
+<b>detected</b> when the excess is significant (z &gt; 4) and at least 5 % (the score's 95 % interval above 1.05).
+<b>max |tiled − whole|</b> compares the tiled prediction with one forward pass over the whole region: 0 means
+exact. The crops show one seam crossing (magenta ticks in the margins mark the seams) for every model on the same
+colour scales. The definitions, and how the seam test was validated on real images, are in the seamfree
+documentation: <code>docs/diagnose.md</code>.</p></div>"""
+
+
+def _crops_section(items: Sequence[Diagnosis], cut: Crops) -> str:
+    """Every model's crops side by side: input, prediction, |A − B|, on shared scales."""
+    y, x = cut.window
+    low, high = cut.scales["prediction"]
+    top = cut.scales["difference"][1]
+    width = (x.stop - x.start) * cut.zoom + 12
+    head = "".join(f"<th>{html.escape(d.name)}</th>" for d in items)
+    rows = []
+    for key, label in (("input", "input"), ("prediction", f"prediction (channel 0, {low:.2g} → {high:.2g})"),
+                       ("difference", f"|A − B| (0 → {top:.2g})")):
+        cells = "".join(f'<td><img alt="{html.escape(d.name)} {key}" width="{width}" '
+                        f'src="{_data_uri(images[key])}"></td>' for d, images in zip(items, cut.images))
+        rows.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
+    largest = "; ".join(f"{html.escape(d.name)}: {_fmt(v) if v else '0'}"
+                        for d, v in zip(items, cut.largest_difference))
+    return (f"<h2>At a seam crossing</h2><table class='crops'><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+            f"<p class='caption'>Crop y {y.start}–{y.stop}, x {x.start}–{x.stop} of the diagnosed region "
+            f"(centred on the seam crossing at {list(cut.crossing)}, where the models' tiles disagree most), "
+            f"{cut.zoom}× enlarged. Largest |A − B| in the crop: {largest}.</p>")
+
+
+def _dice_note(items: Sequence[Diagnosis]) -> str:
+    """Why the models' Dice differ, when there is ground truth: training, not tiling (unless the model is not
+    exact)."""
+    scored = [d for d in items if d.dice is not None]
+    if not scored:
+        return ""
+    parts = []
+    for d in scored:
+        tiling = ("tiling changed no label (tiled = whole-image)" if d.exactness.exact and d.exactness.flips == 0
+                  else f"tiling changed {d.exactness.flips:.2%} of the labels against a whole-image forward")
+        parts.append(f"{html.escape(d.name)}: Dice {d.dice:.3f}, {tiling}")
+    why = ""
+    if len(scored) > 1:
+        best = max(scored, key=lambda d: d.dice or 0.0)
+        why = (f" The Dice differences between the models come from what each learned (their training), except for "
+               f"the share that tiling changed; {html.escape(best.name)} is the most accurate here. A model that "
+               "tiles exactly loses nothing to tiling, whatever its accuracy.")
+    return f"<p>Dice of the tiled prediction against the ground truth — {'; '.join(parts)}.{why}</p>"
 
 
 def _strict_json(value: Any) -> Any:
@@ -323,6 +294,5 @@ def check_rendering(html_path: str | os.PathLike[str], screenshot: str | os.Path
 def _nonblank_fraction(png_path: Path) -> float:
     if not png_path.exists():
         return 0.0
-    plt = _plt()
-    pixels = plt.imread(str(png_path))[..., :3]
+    pixels = pyplot().imread(str(png_path))[..., :3]
     return float(np.mean(np.abs(pixels - 1.0).max(axis=-1) > 0.02))

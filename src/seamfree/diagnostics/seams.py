@@ -21,6 +21,13 @@ of the comparison. Over all segments:
   not have. An exactly tiled prediction has nothing systematic at its seams, so it is not flagged (``z`` then
   behaves like a standard normal variable).
 
+Nearby lines are the baseline when the stitched prediction is all there is. They cannot tell a seam from the
+image's own structure where that structure lies exactly on a seam: a brightness step between two halves of the
+image at a multiple of the core, a membrane along a seam. ``diagnose`` therefore passes its second prediction,
+made on a grid shifted by half a core (grid B), as ``reference``: each seam segment is compared with the same
+segment of that prediction, in which it is the interior of a tile. What the image puts there is in both and
+cancels; an exactly tiled model has no excess at all (score 1, z 0).
+
 The seam map holds each segment's excess step where it stands out of the reference lines' own spread at that
 segment (more than ``Z_SEGMENT`` of their standard deviations), 0 elsewhere: flat for a seamless model, the
 visible seams for a tile-dependent one.
@@ -35,7 +42,8 @@ import numpy as np
 
 from seamfree.tiling.grid import TileGrid
 
-__all__ = ["MIN_RATIO", "REFERENCE_LINES", "SEGMENT", "Z_DETECTED", "SeamScore", "seam_positions", "seam_score"]
+__all__ = ["MIN_PAIRED", "MIN_RATIO", "REFERENCE_LINES", "SEGMENT", "Z_DETECTED", "SeamScore", "seam_positions",
+           "seam_score"]
 
 # same-phase lines on each side of a seam that form its baseline
 REFERENCE_LINES = 3
@@ -47,6 +55,8 @@ Z_DETECTED = 4.0
 # visible (a significant but tiny excess, which a long seam over regular texture can give by chance, is not)
 MIN_RATIO = 1.05
 Z_SEGMENT = 3.0
+# the least share of the seams a paired reference prediction must cover to be the baseline of an axis
+MIN_PAIRED = 0.5
 _BOOTSTRAP = 2000
 
 
@@ -75,6 +85,8 @@ class SeamScore:
     detected : bool or None
         Seams significantly visible along some axis: its ``z > Z_DETECTED`` and its ratio's interval above
         ``MIN_RATIO``.
+    paired : bool
+        The baseline of some axis is a second prediction at the same segments (grid B), not the nearby lines.
     """
 
     score: float | None
@@ -87,12 +99,13 @@ class SeamScore:
     ci: tuple[float, float] | None = None
     segments: int = 0
     detected: bool | None = None
+    paired: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"score": self.score, "per_axis": self.per_axis, "seam_jump": self.seam_jump,
                 "interior_jump": self.interior_jump, "seams": self.seams, "z": self.z,
                 "ci": None if self.ci is None else list(self.ci), "segments": self.segments,
-                "detected": self.detected}
+                "detected": self.detected, "paired": self.paired}
 
     @property
     def summary(self) -> str:
@@ -131,20 +144,30 @@ def _steps(jumps: np.ndarray) -> np.ndarray:
     return np.mean([np.abs(_segment_means(channel)) for channel in jumps.astype(np.float64)], axis=0)
 
 
-def seam_score(prediction: np.ndarray, grid: TileGrid, *, seed: int = 0) -> SeamScore:
-    """Return the seam score of ``prediction`` (C, *spatial) stitched on ``grid``."""
+def seam_score(prediction: np.ndarray, grid: TileGrid, *,
+               reference: tuple[np.ndarray, TileGrid] | None = None, seed: int = 0) -> SeamScore:
+    """Return the seam score of ``prediction`` (C, *spatial) stitched on ``grid``.
+
+    ``reference`` is a second prediction of the same image and the grid it was stitched on, whose seams lie
+    elsewhere (``diagnose``'s grid B, NaN where it did not predict). Where it is given (and covers most of an
+    axis's seams), each seam segment it covers is compared with the *same* segment of that prediction instead of
+    with nearby lines (the others are left out): the image's own
+    structure at the seam (an edge that happens to run along it, a brightness step between two halves) is then
+    in both and cancels, and an exactly tiled model has no excess at all.
+    """
     spatial = prediction.shape[1:]
     seam_map = np.zeros(spatial, dtype=np.float32)
     per_axis: list[float | None] = []
     seam_segments: list[np.ndarray] = []
     reference_segments: list[np.ndarray] = []
-    seams = 0
+    seams = used_pairs = 0
     for axis in range(len(spatial)):
         lines = [b - 1 for b in seam_positions(grid, axis)]  # jump k is between voxels k and k + 1
         if spatial[axis] < 2 or not lines:
             per_axis.append(None)
             continue
         jumps = np.moveaxis(np.diff(prediction, axis=axis + 1), axis + 1, 1)  # (C, line, *plane), signed
+        paired = _paired_jumps(reference, axis, lines)
         stride = grid.network_stride[axis]
         is_seam = np.zeros(jumps.shape[1], dtype=bool)
         is_seam[lines] = True
@@ -156,19 +179,22 @@ def seam_score(prediction: np.ndarray, grid: TileGrid, *, seed: int = 0) -> Seam
                 continue
             step = _steps(jumps[:, line])
             others = np.stack([_steps(jumps[:, k]) for k in references])
-            reference = others.mean(axis=0)
-            axis_seam.append(step.ravel())
-            axis_reference.append(reference.ravel())
+            baseline = others.mean(axis=0) if paired is None else _steps(paired[:, line])
+            known = ~np.isnan(baseline)  # segments grid B did not predict are left out
+            axis_seam.append(step[known])
+            axis_reference.append(baseline[known])
             # a segment is shown when its step stands out of the reference lines' own spread there
-            spread = others.std(axis=0, ddof=1) if len(references) > 1 else np.full_like(reference, np.inf)
-            shown = np.where(step - reference > Z_SEGMENT * spread, step - reference, 0.0)
+            spread = others.std(axis=0, ddof=1) if len(references) > 1 else np.full_like(step, np.inf)
+            excess = np.where(known, step - np.where(known, baseline, 0.0), 0.0)
+            shown = np.where(excess > Z_SEGMENT * spread, excess, 0.0)
             expanded = shown
             for a, n in enumerate(jumps.shape[2:]):
                 expanded = np.repeat(expanded, SEGMENT, axis=a)[(slice(None),) * a + (slice(0, n),)]
             target = np.moveaxis(seam_map, axis, 0)
             target[line + 1] = np.maximum(target[line + 1], expanded.astype(np.float32))
         seams += len(lines)
-        if axis_seam:
+        used_pairs += paired is not None
+        if axis_seam and sum(len(a) for a in axis_seam) > 0:
             s, r = np.concatenate(axis_seam), np.concatenate(axis_reference)
             seam_segments.append(s)
             reference_segments.append(r)
@@ -181,11 +207,29 @@ def seam_score(prediction: np.ndarray, grid: TileGrid, *, seed: int = 0) -> Seam
     # significant one is a detection (at z > 4, three tests together still almost never fire by chance)
     tests = [(_z(a - b), _bootstrap(a, b, seed)) for a, b in zip(seam_segments, reference_segments)]
     detected = any(z is not None and ci is not None and z > Z_DETECTED and ci[0] > MIN_RATIO for z, ci in tests)
-    known = [z for z, _ in tests if z is not None]
+    known_z = [z for z, _ in tests if z is not None]
     s, r = np.concatenate(seam_segments), np.concatenate(reference_segments)
     return SeamScore(_ratio(float(s.mean()), float(r.mean())), per_axis, float(s.mean()), float(r.mean()), seams,
-                     seam_map, max(known) if known else None, _bootstrap(s, r, seed), len(s),
-                     None if not known else detected)
+                     seam_map, max(known_z) if known_z else None, _bootstrap(s, r, seed), len(s),
+                     None if not known_z else detected, paired=used_pairs > 0)
+
+
+def _paired_jumps(reference: tuple[np.ndarray, TileGrid] | None, axis: int, lines: list[int]) -> np.ndarray | None:
+    """The reference prediction's signed jumps along ``axis`` (C, line, *plane), or None to use nearby lines.
+
+    None as well where one of the reference grid's seams coincides with one of ours on this axis (an offset of
+    a whole number of cores: the two predictions would break at the same place), and where the reference covers
+    less than :data:`MIN_PAIRED` of the seams' voxels (a small volume whose shifted grid has few whole tiles).
+    """
+    if reference is None:
+        return None
+    other, other_grid = reference
+    if {b - 1 for b in seam_positions(other_grid, axis)} & set(lines):
+        return None
+    jumps = np.moveaxis(np.diff(other, axis=axis + 1), axis + 1, 1)
+    if np.mean(~np.isnan(jumps[:, lines])) < MIN_PAIRED:
+        return None
+    return jumps
 
 
 def _z(excess: np.ndarray) -> float | None:
