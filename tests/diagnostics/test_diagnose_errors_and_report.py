@@ -75,7 +75,7 @@ def test_report_json_follows_the_documented_schema(two_diagnoses, tmp_path):
     assert "How to read this" in html and "Tile mismatch (TM)" in html and "docs/diagnose.md" in html
     assert "Dice of the tiled prediction against the ground truth" in html
     names = {p.name for p in (tmp_path / "figures").iterdir()}
-    assert {"instance-net_crop_difference.png", "batchrenorm-net_grid.png", "indicators.png"} <= names
+    assert {"instance-net_crop_difference.png", "batchrenorm-net_grid.png", "indicators.png", "crops.png"} <= names
 
 
 def test_report_crops_show_the_disagreement_of_the_tile_dependent_model_only(two_diagnoses, tmp_path):

@@ -243,8 +243,9 @@ def demo(args: argparse.Namespace) -> int:
         tm, ted = d.tile_mismatch, d.disparity
         print(f"  {d.name:18s} {d.recommendation.verdict:20s} TM_dice {tm.tm_dice:.3g}  TM_abs {tm.tm_abs:.2g}  "
               f"TED_dice {ted.ted_dice:.2g}  Dice {d.dice:.3f}  {d.seams.summary}")
-    print("Open the report in a browser: the InstanceNorm prediction and its mismatch map show the tile grid "
-          "(seams), the BatchRenorm ones do not (tile mismatch 0: tiled = whole-image prediction).")
+    print("Open the report in a browser. Its crops at a seam crossing (also in report/figures/crops.png) show "
+          "where the InstanceNorm tiles disagree (|A − B|, the prediction against the one on a shifted grid) and "
+          "that the BatchRenorm ones do not (tile mismatch 0: tiled = whole-image prediction).")
     return 0
 
 

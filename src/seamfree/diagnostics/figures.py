@@ -21,7 +21,7 @@ from seamfree.diagnostics.seams import seam_positions
 from seamfree.errors import require
 from seamfree.tiling.grid import TileGrid
 
-__all__ = ["Crops", "bars_figure", "crops", "overview_figures", "pyplot"]
+__all__ = ["Crops", "bars_figure", "crops", "crops_figure", "overview_figures", "pyplot"]
 
 # side of the zoomed crops (voxels) and the least size they are shown at (screen pixels)
 CROP = 160
@@ -73,6 +73,8 @@ class Crops:
         The seam crossing it is centred on.
     images : list of dict
         Per diagnosis: ``input``, ``prediction``, ``difference`` PNG bytes.
+    values : list of dict
+        Per diagnosis: the same three crops as arrays (input contrast range under ``input_range``).
     scales : dict
         The shared colour ranges: ``prediction`` (low, high) and ``difference`` (0, high).
     zoom : int
@@ -87,6 +89,7 @@ class Crops:
     scales: dict[str, tuple[float, float]]
     zoom: int
     largest_difference: list[float]
+    values: list[dict[str, Any]]
 
 
 def _crossings(grid: TileGrid) -> list[tuple[int, int]]:
@@ -138,7 +141,7 @@ def crops(diagnoses: Sequence[Diagnosis], size: int = CROP) -> Crops:
     top = max(largest) or 1.0  # all exact: the scale does not matter, every crop is black
     plt = pyplot()
     seams = _seam_ticks(grid, window)
-    images = []
+    images, values = [], []
     for d, prediction, difference in zip(diagnoses, predictions, differences):
         whole = middle_slice(d.image[0])  # the input's contrast is the whole region's, as in its overview
         low_in, high_in = np.percentile(whole, [1, 99.8]) if whole.size else (0.0, 1.0)
@@ -148,7 +151,41 @@ def crops(diagnoses: Sequence[Diagnosis], size: int = CROP) -> Crops:
             "prediction": _pixels(plt, prediction, "viridis", low, high, zoom, seams),
             "difference": _pixels(plt, difference, "inferno", 0.0, top, zoom, seams),
         })
-    return Crops(window, crossing, images, {"prediction": (low, high), "difference": (0.0, top)}, zoom, largest)
+        values.append({"input": picture, "input_range": (float(low_in), float(high_in)), "prediction": prediction,
+                       "difference": difference})
+    return Crops(window, crossing, images, {"prediction": (low, high), "difference": (0.0, top)}, zoom, largest,
+                 values)
+
+
+def crops_figure(diagnoses: Sequence[Diagnosis], cut: Crops) -> bytes:
+    """The crops of every model in one picture (rows: input, prediction, |A − B|), with colour bars and the seams
+    as ticks on the axes: the report's main figure, for a README or a slide."""
+    plt = pyplot()
+    rows = (("input", "gray"), ("prediction", "viridis"), ("difference", "inferno"))
+    labels = {"input": "input", "prediction": "prediction", "difference": "|A − B| (grid B shifted)"}
+    height, width = cut.values[0]["prediction"].shape
+    panel = 3.0
+    figure, axes = plt.subplots(len(rows), len(diagnoses), squeeze=False,
+                                figsize=(panel * len(diagnoses) + 1.2, panel * len(rows) * height / width + 0.8))
+    grid = grid_of(diagnoses[0])
+    seams = _seam_ticks(grid, cut.window)
+    for column, (d, values) in enumerate(zip(diagnoses, cut.values)):
+        for row, (key, cmap) in enumerate(rows):
+            axis = axes[row][column]
+            low, high = values["input_range"] if key == "input" else cut.scales[key]
+            shown = axis.imshow(values[key], cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+            axis.set_yticks(seams[0])
+            axis.set_xticks(seams[1])
+            axis.tick_params(length=5, color="#ff00ff", width=1.5, labelleft=False, labelbottom=False)
+            if row == 0:
+                axis.set_title(d.name, fontsize=11)
+            if column == 0:
+                axis.set_ylabel(labels[key], fontsize=10)
+            if column == len(diagnoses) - 1 and key != "input":
+                figure.colorbar(shown, ax=list(axes[row]), fraction=0.03, pad=0.02)
+    y, x = cut.window
+    figure.suptitle(f"at a seam crossing (y {y.start}–{y.stop}, x {x.start}–{x.stop}); ticks: seams", fontsize=10)
+    return _png(figure)
 
 
 def _seam_ticks(grid: TileGrid, window: tuple[slice, slice]) -> tuple[list[int], list[int]]:

@@ -66,7 +66,7 @@ def recommend(audit: NormAudit, rf: ReceptiveField, halo: tuple[int, ...], misma
     tiling = (f"seamfree predict --core {','.join(map(str, suggestion.core))} "
               f"--halo {','.join(map(str, suggestion.halo))}")
     tm_noise = mismatch.tm_abs <= TM_ABS_NOISE and mismatch.tm_dice <= TM_DICE_NOISE
-    seam_text = f", seam score {seams.score:.2f}" if seams.score is not None else ""
+    seam_text = f"; {seams.summary}" if seams.score is not None else ""
     probed = model is not None and model.tile_dependent
     if not tm_noise or audit.verdict == "tile-dependent" or probed:
         if audit.tile_dependent_layers:

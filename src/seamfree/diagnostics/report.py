@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from seamfree.diagnostics.diagnose import Diagnosis
-from seamfree.diagnostics.figures import Crops, bars_figure, crops, overview_figures, pyplot
+from seamfree.diagnostics.figures import Crops, bars_figure, crops, crops_figure, overview_figures, pyplot
 from seamfree.errors import DataError
 
 __all__ = ["RenderCheck", "check_rendering", "write_report"]
@@ -158,6 +158,8 @@ def write_report(diagnoses: Diagnosis | Sequence[Diagnosis], out_dir: str | os.P
         sections.append(_model_section(d, figures, None if cut is not None else own))
     bars = bars_figure(items)
     (out / "figures" / "indicators.png").write_bytes(bars)
+    if cut is not None:  # the crops of all models in one picture, for a README or a slide (not in the page)
+        (out / "figures" / "crops.png").write_bytes(crops_figure(items, cut))
     document = {"schema_version": items[0].to_dict()["schema_version"], "diagnoses": [d.to_dict() for d in items]}
     (out / "report.json").write_text(json.dumps(_strict_json(document), indent=2, allow_nan=False))
     title = "seamfree diagnosis: " + ", ".join(d.name for d in items)
