@@ -130,6 +130,27 @@ def test_recalibrate_moves_running_statistics_to_target_data():
     assert model[0].momentum == 0.1
 
 
+@pytest.mark.parametrize("layer", [
+    lambda: nn.BatchNorm2d(2, momentum=0.1),
+    lambda: nn.InstanceNorm2d(2, affine=True, track_running_stats=True),  # torch turns momentum None into 0.0
+    lambda: BatchRenorm2d(2, momentum=0.01),
+], ids=["batch", "instance_tracked", "batchrenorm"])
+def test_recalibrated_statistics_are_the_exact_average_over_the_batches(layer):
+    """Each batch weighs the same, for every tracked norm: five batches of means 1..5 give running mean 3."""
+    model = nn.Sequential(layer()).eval()
+    batches = [torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(k)) + (k + 1) for k in range(5)]
+    recalibrate_norm(model, batches)
+    norm = model[0]
+    if isinstance(norm, nn.InstanceNorm2d):  # per-instance statistics, averaged over the instances of a batch
+        expected = torch.stack([b.mean(dim=(2, 3)).mean(dim=0) for b in batches]).mean(dim=0)
+    else:
+        expected = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(dim=0)
+    torch.testing.assert_close(norm.running_mean, expected, atol=1e-5, rtol=0)
+    assert abs(float(norm.running_mean.mean()) - 3.0) < 0.05
+    assert float(norm.running_var.mean()) == pytest.approx(1.0, abs=0.1)
+    assert norm.momentum == layer().momentum  # restored
+
+
 def test_recalibrate_keeps_renorm_schedule_and_mode():
     model = UNet(2, 1, 1, depth=1, features=2, norm="batchrenorm").train()
     for _ in range(3):

@@ -146,7 +146,7 @@ def _tracked_norm_layers(model: nn.Module) -> list[_NormBase]:
 def recalibrate_norm(model: nn.Module, batches: Iterable[torch.Tensor], *, device: str | None = None) -> nn.Module:
     """Return ``model`` with the running statistics of its norm layers re-estimated on ``batches``.
 
-    The statistics are the cumulative average over all batches (momentum ``None``), computed with every
+    The statistics are the cumulative average over all batches (each batch weighs the same), computed with every
     norm layer in training mode and everything else (dropout, ...) in eval mode. Weights, the BatchRenorm
     schedule position and the model's train/eval mode are unchanged. The model is modified in place.
 
@@ -182,13 +182,16 @@ def recalibrate_norm(model: nn.Module, batches: Iterable[torch.Tensor], *, devic
     momenta = {m: m.momentum for m in layers}
     for layer in layers:
         layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over the recalibration batches
     model.eval()
     for layer in layers:
         layer.train()
     seen = 0
     try:
         for batch in batches:
+            # the cumulative average: batch k (from 0) enters with weight 1/(k + 1). Set explicitly, not as
+            # momentum None: torch's InstanceNorm turns None into 0.0, which would leave its statistics at reset
+            for layer in layers:
+                layer.momentum = 1.0 / (seen + 1)
             model(batch.to(device=device, dtype=torch.float32))
             seen += 1
     finally:
