@@ -144,11 +144,11 @@ def test_the_pyramid_resumes_after_an_interruption(nets, tmp_path, monkeypatch):
     predict(nets[2], image, reference, config=PredictConfig(core=128))
     original, calls = pyramid.downsample, []
 
-    def failing(block, method):
+    def failing(block, method, lead=1):
         calls.append(1)
         if len(calls) > 5:
             raise KeyboardInterrupt  # a kill in the middle of level 1
-        return original(block, method)
+        return original(block, method, lead)
 
     out = tmp_path / "out.zarr"
     monkeypatch.setattr(pyramid, "downsample", failing)
@@ -156,7 +156,8 @@ def test_the_pyramid_resumes_after_an_interruption(nets, tmp_path, monkeypatch):
         predict(nets[2], image, out, config=PredictConfig(core=128))
     assert zarr.open_group(str(out), mode="r").attrs["seamfree"]["status"] == "incomplete"
     calls.clear()
-    monkeypatch.setattr(pyramid, "downsample", lambda block, method: (calls.append(1), original(block, method))[1])
+    monkeypatch.setattr(pyramid, "downsample",
+                        lambda block, method, lead=1: (calls.append(1), original(block, method, lead))[1])
     predict(nets[2], image, out, config=PredictConfig(core=128))
     total = sum(-(-s // 128) * -(-t // 128) for s, t in ((300, 260), (150, 130)))
     assert len(calls) == total - 5  # the 5 blocks written before the interruption were not written again

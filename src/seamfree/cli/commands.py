@@ -145,8 +145,10 @@ def predict(args: argparse.Namespace) -> int:
         if image is not args.image:
             image.close()
     done = report[0]
-    print(f"wrote {args.out}: {done.tiles_computed} of {done.tiles_total} tiles computed in {done.seconds:.1f} s "
-          f"(core {done.grid.core}, halo {done.grid.halo}, {done.grid.compute_ratio:.2f}× voxels computed)")
+    frames = f" in {done.frames} frames" if done.frames is not None else ""
+    print(f"wrote {args.out}: {done.tiles_computed} of {done.tiles_total} tiles{frames} computed in "
+          f"{done.seconds:.1f} s (core {done.grid.core}, halo {done.grid.halo}, "
+          f"{done.grid.compute_ratio:.2f}× voxels computed)")
     return 0
 
 
@@ -160,7 +162,7 @@ def _input(args: argparse.Namespace, model: Any) -> Any:
     dims = describe_model(model, spatial_dims=args.spatial_dims, in_channels=args.in_channels,
                           probe=False).spatial_dims
     return open_image(args.image, spatial_dims=dims, axes=args.axes, key=_key(args), channels=args.channels,
-                      gray=args.gray)
+                      gray=args.gray, frames=True)
 
 
 def _key(args: argparse.Namespace) -> str | None:

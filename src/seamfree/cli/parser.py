@@ -196,7 +196,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, help="checkpoint (seamfree, TorchScript or pickled module)")
     p.add_argument("image", help="input: .zarr/OME-Zarr, .tif, .h5 (with --key) or .npy")
     p.add_argument("out", type=Path, help="output: .zarr (OME-Zarr) or .tif; rerun to resume")
-    p.add_argument("--axes", help="axis order of the input, e.g. ZYX, CYX, YXC (default: channel-first)")
+    p.add_argument("--axes", help="axis order of the input, e.g. ZYX, CYX, YXC (default: channel-first); a "
+                   "leading T (TYX, TCZYX) predicts a time series frame by frame into a T axis of the output")
     _add_input_options(p)
     p.add_argument("--core", type=_int_tuple, help="core shape, e.g. 512 or 32,256,256 (default: from memory)")
     p.add_argument("--pin-core", action="store_true", help="error if --core is not a multiple of the stride")

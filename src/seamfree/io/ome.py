@@ -13,8 +13,8 @@ from typing import Any
 
 from seamfree.errors import ConfigError, require
 
-__all__ = ["NGFF_VERSIONS", "Calibration", "dimension_names", "labels_group_attrs", "normalized_unit",
-           "ome_image_attrs", "ome_tiff_metadata", "read_calibration"]
+__all__ = ["NGFF_VERSIONS", "Calibration", "TimeCalibration", "dimension_names", "labels_group_attrs",
+           "normalized_unit", "ome_image_attrs", "ome_tiff_metadata", "read_calibration", "time_calibration"]
 
 # the NGFF names for the units people type
 _UNIT_ALIASES = {"um": "micrometer", "µm": "micrometer", "μm": "micrometer", "micron": "micrometer",
@@ -60,9 +60,9 @@ def normalized_unit(unit: str) -> str:
     return name
 
 
-def dimension_names(spatial_dims: int) -> list[str]:
-    """``["c", "z", "y", "x"]`` for 3D, ``["c", "y", "x"]`` for 2D."""
-    return ["c", *"zyx"[-spatial_dims:]]
+def dimension_names(spatial_dims: int, time: bool = False) -> list[str]:
+    """``["c", "z", "y", "x"]`` for 3D, ``["c", "y", "x"]`` for 2D; ``["t", "c", ...]`` for a time series."""
+    return [*(["t"] if time else []), "c", *"zyx"[-spatial_dims:]]
 
 
 NGFF_VERSIONS = ("0.5", "0.4")
@@ -75,14 +75,16 @@ _CHANNEL_COLOURS = ("FFFFFF", "FF00FF", "00FF00", "00FFFF", "FFFF00", "FF0000", 
 def ome_image_attrs(spatial_dims: int, calibration: Calibration | None = None, *,
                     name: str = "seamfree prediction", levels: int = 1,
                     downsampling: str = "mean", channel_names: Sequence[str] | None = None,
-                    label_values: int | None = None, version: str = "0.5") -> dict[str, Any]:
+                    label_values: int | None = None, version: str = "0.5",
+                    time: TimeCalibration | None = None) -> dict[str, Any]:
     """Return the OME attributes of an image of ``levels`` resolution levels (arrays ``0``, ``1``, ...; see
     :mod:`seamfree.io.pyramid`), validated by ``ome-zarr-models``.
 
     ``channel_names`` go into the ``omero`` block (with a display window of 0..1 for probabilities);
     ``label_values`` makes it an image-label (a label layer in napari) with colours for values ``0..n-1``.
     ``version`` "0.5" gives the content of the ``ome`` attribute of a zarr v3 group, "0.4" the top-level
-    attributes of a zarr v2 group.
+    attributes of a zarr v2 group. ``time`` (a time series): a ``t`` axis first, with the frame interval as
+    its scale.
     """
     require("ome_zarr_models", "zarr")
     if version not in NGFF_VERSIONS:
@@ -105,9 +107,15 @@ def ome_image_attrs(spatial_dims: int, calibration: Calibration | None = None, *
                                                  for n, u in zip("zyx"[-spatial_dims:], units)]
     scale0 = [1.0, *(calibration.scale or (1.0,) * spatial_dims)]
     translation0 = [0.0, *(calibration.translation or (0.0,) * spatial_dims)]
+    if time is not None:
+        axes.insert(0, Axis(name="t", type="time", unit=time.unit))
+        scale0.insert(0, float(time.interval))
+        translation0.insert(0, 0.0)
+    lead = 2 if time is not None else 1
     datasets = []
     for level in range(levels):
-        scale, translation = level_transforms(scale0, translation0, level, downsampling)  # type: ignore[arg-type]
+        scale, translation = level_transforms(scale0, translation0, level, downsampling,  # type: ignore[arg-type]
+                                              lead)
         transforms: tuple[Any, ...] = (VectorScale(type="scale", scale=scale),)
         if any(translation):
             transforms += (VectorTranslation(type="translation", translation=translation),)
@@ -158,17 +166,24 @@ def labels_group_attrs(names: Sequence[str], version: str = "0.5") -> dict[str, 
 
 # OME-XML's unit symbols for the NGFF unit names
 _OME_XML_UNITS = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
-                  "picometer": "pm", "angstrom": "Å"}
+                  "picometer": "pm", "angstrom": "Å", "second": "s", "millisecond": "ms", "minute": "min",
+                  "hour": "h"}
 
 
 def ome_tiff_metadata(spatial_dims: int, channels: int, calibration: Calibration | None = None, *,
                       planes: int = 1, channel_names: Sequence[str] | None = None,
-                      name: str = "seamfree prediction") -> dict[str, Any]:
+                      name: str = "seamfree prediction", frames: int | None = None,
+                      time: TimeCalibration | None = None) -> dict[str, Any]:
     """The ``metadata`` tifffile turns into the OME-XML of an OME-TIFF output: axes, physical sizes with their
     units, the origin as every plane's position (``Plane PositionX/Y/Z``: the first plane's is the origin, each
-    plane's Z its own), channel names. ``planes`` is the number of Z planes of a 3D output."""
+    plane's Z its own), channel names. ``planes`` is the number of Z planes of a 3D output; ``frames`` the number
+    of time points of a time series (axes ``TC...``, with ``time``'s interval)."""
     axes = "ZYX"[-spatial_dims:]
-    metadata: dict[str, Any] = {"axes": "C" + axes, "Name": name}
+    metadata: dict[str, Any] = {"axes": ("T" if frames else "") + "C" + axes, "Name": name}
+    if frames and time is not None:
+        metadata["TimeIncrement"] = float(time.interval)
+        if time.unit is not None:
+            metadata["TimeIncrementUnit"] = _OME_XML_UNITS.get(time.unit, time.unit)
     calibration = calibration or Calibration()
     units = calibration.units or (None,) * spatial_dims
     if calibration.scale is not None:
@@ -182,9 +197,10 @@ def ome_tiff_metadata(spatial_dims: int, channels: int, calibration: Calibration
         plane: dict[str, list[Any]] = {}
         for i, (axis, origin, unit) in enumerate(zip(axes, calibration.translation, units)):
             step = float(scale[i]) if axis == "Z" else 0.0  # planes are stored channel by channel, Z inside
-            plane[f"Position{axis}"] = [float(origin) + step * (p % depth) for p in range(channels * depth)]
+            count = (frames or 1) * channels * depth
+            plane[f"Position{axis}"] = [float(origin) + step * (p % depth) for p in range(count)]
             if unit is not None:
-                plane[f"Position{axis}Unit"] = [_OME_XML_UNITS.get(unit, unit)] * (channels * depth)
+                plane[f"Position{axis}Unit"] = [_OME_XML_UNITS.get(unit, unit)] * count
         metadata["Plane"] = plane
     if channel_names:
         metadata["Channel"] = {"Name": [str(n) for n in channel_names]}
@@ -213,3 +229,25 @@ def read_calibration(image: dict[str, Any], level: dict[str, Any]) -> Calibratio
     units = tuple(axes[i].get("unit") for i in spatial)
     return Calibration(tuple(scale[i] for i in spatial), tuple(translation[i] for i in spatial),
                        units if any(u is not None for u in units) else None)
+
+
+@dataclass(frozen=True)
+class TimeCalibration:
+    """The interval between frames and its unit, as far as the file says."""
+
+    interval: float = 1.0
+    unit: str | None = None
+
+
+def time_calibration(image: dict[str, Any], level: dict[str, Any]) -> TimeCalibration:
+    """The interval between frames and its unit of an OME-NGFF image with a ``t`` axis (1, no unit if unsaid)."""
+    axes = [a if isinstance(a, dict) else {"name": a} for a in image.get("axes", [])]
+    names = [str(a.get("name")) for a in axes]
+    if "t" not in names:
+        return TimeCalibration()
+    index, interval = names.index("t"), 1.0
+    for transforms in (level.get("coordinateTransformations", []), image.get("coordinateTransformations", [])):
+        for transform in transforms:
+            if transform.get("type") == "scale" and len(transform.get("scale", [])) == len(axes):
+                interval *= float(transform["scale"][index])
+    return TimeCalibration(interval, axes[index].get("unit"))

@@ -21,8 +21,8 @@ import numpy as np
 
 from seamfree.errors import require
 
-__all__ = ["Downsampling", "Runner", "blocks", "downsample", "downsample_task", "level_shapes", "level_transforms",
-           "local_path", "pyramid_voxels", "write_pyramid"]
+__all__ = ["Downsampling", "Runner", "block_key", "blocks", "downsample", "downsample_task", "level_shapes",
+           "level_transforms", "local_path", "pyramid_voxels", "write_pyramid"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,42 +32,52 @@ Downsampling = Literal["mean", "stride"]
 SMALLEST_EXTENT = 256
 
 
-def level_shapes(shape: Sequence[int], smallest: int = SMALLEST_EXTENT) -> list[tuple[int, ...]]:
-    """Shapes ``(C, *spatial)`` of levels 1, 2, ... until every spatial extent is at most ``smallest``.
+def level_shapes(shape: Sequence[int], smallest: int = SMALLEST_EXTENT, lead: int = 1) -> list[tuple[int, ...]]:
+    """Shapes ``(C, *spatial)`` (``(T, C, *spatial)`` with ``lead`` 2) of levels 1, 2, ... until every spatial
+    extent is at most ``smallest``.
 
     Examples
     --------
     >>> level_shapes((1, 1000, 600))
     [(1, 500, 300), (1, 250, 150)]
+    >>> level_shapes((5, 1, 500, 300), lead=2)
+    [(5, 1, 250, 150)]
     """
     levels: list[tuple[int, ...]] = []
     current = tuple(int(s) for s in shape)
-    while max(current[1:]) > smallest:
-        current = (current[0], *(max(1, -(-s // 2)) for s in current[1:]))
+    while max(current[lead:]) > smallest:
+        current = (*current[:lead], *(max(1, -(-s // 2)) for s in current[lead:]))
         levels.append(current)
     return levels
 
 
-def downsample(block: np.ndarray, method: Downsampling) -> np.ndarray:
-    """Return ``block`` ``(C, *spatial)`` downsampled 2× per spatial axis."""
+def downsample(block: np.ndarray, method: Downsampling, lead: int = 1) -> np.ndarray:
+    """Return ``block`` ``(C, *spatial)`` (``lead`` 2: ``(T, C, *spatial)``) downsampled 2× per spatial axis."""
     if method == "stride":
-        return block[(slice(None), *(slice(0, None, 2) for _ in block.shape[1:]))]
-    pad = [(0, 0)] + [(0, s % 2) for s in block.shape[1:]]
+        return block[(slice(None),) * lead + tuple(slice(0, None, 2) for _ in block.shape[lead:])]
+    pad = [(0, 0)] * lead + [(0, s % 2) for s in block.shape[lead:]]
     values = np.pad(block.astype(np.float64), pad, mode="edge")
-    shape = [values.shape[0]]
-    for s in values.shape[1:]:
+    shape = list(values.shape[:lead])
+    for s in values.shape[lead:]:
         shape += [s // 2, 2]
-    mean = values.reshape(shape).mean(axis=tuple(range(2, len(shape), 2)))
+    mean = values.reshape(shape).mean(axis=tuple(range(lead + 1, len(shape), 2)))
     if np.issubdtype(block.dtype, np.integer):
         return np.clip(np.rint(mean), np.iinfo(block.dtype).min, np.iinfo(block.dtype).max).astype(block.dtype)
     return mean.astype(block.dtype)
 
 
-def blocks(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, ...]]:
-    """The spatial windows of the chunks ``chunks`` of an array ``(C, *spatial)`` of ``shape``."""
-    ranges = [range(0, n, c) for n, c in zip(shape[1:], chunks[1:])]
-    return [tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks[1:], shape[1:]))
+def blocks(shape: Sequence[int], chunks: Sequence[int], lead: int = 1) -> list[tuple[slice, ...]]:
+    """The windows of the chunks ``chunks`` of an array ``(C, *spatial)`` of ``shape``: spatial windows; with
+    ``lead`` 2 (``(T, C, *spatial)``) the time window comes first. The channel axis is never split."""
+    axes = [a for a in range(len(shape)) if a != lead - 1]
+    ranges = [range(0, shape[a], chunks[a]) for a in axes]
+    return [tuple(slice(o, min(o + chunks[a], shape[a])) for o, a in zip(origin, axes))
             for origin in itertools.product(*ranges)]
+
+
+def block_key(block: Sequence[slice], lead: int = 1) -> tuple[slice, ...]:
+    """The index of ``block`` (from :func:`blocks`) into the whole array: every channel."""
+    return (*block[:lead - 1], slice(None), *block[lead - 1:])
 
 
 # Runs ``task(batch)`` for every batch, here or elsewhere (the dask driver passes one that maps the batches over
@@ -84,15 +94,16 @@ def local_path(group: Any) -> str | None:
 
 
 def write_pyramid(group: Any, markers: Path, method: Downsampling, smallest: int = SMALLEST_EXTENT,
-                  run: Runner | None = None) -> int:
+                  run: Runner | None = None, lead: int = 1) -> int:
     """Write levels ``1``, ``2``, ... of ``group`` from its level ``0``; return how many levels there are.
 
     Each level's arrays are created once; each written block leaves a marker in ``markers/pyramid``, so a rerun
     after a kill writes only the blocks still missing. ``run`` spreads each level's blocks over workers that see
     the same storage (a level starts when the one below is complete); by default they are written here.
+    ``lead`` is 2 for a time series ``(T, C, *spatial)``: each frame is downsampled on its own.
     """
     base = group["0"]
-    shapes = level_shapes(base.shape, smallest)
+    shapes = level_shapes(base.shape, smallest, lead)
     done = markers / "pyramid"
     done.mkdir(parents=True, exist_ok=True)
     chunks = tuple(base.chunks)  # a sharded level 0's inner chunks: the levels above are small, left unsharded
@@ -105,45 +116,49 @@ def write_pyramid(group: Any, markers: Path, method: Downsampling, smallest: int
         if name not in group:
             level_chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
             group.create_array(name, shape=shape, dtype=base.dtype, chunks=level_chunks, fill_value=0, **layout)
-        jobs = [(level, block, str(marker)) for block in blocks(shape, tuple(group[name].chunks))
+        jobs = [(level, block, str(marker)) for block in blocks(shape, tuple(group[name].chunks), lead)
                 if not (marker := done / f"{level}_{'_'.join(str(w.start) for w in block)}").exists()]
         if run is None or path is None:
-            _downsample_jobs(group, jobs, method)
+            _downsample_jobs(group, jobs, method, lead)
         else:
-            run(partial(downsample_task, path=path, method=method),
+            run(partial(downsample_task, path=path, method=method, lead=lead),
                 [jobs[i:i + BLOCKS_PER_TASK] for i in range(0, len(jobs), BLOCKS_PER_TASK)])
         logger.info("pyramid level %d %s: %d blocks written", level, shape, len(jobs))
     return 1 + len(shapes)
 
 
-def downsample_task(jobs: list[tuple[int, tuple[slice, ...], str]], *, path: str, method: Downsampling) -> int:
+def downsample_task(jobs: list[tuple[int, tuple[slice, ...], str]], *, path: str, method: Downsampling,
+                    lead: int = 1) -> int:
     """A task (here or on a dask worker): write the pyramid blocks ``jobs`` (level, window, marker path) of the
     zarr group at ``path``; return how many."""
     zarr = require("zarr", "zarr")
-    return _downsample_jobs(zarr.open_group(path, mode="r+"), jobs, method)  # type: ignore[attr-defined]
+    return _downsample_jobs(zarr.open_group(path, mode="r+"), jobs, method, lead)  # type: ignore[attr-defined]
 
 
-def _downsample_jobs(group: Any, jobs: list[tuple[int, tuple[slice, ...], str]], method: Downsampling) -> int:
+def _downsample_jobs(group: Any, jobs: list[tuple[int, tuple[slice, ...], str]], method: Downsampling,
+                     lead: int = 1) -> int:
     for level, block, marker in jobs:
         below, target = group[str(level - 1)], group[str(level)]
-        source = tuple(slice(2 * w.start, min(2 * w.stop, n)) for w, n in zip(block, below.shape[1:]))
-        target[(slice(None), *block)] = downsample(np.asarray(below[(slice(None), *source)]), method)
+        extents = [n for a, n in enumerate(below.shape) if a != lead - 1]
+        source = tuple(w if a < lead - 1 else slice(2 * w.start, min(2 * w.stop, n))
+                       for a, (w, n) in enumerate(zip(block, extents)))  # a time window is not scaled
+        target[block_key(block, lead)] = downsample(np.asarray(below[block_key(source, lead)]), method, lead)
         Path(marker).touch()
     return len(jobs)
 
 
 def level_transforms(scale: Sequence[float], translation: Sequence[float], level: int,
-                     method: Downsampling) -> tuple[list[float], list[float]]:
-    """Scale and translation ``(C, *spatial)`` of pyramid ``level`` from level 0's: each level doubles the voxel
-    size; averaging moves the origin by half a voxel of the level below (the mean of two voxel centres), taking
-    every second voxel keeps it."""
+                     method: Downsampling, lead: int = 1) -> tuple[list[float], list[float]]:
+    """Scale and translation ``(C, *spatial)`` (``lead`` 2: ``(T, C, *spatial)``) of pyramid ``level`` from level
+    0's: each level doubles the voxel size; averaging moves the origin by half a voxel of the level below (the
+    mean of two voxel centres), taking every second voxel keeps it."""
     factor = 2 ** level
     shift = (factor - 1) / 2 if method == "mean" else 0.0
-    spatial_scale = [s * factor for s in scale[1:]]
-    spatial_translation = [t + shift * s for t, s in zip(translation[1:], scale[1:])]
-    return [scale[0], *spatial_scale], [translation[0], *spatial_translation]
+    spatial_scale = [s * factor for s in scale[lead:]]
+    spatial_translation = [t + shift * s for t, s in zip(translation[lead:], scale[lead:])]
+    return [*scale[:lead], *spatial_scale], [*translation[:lead], *spatial_translation]
 
 
-def pyramid_voxels(shape: Sequence[int], smallest: int = SMALLEST_EXTENT) -> int:
+def pyramid_voxels(shape: Sequence[int], smallest: int = SMALLEST_EXTENT, lead: int = 1) -> int:
     """Voxels of all pyramid levels above level 0 (at most a third of level 0 in 2D, a seventh in 3D)."""
-    return sum(math.prod(s) for s in level_shapes(shape, smallest))
+    return sum(math.prod(s) for s in level_shapes(shape, smallest, lead))

@@ -19,9 +19,10 @@ import numpy as np
 
 from seamfree.errors import DataError, ShapeError, require
 from seamfree.io.formats import open_hdf5, open_tiff, tiff_calibration, tiff_channel_axis
-from seamfree.io.ome import Calibration, read_calibration
+from seamfree.io.ome import Calibration, TimeCalibration, read_calibration, time_calibration
 
-__all__ = ["SUPPORTED_DTYPES", "ImageSource", "open_image", "parse_axes"]
+__all__ = ["SUPPORTED_DTYPES", "FrameSeries", "ImageSource", "TimeCalibration", "TimeSeries", "open_image",
+           "parse_axes", "split_time"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +35,113 @@ URL_TIMEOUT = 60.0
 
 
 def parse_axes(axes: str, ndim: int) -> tuple[int | None, int]:
-    """Return ``(channel_axis, spatial_dims)`` for an axis string like ``"CZYX"``, ``"YXC"`` or ``"ZYX"``."""
+    """Return ``(channel_axis, spatial_dims)`` for an axis string like ``"CZYX"``, ``"YXC"`` or ``"ZYX"``.
+
+    A leading ``T`` (time, ``"TYX"``, ``"TCZYX"``) is not part of a frame: see :func:`split_time`.
+    """
     upper = axes.upper()
+    if "T" in upper and not upper.startswith("T"):
+        raise ShapeError(f"axes {axes!r}: the time axis T must come first (e.g. 'TYX', 'TCZYX'); transpose the "
+                         "array first")
+    if "T" in upper:
+        raise ShapeError(f"axes {axes!r} have a time axis where one frame is expected: seamfree predict predicts "
+                         "a series frame by frame; for the other commands select one frame first")
     if len(upper) != ndim or len(set(upper)) != ndim or not set(upper) <= set("CZYX"):
         raise ShapeError(
             f"axes {axes!r} do not describe an array with {ndim} dimensions; use one letter per dimension from "
-            "C (channel), Z, Y, X, e.g. 'ZYX', 'CYX' or 'YXC'"
+            "T (time, first), C (channel), Z, Y, X, e.g. 'ZYX', 'CYX', 'YXC' or 'TYX'"
         )
     spatial = [a for a in upper if a != "C"]
     if "".join(spatial) != _SPATIAL[-len(spatial):]:
         raise ShapeError(f"spatial axes must be in z, y, x order, got {axes!r}; transpose the array first")
     return (upper.index("C") if "C" in upper else None), len(spatial)
+
+
+def split_time(axes: str | None) -> tuple[bool, str | None]:
+    """``(has_time, frame_axes)``: whether ``axes`` starts with T, and the axes of one frame.
+
+    >>> split_time("TCYX")
+    (True, 'CYX')
+    >>> split_time("ZYX")
+    (False, 'ZYX')
+    """
+    if axes is None or not axes.upper().startswith("T"):
+        return False, axes
+    return True, axes[1:]
+
+
+class TimeSeries:
+    """A stored array whose first axis is time: ``frame(t)`` is a lazy view of one frame (nothing is read)."""
+
+    def __init__(self, data: Any, calibration: TimeCalibration | None = None) -> None:
+        self.data = data
+        self.calibration = calibration or TimeCalibration()
+        self.shape = tuple(int(s) for s in data.shape)
+        self.dtype = np.dtype(data.dtype)
+
+    def frame(self, t: int) -> _Frame:
+        return _Frame(self.data, t)
+
+
+class _Frame:
+    """Frame ``t`` of an array with a leading time axis, read only where it is sliced."""
+
+    def __init__(self, data: Any, t: int) -> None:
+        self.data, self.t = data, int(t)
+        self.shape = tuple(int(s) for s in data.shape[1:])
+        self.dtype = np.dtype(data.dtype)
+        chunks = getattr(data, "chunksize", None) or getattr(data, "chunks", None)
+        if isinstance(chunks, tuple) and len(chunks) == len(data.shape) and all(isinstance(c, int) for c in chunks):
+            self.chunks = tuple(chunks[1:])
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.data[(self.t, *(key if isinstance(key, tuple) else (key,)))]
+
+
+@dataclass
+class FrameSeries:
+    """An image with a time axis, predicted frame by frame (``seamfree predict --axes TYX``).
+
+    Each :meth:`frame` is an :class:`ImageSource` of one time point, with the series' channel selection and
+    calibration; ``frames`` is how many there are.
+    """
+
+    series: TimeSeries
+    channel_axis: int | None
+    path: str | None
+    calibration: Calibration
+    handle: Any = None
+    channels: tuple[int, ...] | None = None
+    gray: bool = False
+
+    @property
+    def frames(self) -> int:
+        return self.series.shape[0]
+
+    @property
+    def time(self) -> TimeCalibration:
+        return self.series.calibration
+
+    def frame(self, t: int) -> ImageSource:
+        if not 0 <= t < self.frames:
+            raise ShapeError(f"frame {t} does not exist in {self.path or 'the input array'}, which has {self.frames}")
+        view = self.series.frame(t)
+        chunks = getattr(view, "chunks", None)
+        spatial_chunks = None if chunks is None else tuple(c for i, c in enumerate(chunks) if i != self.channel_axis)
+        c = self.calibration
+        return ImageSource(view, self.channel_axis, None if self.path is None else f"{self.path} (frame {t})",
+                           spatial_chunks, c.scale, None, c.translation, c.units, self.channels, self.gray)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> FrameSeries:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass
@@ -190,8 +287,10 @@ def open_image(
     key: str | None = None,
     channels: Sequence[int] | None = None,
     gray: bool = False,
-) -> ImageSource:
-    """Return an :class:`ImageSource` for an array or a file path.
+    frames: bool = False,
+) -> Any:
+    """Return an :class:`ImageSource` for an array or a file path (a :class:`FrameSeries` for a time series,
+    when ``frames``).
 
     Parameters
     ----------
@@ -210,6 +309,9 @@ def open_image(
     gray : bool
         Read the (selected) channels as one gray channel, their mean (CLI ``--gray``: an RGB image for a
         one-channel model).
+    frames : bool
+        Accept a time series (``axes`` starting with ``T``, or an OME-Zarr with a ``t`` axis) and return a
+        :class:`FrameSeries` for it; without, a time series is an error that says to select a frame.
 
     Examples
     --------
@@ -217,8 +319,9 @@ def open_image(
     >>> open_image(np.zeros((3, 16, 16)), spatial_dims=2).shape
     (3, 16, 16)
     """
-    if isinstance(source, ImageSource):
+    if isinstance(source, ImageSource) or (frames and isinstance(source, FrameSeries)):
         return source
+    has_time, axes = split_time(axes)
     handle = None
     path: str | None
     if isinstance(source, str) and "://" in source:
@@ -228,24 +331,44 @@ def open_image(
     else:
         data, channel_axis_meta, path, scale = _in_memory(source, key)
     where = repr(path) if path else "the input array"
-    if axes is not None:
-        channel_axis, parsed_dims = parse_axes(axes, len(data.shape))
-        if spatial_dims is not None and parsed_dims != spatial_dims:
-            raise ShapeError(f"axes {axes!r} give {parsed_dims} spatial dimensions, the model needs {spatial_dims}")
-    elif channel_axis_meta is not None:
-        channel_axis = channel_axis_meta if channel_axis_meta >= 0 else None
-    else:
-        channel_axis = _default_channel_axis(len(data.shape), spatial_dims, where)
-    spatial_count = len(data.shape) - (channel_axis is not None)
+    series = data if isinstance(data, TimeSeries) else TimeSeries(data) if has_time else None
+    if series is not None and not frames:
+        if handle is not None:
+            handle.close()
+        raise ShapeError(f"{where} is a time series ({series.shape[0]} frames, shape {series.shape}): only "
+                         "seamfree predict on one machine (without --workers/--scheduler) predicts a series, frame "
+                         "by frame; here, select one frame first (e.g. image[t] in Python)")
+    frame = data if series is None else series.frame(0)
+    channel_axis = _channel_axis(frame, axes, channel_axis_meta, spatial_dims, where)
+    spatial_count = len(frame.shape) - (channel_axis is not None)
     if spatial_count not in (1, 2, 3):
-        raise ShapeError(f"{where} has shape {tuple(data.shape)}: expected 2 or 3 spatial dimensions")
+        raise ShapeError(f"{where} has shape {tuple(data.shape)}: expected 2 or 3 spatial dimensions"
+                         + (" per frame" if series is not None else ""))
+    calibration = _trimmed(scale if isinstance(scale, Calibration) else Calibration(scale), spatial_count)
+    selected = None if channels is None else tuple(int(c) for c in channels)
+    if series is not None:
+        result = FrameSeries(series, channel_axis, path, calibration, handle, selected, gray)
+        result.frame(0)  # checks the dtype, the channels and the extent now, once
+        return result
     chunks = getattr(data, "chunksize", None) or getattr(data, "chunks", None)  # dask: chunksize
     spatial_chunks = None
     if isinstance(chunks, tuple) and len(chunks) == len(data.shape) and all(isinstance(c, int) for c in chunks):
         spatial_chunks = tuple(int(c) for i, c in enumerate(chunks) if i != channel_axis)
-    calibration = _trimmed(scale if isinstance(scale, Calibration) else Calibration(scale), spatial_count)
     return ImageSource(data, channel_axis, path, spatial_chunks, calibration.scale, handle, calibration.translation,
-                       calibration.units, None if channels is None else tuple(int(c) for c in channels), gray)
+                       calibration.units, selected, gray)
+
+
+def _channel_axis(data: Any, axes: str | None, channel_axis_meta: int | None, spatial_dims: int | None,
+                  where: str) -> int | None:
+    """The channel axis of one image (one frame): from ``axes``, else the file's metadata, else the default."""
+    if axes is not None:
+        channel_axis, parsed_dims = parse_axes(axes, len(data.shape))
+        if spatial_dims is not None and parsed_dims != spatial_dims:
+            raise ShapeError(f"axes {axes!r} give {parsed_dims} spatial dimensions, the model needs {spatial_dims}")
+        return channel_axis
+    if channel_axis_meta is not None:
+        return channel_axis_meta if channel_axis_meta >= 0 else None
+    return _default_channel_axis(len(data.shape), spatial_dims, where)
 
 
 def _trimmed(calibration: Calibration, dims: int) -> Calibration:
@@ -434,10 +557,14 @@ def _open_ome_level0(
     level0 = image["datasets"][0]
     axes = [a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])]
     array = group[level0["path"]]
-    if "t" in axes:
-        raise ShapeError(f"{path!r} has a time axis (axes {axes}); select one time point first")
-    channel_axis = axes.index("c") if "c" in axes else -1
     calibration = read_calibration(image, level0)
+    if "t" in axes:
+        if axes.index("t") != 0:
+            raise ShapeError(f"{path!r} has its time axis at position {axes.index('t')} (axes {axes}); OME-NGFF "
+                             "puts it first: rewrite the image with t as the first axis")
+        axes = axes[1:]
+        array = TimeSeries(array, time_calibration(image, level0))
+    channel_axis = axes.index("c") if "c" in axes else -1
     if not axes:
         channel_axis = 0 if array.ndim == 4 else -1
     logger.debug("OME-Zarr %s: level 0 %s, axes %s, %s", path, level0["path"], axes, calibration)

@@ -22,7 +22,7 @@ import numpy as np
 
 from seamfree.errors import ConfigError, OutputExistsError, ShapeError, require
 from seamfree.io.markers import MARKER_DIR, ArrayOutput, MarkedOutput, OutputTarget, block_digest
-from seamfree.io.ome import Calibration, ome_tiff_metadata
+from seamfree.io.ome import Calibration, TimeCalibration, ome_tiff_metadata
 from seamfree.io.safety import (
     SIGNATURE_TAG,
     TIFF_SIGNATURE,
@@ -37,6 +37,7 @@ from seamfree.io.zarr_output import ZarrBlockWriter, ZarrOutput
 
 __all__ = [
     "ArrayOutput",
+    "FrameTarget",
     "OutputTarget",
     "TiffOutput",
     "ZarrBlockWriter",
@@ -44,6 +45,7 @@ __all__ = [
     "block_digest",
     "check_not_input",
     "create_output",
+    "frame_target",
     "output_format",
     "resolved_path",
 ]
@@ -60,7 +62,7 @@ class TiffOutput(MarkedOutput):
     def __init__(
         self, path: Path, *, shape: tuple[int, ...], dtype: np.dtype, fingerprint: dict[str, Any],
         overwrite: bool = False, calibration: Calibration | None = None,
-        channel_names: Sequence[str] | None = None,
+        channel_names: Sequence[str] | None = None, time: TimeCalibration | None = None,
     ) -> None:
         tifffile = require("tifffile", "tiff")
         self.path = path
@@ -91,8 +93,7 @@ class TiffOutput(MarkedOutput):
             try:
                 self.array = tifffile.memmap(  # type: ignore[attr-defined]
                     str(self.partial), shape=self.shape, dtype=self.dtype, bigtiff=True, ome=True,
-                    metadata=ome_tiff_metadata(len(shape) - 1, shape[0], calibration, planes=shape[1],
-                                               channel_names=channel_names),
+                    metadata=self._metadata(calibration, channel_names, time),
                     extratags=[(SIGNATURE_TAG, "s", 0, f"{TIFF_SIGNATURE}:{fingerprint_digest(fingerprint)}", True)],
                 )
                 _reserve(self.partial)
@@ -100,6 +101,14 @@ class TiffOutput(MarkedOutput):
                 self.partial.unlink(missing_ok=True)  # ours, just created: nothing of the user's is lost
                 raise
         self._init_markers(fingerprint)
+
+    def _metadata(self, calibration: Calibration | None, channel_names: Sequence[str] | None,
+                  time: TimeCalibration | None) -> dict[str, Any]:
+        if time is None:
+            return ome_tiff_metadata(len(self.shape) - 1, self.shape[0], calibration, planes=self.shape[1],
+                                     channel_names=channel_names)
+        return ome_tiff_metadata(len(self.shape) - 2, self.shape[1], calibration, planes=self.shape[2],
+                                 channel_names=channel_names, frames=self.shape[0], time=time)
 
     def _finished_before(self, fingerprint: dict[str, Any]) -> bool:
         """Whether ``path`` is the complete output of this very prediction (its signature is the fingerprint's
@@ -186,6 +195,7 @@ def create_output(
     overwrite: bool = False,
     input_path: str | None = None,
     calibration: Calibration | None = None,
+    time: TimeCalibration | None = None,
     **zarr_options: Any,
 ) -> OutputTarget:
     """Return the output for ``target``: None (a new numpy array), an array, or a .zarr/.tif path.
@@ -194,6 +204,8 @@ def create_output(
     an existing path is deleted only if seamfree wrote it (a fingerprinted OME-Zarr, a signed TIFF), never
     through a symbolic link; anything else is refused with a message that says what is there.
     ``zarr_options`` (pyramid, labels, channel names, NGFF version, sharding) go to :class:`ZarrOutput`.
+    ``time``: the output of a time series, ``shape`` ``(T, C, *spatial)`` and ``chunks`` the spatial core; write
+    each frame through :class:`FrameTarget`.
     """
     if target is None:
         return ArrayOutput(np.zeros(shape, dtype=dtype))
@@ -214,6 +226,60 @@ def create_output(
     if output_format(path) == "tiff":
         return TiffOutput(path, shape=shape, dtype=dtype, fingerprint=fingerprint, overwrite=overwrite,
                           calibration=calibration or Calibration(scale),
-                          channel_names=zarr_options.get("channel_names"))
+                          channel_names=zarr_options.get("channel_names"), time=time)
     return ZarrOutput(path, shape=shape, dtype=dtype, chunks=chunks, fingerprint=fingerprint,
-                      calibration=calibration or Calibration(scale), overwrite=overwrite, **zarr_options)
+                      calibration=calibration or Calibration(scale), overwrite=overwrite, time=time, **zarr_options)
+
+
+class _FrameView:
+    """Frame ``t`` of an array ``(T, ...)``, indexed like an array ``(...)``: every read and write goes there."""
+
+    def __init__(self, array: Any, t: int) -> None:
+        self.array, self.t = array, int(t)
+        self.shape = tuple(int(s) for s in array.shape[1:])
+        self.dtype = np.dtype(array.dtype)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.array[(self.t, *(key if isinstance(key, tuple) else (key,)))]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.array[(self.t, *(key if isinstance(key, tuple) else (key,)))] = value
+
+
+class FrameTarget(MarkedOutput):
+    """Frame ``t`` of a time-series path output, seen as the ``(C, *spatial)`` output of one image.
+
+    Its blocks' done markers live in the series' marker folder under ``t<t>/``, so that a resume verifies and
+    skips each frame's blocks like those of a single image; the series is finalized once, after its last frame.
+    """
+
+    def __init__(self, series: MarkedOutput, t: int) -> None:
+        self.series, self.t = series, int(t)
+        self.array = _FrameView(series.array, t)
+        self.shape = tuple(int(s) for s in series.shape[1:])
+        self.dtype = series.dtype
+        self.marker_root = series.marker_root / f"t{t}"
+        (self.marker_root / "done").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def location(self) -> Path:
+        return self.series.location
+
+    def is_done(self, block: Sequence[int]) -> bool:
+        return bool(getattr(self.series, "finished", False)) or super().is_done(block)
+
+    def mark_done(self, block: Sequence[int], record: dict[str, Any] | None = None) -> None:
+        flush = getattr(self.series.array, "flush", None)
+        if callable(flush):  # a TIFF memory map: the block's pages reach the disk before its marker
+            flush()
+        super().mark_done(block, record)
+
+    def finalize(self) -> Any:
+        raise NotImplementedError("a frame is finalized with its series (finalize the series output)")
+
+
+def frame_target(series: OutputTarget, t: int) -> OutputTarget:
+    """The output of frame ``t`` of the time-series output ``series`` (a view of an in-memory one)."""
+    if isinstance(series, MarkedOutput):
+        return FrameTarget(series, t)
+    return ArrayOutput(series.array[t])

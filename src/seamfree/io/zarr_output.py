@@ -32,8 +32,8 @@ import numpy as np
 
 from seamfree.errors import OutputExistsError, require
 from seamfree.io.markers import MARKER_DIR, MarkedOutput, check_fingerprint
-from seamfree.io.ome import Calibration, dimension_names, labels_group_attrs, ome_image_attrs
-from seamfree.io.pyramid import Downsampling, Runner, blocks, local_path, write_pyramid
+from seamfree.io.ome import Calibration, TimeCalibration, dimension_names, labels_group_attrs, ome_image_attrs
+from seamfree.io.pyramid import Downsampling, Runner, block_key, blocks, local_path, write_pyramid
 from seamfree.io.safety import remove_own_output
 
 __all__ = ["VIEWER_CHUNK", "ZarrBlockWriter", "ZarrOutput", "is_seamfree_zarr", "viewer_chunks", "zarr_markers"]
@@ -96,7 +96,8 @@ class ZarrOutput(MarkedOutput):
     Parameters beyond the array's: ``calibration`` (scale, translation, units), ``pyramid`` and its
     ``downsampling``, ``channel_names`` (the ``omero`` block), ``label_values`` (a mask output: the root is a
     label image with that many values), ``labels_from`` (a function from a block of level 0 to its mask: writes
-    ``labels/mask``), ``ngff`` ("0.5" or "0.4") and ``sharding`` (off: chunks are the cores).
+    ``labels/mask``), ``ngff`` ("0.5" or "0.4"), ``sharding`` (off: chunks are the cores) and ``time`` (a time
+    series: the array is ``(T, C, *spatial)``, one frame per shard along t, a ``t`` axis in the metadata).
     """
 
     def __init__(
@@ -116,9 +117,12 @@ class ZarrOutput(MarkedOutput):
         labels_from: Callable[[np.ndarray], np.ndarray] | None = None,
         ngff: str = "0.5",
         sharding: bool = True,
+        time: TimeCalibration | None = None,
     ) -> None:
         zarr = require("zarr", "zarr")
         self.path = path
+        self.time = time
+        self.lead = 2 if time is not None else 1  # the axes before the spatial ones: (T,) C
         self.calibration, self.pyramid, self.downsampling = calibration, pyramid, downsampling
         self.channel_names = list(channel_names) if channel_names else None
         self.label_values, self.labels_from, self.ngff = label_values, labels_from, ngff
@@ -144,10 +148,11 @@ class ZarrOutput(MarkedOutput):
             self.group = zarr.open_group(str(path), mode="w-", zarr_format=self._format,  # type: ignore[attr-defined]
                                          attributes=self._attributes(1, "incomplete"))
         if "0" not in self.group:  # new, or a creation killed before its array
-            core = (self.shape[0], *chunks)
-            inner = (self.shape[0], *viewer_chunks(chunks)) if sharding and ngff == "0.5" else core
+            first = (1, self.shape[1]) if time is not None else (self.shape[0],)  # a frame, every channel
+            core = (*first, *chunks)
+            inner = (*first, *viewer_chunks(chunks)) if sharding and ngff == "0.5" else core
             self.group.create_array("0", shape=self.shape, dtype=self.dtype, fill_value=0, **_layout(
-                core, inner, ngff, dimension_names(len(shape) - 1)))
+                core, inner, ngff, dimension_names(self.spatial_dims, time is not None)))
         self.array = self.group["0"]
         mark = dict(self.group.attrs.get("seamfree", {}))
         self.finished = mark.get("status") == "complete" and "fingerprint" in mark and not self.marker_root.exists()
@@ -160,9 +165,14 @@ class ZarrOutput(MarkedOutput):
     def _format(self) -> int:
         return 2 if self.ngff == "0.4" else 3
 
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.shape) - self.lead
+
     def _attributes(self, levels: int, status: str) -> dict[str, Any]:
-        ome = ome_image_attrs(len(self.shape) - 1, self.calibration, levels=levels, downsampling=self.downsampling,
-                              channel_names=self.channel_names, label_values=self.label_values, version=self.ngff)
+        ome = ome_image_attrs(self.spatial_dims, self.calibration, levels=levels, downsampling=self.downsampling,
+                              channel_names=self.channel_names, label_values=self.label_values, version=self.ngff,
+                              time=self.time)
         mark = {"seamfree": {"status": status, "fingerprint": self.fingerprint}}
         return {**ome, **mark} if self.ngff == "0.4" else {"ome": ome, **mark}
 
@@ -201,7 +211,8 @@ class ZarrOutput(MarkedOutput):
         """Write the pyramid and the labels (both resumable), then the metadata of every level and the complete
         status at once. ``run`` spreads their blocks over workers that see the same storage (the dask driver's)."""
         if not self.finished:
-            levels = write_pyramid(self.group, self.marker_root, self.downsampling, run=run) if self.pyramid else 1
+            levels = (write_pyramid(self.group, self.marker_root, self.downsampling, run=run, lead=self.lead)
+                      if self.pyramid else 1)
             if self.labels_from is not None:
                 self._write_labels(run)
             self.group.attrs.update(self._attributes(levels, "complete"))
@@ -212,44 +223,47 @@ class ZarrOutput(MarkedOutput):
     def _write_labels(self, run: Runner | None) -> None:
         """``labels/mask``: the mask of level 0, block by block (one shard at a time), with its own pyramid."""
         assert self.labels_from is not None
-        names = dimension_names(len(self.shape) - 1) if self.ngff == "0.5" else None
+        names = dimension_names(self.spatial_dims, self.time is not None) if self.ngff == "0.5" else None
         labels = self.group.require_group("labels")
         labels.attrs.update(labels_group_attrs([LABELS_NAME], self.ngff))
         image = labels.require_group(LABELS_NAME)
-        base = self.array
-        shape = (1, *self.shape[1:])
-        core = (1, *(getattr(base, "shards", None) or base.chunks)[1:])
+        base, lead = self.array, self.lead
+        shape = (*self.shape[:lead - 1], 1, *self.shape[lead:])
+        stored = getattr(base, "shards", None) or base.chunks
+        core = (*stored[:lead - 1], 1, *stored[lead:])
         if "0" not in image:
             image.create_array("0", shape=shape, dtype=np.uint8, fill_value=0,
-                               **_layout(core, (1, *base.chunks[1:]), self.ngff, names))
+                               **_layout(core, (*base.chunks[:lead - 1], 1, *base.chunks[lead:]), self.ngff, names))
         done = self.marker_root / "labels"
         done.mkdir(parents=True, exist_ok=True)
-        jobs = [(block, str(marker)) for block in blocks(shape, core)
+        jobs = [(block, str(marker)) for block in blocks(shape, core, lead)
                 if not (marker := done / "_".join(str(w.start) for w in block)).exists()]
         path = local_path(self.group)
         if run is None or path is None:
-            _label_jobs(self.group, jobs, self.labels_from)
+            _label_jobs(self.group, jobs, self.labels_from, lead)
         else:
-            run(partial(label_task, path=path, labels_from=self.labels_from), [[job] for job in jobs])
-        levels = write_pyramid(image, done, "stride", run=run) if self.pyramid else 1
-        ome = ome_image_attrs(len(self.shape) - 1, self.calibration, name=LABELS_NAME, levels=levels,
-                              downsampling="stride", label_values=2, version=self.ngff)
+            run(partial(label_task, path=path, labels_from=self.labels_from, lead=lead), [[job] for job in jobs])
+        levels = write_pyramid(image, done, "stride", run=run, lead=lead) if self.pyramid else 1
+        ome = ome_image_attrs(self.spatial_dims, self.calibration, name=LABELS_NAME, levels=levels,
+                              downsampling="stride", label_values=2, version=self.ngff, time=self.time)
         image.attrs.update(ome if self.ngff == "0.4" else {"ome": ome})
 
 
 def label_task(jobs: list[tuple[tuple[slice, ...], str]], *, path: str,
-               labels_from: Callable[[np.ndarray], np.ndarray]) -> int:
+               labels_from: Callable[[np.ndarray], np.ndarray], lead: int = 1) -> int:
     """A task (here or on a dask worker): write the label blocks ``jobs`` (window, marker path) of the output at
     ``path`` from its level 0; return how many."""
     zarr = require("zarr", "zarr")
-    return _label_jobs(zarr.open_group(path, mode="r+"), jobs, labels_from)  # type: ignore[attr-defined]
+    return _label_jobs(zarr.open_group(path, mode="r+"), jobs, labels_from, lead)  # type: ignore[attr-defined]
 
 
 def _label_jobs(group: Any, jobs: list[tuple[tuple[slice, ...], str]],
-                labels_from: Callable[[np.ndarray], np.ndarray]) -> int:
+                labels_from: Callable[[np.ndarray], np.ndarray], lead: int = 1) -> int:
     base, target = group["0"], group[f"labels/{LABELS_NAME}/0"]
     for block, marker in jobs:
-        target[(slice(None), *block)] = labels_from(np.asarray(base[(slice(None), *block)]))
+        values = np.asarray(base[block_key(block, lead)])
+        target[block_key(block, lead)] = (labels_from(values) if lead == 1 else  # a time series: frame by frame
+                                          np.stack([labels_from(frame) for frame in values]))
         Path(marker).touch()
     return len(jobs)
 

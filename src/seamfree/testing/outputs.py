@@ -26,6 +26,6 @@ def read_output(path: str | os.PathLike[str]) -> np.ndarray:
         data = np.asarray(tiff.asarray())
         if tiff.is_ome:  # an OME series squeezes a single channel: the stored layout is (C, *spatial)
             pixels = tifffile.xml2dict(tiff.ome_metadata or "")["OME"]["Image"]["Pixels"]
-            if int(pixels["SizeC"]) == 1:
-                data = data[np.newaxis]
+            if int(pixels["SizeC"]) == 1:  # (C, *spatial), or (T, C, *spatial) for a time series
+                data = data[:, np.newaxis] if int(pixels.get("SizeT", 1)) > 1 else data[np.newaxis]
     return data

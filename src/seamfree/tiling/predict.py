@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from seamfree.io.lock import output_lock
-from seamfree.io.readers import ImageSource, open_image
-from seamfree.io.writers import create_output
+from seamfree.io.readers import FrameSeries, ImageSource, open_image
+from seamfree.io.safety import fingerprint_digest
+from seamfree.io.writers import create_output, frame_target
 from seamfree.models.describe import describe_model
 from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.engine import eval_mode, forward_batch, predict_batches, read_window, resolve_activation, run_tiles
@@ -67,6 +68,7 @@ class PredictionReport:
     seconds: float
     tiles_per_batch: int
     activation: str
+    frames: int | None = None  # a time series: how many frames (the normalization is the first frame's)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,7 +78,7 @@ class PredictionReport:
             "receptive_field": self.receptive_field.to_dict() if self.receptive_field else None,
             "normalization": self.normalization.to_dict(), "tiles_total": self.tiles_total,
             "tiles_computed": self.tiles_computed, "seconds": self.seconds, "tiles_per_batch": self.tiles_per_batch,
-            "activation": self.activation,
+            "activation": self.activation, "frames": self.frames,
         }
 
 
@@ -105,7 +107,9 @@ def predict(
     config : PredictConfig, optional
         Tiling, stitching, device and output options.
     axes : str, optional
-        Axis order of ``image`` (e.g. ``"YXC"``), when not channel-first.
+        Axis order of ``image`` (e.g. ``"YXC"``), when not channel-first. A leading ``T`` (``"TYX"``,
+        ``"TCZYX"``; an OME-Zarr input with a ``t`` axis needs none) predicts a time series frame by frame into
+        an output ``(T, C_out, *spatial)``.
     progress : bool or callable
         True for a tqdm progress bar; a callable receives the number of tiles done after each batch.
     report : list, optional
@@ -128,7 +132,9 @@ def predict(
     """
     config = config or PredictConfig()
     info = describe(model, config)
-    source = open_image(image, spatial_dims=info.spatial_dims, axes=axes, key=key)
+    source = open_image(image, spatial_dims=info.spatial_dims, axes=axes, key=key, frames=True)
+    if isinstance(source, FrameSeries):
+        return _predict_series(model, image, source, output, config, info, progress, report)
     try:
         started = time.perf_counter()
         with output_lock(output):  # one writer per output path, taken before any work
@@ -149,6 +155,49 @@ def predict(
     if report is not None:
         report.append(PredictionReport(plan.grid, plan.receptive_field, plan.normalization, len(tiles), computed,
                                        seconds, plan.tiles_per_batch, plan.activation))
+    return result
+
+
+def _predict_series(model: nn.Module, image: Any, series: FrameSeries, output: Any, config: PredictConfig,
+                    info: Any, progress: bool | Callable[[int], None],
+                    report: list[PredictionReport] | None) -> Any:
+    """Predict every frame of ``series`` as an image of its own (its own intensity statistics: what ``predict``
+    gives for that frame alone, exactly) into one output ``(T, C_out, *spatial)``, frame after frame; resumable
+    like one image (done markers per frame), complete only after the last frame."""
+    try:
+        started = time.perf_counter()
+        with output_lock(output):
+            # every frame's plan first (its statistics pass): the output's fingerprint covers every frame
+            plans = [plan_prediction(model, series.frame(t), config, info=info) for t in range(series.frames)]
+            first = plans[0]
+            fingerprint = {**first.fingerprint, "frames": [fingerprint_digest(plan.fingerprint) for plan in plans]}
+            target = create_output(output, shape=(series.frames, *first.output_shape), dtype=first.output_dtype,
+                                   chunks=first.grid.core, fingerprint=fingerprint, overwrite=config.overwrite,
+                                   calibration=output_calibration(series.frame(0), config), input_path=series.path,
+                                   time=series.time, **zarr_options(config, first.out_channels, model))
+            tiles_per_frame = len(list(first.grid.tiles()))
+            update = _progress(progress)
+            computed = 0
+            for t, plan in enumerate(plans):
+                frame = series.frame(t)
+
+                def frame_progress(done: int, total: int, before: int = t * tiles_per_frame) -> None:
+                    if update is not None:
+                        update(before + done, series.frames * tiles_per_frame)
+
+                computed += run_tiles(model, plan, frame, list(plan.grid.tiles()),
+                                      sink_for(plan, frame_target(target, t)), progress=frame_progress)
+            result = target.finalize()
+    finally:
+        if series is not image:
+            series.close()
+    seconds = time.perf_counter() - started
+    total = series.frames * tiles_per_frame
+    logger.info("predicted %d of %d tiles in %d frames (core %s, halo %s) in %.1f s", computed, total, series.frames,
+                first.grid.core, first.grid.halo, seconds)
+    if report is not None:
+        report.append(PredictionReport(first.grid, first.receptive_field, first.normalization, total, computed,
+                                       seconds, first.tiles_per_batch, first.activation, series.frames))
     return result
 
 
