@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from seamfree.models import UNet
 from seamfree.testing import randomize_norm_statistics
 from seamfree.tiling import TileGrid, measure_receptive_field, suggest_tiling
-from seamfree.tiling.receptive import activation_bytes_per_voxel
+from seamfree.tiling.memory import forward_memory
 
 CASES = [("2d", 2, None, 2), ("2d-depth4", 2, None, 4), ("3d", 3, None, 2),
          ("anisotropic", 3, [(1, 2, 2), (2, 2, 2)], 2)]
@@ -78,8 +78,8 @@ def test_suggested_tiles_stay_within_the_memory_budget(shape, budget_kib):
     stride = rf.network_stride
     at_minimum = all(c <= s for c, s in zip(suggestion.core, stride))
     assert suggestion.estimated_bytes <= budget or at_minimum
-    per_voxel = activation_bytes_per_voxel(net, 1, stride)
-    assert suggestion.estimated_bytes == int(math.prod(suggestion.tile_shape) * per_voxel * suggestion.tiles_per_batch)
+    memory = forward_memory(net, 1, stride)
+    assert suggestion.estimated_bytes == memory.bytes(math.prod(suggestion.tile_shape), suggestion.tiles_per_batch)
     # the cores cover the image, and a core is never larger than the (padded) image
     assert all(-(-n // c) * c >= n for n, c in zip(shape, suggestion.core))
     assert all(c <= -(-n // s) * s for n, c, s in zip(shape, suggestion.core, stride))

@@ -14,9 +14,9 @@ from seamfree.io.readers import ImageSource
 from seamfree.metrics import binarize
 from seamfree.models.describe import ModelInfo, describe_model
 from seamfree.tiling.engine import read_window, resolve_activation
+from seamfree.tiling.memory import forward_memory
 from seamfree.tiling.plan import PredictConfig
 from seamfree.tiling.predict import predict, predict_whole
-from seamfree.tiling.suggest import activation_bytes_per_voxel
 
 __all__ = ["ExactnessCheck", "exactness_check", "whole_forward_crop"]
 
@@ -59,9 +59,9 @@ def whole_forward_crop(model: nn.Module, spatial_shape: tuple[int, ...], memory_
     """Return the largest origin-anchored region whose whole-image forward fits ``memory_budget`` bytes."""
     info = info or describe_model(model, probe=False)
     in_channels, stride = info.in_channels, info.network_stride
-    per_voxel = activation_bytes_per_voxel(model, in_channels, stride)
+    memory = forward_memory(model, in_channels, stride, digest=info.digest)
     shape = list(spatial_shape)
-    while math.prod(shape) * per_voxel > memory_budget and max(shape) > 2 * max(stride):
+    while memory.bytes(math.prod(shape)) > memory_budget and max(shape) > 2 * max(stride):
         axis = int(np.argmax(shape))
         shape[axis] = max(stride[axis], shape[axis] // 2 // stride[axis] * stride[axis])
     return tuple(slice(0, s) for s in shape)

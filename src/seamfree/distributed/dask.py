@@ -37,7 +37,7 @@ from seamfree.io.files import file_sha256
 from seamfree.io.lock import output_lock
 from seamfree.io.pyramid import Runner
 from seamfree.io.readers import ImageSource, open_image
-from seamfree.io.writers import ZarrBlockWriter, ZarrOutput, create_output, output_format
+from seamfree.io.writers import ZarrBlockWriter, ZarrOutput, create_output, output_format, recorded_fingerprint
 from seamfree.models.checkpoint import load_model
 from seamfree.tiling.engine import run_tiles
 from seamfree.tiling.grid import Tile
@@ -303,7 +303,8 @@ def predict_distributed(
         try:
             normalization = _normalization(client, str(image_path), axes, source, dims, config.normalization,
                                            watchdog, key)
-            plan = plan_prediction(net, source, config, normalization, info=info)
+            plan = plan_prediction(net, source, config, normalization, info=info,
+                                   recorded=None if config.overwrite else recorded_fingerprint(output))
             _check_input(source, plan)
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
                                    fingerprint=plan.fingerprint, overwrite=config.overwrite,

@@ -10,6 +10,7 @@ Until the last block is written the output says it is incomplete: an OME-Zarr gr
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ from seamfree.io.safety import (
     resolved_path,
     tiff_signature,
 )
-from seamfree.io.zarr_output import ZarrBlockWriter, ZarrOutput
+from seamfree.io.zarr_output import ZarrBlockWriter, ZarrOutput, seamfree_attrs
 
 __all__ = [
     "ArrayOutput",
@@ -47,6 +48,7 @@ __all__ = [
     "create_output",
     "frame_target",
     "output_format",
+    "recorded_fingerprint",
     "resolved_path",
 ]
 
@@ -168,6 +170,20 @@ def _reserve(path: Path) -> None:
             if code not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate stay sparse
                 raise OSError(code, f"{os.strerror(code)} (reserving {_size(size)} for the TIFF output)",
                               str(path)) from exc
+
+
+def recorded_fingerprint(target: Any) -> dict[str, Any] | None:
+    """The fingerprint recorded by an earlier run into the output ``target`` (a path): its markers' (a run under
+    way or interrupted) or an OME-Zarr's attributes (a complete one); None for anything else."""
+    if not isinstance(target, str | os.PathLike) or "://" in str(target):
+        return None
+    path = Path(target)
+    try:
+        stored = json.loads((path.with_name(path.name + MARKER_DIR) / "fingerprint.json").read_text())
+    except (OSError, ValueError):
+        mark = seamfree_attrs(path) if path.is_dir() else None
+        stored = mark.get("fingerprint") if mark else None
+    return stored if isinstance(stored, dict) else None
 
 
 def output_format(path: str | os.PathLike[str]) -> str:

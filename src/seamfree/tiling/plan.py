@@ -296,14 +296,16 @@ def describe(model: nn.Module, config: PredictConfig) -> ModelInfo:
 
 def plan_prediction(model: nn.Module, source: ImageSource, config: PredictConfig,
                     normalization: IntensityNormalization | None = None,
-                    info: ModelInfo | None = None) -> PredictionPlan:
+                    info: ModelInfo | None = None, recorded: dict[str, Any] | None = None) -> PredictionPlan:
     """Return the plan of a tiled prediction of ``source`` (``normalization``: statistics already computed;
-    ``info``: the model's description, made from the config's options if not given)."""
+    ``info``: the model's description, made from the config's options if not given; ``recorded``: the
+    fingerprint of the output being resumed, whose core and batch replace the defaults, so that a resume never
+    depends on the memory of the moment or of another machine)."""
     check_device(config.device)
     info = info or describe(model, config)
     check_model_input(source, info.in_channels, info.spatial_dims)
     normalization = normalization or compute_normalization(source, config.normalization)
-    grid, rf, tiles_per_batch = _resolve_grid(model, info, source, config.tiling, config.device)
+    grid, rf, tiles_per_batch = _resolve_grid(model, info, source, config.tiling, config.device, recorded)
     _check_halo_vs_rf(grid, info.receptive_field, config.tiling)
     runtime = config.runtime.resolved(info.activation, info.output)
     return PredictionPlan(grid, rf, tiles_per_batch, runtime, config.output, config.stitching, config.blend_window,
@@ -311,8 +313,18 @@ def plan_prediction(model: nn.Module, source: ImageSource, config: PredictConfig
                           _fingerprint(source, info, config, grid, normalization, runtime, tiles_per_batch), info)
 
 
+def _recorded_plan(recorded: dict[str, Any] | None, dims: int) -> tuple[tuple[int, ...] | None, int | None]:
+    """The core and tiles per batch an output being resumed was planned with (None where it does not say)."""
+    grid = (recorded or {}).get("grid") or {}
+    core = grid.get("core") if isinstance(grid, dict) else None
+    batch = ((recorded or {}).get("runtime") or {}).get("tiles_per_batch")
+    cores = tuple(core) if isinstance(core, list) and len(core) == dims else ()
+    valid = bool(cores) and all(isinstance(c, int) and c > 0 for c in cores)
+    return (cores if valid else None), (int(batch) if isinstance(batch, int) and batch > 0 else None)
+
+
 def _resolve_grid(model: nn.Module, info: ModelInfo, source: ImageSource, tiling: TilingSpec,
-                  device: str) -> tuple[TileGrid, ReceptiveField | None, int]:
+                  device: str, recorded: dict[str, Any] | None = None) -> tuple[TileGrid, ReceptiveField | None, int]:
     dims, stride = source.spatial_dims, info.network_stride
     rf = None
     if tiling.halo == "auto":
@@ -326,6 +338,13 @@ def _resolve_grid(model: nn.Module, info: ModelInfo, source: ImageSource, tiling
     else:
         halo = as_axis_tuple(tiling.halo, dims, "halo")
     core, tiles_per_batch = tiling.core, tiling.tiles_per_batch
+    recorded_core, recorded_batch = _recorded_plan(recorded, dims)
+    if (core is None and recorded_core is not None) or (tiles_per_batch is None and recorded_batch is not None):
+        logger.info("resuming with the plan recorded in the output: core %s, %s tile(s) per batch",
+                    recorded_core if core is None else core, recorded_batch if tiles_per_batch is None
+                    else tiles_per_batch)
+        core = recorded_core if core is None else core
+        tiles_per_batch = recorded_batch if tiles_per_batch is None else tiles_per_batch
     if core is None or tiles_per_batch is None:
         suggestion = suggest_tiling(model, source.spatial_shape, memory_budget=tiling.memory_budget, device=device,
                                     receptive_field=rf or ReceptiveField(halo, halo, stride, False, 0.0), info=info)

@@ -22,7 +22,7 @@ from torch import nn
 from seamfree.io.lock import output_lock
 from seamfree.io.readers import FrameSeries, ImageSource, open_image
 from seamfree.io.safety import fingerprint_digest
-from seamfree.io.writers import create_output, frame_target
+from seamfree.io.writers import create_output, frame_target, recorded_fingerprint
 from seamfree.models.describe import describe_model
 from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.engine import eval_mode, forward_batch, predict_batches, read_window, resolve_activation, run_tiles
@@ -138,7 +138,7 @@ def predict(
     try:
         started = time.perf_counter()
         with output_lock(output):  # one writer per output path, taken before any work
-            plan = plan_prediction(model, source, config, info=info)
+            plan = plan_prediction(model, source, config, info=info, recorded=_recorded(output, config))
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
                                    fingerprint=plan.fingerprint, overwrite=config.overwrite,
                                    calibration=output_calibration(source, config), input_path=source.path,
@@ -158,6 +158,11 @@ def predict(
     return result
 
 
+def _recorded(output: Any, config: PredictConfig) -> dict[str, Any] | None:
+    """The fingerprint of the output being resumed (None when overwriting it: a fresh start plans afresh)."""
+    return None if config.overwrite else recorded_fingerprint(output)
+
+
 def _predict_series(model: nn.Module, image: Any, series: FrameSeries, output: Any, config: PredictConfig,
                     info: Any, progress: bool | Callable[[int], None],
                     report: list[PredictionReport] | None) -> Any:
@@ -168,7 +173,9 @@ def _predict_series(model: nn.Module, image: Any, series: FrameSeries, output: A
         started = time.perf_counter()
         with output_lock(output):
             # every frame's plan first (its statistics pass): the output's fingerprint covers every frame
-            plans = [plan_prediction(model, series.frame(t), config, info=info) for t in range(series.frames)]
+            recorded = _recorded(output, config)
+            plans = [plan_prediction(model, series.frame(t), config, info=info, recorded=recorded)
+                     for t in range(series.frames)]
             first = plans[0]
             fingerprint = {**first.fingerprint, "frames": [fingerprint_digest(plan.fingerprint) for plan in plans]}
             target = create_output(output, shape=(series.frames, *first.output_shape), dtype=first.output_dtype,

@@ -1,23 +1,24 @@
 """Tiling suggestions: the core and tiles per batch that fit a memory budget with the least recomputed halo.
 
 The halo comes from the model's measured receptive field (:class:`~seamfree.models.ModelInfo`); the memory of
-one tile from the bytes of all intermediate outputs per input voxel, measured with one small forward pass.
+one tile from the measured peak of a forward (:mod:`seamfree.tiling.memory`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from seamfree.errors import ShapeError
-from seamfree.layers.modes import eval_mode
 from seamfree.models.describe import ModelInfo, describe_model
 from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.grid import round_up
+from seamfree.tiling.memory import activation_bytes_per_voxel, forward_memory
 
 __all__ = ["TilingSuggestion", "activation_bytes_per_voxel", "default_memory_budget", "suggest_tiling",
            "total_memory"]
@@ -40,43 +41,6 @@ class TilingSuggestion:
                 "compute_ratio": self.compute_ratio}
 
 
-@torch.inference_mode()
-def activation_bytes_per_voxel(model: nn.Module, in_channels: int, stride: tuple[int, ...]) -> float:
-    """Return the bytes of all intermediate outputs per input voxel (an upper bound of inference memory).
-
-    Measured with forward hooks on one small input; compiled models (TorchScript), whose layers take no hooks,
-    are bounded by 4 bytes × the output channels of all their convolutions, as if all ran at full resolution.
-    """
-    probe = tuple(max(2 * s, 16) for s in stride)
-    total = 0
-
-    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel() * output.element_size()
-
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    try:
-        handles = [m.register_forward_hook(hook) for m in leaves]
-    except (RuntimeError, AttributeError):  # TorchScript modules refuse hooks added after compilation
-        return _compiled_bytes_per_voxel(model)
-    try:
-        parameter = next(model.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        with eval_mode(model):
-            model(torch.zeros((1, in_channels, *probe), device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total / math.prod(probe) if total else _compiled_bytes_per_voxel(model)
-
-
-def _compiled_bytes_per_voxel(model: nn.Module) -> float:
-    channels = sum(int(w.shape[0]) for name, w in model.named_parameters()
-                   if name.endswith("weight") and w.dim() >= 3)
-    return 4.0 * max(channels, 1)
-
-
 def suggest_tiling(
     model: nn.Module,
     image_shape: tuple[int, ...],
@@ -86,14 +50,17 @@ def suggest_tiling(
     receptive_field: ReceptiveField | None = None,
     info: ModelInfo | None = None,
 ) -> TilingSuggestion:
-    """Return the core, halo and tiles per batch that use ``memory_budget`` bytes with the least overhead.
+    """Return the core, halo and tiles per batch that fit ``memory_budget`` bytes and compute the fewest voxels.
 
-    The halo is the measured receptive-field radius (rounded to the network stride). The number of cores per
-    axis is the smallest for which a tile fits the budget, so cores are as large as memory allows and the
-    recomputed halo, ``(core + 2·halo)^d / core^d``, as small as it can be. Default budget: an eighth of the
-    machine's total RAM, at most 4 GiB, on CPU, the same at every call (:func:`default_memory_budget`; batch 1:
-    large tiles are not slower per voxel there); half of the free GPU memory on CUDA (batch up to 4). ``info``:
-    the model's description (made if not given); ``receptive_field`` replaces its receptive field.
+    The halo is the measured receptive-field radius (rounded to the network stride). A tile's memory is the
+    *measured* peak of a forward (:func:`~seamfree.tiling.memory.forward_memory`, per voxel, cached per model).
+    Among all the numbers of cores per axis whose tiles fit, the one with the fewest voxels computed in total
+    (cores plus their recomputed halos; an axis in one core has no halo) wins, then the one with fewer tiles: an
+    axis that one tile already spans is never split, and cores stay as large and as cubic as memory allows.
+    Default budget: an eighth of the machine's total RAM, at most 4 GiB, on CPU, the same at every call
+    (:func:`default_memory_budget`; batch 1: large tiles are not slower per voxel there); half of the free GPU
+    memory on CUDA (batch up to 4). ``info``: the model's description (made if not given);
+    ``receptive_field`` replaces its receptive field.
     """
     info = info or describe_model(model, probe=False)
     rf = receptive_field or info.receptive_field
@@ -101,26 +68,49 @@ def suggest_tiling(
     if len(image_shape) != dims:
         raise ShapeError(f"image_shape {image_shape} has {len(image_shape)} axes, the model is {dims}D")
     budget = memory_budget or default_memory_budget(device)
-    bytes_per_voxel = activation_bytes_per_voxel(model, info.in_channels, stride)
+    memory = forward_memory(model, info.in_channels, stride, device=None if device == "cpu" else device,
+                            digest=info.digest)
     padded = [round_up(n, s) for n, s in zip(image_shape, stride)]
-    counts = [1] * dims
-
-    def tile_of(counts: list[int]) -> tuple[list[int], list[int]]:
-        core = [round_up(-(-p // k), s) for p, k, s in zip(padded, counts, stride)]
-        tile = [min(c + 2 * h, p) for c, h, p in zip(core, rf.halo, padded)]
-        return core, tile
-
-    core, tile = tile_of(counts)
-    while math.prod(tile) * bytes_per_voxel > budget:
-        axis = int(np.argmax([c if c > s else 0 for c, s in zip(core, stride)]))
-        if core[axis] <= stride[axis]:
-            break
-        counts[axis] += 1
-        core, tile = tile_of(counts)
-    tile_bytes = math.prod(tile) * bytes_per_voxel
+    counts, core, tile = _fewest_voxels(padded, stride, rf.halo, lambda voxels: memory.bytes(voxels) <= budget)
+    tile_bytes = memory.bytes(math.prod(tile))
     batch = 1 if device == "cpu" else int(max(1, min(4, budget // max(tile_bytes, 1))))
     ratio = math.prod(k * t for k, t in zip(counts, tile)) / math.prod(image_shape)
     return TilingSuggestion(tuple(core), rf.halo, batch, tuple(tile), int(tile_bytes * batch), ratio)
+
+
+def _fewest_voxels(padded: list[int], stride: tuple[int, ...], halo: tuple[int, ...],
+                   fits: Callable[[int], bool]) -> tuple[list[int], list[int], list[int]]:
+    """The cores per axis, core and tile whose tiles ``fit`` with the fewest voxels computed, then fewest tiles.
+
+    Every distinct core per axis is a candidate (a multiple of the stride; cores smaller than the halo only when
+    nothing else fits); for each choice on the other axes the last axis takes the fewest cores that fit (more
+    only add halo). When nothing fits: the smallest tiles (the engine reports a memory error if it happens)."""
+    def options(p: int, s: int, h: int) -> list[tuple[int, int, int]]:  # (cores, core, tile), largest core first
+        found: dict[int, int] = {}
+        for k in range(1, p // s + 1):
+            found.setdefault(round_up(-(-p // k), s), k)
+        return [(k, c, min(c + 2 * h, p)) for c, k in found.items()]
+
+    every = [options(p, s, h) for p, s, h in zip(padded, stride, halo)]
+    wide = [[o for o in axis if o[1] >= max(h, s)] or axis for axis, h, s in zip(every, halo, stride)]
+    for per_axis in (wide, every):
+        best: tuple[int, int, list[tuple[int, int, int]]] | None = None
+        for head in itertools.product(*per_axis[:-1]):
+            head_voxels = math.prod(t for _, _, t in head)
+            last = next((o for o in per_axis[-1] if fits(head_voxels * o[2])), None)  # the fewest cores that fit
+            if last is None:
+                continue
+            choice = [*head, last]
+            computed = math.prod(k * t for k, _, t in choice)
+            tiles = math.prod(k for k, _, _ in choice)
+            if best is None or (computed, tiles) < best[:2]:
+                best = (computed, tiles, choice)
+        if best is not None:
+            chosen = best[2]
+            break
+    else:
+        chosen = [axis[-1] for axis in every]
+    return [k for k, _, _ in chosen], [c for _, c, _ in chosen], [t for _, _, t in chosen]
 
 
 def default_memory_budget(device: str) -> int:
