@@ -153,6 +153,28 @@ def test_claims_read_the_table():
     assert verdicts["Tile-wise norms (InstanceNorm, GroupNorm, LayerNorm) cause tiling artifacts"] == "partly"
 
 
+def test_claims_never_count_a_missing_value_an_untrained_model_or_one_computation_twice():
+    def row(norm, batch, **metrics):
+        base = {"status": "done", "kind": "grid", "norm": norm, "batch_size": batch, "dataset": "d", "seed": 0,
+                "stage": "in-distribution", "dice": 0.9, "tm_abs": 0.0, "exact_max_abs": 0.0, "ted_dice": 0.0,
+                "ted_abs": 0.0, "name": f"{norm}-b{batch}"}
+        return {**base, **metrics}
+
+    exact = "Global statistics (BatchNorm, BatchRenorm in eval mode) make tiled prediction exact"
+    # a model whose TM was never measured neither passes nor fails "exact tiling" (it used to pass as TM 0)
+    checks = {c.claim: c for c in check_claims([row("batch", 8, tm_abs=None)])}
+    assert checks[exact].verdict == "not measured"
+    checks = {c.claim: c for c in check_claims([row("batch", 8, tm_abs=float("nan")), row("batchrenorm", 8)])}
+    assert checks[exact].verdict == "reproduced" and checks[exact].evidence.startswith("1 of 1")
+    # a model that never trained says nothing about its norm; tracked InstanceNorm at batch 1 is BatchNorm at 1
+    rows = [row("none", 1, dice=0.002), row("batch", 1), row("instance_tracked", 1), row("instance_tracked", 8)]
+    checks = {c.claim: c for c in check_claims(rows)}
+    assert checks[exact].evidence.startswith("2 of 2")  # batch-b1 and instance_tracked-b8
+    left_out = checks["Runs left out of every claim"].evidence
+    assert "none-b1 (did not train: Dice 0.002)" in left_out
+    assert "instance_tracked-b1 (the same computation as BatchNorm at batch size 1)" in left_out
+
+
 def test_cli_runs_lists_and_writes_the_results_page(tiny_config, tmp_path, capsys):
     out = tmp_path / "study"
     assert main(["study", str(tiny_config), "--out", str(out), "--only", "grid/synthetic/*-b2-*"]) == 0

@@ -6,13 +6,14 @@ numbers it rests on, so that results.md states plainly which claims hold on this
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from seamfree.layers.registry import norm_spec, norms_where
 
-__all__ = ["CLAIMS", "Claim", "ClaimCheck", "check_claims"]
+__all__ = ["CLAIMS", "UNTRAINED_DICE", "Claim", "ClaimCheck", "check_claims", "usable_rows"]
 
 # From the norm registry: norms whose statistics come from the tile (tiling artifacts expected); norms that
 # compute their statistics at inference at all, per tile or per voxel (no train/eval disparity possible); and
@@ -27,6 +28,8 @@ EXACT = 1e-5
 ACCURACY_MARGIN = 0.03
 # Dice differences below this are ties: a comparison between tied models proves nothing.
 TIE = 0.005
+# A model whose test Dice is below this did not learn the task: left out of the claims (and listed).
+UNTRAINED_DICE = 0.05
 
 Row = dict[str, Any]
 
@@ -48,18 +51,25 @@ class Claim:
     check: Callable[[list[Row]], tuple[str, str]]
 
 
-def _done(rows: Sequence[Row], **where: Any) -> list[Row]:
+def _known(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _done(rows: Sequence[Row], measured: tuple[str, ...] = (), **where: Any) -> list[Row]:
+    """The finished rows matching ``where`` in which every ``measured`` quantity is known: a row that lacks one
+    is left out of the claim (it neither passes nor fails it), never counted as a 0."""
     selected = []
     for row in rows:
-        if row.get("status") != "done":
+        if row.get("status") != "done" or not all(_known(row.get(k)) for k in measured):
             continue
         if all((row.get(k) in v) if isinstance(v, tuple) else row.get(k) == v for k, v in where.items()):
             selected.append(row)
     return selected
 
 
-def _in_distribution(rows: Sequence[Row], kinds: tuple[str, ...] = ("grid", "volume")) -> list[Row]:
-    return [r for r in _done(rows, stage="in-distribution") if r["kind"] in kinds]
+def _in_distribution(rows: Sequence[Row], kinds: tuple[str, ...] = ("grid", "volume"),
+                     measured: tuple[str, ...] = ()) -> list[Row]:
+    return [r for r in _done(rows, measured, stage="in-distribution") if r["kind"] in kinds]
 
 
 def _share(count: int, total: int) -> str:
@@ -75,8 +85,8 @@ def _fmt(value: float | None) -> str:
 
 
 def _tile_wise_artifacts(rows: list[Row]) -> tuple[str, str]:
-    selected = [r for r in _in_distribution(rows) if r["norm"] in TILE_WISE]
-    hits = [r for r in selected if (r["tm_abs"] or 0) > ARTIFACT]
+    selected = [r for r in _in_distribution(rows, measured=("tm_abs",)) if r["norm"] in TILE_WISE]
+    hits = [r for r in selected if r["tm_abs"] > ARTIFACT]
     values = [r["tm_dice"] for r in selected if r["tm_dice"] is not None]
     return _share(len(hits), len(selected)), (
         f"{len(hits)} of {len(selected)} tile-wise CNN models have TM_abs > {ARTIFACT:g}; TM_dice "
@@ -84,17 +94,17 @@ def _tile_wise_artifacts(rows: list[Row]) -> tuple[str, str]:
 
 
 def _global_exact(rows: list[Row]) -> tuple[str, str]:
-    selected = [r for r in _in_distribution(rows) if r["norm"] in FIXED]
-    hits = [r for r in selected if (r["tm_abs"] or 0) < EXACT and (r["exact_max_abs"] or 0) < 1e-3]
-    worst = max((r["tm_abs"] or 0 for r in selected), default=None)
+    selected = [r for r in _in_distribution(rows, measured=("tm_abs", "exact_max_abs")) if r["norm"] in FIXED]
+    hits = [r for r in selected if r["tm_abs"] < EXACT and r["exact_max_abs"] < 1e-3]
+    worst = max((r["tm_abs"] for r in selected), default=None)
     return _share(len(hits), len(selected)), (
         f"{len(hits)} of {len(selected)} CNN models with global statistics "
         f"({', '.join(norm_spec(n).label for n in FIXED)}) have TM_abs < {EXACT:g} (largest {_fmt(worst)})")
 
 
 def _tile_wise_no_disparity(rows: list[Row]) -> tuple[str, str]:
-    selected = [r for r in _in_distribution(rows, ("grid", "volume", "vit")) if r["norm"] in COMPUTED]
-    hits = [r for r in selected if (r["ted_abs"] or 0) <= 1e-6]
+    selected = [r for r in _in_distribution(rows, ("grid", "volume", "vit"), ("ted_abs",)) if r["norm"] in COMPUTED]
+    hits = [r for r in selected if r["ted_abs"] <= 1e-6]
     return _share(len(hits), len(selected)), f"{len(hits)} of {len(selected)} tile-wise models have TED_abs ≤ 1e-6"
 
 
@@ -103,7 +113,7 @@ def _pairs_by_batch(rows: list[Row], norm: str) -> list[tuple[Row, Row]]:
     pairs = []
     for dataset in sorted({r["dataset"] for r in rows}):
         for seed in sorted({r["seed"] for r in rows}):
-            group = sorted(_done(rows, kind="grid", norm=norm, dataset=dataset, seed=seed),
+            group = sorted(_done(rows, ("ted_dice",), kind="grid", norm=norm, dataset=dataset, seed=seed),
                            key=lambda r: r["batch_size"])
             if len(group) >= 2:
                 pairs.append((group[0], group[-1]))
@@ -112,9 +122,10 @@ def _pairs_by_batch(rows: list[Row], norm: str) -> list[tuple[Row, Row]]:
 
 def _batchnorm_disparity(rows: list[Row]) -> tuple[str, str]:
     pairs = _pairs_by_batch(rows, "batch")
-    grows = [p for p in pairs if (p[0]["ted_dice"] or 0) > (p[1]["ted_dice"] or 0)]
-    positive = [r for r in _done(rows, kind="grid", norm="batch") if (r["ted_dice"] or 0) > 0.01]
-    total = len(_done(rows, kind="grid", norm="batch"))
+    grows = [p for p in pairs if p[0]["ted_dice"] > p[1]["ted_dice"]]
+    measured = _done(rows, ("ted_dice",), kind="grid", norm="batch")
+    positive = [r for r in measured if r["ted_dice"] > 0.01]
+    total = len(measured)
     detail = "; ".join(f"{a['dataset']}: b{a['batch_size']} {_fmt(a['ted_dice'])} vs b{b['batch_size']} "
                        f"{_fmt(b['ted_dice'])}" for a, b in pairs)
     verdict = _share(len(grows) + len(positive), len(pairs) + total)
@@ -123,8 +134,8 @@ def _batchnorm_disparity(rows: list[Row]) -> tuple[str, str]:
 
 
 def _batchnorm_accuracy(rows: list[Row]) -> tuple[str, str]:
-    selected = _done(rows, kind="grid", norm="batch")
-    hits = [r for r in selected if (r["delta_dice"] or 0) > 0]
+    selected = _done(rows, ("delta_dice",), kind="grid", norm="batch")
+    hits = [r for r in selected if r["delta_dice"] > 0]
     values = ", ".join(f"{r['dataset']} b{r['batch_size']}: {_fmt(r['delta_dice'])}" for r in selected)
     return _share(len(hits), len(selected)), (
         f"ΔDice = Dice(train-mode) − Dice(eval) > 0 in {len(hits)} of {len(selected)} BatchNorm models ({values})")
@@ -132,13 +143,13 @@ def _batchnorm_accuracy(rows: list[Row]) -> tuple[str, str]:
 
 def _renorm_no_disparity(rows: list[Row]) -> tuple[str, str]:
     compared = []
-    for brn in _done(rows, kind="grid", norm="batchrenorm"):
-        bn = _done(rows, kind="grid", norm="batch", dataset=brn["dataset"], batch_size=brn["batch_size"],
-                   seed=brn["seed"])
+    for brn in _done(rows, ("ted_dice",), kind="grid", norm="batchrenorm"):
+        bn = _done(rows, ("ted_dice",), kind="grid", norm="batch", dataset=brn["dataset"],
+                   batch_size=brn["batch_size"], seed=brn["seed"])
         if bn:
             compared.append((brn, bn[0]))
-    hits = [p for p in compared if (p[0]["ted_dice"] or 0) <= (p[1]["ted_dice"] or 0)]
-    brn_values = [r["ted_dice"] or 0 for r in _done(rows, kind="grid", norm="batchrenorm")]
+    hits = [p for p in compared if p[0]["ted_dice"] <= p[1]["ted_dice"]]
+    brn_values = [r["ted_dice"] for r in _done(rows, ("ted_dice",), kind="grid", norm="batchrenorm")]
     return _share(len(hits), len(compared)), (
         f"BatchRenorm TED_dice ≤ BatchNorm's at the same batch size in {len(hits)} of {len(compared)} pairs; "
         f"BatchRenorm TED_dice {_fmt(min(brn_values, default=None))}–{_fmt(max(brn_values, default=None))}")
@@ -146,11 +157,12 @@ def _renorm_no_disparity(rows: list[Row]) -> tuple[str, str]:
 
 def _renorm_accuracy(rows: list[Row]) -> tuple[str, str]:
     compared, hits, gaps = 0, 0, []
-    for brn in _done(rows, kind="grid", norm="batchrenorm"):
-        peers = _done(rows, kind="grid", dataset=brn["dataset"], batch_size=brn["batch_size"], seed=brn["seed"])
-        best = max((r["dice"] or 0 for r in peers), default=0)
+    for brn in _done(rows, ("dice",), kind="grid", norm="batchrenorm"):
+        peers = _done(rows, ("dice",), kind="grid", dataset=brn["dataset"], batch_size=brn["batch_size"],
+                      seed=brn["seed"])
+        best = max(r["dice"] for r in peers)  # brn is among its peers
         compared += 1
-        gap = best - (brn["dice"] or 0)
+        gap = best - brn["dice"]
         gaps.append(gap)
         hits += gap <= ACCURACY_MARGIN
     return _share(hits, compared), (
@@ -159,25 +171,25 @@ def _renorm_accuracy(rows: list[Row]) -> tuple[str, str]:
 
 
 def _artifacts_grow(rows: list[Row]) -> tuple[str, str]:
-    selected = [r for r in _in_distribution(rows) if r["norm"] in TILE_WISE and r["tm_abs_small"] is not None]
-    hits = [r for r in selected if (r["tm_abs_small"] or 0) > (r["tm_abs"] or 0)]
-    drops = [(r["dice"] or 0) - (r["dice_small"] or 0) for r in selected]
+    selected = [r for r in _in_distribution(rows, measured=("tm_abs", "tm_abs_small")) if r["norm"] in TILE_WISE]
+    hits = [r for r in selected if r["tm_abs_small"] > r["tm_abs"]]
+    drops = [r["dice"] - r["dice_small"] for r in selected if _known(r.get("dice")) and _known(r.get("dice_small"))]
     return _share(len(hits), len(selected)), (
         f"TM_abs with small tiles exceeds TM_abs with the study's tiles in {len(hits)} of {len(selected)} tile-wise "
         f"models; Dice drop with small tiles {_fmt(min(drops, default=None))}–{_fmt(max(drops, default=None))}")
 
 
 def _best_transfer(rows: list[Row]) -> tuple[str, str]:
-    tuned = _done(rows, kind="finetune")
+    tuned = _done(rows, ("dice",), kind="finetune")
     if not tuned:
         return "not measured", "no fine-tuned transfer runs"
-    best = max(tuned, key=lambda r: r["dice"] or 0)
+    best = max(tuned, key=lambda r: r["dice"])
     brn = [r for r in tuned if r["norm"] == "batchrenorm"]
-    values = ", ".join(f"{r['norm']} {_fmt(r['dice'])}" for r in sorted(tuned, key=lambda r: -(r["dice"] or 0)))
+    values = ", ".join(f"{r['norm']} {_fmt(r['dice'])}" for r in sorted(tuned, key=lambda r: -r["dice"]))
     if not brn:
         return "not measured", f"no BatchRenorm fine-tuning run ({values})"
-    gap = (best["dice"] or 0) - (brn[0]["dice"] or 0)
-    spread = (best["dice"] or 0) - min(r["dice"] or 0 for r in tuned)
+    gap = best["dice"] - brn[0]["dice"]
+    spread = best["dice"] - min(r["dice"] for r in tuned)
     if spread < TIE:
         return "inconclusive", f"all fine-tuned models score alike (spread {spread:.3g}): {values}"
     verdict = "reproduced" if gap <= TIE else "partly" if gap <= ACCURACY_MARGIN else "not reproduced"
@@ -186,10 +198,10 @@ def _best_transfer(rows: list[Row]) -> tuple[str, str]:
 
 def _recalibration(rows: list[Row]) -> tuple[str, str]:
     pairs = []
-    for recalibrated in _done(rows, kind="recalibrate"):
-        zero = _done(rows, kind="zero-shot", norm=recalibrated["norm"], dataset=recalibrated["dataset"])
+    for recalibrated in _done(rows, ("dice",), kind="recalibrate"):
+        zero = _done(rows, ("dice",), kind="zero-shot", norm=recalibrated["norm"], dataset=recalibrated["dataset"])
         if zero:
-            pairs.append((recalibrated["norm"], zero[0]["dice"] or 0, recalibrated["dice"] or 0))
+            pairs.append((recalibrated["norm"], zero[0]["dice"], recalibrated["dice"]))
     batch = [p for p in pairs if p[0] == "batch"]
     if not batch:
         return "not measured", "no recalibrated BatchNorm run"
@@ -201,12 +213,12 @@ def _recalibration(rows: list[Row]) -> tuple[str, str]:
 
 
 def _conversion(rows: list[Row]) -> tuple[str, str]:
-    converted = _done(rows, kind="convert")
-    tuned = _done(rows, kind="finetune", norm="batch")
+    converted = _done(rows, ("dice",), kind="convert")
+    tuned = _done(rows, ("dice",), kind="finetune", norm="batch")
     if not converted or not tuned:
         return "not measured", "no conversion run"
     a, b = tuned[0], converted[0]
-    verdict = "reproduced" if (b["dice"] or 0) >= (a["dice"] or 0) - TIE else "not reproduced"
+    verdict = "reproduced" if b["dice"] >= a["dice"] - TIE else "not reproduced"
     return verdict, (f"BatchNorm fine-tuned as BatchNorm: Dice {_fmt(a['dice'])}, TED_dice {_fmt(a['ted_dice'])}; "
                      f"converted to BatchRenorm then fine-tuned: Dice {_fmt(b['dice'])}, TED_dice "
                      f"{_fmt(b['ted_dice'])}")
@@ -222,18 +234,21 @@ def _architecture(kind: str, label: str) -> Callable[[list[Row]], tuple[str, str
         for norm, row in sorted(by_norm.items()):
             parts.append(f"{norm}: TM_abs {_fmt(row['tm_abs'])}, TED_dice {_fmt(row['ted_dice'])}, Dice "
                          f"{_fmt(row['dice'])}")
-        if "batch" in by_norm and "batchrenorm" in by_norm:
+        def has(norm: str, key: str) -> bool:
+            return norm in by_norm and _known(by_norm[norm].get(key))
+
+        if has("batch", "ted_dice") and has("batchrenorm", "ted_dice"):
             total += 1
-            hits += (by_norm["batchrenorm"]["ted_dice"] or 0) <= (by_norm["batch"]["ted_dice"] or 0)
+            hits += by_norm["batchrenorm"]["ted_dice"] <= by_norm["batch"]["ted_dice"]
         for norm in COMPUTED:  # with attention (ViT), per-voxel norms are tile-dependent too
-            if norm in by_norm:
+            if has(norm, "tm_abs"):
                 total += 1
-                hits += (by_norm[norm]["tm_abs"] or 0) > ARTIFACT
+                hits += by_norm[norm]["tm_abs"] > ARTIFACT
         if kind == "volume":
             for norm in ("batch", "batchrenorm"):
-                if norm in by_norm:
+                if has(norm, "tm_abs"):
                     total += 1
-                    hits += (by_norm[norm]["tm_abs"] or 0) < EXACT
+                    hits += by_norm[norm]["tm_abs"] < EXACT
         return _share(hits, total), "; ".join(parts)
     return check
 
@@ -255,11 +270,40 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
+def usable_rows(rows: Sequence[Row]) -> tuple[list[Row], list[str]]:
+    """The rows the claims rest on, and why the others were left out.
+
+    - A model that did not train (test Dice below :data:`UNTRAINED_DICE`) says nothing about its norm.
+    - Tracked InstanceNorm trained at batch size 1 is the same computation as BatchNorm at batch size 1 (one
+      sample: its instance statistics are the batch statistics, and both track running averages): counted once,
+      as BatchNorm, where both exist.
+    """
+    kept, left_out = [], []
+    batch_one = {(r.get("dataset"), r.get("seed"), r.get("kind")) for r in rows
+                 if r.get("norm") == "batch" and r.get("batch_size") == 1 and r.get("status") == "done"}
+    for row in rows:
+        name = row.get("name", f"{row.get('norm')} {row.get('dataset')}")
+        dice = row.get("dice")
+        if row.get("status") == "done" and row.get("kind") in ("grid", "volume", "vit") and dice is not None \
+                and _known(dice) and dice < UNTRAINED_DICE:
+            left_out.append(f"{name} (did not train: Dice {dice:.3g})")
+        elif row.get("norm") == "instance_tracked" and row.get("batch_size") == 1 and \
+                (row.get("dataset"), row.get("seed"), row.get("kind")) in batch_one:
+            left_out.append(f"{name} (the same computation as BatchNorm at batch size 1)")
+        else:
+            kept.append(row)
+    return kept, left_out
+
+
 def check_claims(rows: Sequence[Row]) -> list[ClaimCheck]:
-    """Return the verdict and evidence of every claim in :data:`CLAIMS` on the study ``rows``."""
+    """Return the verdict and evidence of every claim in :data:`CLAIMS` on the study's usable rows
+    (:func:`usable_rows`); the last check lists the rows left out, if any."""
+    kept, left_out = usable_rows(rows)
     checks = []
     for claim in CLAIMS:
-        verdict, evidence = claim.check(list(rows))
+        verdict, evidence = claim.check(list(kept))
         checks.append(ClaimCheck(claim.text, verdict, evidence))
+    if left_out:
+        checks.append(ClaimCheck("Runs left out of every claim", "not counted", "; ".join(left_out)))
     return checks
 

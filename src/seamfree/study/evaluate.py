@@ -116,7 +116,8 @@ def evaluate_model(
             example = {"image": small.image[0].astype(np.float32), "prediction": small.prediction[0].astype(np.float16),
                        "mask": np.asarray(mask[0] > 0, dtype=np.uint8),
                        "core": np.asarray(small.geometry["core"]), "halo": np.asarray(small.geometry["halo"])}
-        logger.info("test image %d: Dice %.3f, TM_dice %.3g, TED_dice %.3g", k, normal.dice or float("nan"),
-                    normal.tile_mismatch.tm_dice, normal.disparity.ted_dice)
+        logger.info("test image %d: Dice %s, TM_dice %.3g, TED_dice %.3g", k,  # a Dice of 0.0 is 0, not NaN
+                    "–" if normal.dice is None else f"{normal.dice:.3f}", normal.tile_mismatch.tm_dice,
+                    normal.disparity.ted_dice)
     metrics = {name: _mean([m[name] for m in per_image]) for name in METRICS}
     return Evaluation(metrics, len(pairs), example)
