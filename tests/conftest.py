@@ -14,6 +14,13 @@ torch.set_num_threads(int(os.environ.get("SEAMFREE_TEST_THREADS", min(2, os.cpu_
 
 DATA_DIR = Path(os.environ.get("SEAMFREE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
+# Receptive fields measured by the tests are kept in a folder of this session only (inherited by the CLI and dask
+# processes the tests start): every run starts cold and nothing is left in the user's ~/.cache.
+if "SEAMFREE_TEST_KEEP_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["SEAMFREE_CACHE"] = tempfile.mkdtemp(prefix="seamfree-test-cache-")
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:

@@ -25,6 +25,7 @@ from torch import nn
 from seamfree.config import did_you_mean
 from seamfree.errors import ConfigError, ShapeError
 from seamfree.layers.audit import NormAudit, audit_norms
+from seamfree.models.field_cache import load_field, load_probe, store_field, store_probe
 from seamfree.models.geometry import infer_geometry, model_device, model_dtype, odd_multiple
 from seamfree.models.probe import TileProbe, probe_tiles
 from seamfree.models.receptive import ReceptiveField, measure_receptive_field
@@ -308,7 +309,12 @@ def _with_probe(model: nn.Module, info: ModelInfo, probe_limit: int | None) -> M
     if max(halo) > limit:
         note = f"tile probe skipped: the halo {halo} exceeds {limit} voxels per axis (probe_limit)"
         return replace(info, notes=(*info.notes, note))
-    tiles = probe_tiles(model, halo, info.network_stride, info.in_channels, info.select)
+    key = (info.digest, info.kind, type(model).__qualname__, str(getattr(model, "code", "")), info.spatial_dims,
+           info.in_channels, None if info.output is None else str(info.output), "tile probe", halo)
+    tiles = load_probe(key, info.spatial_dims)
+    if tiles is None:
+        tiles = probe_tiles(model, halo, info.network_stride, info.in_channels, info.select)
+        store_probe(key, tiles)
     logger.info("tile probe of %s model: shared core differs by %.3g (scale %.3g)", info.kind, tiles.max_abs,
                 tiles.scale)
     return replace(info, probe=tiles)
@@ -334,8 +340,15 @@ def _describe(model: nn.Module, digest: str, spatial_dims: int | None, in_channe
     def pick(value: Any) -> torch.Tensor:
         return select_output(value, output)
 
-    rf = measure_receptive_field(model, spatial_dims=dims, in_channels=channels, network_stride=stride,
-                                 select=pick, audit=audit)
+    cache_key = (digest, _kind(model), type(model).__qualname__, str(getattr(model, "code", "")), dims, channels,
+                 None if output is None else str(output), audit.verdict)
+    rf = load_field(cache_key, dims)
+    if rf is None or rf.network_stride != stride:
+        rf = measure_receptive_field(model, spatial_dims=dims, in_channels=channels, network_stride=stride,
+                                     select=pick, audit=audit)
+        store_field(cache_key, rf)
+    else:
+        notes.append("receptive field read from the cache (measured by an earlier run on this model)")
     package = getattr(model, "seamfree_package", None)
     normalization = getattr(package, "normalization", None)
     if normalization:

@@ -1,0 +1,139 @@
+"""seamfree's *default* plan against MONAI's common sliding-window settings, as a ratio to one whole-image forward.
+
+    python benchmarks/defaults.py [--cases 2d_2048 3d_64x256 3d_128x512] [--repeats 3]
+        [--out benchmarks/results/defaults.json]
+
+The cases of issue 19: the 2D U-Net (depth 4, 16 features) on 2048², the 3D U-Net (depth 3, 8 features) on
+64×256² and 128×512², BatchRenorm in eval mode with non-trivial statistics, on blurred noise. Methods:
+
+- ``whole``: one forward over the whole image (the reference, and the unit of time);
+- ``seamfree``: ``predict`` with ``PredictConfig()`` defaults (core, halo, tiles per batch and memory budget
+  all chosen by seamfree; the intensity statistics given, as for the others);
+- ``monai``: MONAI ``sliding_window_inference``, roi 256² / 64³, overlap 0.25, gaussian blending, sw_batch 4.
+
+Each run is a fresh subprocess (its own peak RSS) with 2 torch threads and the CPU allocator tuned as the CLI
+tunes it, for every method alike. Reported: median seconds over ``--repeats`` runs, the ratio to the median
+whole-image forward, max |Δ| and flipped voxels against the whole-image prediction, the plan seamfree chose.
+Run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from seamfree.allocator import tune_cpu_allocator
+from seamfree.io import open_image
+from seamfree.tiling import PredictConfig, compute_normalization, predict, predict_whole
+from tiling import _image, _model
+
+UNET_2D = {"spatial_dims": 2, "depth": 4, "features": 16}
+UNET_3D = {"spatial_dims": 3, "depth": 3, "features": 8}
+CASES = {
+    "2d_2048": {"shape": (2048, 2048), "unet": UNET_2D, "roi": (256, 256)},
+    "3d_64x256": {"shape": (64, 256, 256), "unet": UNET_3D, "roi": (64, 64, 64)},
+    "3d_128x512": {"shape": (128, 512, 512), "unet": UNET_3D, "roi": (64, 64, 64)},
+}
+METHODS = ["whole", "seamfree", "monai"]
+
+
+def worker(case: str, method: str, workdir: Path) -> dict[str, Any]:
+    tune_cpu_allocator()
+    torch.set_num_threads(2)
+    spec = CASES[case]
+    model = _model(spec["unet"])
+    image = np.load(workdir / f"{case}_image.npy")
+    normalization = compute_normalization(open_image(image, spatial_dims=image.ndim))
+    extra: dict[str, Any] = {}
+    start = time.perf_counter()
+    if method == "whole":
+        prediction = predict_whole(model, image, normalization=normalization)
+    elif method == "seamfree":
+        report: list[Any] = []
+        prediction = predict(model, image, config=PredictConfig(normalization=normalization), report=report)
+        grid = report[0].grid
+        extra = {"core": list(grid.core), "halo": list(grid.halo), "tile_shape": list(grid.tile_shape),
+                 "tiles": report[0].tiles_total, "compute_ratio": grid.compute_ratio,
+                 "tiles_per_batch": report[0].tiles_per_batch}
+    else:
+        from monai.inferers import sliding_window_inference
+
+        x = torch.from_numpy(normalization.apply(image[np.newaxis]))[np.newaxis]
+        with torch.inference_mode():
+            logits = sliding_window_inference(x, spec["roi"], 4, model, overlap=0.25, mode="gaussian")
+        prediction = torch.sigmoid(logits)[0].numpy()
+        extra = {"roi": list(spec["roi"]), "overlap": 0.25, "sw_batch_size": 4}
+    seconds = time.perf_counter() - start
+    result = {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
+    reference_path = workdir / f"{case}_whole.npy"
+    if method == "whole":
+        np.save(reference_path, prediction)
+    else:
+        reference = np.load(reference_path)
+        result["max_abs_diff"] = float(np.abs(np.asarray(prediction, np.float32) - reference).max())
+        result["flipped_voxels"] = int(np.count_nonzero((np.asarray(prediction) > 0.5) != (reference > 0.5)))
+    return result
+
+
+def _subprocess(args: list[str]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "defaults.json")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        case, method, workdir = args.worker
+        print(json.dumps(worker(case, method, Path(workdir))))
+        return
+    results: dict[str, Any] = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
+                                           "threads": 2}, "cases": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        for case in args.cases:
+            np.save(workdir / f"{case}_image.npy", _image(CASES[case]["shape"]))
+            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+            for _ in range(args.repeats):
+                for method in METHODS:  # whole first: it writes the reference the others compare with
+                    runs[method].append(_subprocess(["--worker", case, method, str(workdir)]))
+            whole = statistics.median(r["seconds"] for r in runs["whole"])
+            table = {}
+            for method, rows in runs.items():
+                median = statistics.median(r["seconds"] for r in rows)
+                table[method] = {**rows[-1], "seconds": median, "all_seconds": [r["seconds"] for r in rows],
+                                 "ratio_to_whole": median / whole}
+            results["cases"][case] = table
+            print(f"\n{case} {CASES[case]['shape']}")
+            for method, row in table.items():
+                fidelity = (f"max|Δ| {row['max_abs_diff']:.2g}, {row['flipped_voxels']} flipped"
+                            if "max_abs_diff" in row else "reference")
+                plan = (f"  core {row['core']}, tile {row['tile_shape']}, {row['tiles']} tiles, ratio "
+                        f"{row['compute_ratio']:.2f}" if method == "seamfree" else "")
+                print(f"  {method:9s} {row['seconds']:7.1f} s  {row['ratio_to_whole']:5.2f}× whole  "
+                      f"{row['peak_rss_mb']:7.0f} MB  {fidelity}{plan}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

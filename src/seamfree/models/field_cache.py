@@ -1,0 +1,118 @@
+"""The measured receptive field and tile probe, kept on disk between processes: the second ``seamfree predict`` on
+a model skips both measurements (seconds in 2D, up to tens of seconds in 3D, before any tile).
+
+One small JSON file per model and option set, named by a sha256 of the model's identity (its parameters' digest,
+its kind, class and compiled code), the options that change the measurement and seamfree's version, in
+``$SEAMFREE_CACHE/receptive-fields`` (default ``~/.cache/seamfree``). Only numbers are read back, validated: a
+file that does not parse or does not describe a receptive field is ignored and measured again, never trusted,
+and nothing in it can run code. ``SEAMFREE_CACHE=off`` disables the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from seamfree._version import __version__
+from seamfree.models.probe import TileProbe
+from seamfree.models.receptive import ReceptiveField
+
+__all__ = ["cache_folder", "load_field", "load_probe", "store_field", "store_probe"]
+
+logger = logging.getLogger(__name__)
+
+
+def cache_folder() -> Path | None:
+    """Where receptive fields are kept (None: disabled by ``SEAMFREE_CACHE=off``)."""
+    root = os.environ.get("SEAMFREE_CACHE", "")
+    if root.lower() in ("off", "0", "false", "none"):
+        return None
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seamfree"
+    return base / "receptive-fields"
+
+
+def _path(key: tuple[Any, ...]) -> Path | None:
+    folder = cache_folder()
+    if folder is None:
+        return None
+    digest = hashlib.sha256(json.dumps([__version__, *map(str, key)]).encode()).hexdigest()
+    return folder / f"{digest[:32]}.json"
+
+
+def _ints(value: Any, dims: int) -> tuple[int, ...] | None:
+    if isinstance(value, list) and len(value) == dims and all(isinstance(v, int) and v >= 0 for v in value):
+        return tuple(value)
+    return None
+
+
+def load_field(key: tuple[Any, ...], dims: int) -> ReceptiveField | None:
+    """The receptive field stored for ``key`` (None: none, or a file that is not a valid one)."""
+    path = _path(key)
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    radius, effective = _ints(data.get("radius"), dims), _ints(data.get("effective_radius"), dims)
+    stride = _ints(data.get("network_stride"), dims)
+    context = data.get("context")
+    context_t = None if context is None else _ints(context, dims)
+    tolerance = data.get("tolerance")
+    flags = data.get("tile_dependent"), data.get("linearized")
+    if radius is None or effective is None or stride is None or (context is not None and context_t is None) \
+            or not isinstance(tolerance, int | float) or not all(isinstance(f, bool) for f in flags):
+        logger.debug("ignoring the invalid receptive-field cache file %s", path)
+        return None
+    logger.debug("receptive field read from the cache %s", path)
+    return ReceptiveField(radius, effective, stride, bool(flags[0]), float(tolerance), context_t, bool(flags[1]))
+
+
+def store_field(key: tuple[Any, ...], field: ReceptiveField) -> None:
+    """Keep ``field`` for ``key`` (silently skipped where the cache folder cannot be written)."""
+    _store(key, {"radius": list(field.radius), "effective_radius": list(field.effective_radius),
+                 "network_stride": list(field.network_stride), "tile_dependent": field.tile_dependent,
+                 "tolerance": field.tolerance, "context": None if field.context is None else list(field.context),
+                 "linearized": field.linearized})
+
+
+def load_probe(key: tuple[Any, ...], dims: int) -> TileProbe | None:
+    """The tile probe stored for ``key`` (None: none, or not a valid one)."""
+    path = _path(key)
+    try:
+        data = json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    window, shift, halo = (_ints(data.get(k), dims) for k in ("window", "shift", "halo"))
+    numbers = [v for k in ("max_abs", "scale", "tolerance") if isinstance(v := data.get(k), int | float)]
+    if window is None or shift is None or halo is None or len(numbers) != 3:
+        return None
+    return TileProbe(window, shift, halo, *(float(v) for v in numbers))
+
+
+def store_probe(key: tuple[Any, ...], probe: TileProbe) -> None:
+    """Keep ``probe`` for ``key``."""
+    _store(key, {"window": list(probe.window), "shift": list(probe.shift), "halo": list(probe.halo),
+                 "max_abs": probe.max_abs, "scale": probe.scale, "tolerance": probe.tolerance})
+
+
+def _store(key: tuple[Any, ...], data: dict[str, Any]) -> None:
+    path = _path(key)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+            json.dump(data, handle)
+        os.replace(handle.name, path)
+    except OSError as exc:
+        logger.debug("receptive field not cached (%s)", exc)
