@@ -46,3 +46,20 @@ def test_the_second_cli_run_skips_the_measurement(tmp_path):
                            text=True, timeout=300, check=True, env={**os.environ, **env_cache}) for _ in range(2)]
     assert "from the cache" not in runs[0].stdout + runs[0].stderr
     assert "from the cache" in runs[1].stdout + runs[1].stderr
+
+
+def test_the_forward_memory_is_measured_once_across_processes(tmp_path, monkeypatch):
+    import seamfree.tiling.memory as memory
+
+    monkeypatch.setenv("SEAMFREE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    net = UNet(2, 1, 1, depth=2, features=4, norm="batchrenorm").eval()
+    measured = memory.forward_memory(net, 1, (4, 4), digest="abc")
+    assert measured.measured and measured.bytes_per_voxel > 0
+    memory._CACHE.clear()  # a new process
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(memory, "peak_forward_bytes", not_again)
+    assert memory.forward_memory(net, 1, (4, 4), digest="abc") == measured

@@ -1,5 +1,6 @@
-"""The measured receptive field and tile probe, kept on disk between processes: the second ``seamfree predict`` on
-a model skips both measurements (seconds in 2D, up to tens of seconds in 3D, before any tile).
+"""The measured receptive field, tile probe and forward memory, kept on disk between processes: the second
+``seamfree predict`` on a model skips these measurements (seconds in 2D, up to tens of seconds in 3D, before any
+tile).
 
 One small JSON file per model and option set, named by a sha256 of the model's identity (its parameters' digest,
 its kind, class and compiled code), the options that change the measurement and seamfree's version, in
@@ -22,7 +23,7 @@ from seamfree._version import __version__
 from seamfree.models.probe import TileProbe
 from seamfree.models.receptive import ReceptiveField
 
-__all__ = ["cache_folder", "load_field", "load_probe", "store_field", "store_probe"]
+__all__ = ["cache_folder", "load_field", "load_probe", "load_record", "store_field", "store_probe", "store_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,21 @@ def store_probe(key: tuple[Any, ...], probe: TileProbe) -> None:
     """Keep ``probe`` for ``key``."""
     _store(key, {"window": list(probe.window), "shift": list(probe.shift), "halo": list(probe.halo),
                  "max_abs": probe.max_abs, "scale": probe.scale, "tolerance": probe.tolerance})
+
+
+def load_record(key: tuple[Any, ...]) -> dict[str, Any] | None:
+    """Any other measurement stored for ``key`` as a JSON object (the caller validates its fields)."""
+    path = _path(key)
+    try:
+        data = json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def store_record(key: tuple[Any, ...], data: dict[str, Any]) -> None:
+    """Keep the JSON object ``data`` for ``key``."""
+    _store(key, data)
 
 
 def _store(key: tuple[Any, ...], data: dict[str, Any]) -> None:

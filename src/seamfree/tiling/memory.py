@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from seamfree.layers.modes import eval_mode
+from seamfree.models.field_cache import load_record, store_record
 from seamfree.tiling.grid import round_up
 
 __all__ = ["ALLOCATOR_OVERHEAD", "ForwardMemory", "activation_bytes_per_voxel", "forward_memory",
@@ -75,12 +76,18 @@ class ForwardMemory:
 
 def forward_memory(model: nn.Module, in_channels: int, stride: tuple[int, ...], *, device: str | None = None,
                    digest: str | None = None) -> ForwardMemory:
-    """Return the measured memory model of ``model`` (cached by ``digest``, the model description's hash)."""
+    """Return the measured memory model of ``model``, cached by ``digest`` (the model description's hash) in this
+    process and on disk beside the receptive field (:mod:`seamfree.models.field_cache`): starting torch's
+    profiler alone takes seconds."""
     parameter = next(model.parameters(), None)
     where = device or (str(parameter.device) if parameter is not None else "cpu")
     key = (digest, in_channels, where) if digest else None
     if key is not None and key in _CACHE:
         return _CACHE[key]
+    stored = _stored(key)
+    if stored is not None and key is not None:
+        _CACHE[key] = stored
+        return stored
     dims = len(stride)
     small, large = (tuple(round_up(n, s) for s in stride) for n in _PROBES.get(dims, (64, 96)))
     try:
@@ -94,7 +101,25 @@ def forward_memory(model: nn.Module, in_channels: int, stride: tuple[int, ...], 
     logger.debug("forward memory of %s: %s", type(model).__name__, result)
     if key is not None:
         _CACHE[key] = result
+        if result.measured:  # between processes too: the profiler alone takes seconds to start
+            store_record(_disk_key(key), {"fixed_bytes": result.fixed_bytes,
+                                          "bytes_per_voxel": result.bytes_per_voxel})
     return result
+
+
+def _disk_key(key: tuple[object, ...]) -> tuple[object, ...]:
+    return ("forward memory", torch.__version__, *key)
+
+
+def _stored(key: tuple[str | None, int, str] | None) -> ForwardMemory | None:
+    """The memory model an earlier process measured for ``key`` (None: none, or not valid numbers)."""
+    record = load_record(_disk_key(key)) if key is not None else None
+    if record is None:
+        return None
+    fixed, per_voxel = record.get("fixed_bytes"), record.get("bytes_per_voxel")
+    if isinstance(fixed, int) and fixed >= 0 and isinstance(per_voxel, int | float) and per_voxel > 0:
+        return ForwardMemory(fixed, float(per_voxel))
+    return None
 
 
 @torch.inference_mode()
