@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -98,8 +98,26 @@ class _Frame:
         return self.data[(self.t, *(key if isinstance(key, tuple) else (key,)))]
 
 
+class _HoldsFile:
+    """A source that may hold a file open (``handle``): ``close()`` it, or use it as a context manager."""
+
+    handle: Any
+
+    def close(self) -> None:
+        """Close the file this source holds open (TIFF store, HDF5 file); a no-op for arrays."""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
-class FrameSeries:
+class FrameSeries(_HoldsFile):
     """An image with a time axis, predicted frame by frame (``seamfree predict --axes TYX``).
 
     Each :meth:`frame` is an :class:`ImageSource` of one time point, with the series' channel selection and
@@ -132,20 +150,9 @@ class FrameSeries:
         return ImageSource(view, self.channel_axis, None if self.path is None else f"{self.path} (frame {t})",
                            spatial_chunks, c.scale, None, c.translation, c.units, self.channels, self.gray)
 
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
-
-    def __enter__(self) -> FrameSeries:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 @dataclass
-class ImageSource:
+class ImageSource(_HoldsFile):
     """A lazily read image, presented as channel-first ``(C, *spatial)``.
 
     Attributes
@@ -182,17 +189,6 @@ class ImageSource:
         """Voxel size, origin and units of the spatial axes, as far as the file says."""
         return Calibration(self.scale, self.translation, self.units)
 
-    def close(self) -> None:
-        """Close the file this source holds open (TIFF store, HDF5 file); a no-op for arrays."""
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
-
-    def __enter__(self) -> ImageSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __post_init__(self) -> None:
         dtype = np.dtype(self.data.dtype)
