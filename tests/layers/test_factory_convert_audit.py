@@ -169,3 +169,19 @@ def test_recalibrate_without_batches_leaves_model_unchanged():
         torch.testing.assert_close(value, before[key])
     with pytest.raises(ConfigError, match="no normalization layers with running statistics"):
         recalibrate_norm(nn.Sequential(nn.Conv2d(1, 1, 1)), [torch.zeros(1, 1, 2, 2)])
+
+
+def test_recalibrated_batchrenorm_normalizes_with_batch_statistics_alone_during_the_pass():
+    """Downstream layers see features normalized by each batch's own statistics, as in BatchNorm's recalibration,
+    not r/d-corrected towards the running statistics being re-estimated (here: reset to 0 and 1)."""
+    model = nn.Sequential(BatchRenorm2d(2, warmup_steps=0, ramp_steps=0), BatchRenorm2d(2, warmup_steps=0,
+                                                                                         ramp_steps=0)).eval()
+    steps_before = [int(m.num_batches_tracked) for m in model]
+    batches = [torch.randn(4, 2, 16, 16, generator=torch.Generator().manual_seed(k)) * 3 + 5 for k in range(4)]
+    recalibrate_norm(model, batches)
+    first, second = model
+    torch.testing.assert_close(first.running_mean, torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(second.running_mean, torch.zeros(2), atol=1e-5, rtol=0)  # normalized: mean 0
+    torch.testing.assert_close(second.running_var, torch.ones(2), atol=2e-3, rtol=0)  # var 1 (unbiased: n/(n-1))
+    assert [int(m.num_batches_tracked) for m in model] == steps_before and not first._batch_statistics_only

@@ -24,14 +24,18 @@ arguments, recorded by :func:`seamfree.models.save_model` in the checkpoint conf
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from seamfree.errors import ConfigError, ShapeError
 
-__all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "BatchRenormNd", "RenormSchedule", "set_renorm_schedule"]
+__all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "BatchRenormNd", "RenormSchedule",
+           "batch_statistics_only", "set_renorm_schedule"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -88,6 +92,8 @@ class RenormSchedule:
 class BatchRenormNd(_BatchNorm):
     """Shared implementation of BatchRenorm1d/2d/3d; see the module docstring."""
 
+    _batch_statistics_only: bool = False  # see batch_statistics_only()
+
     _spatial_dims: int
 
     def __init__(
@@ -116,7 +122,10 @@ class BatchRenormNd(_BatchNorm):
         return int(self.num_batches_tracked.item())
 
     def current_bounds(self) -> tuple[float, float]:
-        """Return the ``(r_max, d_max)`` the next training step will use."""
+        """Return the ``(r_max, d_max)`` the next training step will use ((1, 0): plain batch statistics, as in
+        the warm-up and while statistics are recalibrated, see :func:`batch_statistics_only`)."""
+        if self._batch_statistics_only:
+            return 1.0, 0.0
         return self.schedule.bounds(self.step)
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -198,6 +207,20 @@ class BatchRenorm3d(BatchRenormNd):
     """Batch Renormalization over (N, C, D, H, W) inputs; see :mod:`seamfree.layers.batchrenorm`."""
 
     _spatial_dims = 3
+
+
+@contextlib.contextmanager
+def batch_statistics_only(model: nn.Module) -> Iterator[None]:
+    """Within the block, every BatchRenorm layer of ``model`` in training mode normalizes with its batch's
+    statistics alone (no r/d correction towards running statistics that are being re-estimated)."""
+    layers = [m for m in model.modules() if isinstance(m, BatchRenormNd)]
+    for layer in layers:
+        layer._batch_statistics_only = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._batch_statistics_only = False
 
 
 def set_renorm_schedule(

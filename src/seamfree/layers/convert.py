@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from seamfree.errors import ConfigError
-from seamfree.layers.batchrenorm import BatchRenormNd
+from seamfree.layers.batchrenorm import BatchRenormNd, batch_statistics_only
 from seamfree.layers.factory import create_norm_layer
 
 __all__ = ["convert_norm", "recalibrate_norm"]
@@ -187,13 +187,14 @@ def recalibrate_norm(model: nn.Module, batches: Iterable[torch.Tensor], *, devic
         layer.train()
     seen = 0
     try:
-        for batch in batches:
-            # the cumulative average: batch k (from 0) enters with weight 1/(k + 1). Set explicitly, not as
-            # momentum None: torch's InstanceNorm turns None into 0.0, which would leave its statistics at reset
-            for layer in layers:
-                layer.momentum = 1.0 / (seen + 1)
-            model(batch.to(device=device, dtype=torch.float32))
-            seen += 1
+        with batch_statistics_only(model):  # BatchRenorm: no r/d towards the statistics being re-estimated
+            for batch in batches:
+                # the cumulative average: batch k (from 0) enters with weight 1/(k + 1). Set explicitly, not as
+                # momentum None: torch's InstanceNorm turns None into 0.0, leaving its statistics at reset
+                for layer in layers:
+                    layer.momentum = 1.0 / (seen + 1)
+                model(batch.to(device=device, dtype=torch.float32))
+                seen += 1
     finally:
         for layer, state in saved.items():
             layer.momentum = momenta[layer]
