@@ -20,6 +20,7 @@ U-Net: 472 B/voxel in 2D from 256² on, 242 B/voxel in 3D from 96³ on, where th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -76,12 +77,19 @@ class ForwardMemory:
 
 def forward_memory(model: nn.Module, in_channels: int, stride: tuple[int, ...], *, device: str | None = None,
                    digest: str | None = None) -> ForwardMemory:
-    """Return the measured memory model of ``model``, cached by ``digest`` (the model description's hash) in this
-    process and on disk beside the receptive field (:mod:`seamfree.models.field_cache`): starting torch's
-    profiler alone takes seconds."""
+    """Return the measured memory model of ``model``, cached in this process and on disk beside the receptive
+    field (:mod:`seamfree.models.field_cache`): starting torch's profiler alone takes seconds.
+
+    Memory depends on the architecture, not on the weights' values: the key is the model's structure (its
+    ``repr``, a compiled model's code) with ``digest`` (the parameters' hash) only where the structure says
+    nothing (an opaque module), so that models of one architecture trained differently share one measurement.
+    """
     parameter = next(model.parameters(), None)
     where = device or (str(parameter.device) if parameter is not None else "cpu")
-    key = (digest, in_channels, where) if digest else None
+    structure = f"{type(model).__qualname__}:{model!r}:{getattr(model, 'code', '')}"
+    opaque = "(" not in repr(model)  # a module that shows no layers: the weights are its only identity
+    identity = digest if opaque else hashlib.sha256(structure.encode()).hexdigest()
+    key = (identity, in_channels, where) if identity else None
     if key is not None and key in _CACHE:
         return _CACHE[key]
     stored = _stored(key)
