@@ -54,6 +54,7 @@ def test_the_forward_memory_is_measured_once_across_processes(tmp_path, monkeypa
     monkeypatch.setenv("SEAMFREE_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     net = UNet(2, 1, 1, depth=2, features=4, norm="batchrenorm").eval()
+    memory._CACHE.clear()  # an earlier test may have measured this architecture in this process
     measured = memory.forward_memory(net, 1, (4, 4), digest="abc")
     assert measured.measured and measured.bytes_per_voxel > 0
     memory._CACHE.clear()  # a new process
