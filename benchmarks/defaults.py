@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from seamfree.allocator import tune_cpu_allocator
 from seamfree.io import open_image
 from seamfree.tiling import PredictConfig, compute_normalization, predict, predict_whole
-from tiling import _image, _model
+from tiling import _image, _model, measured
 
 UNET_2D = {"spatial_dims": 2, "depth": 4, "features": 16}
 UNET_3D = {"spatial_dims": 3, "depth": 3, "features": 8}
@@ -79,16 +78,7 @@ def worker(case: str, method: str, workdir: Path) -> dict[str, Any]:
             logits = sliding_window_inference(x, spec["roi"], 4, model, overlap=0.25, mode="gaussian")
         prediction = torch.sigmoid(logits)[0].numpy()
         extra = {"roi": list(spec["roi"]), "overlap": 0.25, "sw_batch_size": 4}
-    seconds = time.perf_counter() - start
-    result = {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
-    reference_path = workdir / f"{case}_whole.npy"
-    if method == "whole":
-        np.save(reference_path, prediction)
-    else:
-        reference = np.load(reference_path)
-        result["max_abs_diff"] = float(np.abs(np.asarray(prediction, np.float32) - reference).max())
-        result["flipped_voxels"] = int(np.count_nonzero((np.asarray(prediction) > 0.5) != (reference > 0.5)))
-    return result
+    return measured(time.perf_counter() - start, extra, prediction, workdir / f"{case}_whole.npy", method == "whole")
 
 
 def _subprocess(args: list[str], cache: Path) -> dict[str, Any]:

@@ -97,16 +97,22 @@ def worker(case: str, method: str, workdir: Path) -> dict[str, Any]:
             logits = sliding_window_inference(x, roi, 1, model, overlap=overlap, mode="gaussian")
         prediction = torch.sigmoid(logits)[0].numpy()
         extra = {"roi": list(roi)}
-    seconds = time.perf_counter() - start
+    return measured(time.perf_counter() - start, extra, prediction, workdir / f"{case}_whole.npy", method == "whole")
+
+
+def measured(seconds: float, extra: dict[str, Any], prediction: np.ndarray, reference_path: Path,
+             is_reference: bool) -> dict[str, Any]:
+    """A worker's result: time, peak RSS, and, unless it is the whole-image reference (then saved to
+    ``reference_path``), max |Δ| and flipped voxels against that reference."""
     result = {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
-    reference_path = workdir / f"{case}_whole.npy"
-    if method == "whole":
+    if is_reference:
         np.save(reference_path, prediction)
-    else:
-        reference = np.load(reference_path, mmap_mode="r")
-        diff = np.abs(np.asarray(prediction, dtype=np.float32) - reference)
-        result["max_abs_diff"] = float(diff.max())
-        result["flip_fraction"] = float(np.mean((np.asarray(prediction) > 0.5) != (reference > 0.5)))
+        return result
+    reference = np.load(reference_path, mmap_mode="r")
+    values = np.asarray(prediction, dtype=np.float32)
+    flips = (values > 0.5) != (reference > 0.5)
+    result.update(max_abs_diff=float(np.abs(values - reference).max()), flip_fraction=float(flips.mean()),
+                  flipped_voxels=int(np.count_nonzero(flips)))
     return result
 
 

@@ -284,8 +284,7 @@ def describe_model(
         if known is not None and known[0] == stamp:
             info = _cache.get(key := known[1] + options)
     if info is None:
-        identity = (model_digest(model), _kind(model), type(model).__qualname__, str(getattr(model, "code", "")),
-                    repr(getattr(model, "seamfree_package", None)))
+        identity = _identity(model, model_digest(model))
         key = identity + options
         with _lock:
             _by_object[model] = (stamp, identity)
@@ -302,6 +301,13 @@ def describe_model(
     return info if info.activation == resolved else replace(info, activation=resolved)
 
 
+def _identity(model: nn.Module, digest: str) -> tuple[str, ...]:
+    """What tells one model from another: its parameters' digest, kind, class, compiled code and package (the key
+    of the in-memory cache, and of the measurements kept on disk)."""
+    return (digest, _kind(model), type(model).__qualname__, str(getattr(model, "code", "")),
+            repr(getattr(model, "seamfree_package", None)))
+
+
 def _with_probe(model: nn.Module, info: ModelInfo, probe_limit: int | None) -> ModelInfo:
     """Return ``info`` with the empirical tile probe (or a note saying why it was skipped)."""
     halo = info.receptive_field.halo
@@ -309,8 +315,8 @@ def _with_probe(model: nn.Module, info: ModelInfo, probe_limit: int | None) -> M
     if max(halo) > limit:
         note = f"tile probe skipped: the halo {halo} exceeds {limit} voxels per axis (probe_limit)"
         return replace(info, notes=(*info.notes, note))
-    key = (info.digest, info.kind, type(model).__qualname__, str(getattr(model, "code", "")), info.spatial_dims,
-           info.in_channels, None if info.output is None else str(info.output), "tile probe", halo)
+    key = (*_identity(model, info.digest), info.spatial_dims, info.in_channels,
+           None if info.output is None else str(info.output), "tile probe", halo)
     tiles = load_probe(key, info.spatial_dims)
     if tiles is None:
         tiles = probe_tiles(model, halo, info.network_stride, info.in_channels, info.select)
@@ -340,8 +346,7 @@ def _describe(model: nn.Module, digest: str, spatial_dims: int | None, in_channe
     def pick(value: Any) -> torch.Tensor:
         return select_output(value, output)
 
-    cache_key = (digest, _kind(model), type(model).__qualname__, str(getattr(model, "code", "")), dims, channels,
-                 None if output is None else str(output), audit.verdict)
+    cache_key = (*_identity(model, digest), dims, channels, None if output is None else str(output), audit.verdict)
     rf = load_field(cache_key, dims)
     if rf is None or rf.network_stride != stride:
         rf = measure_receptive_field(model, spatial_dims=dims, in_channels=channels, network_stride=stride,

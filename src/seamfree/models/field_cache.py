@@ -53,14 +53,8 @@ def _ints(value: Any, dims: int) -> tuple[int, ...] | None:
 
 def load_field(key: tuple[Any, ...], dims: int) -> ReceptiveField | None:
     """The receptive field stored for ``key`` (None: none, or a file that is not a valid one)."""
-    path = _path(key)
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
+    data = load_record(key)
+    if data is None:
         return None
     radius, effective = _ints(data.get("radius"), dims), _ints(data.get("effective_radius"), dims)
     stride = _ints(data.get("network_stride"), dims)
@@ -70,9 +64,8 @@ def load_field(key: tuple[Any, ...], dims: int) -> ReceptiveField | None:
     flags = data.get("tile_dependent"), data.get("linearized")
     if radius is None or effective is None or stride is None or (context is not None and context_t is None) \
             or not isinstance(tolerance, int | float) or not all(isinstance(f, bool) for f in flags):
-        logger.debug("ignoring the invalid receptive-field cache file %s", path)
+        logger.debug("ignoring an invalid receptive-field cache file (key %s)", key)
         return None
-    logger.debug("receptive field read from the cache %s", path)
     return ReceptiveField(radius, effective, stride, bool(flags[0]), float(tolerance), context_t, bool(flags[1]))
 
 
@@ -86,12 +79,8 @@ def store_field(key: tuple[Any, ...], field: ReceptiveField) -> None:
 
 def load_probe(key: tuple[Any, ...], dims: int) -> TileProbe | None:
     """The tile probe stored for ``key`` (None: none, or not a valid one)."""
-    path = _path(key)
-    try:
-        data = json.loads(path.read_text()) if path is not None else None
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
+    data = load_record(key)
+    if data is None:
         return None
     window, shift, halo = (_ints(data.get(k), dims) for k in ("window", "shift", "halo"))
     numbers = [v for k in ("max_abs", "scale", "tolerance") if isinstance(v := data.get(k), int | float)]
@@ -107,7 +96,7 @@ def store_probe(key: tuple[Any, ...], probe: TileProbe) -> None:
 
 
 def load_record(key: tuple[Any, ...]) -> dict[str, Any] | None:
-    """Any other measurement stored for ``key`` as a JSON object (the caller validates its fields)."""
+    """The measurement stored for ``key`` as a JSON object (the caller validates its fields)."""
     path = _path(key)
     try:
         data = json.loads(path.read_text()) if path is not None else None

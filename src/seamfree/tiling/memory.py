@@ -86,8 +86,9 @@ def forward_memory(model: nn.Module, in_channels: int, stride: tuple[int, ...], 
     """
     parameter = next(model.parameters(), None)
     where = device or (str(parameter.device) if parameter is not None else "cpu")
-    structure = f"{type(model).__qualname__}:{model!r}:{getattr(model, 'code', '')}"
-    opaque = "(" not in repr(model)  # a module that shows no layers: the weights are its only identity
+    layers = repr(model)
+    opaque = "(" not in layers  # a module that shows no layers: the weights are its only identity
+    structure = f"{type(model).__qualname__}:{layers}:{getattr(model, 'code', '')}"
     identity = digest if opaque else hashlib.sha256(structure.encode()).hexdigest()
     key = (identity, in_channels, where) if identity else None
     if key is not None and key in _CACHE:
