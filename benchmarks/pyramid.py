@@ -2,8 +2,9 @@
 viewer: the time to read one chunk of level 0 and of the coarsest level.
 
     python benchmarks/pyramid.py [--shape 64,512,512] [--repeats 2] [--out benchmarks/results/pyramid.json]
+    python benchmarks/pyramid.py --shape 2048,2048 --out benchmarks/results/pyramid_2d.json   # 4 levels
 
-A depth-3, 8-feature BatchRenorm 3D U-Net; a zarr input; outputs with ``pyramid=False`` (sharded, the default
+A depth-3, 8-feature BatchRenorm U-Net of the shape's dimensionality; a zarr input; outputs with ``pyramid=False`` (sharded, the default
 layout, and unsharded: the cost of shards) and ``pyramid=True`` (the difference is the pyramid pass); the pass
 is also timed alone (``write_pyramid`` on a finished level 0) with its peak of traced Python/numpy memory.
 Medians of ``--repeats`` runs, 2 CPU threads, run alone.
@@ -39,11 +40,13 @@ def main() -> None:
     shape = tuple(int(s) for s in args.shape.split(","))
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = randomize_norm_statistics(sf.UNet(3, 1, 1, depth=3, features=8, norm="batchrenorm")).eval()
+    dims = len(shape)
+    model = randomize_norm_statistics(sf.UNet(dims, 1, 1, depth=3, features=8, norm="batchrenorm")).eval()
     folder = Path(tempfile.mkdtemp(prefix="seamfree-pyramid-"))
-    volume = zarr.create_array(str(folder / "in.zarr"), shape=shape, chunks=(32, 128, 128), dtype="u1")
+    core = (32, 128, 128) if dims == 3 else (512, 512)
+    volume = zarr.create_array(str(folder / "in.zarr"), shape=shape, chunks=core, dtype="u1")
     volume[:] = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
-    config = sf.PredictConfig(core=(32, 128, 128))
+    config = sf.PredictConfig(core=core)
     times: dict[str, list[float]] = {"level0_only": [], "level0_unsharded": [], "with_pyramid": [],
                                      "pyramid_pass": []}
     peaks = []
@@ -70,7 +73,7 @@ def main() -> None:
     reads = {}
     group = zarr.open_group(str(folder / "with_pyramid.zarr"), mode="r")
     top = str(max(int(name) for name, _ in group.arrays()))
-    for level in ("0", top):
+    for level in sorted((name for name, _ in group.arrays()), key=int):
         array = group[level]
         chunk = tuple(slice(0, c) for c in array.chunks)
         started = time.perf_counter()
@@ -83,14 +86,14 @@ def main() -> None:
               "pyramid_over_level0": medians["pyramid_pass"] / medians["level0_only"],
               "pyramid_peak_traced_bytes": max(peaks), "level0_bytes": level0_bytes,
               "levels": int(top) + 1, "chunk_read_seconds": reads,
-              "chunk_shapes": {lv: list(group[lv].chunks) for lv in ("0", top)}}
+              "chunk_shapes": {lv: list(group[lv].chunks) for lv in reads}}
     print(f"{shape}: level 0 only {medians['level0_only']:.1f} s (unsharded {medians['level0_unsharded']:.1f} s), "
           f"with pyramid {medians['with_pyramid']:.1f} s; "
           f"pyramid pass alone {medians['pyramid_pass']:.2f} s ({result['pyramid_over_level0']:.1%} of level 0), "
           f"peak {max(peaks) / 2**20:.1f} MiB traced (level 0 is {level0_bytes / 2**20:.0f} MiB); "
           f"{int(top) + 1} levels")
-    print(f"one chunk of level 0 {result['chunk_shapes']['0']}: {reads['0'] * 1e3:.1f} ms; of level {top} "
-          f"{result['chunk_shapes'][top]}: {reads[top] * 1e3:.1f} ms")
+    for level, seconds in reads.items():
+        print(f"one chunk of level {level} {result['chunk_shapes'][level]}: {seconds * 1e3:.1f} ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
