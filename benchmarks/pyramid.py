@@ -1,12 +1,13 @@
 """Cost of the multiscale pyramid of an OME-Zarr output relative to its level-0 prediction, and what it buys a
-viewer: the time to read one chunk of level 0 and of the coarsest level.
+viewer: the time to read one chunk of each level.
 
     python benchmarks/pyramid.py [--shape 64,512,512] [--repeats 2] [--out benchmarks/results/pyramid.json]
     python benchmarks/pyramid.py --shape 2048,2048 --out benchmarks/results/pyramid_2d.json   # 4 levels
 
-A depth-3, 8-feature BatchRenorm U-Net of the shape's dimensionality; a zarr input; outputs with ``pyramid=False`` (sharded, the default
-layout, and unsharded: the cost of shards) and ``pyramid=True`` (the difference is the pyramid pass); the pass
-is also timed alone (``write_pyramid`` on a finished level 0) with its peak of traced Python/numpy memory.
+A depth-3, 8-feature BatchRenorm U-Net of the shape's dimensionality; a zarr input; outputs with
+``pyramid=False`` (sharded, the default layout, and unsharded: the cost of shards) and ``pyramid=True`` (the
+difference is the pyramid pass); the pass is also timed alone (``write_pyramid`` on a finished level 0) with its
+peak of traced Python/numpy memory; one chunk of every level is read.
 Medians of ``--repeats`` runs, 2 CPU threads, run alone.
 """
 

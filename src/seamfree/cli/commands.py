@@ -83,10 +83,26 @@ def audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_model_file(args: argparse.Namespace) -> None:
+    """``--out`` of convert/recalibrate: never the input model, never an existing file without --overwrite; checked
+    before any work."""
+    out, source = Path(args.out), Path(args.model)
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise SeamfreeError(f"--out {str(out)!r} is the input model itself; write the new model to another path "
+                            "(the input stays as it was)")
+    if out.is_dir():
+        raise SeamfreeError(f"--out {str(out)!r} is a folder; pass the path of the new model file, e.g. "
+                            f"{str(out / 'model.pt')!r}")
+    if out.exists() and not args.overwrite:
+        raise SeamfreeError(f"--out {str(out)!r} already exists; choose another path or pass --overwrite to "
+                            "replace it")
+
+
 def convert(args: argparse.Namespace) -> int:
     from seamfree.layers import convert_norm
     from seamfree.models import load_model, model_metadata, save_model
 
+    _new_model_file(args)
     model = load_model(args.model, allow_pickle=args.allow_pickle)
     converted = convert_norm(model, args.to, from_=args.from_)
     metadata = {**model_metadata(model), "converted_from": str(args.model), "converted_norm": args.from_}
@@ -225,6 +241,7 @@ def recalibrate(args: argparse.Namespace) -> int:
     from seamfree.models import load_model, model_metadata, save_model
     from seamfree.training.recalibrate import recalibrate_on_images
 
+    _new_model_file(args)
     model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
     metadata = model_metadata(model)
     patch = args.patch_size or metadata.get("patch_size") or 128

@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from seamfree._version import __version__
 from seamfree.cli import commands
 
 __all__ = ["build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (what was wrong and where the help is), exit status 2; the
+    usage block argparse prints by default is in ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class _Renamed(argparse.Action):
@@ -160,6 +168,7 @@ def _add_training(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cpu")
     r.add_argument("--allow-pickle", action="store_true")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     _add_model_options(r, activation=False)
     r.set_defaults(handler=commands.recalibrate)
 
@@ -255,7 +264,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``seamfree`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="seamfree", description="Segmentation of very large images, free of tiling artifacts."
     )
     parser.add_argument("--version", action="version", version=f"seamfree {__version__}")
@@ -278,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--from", dest="from_", default="batch", choices=["batch", "batchrenorm"])
     convert.add_argument("--out", type=Path, required=True, help="path of the converted checkpoint")
     convert.add_argument("--allow-pickle", action="store_true")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     convert.set_defaults(handler=commands.convert)
 
     export = subparsers.add_parser("export", help="write a model as a bioimage.io package (measured halo and stride)")

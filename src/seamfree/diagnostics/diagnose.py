@@ -115,6 +115,12 @@ class DiagnoseConfig:
             raise ConfigError(f"threshold must lie in (0, 1) for probabilities, got {self.threshold}")
         if self.max_voxels < 1:
             raise ConfigError(f"max_voxels must be positive, got {self.max_voxels}")
+        patch = (self.patch_size,) if isinstance(self.patch_size, int) else self.patch_size
+        if patch is not None and min(patch) < 1:
+            raise ConfigError(f"patch_size (CLI --patch-size) must be positive on every axis, got {self.patch_size}; "
+                              "pass the model's training patch, or leave it out to read it from the checkpoint")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size (CLI --batch-size) must be >= 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,8 @@ def _open_path(path: Path, key: str | None) -> tuple[Any, int | None, str, Calib
     if not path.exists():
         raise DataError(f"input {str(path)!r} does not exist")
     name = path.name.lower()
+    if key is not None and name.endswith((".npy", ".tif", ".tiff", *_PICTURES)):
+        _no_members(path, key)
     if name.endswith(".npy"):
         return _open_npy(path), None, str(path), None, None
     if name.endswith((".tif", ".tiff")):
@@ -198,6 +200,13 @@ def _open_path(path: Path, key: str | None) -> tuple[Any, int | None, str, Calib
         f"cannot tell the format of {str(path)!r}; supported: .npy, .zarr (OME-Zarr), .tif/.tiff, .h5/.hdf5, "
         ".png/.jpg (pictures)"
     )
+
+
+def _no_members(path: Path, key: str) -> None:
+    """A ``key`` (or series) given for a file that holds a single array: an error, not silently ignored."""
+    raise DataError(f"{str(path)!r} holds a single array, so key/series {key!r} selects nothing (--key chooses a "
+                    "dataset of an HDF5 file or an array of a zarr group, --series a series of a bioformats2raw "
+                    "layout); leave the option out")
 
 
 _PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -223,6 +232,8 @@ def _open_zarr(path: Path, key: str | None) -> tuple[Any, int | None, str, Calib
     except Exception as exc:  # zarr raises several unrelated types for unreadable stores
         raise DataError(f"cannot open {str(path)!r} as zarr: {exc}") from exc
     if isinstance(node, zarr.Array):  # type: ignore[attr-defined]
+        if key is not None:
+            _no_members(path, key)
         _warn_missing_chunks(node, str(path))
         return node, None, str(path), None
     opened = _zarr_group(node, key, str(path))

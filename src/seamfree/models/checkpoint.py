@@ -139,7 +139,8 @@ def load_model(
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             payload = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, zipfile.BadZipFile) as exc:
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, KeyError, IndexError, ValueError,
+            zipfile.BadZipFile) as exc:  # what the weights-only unpickler raises on a file that is no checkpoint
         return _load_foreign(path, device, allow_pickle, exc)
     if isinstance(payload, torch.jit.ScriptModule):
         logger.info("loaded TorchScript model from %s", path)

@@ -109,7 +109,11 @@ def model_geometry(model: nn.Module, spatial_dims: int | None = None,
     Explicit arguments win; then the model's own attributes (seamfree models), then its first convolution.
     """
     first = first_convolution(model)
-    dims = spatial_dims or getattr(model, "spatial_dims", None) or (first[0] if first else None)
+    known = getattr(model, "spatial_dims", None) or (first[0] if first else None)
+    if spatial_dims and known and int(known) != spatial_dims:
+        raise ConfigError(f"spatial_dims={spatial_dims} (CLI --spatial-dims) contradicts the model, whose first "
+                          f"convolution is {int(known)}D; pass {int(known)} or leave the option out")
+    dims = spatial_dims or known
     channels = in_channels
     config = getattr(model, "config", None)
     if channels is None and isinstance(config, dict) and "in_channels" in config:

@@ -72,6 +72,10 @@ class TilingSpec:
     grid_offset: int | tuple[int, ...] = 0
 
 
+def _as_tuple(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (value,) if isinstance(value, int) else tuple(value)
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     """Options of :func:`~seamfree.predict`.
@@ -178,6 +182,11 @@ class PredictConfig:
             raise ConfigError(f"stitching must be 'crop' or 'blend', got {self.stitching!r}")
         if self.tiles_per_batch is not None and self.tiles_per_batch < 1:
             raise ConfigError(f"tiles_per_batch must be >= 1, got {self.tiles_per_batch}")
+        if self.overlap is not None and self.stitching != "blend":
+            raise ConfigError(f"overlap={self.overlap} (CLI --overlap) is the core overlap of stitching='blend'; "
+                              "crop stitching has none: pass stitching='blend' (CLI --stitching blend) or drop it")
+        if self.overlap is not None and min(_as_tuple(self.overlap)) < 0:
+            raise ConfigError(f"overlap must be >= 0 voxels per axis, got {self.overlap}")
         if self.ngff not in NGFF_VERSIONS:
             raise ConfigError(f"ngff (CLI --ngff) must be one of {', '.join(NGFF_VERSIONS)}, got {self.ngff!r}")
         if self.labels and self.output_kind == "mask":
@@ -369,7 +378,7 @@ def _check_halo_vs_rf(grid: TileGrid, measured: ReceptiveField, tiling: TilingSp
         raise HaloError(
             f"halo {grid.halo} is smaller than the halo {measured.halo} that this model's receptive field "
             f"(radius {measured.radius}) needs; pass halo >= {measured.halo} (or halo='auto'), or "
-            "allow_small_halo=True to accept seams"
+            "allow_small_halo=True (CLI: --allow-small-halo) to accept seams"
         )
 
 
