@@ -81,7 +81,8 @@ def ome_image_attrs(spatial_dims: int, calibration: Calibration | None = None, *
     :mod:`seamfree.io.pyramid`), validated by ``ome-zarr-models``.
 
     ``channel_names`` go into the ``omero`` block (with a display window of 0..1 for probabilities);
-    ``label_values`` makes it an image-label (a label layer in napari) with colours for values ``0..n-1``.
+    ``label_values`` makes it an image-label (a label layer in napari) with colours for values ``0..n-1`` (0:
+    instance labels, no colour table).
     ``version`` "0.5" gives the content of the ``ome`` attribute of a zarr v3 group, "0.4" the top-level
     attributes of a zarr v2 group. ``time`` (a time series): a ``t`` axis first, with the frame interval as
     its scale.
@@ -146,6 +147,9 @@ def _omero(channel_names: Sequence[str]) -> dict[str, Any]:
 def _image_label(values: int, version: str) -> dict[str, Any]:
     from ome_zarr_models.common.image_label_types import LabelBase
 
+    if values == 0:  # instance labels: as many values as objects, coloured by the viewer
+        return LabelBase(version=version).model_dump(mode="json", exclude_none=True,  # type: ignore[arg-type]
+                                                     by_alias=True)
     colours = [{"label-value": v, "rgba": _LABEL_COLOURS[v % len(_LABEL_COLOURS)] if v else (0, 0, 0, 0)}
                for v in range(max(values, 2))]
     label = LabelBase(colors=colours, version=version)  # type: ignore[arg-type]

@@ -96,8 +96,9 @@ class ZarrOutput(MarkedOutput):
     Parameters beyond the array's: ``calibration`` (scale, translation, units), ``pyramid`` and its
     ``downsampling``, ``channel_names`` (the ``omero`` block), ``label_values`` (a mask output: the root is a
     label image with that many values), ``labels_from`` (a function from a block of level 0 to its mask: writes
-    ``labels/mask``), ``ngff`` ("0.5" or "0.4"), ``sharding`` (off: chunks are the cores) and ``time`` (a time
-    series: the array is ``(T, C, *spatial)``, one frame per shard along t, a ``t`` axis in the metadata).
+    ``labels/mask``), ``ngff`` ("0.5" or "0.4"), ``sharding`` (off: chunks are the cores), ``time`` (a time
+    series: the array is ``(T, C, *spatial)``, one frame per shard along t, a ``t`` axis in the metadata) and
+    ``markers`` (where the done markers live while it is written; default beside it, ``NAME.zarr.seamfree``).
     """
 
     def __init__(
@@ -118,6 +119,7 @@ class ZarrOutput(MarkedOutput):
         ngff: str = "0.5",
         sharding: bool = True,
         time: TimeCalibration | None = None,
+        markers: Path | None = None,
     ) -> None:
         zarr = require("zarr", "zarr")
         self.path = path
@@ -129,7 +131,7 @@ class ZarrOutput(MarkedOutput):
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.fingerprint = fingerprint
-        self.marker_root = zarr_markers(path)
+        self.marker_root = markers or zarr_markers(path)
         if overwrite and (path.exists() or path.is_symlink()):
             remove_own_output(path, written_by_seamfree=is_seamfree_zarr(path))
         if overwrite and (self.marker_root / "fingerprint.json").is_file():
@@ -285,10 +287,10 @@ class ZarrBlockWriter(MarkedOutput):
     their blocks and the blocks' done markers, and never change the metadata.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], markers: Path | None = None) -> None:
         zarr = require("zarr", "zarr")
         self.path = Path(path)
-        self.marker_root = zarr_markers(self.path)
+        self.marker_root = markers or zarr_markers(self.path)
         try:
             group = zarr.open_group(str(self.path), mode="r+")  # type: ignore[attr-defined]
             self.array = group["0"]

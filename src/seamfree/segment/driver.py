@@ -1,0 +1,561 @@
+"""``segment``: instance labels of a prediction of any size, block by block, equal to the whole-image result.
+
+Data flow (DESIGN: plan blocks with a halo → per-block labels → per-block face tables → one merge on the driver
+→ relabel pass → OME-Zarr labels):
+
+- ``components``: the blockwise connected components of the foreground (:mod:`seamfree.segment.components`),
+  then a pass that writes each block's object ids. Exact: equal to ``scipy.ndimage.label`` of the whole image
+  up to a permutation of ids, whatever the block size.
+- ``watershed`` / ``distance``: first the components of the mask, whose bounding boxes give the size of the
+  largest object and so the halo that makes every crop hold every object it touches (``halo="auto"``, capped at
+  ``max_halo``); then the blockwise components of the seeds (each block's seeds computed on its crop): global
+  seed ids; then each block floods its crop from those ids and writes its window. A block's result equals the
+  whole-image result for every region of the mask that lies inside its crop; the voxels of regions that reach
+  a cut face of the crop are counted (``unverified_voxels``) and reported, never hidden.
+
+Every pass is resumable (tables and done markers beside the output, removed when it is complete) and runs here
+or, with ``run``, as block tasks on dask workers that share the storage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from seamfree._version import __version__
+from seamfree.errors import ConfigError, DataError, OutputExistsError, require
+from seamfree.io.lock import output_lock
+from seamfree.io.markers import ArrayOutput, check_fingerprint
+from seamfree.io.ome import labels_group_attrs
+from seamfree.io.pyramid import Runner
+from seamfree.io.safety import fingerprint_digest, resolved_path
+from seamfree.io.zarr_output import ZarrBlockWriter, ZarrOutput, is_seamfree_zarr, seamfree_attrs, zarr_markers
+from seamfree.segment.blocks import BlockGrid
+from seamfree.segment.components import Components, blockwise_components, global_labels, run_here
+from seamfree.segment.methods import METHODS, Method, Prediction
+
+__all__ = ["SegmentConfig", "SegmentResult", "segment"]
+
+logger = logging.getLogger(__name__)
+
+# default block edge by spatial dimensions: 16 MiB of uint32 labels, a few times that of float32 input
+DEFAULT_BLOCK = {2: 2048, 3: 128}
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """How to turn a prediction into instance labels (CLI ``seamfree segment`` options of the same names).
+
+    Parameters
+    ----------
+    method : {"components", "watershed", "distance"}
+        See :mod:`seamfree.segment.methods` for what each expects of the prediction's channels.
+    foreground_channel, boundary_channel : int, optional
+        Channels of the prediction (default: a one-channel prediction is the foreground of ``components`` and
+        ``distance`` and the boundary map of ``watershed``; a two-channel one is (foreground, boundary)).
+    threshold : float
+        Foreground probability above which a voxel belongs to an object (the mask).
+    seed_threshold : float
+        ``watershed``: seeds are ``foreground − boundary > seed_threshold``.
+    min_size : int
+        ``components``: objects smaller than this many voxels are removed.
+    min_distance, min_radius
+        ``distance``: seeds are maxima of the distance transform within ``min_distance`` voxels, at least
+        ``min_radius`` (physical units when the voxel size is known) inside the mask.
+    connectivity : int
+        1 (faces, scipy's default) up to the number of spatial axes (corners).
+    block : int or tuple, optional
+        Block (and output chunk) shape; default 2048² in 2D, 128³ in 3D.
+    halo : "auto", int or tuple
+        Context around each block for ``watershed``/``distance`` (``components`` needs none): "auto" is the
+        extent of the largest object (plus ``min_distance`` for ``distance``), at most ``max_halo``.
+    max_halo : int or tuple, optional
+        The cap of the automatic halo (default: half the block), which bounds memory (a crop is at most twice the
+        block per axis).
+    name : str, optional
+        Name of the label image when the labels go next to the prediction (``PRED.zarr/labels/NAME``; default the
+        method).
+    key, spatial_dims
+        What to read of the input (as in ``predict``).
+    pyramid : bool
+        A multiscale pyramid of the labels (every second voxel).
+    overwrite : bool
+        Replace an existing segmentation seamfree wrote.
+    """
+
+    method: Literal["components", "watershed", "distance"] = "components"
+    foreground_channel: int | None = None
+    boundary_channel: int | None = None
+    threshold: float = 0.5
+    seed_threshold: float = 0.5
+    min_size: int = 0
+    min_distance: int = 3
+    min_radius: float = 1.0
+    connectivity: int = 1
+    block: int | tuple[int, ...] | None = None
+    halo: int | tuple[int, ...] | str = "auto"
+    max_halo: int | tuple[int, ...] | None = None
+    name: str | None = None
+    key: str | None = None
+    spatial_dims: int | None = None
+    pyramid: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown segmentation method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("threshold", "seed_threshold"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+                raise ConfigError(f"{name} (CLI --{name.replace('_', '-')}) must lie in [0, 1], got {value}")
+        if self.min_size < 0 or self.min_distance < 1 or not self.min_radius >= 0:
+            raise ConfigError(f"min_size must be >= 0, min_distance >= 1 and min_radius >= 0, got {self.min_size}, "
+                              f"{self.min_distance}, {self.min_radius}")
+        if self.connectivity < 1:
+            raise ConfigError(f"connectivity must be between 1 (faces) and the number of spatial axes (corners), "
+                              f"got {self.connectivity}")
+        if isinstance(self.halo, str) and self.halo != "auto":
+            raise ConfigError(f"halo must be 'auto' or voxels per axis, got {self.halo!r}")
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise ConfigError(f"name {self.name!r} is not a label image name; use letters, digits, '-' or '_'")
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """The settings that decide the labels (not where they go, nor ``overwrite``)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("overwrite", "name", "pyramid")}
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What :func:`segment` did: the labels (a zarr array, or numpy for an in-memory result) and how exact."""
+
+    labels: Any
+    objects: int
+    method: str
+    block: tuple[int, ...]
+    halo: tuple[int, ...]
+    halo_needed: tuple[int, ...]
+    unverified_voxels: int
+    seconds: float
+    path: Path | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def exact(self) -> bool:
+        """Whether every voxel is proven equal to the whole-image result (up to a permutation of ids)."""
+        return self.unverified_voxels == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"objects": self.objects, "method": self.method, "block": list(self.block), "halo": list(self.halo),
+                "halo_needed": list(self.halo_needed), "unverified_voxels": self.unverified_voxels,
+                "exact": self.exact, "seconds": round(self.seconds, 3), "path": None if self.path is None else
+                str(self.path), "notes": list(self.notes)}
+
+
+def segment(prediction: Any, output: str | Path | None = None, *, config: SegmentConfig | None = None,
+            run: Runner | None = None, **options: Any) -> SegmentResult:
+    """Instance labels of ``prediction``, block by block, equal to the whole-image result (see the module).
+
+    Parameters
+    ----------
+    prediction : path or array
+        A prediction written by ``seamfree predict`` (OME-Zarr of any size), another zarr/TIFF/HDF5/npy file, or
+        an array ``(C, *spatial)`` (or ``spatial`` for one channel).
+    output : path, optional
+        A ``.zarr`` to write the labels to (an OME-Zarr label image). Default: next to an OME-Zarr prediction,
+        as its label image ``labels/NAME``; in memory for an array.
+    config : SegmentConfig, optional
+        The method and its parameters; keyword ``options`` (e.g. ``method="watershed"``) replace its fields.
+    run : Runner, optional
+        Spreads the block tasks over workers sharing the storage (``seamfree.distributed.cluster_runner``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.zeros((40, 40), np.float32); p[2:10, 2:30] = 0.9; p[20:30, 5:8] = 0.8
+    >>> result = segment(p, method="components", block=16)
+    >>> result.objects, result.exact, int(result.labels.max())
+    (2, True, 2)
+    """
+    started = time.perf_counter()
+    config = SegmentConfig(**{**asdict(config or SegmentConfig()), **options})
+    source = _open(prediction, config)
+    spatial = tuple(int(s) for s in source.spatial_shape)
+    dims = len(spatial)
+    if config.connectivity > dims:
+        raise ConfigError(f"connectivity must be between 1 and {dims} for {dims}D labels, got {config.connectivity}")
+    method = _method(source, config, prediction)
+    block = _per_axis(config.block or DEFAULT_BLOCK.get(dims, 256), dims, "block")
+    block = tuple(min(b, s) for b, s in zip(block, spatial))
+    target = _Target.choose(prediction, output, config)
+    fingerprint = {"input": _input_entry(source, prediction), "segment": config.fingerprinted(),
+                   "block": list(block), "seamfree": __version__.split("+")[0]}
+    with output_lock(target.lock):
+        done = target.finished(fingerprint)
+        if done is not None:
+            logger.info("%s is complete (same settings): nothing to do", target.path)
+            return done
+        scratch = target.scratch(fingerprint)
+        try:
+            result = _segment(method, config, spatial, block, scratch, target, fingerprint, run or run_here)
+        finally:
+            if target.path is None:
+                shutil.rmtree(scratch, ignore_errors=True)
+    return SegmentResult(**{**result.__dict__, "seconds": time.perf_counter() - started})
+
+
+def _segment(method: Method, config: SegmentConfig, spatial: tuple[int, ...], block: tuple[int, ...],
+             scratch: Path, target: _Target, fingerprint: dict[str, Any], run: Runner) -> SegmentResult:
+    dims = len(spatial)
+    flat = BlockGrid(spatial, block, (0,) * dims)
+    notes: list[str] = []
+    if method.name == "components":
+        objects = blockwise_components(scratch / "objects", flat, method.mask_of_block,
+                                       connectivity=config.connectivity, min_size=config.min_size, run=run)
+        halo = needed = (0,) * dims
+        grid, task = flat, partial(relabel_task, root=str(scratch / "objects"))
+    else:
+        mask = blockwise_components(scratch / "mask", flat, method.mask_of_block, connectivity=config.connectivity,
+                                    run=run)
+        largest = mask.extents.max(axis=0) if mask.objects else np.zeros(dims, np.int64)
+        needed = tuple(int(max(e - 1, 0)) + method.reach for e in largest)
+        cap = _per_axis(config.max_halo or tuple(max(b // 2, 1) for b in block), dims, "max_halo")
+        halo = (tuple(min(n, c) for n, c in zip(needed, cap)) if config.halo == "auto"
+                else _per_axis(config.halo, dims, "halo"))  # type: ignore[arg-type]
+        if any(h < n for h, n in zip(halo, needed)):
+            notes.append(f"the largest object spans {tuple(int(e) for e in largest)} voxels and needs halo {needed}; "
+                         f"halo {halo} is used (max_halo caps it): voxels of larger objects are counted as "
+                         "unverified")
+        grid = BlockGrid(spatial, block, halo)
+        objects = blockwise_components(scratch / "seeds", grid, method.seeds_of_block,
+                                       connectivity=config.connectivity, run=run)
+        task = partial(flood_task, method=method, root=str(scratch / "seeds"))
+    dtype = np.uint32 if objects.objects < 2**32 - 1 else np.uint64
+    writer = target.open(spatial, block, dtype, fingerprint, method)
+    pending = [index for index in grid if not writer.is_done(index)]
+    run(partial(task, grid=grid, output=target.worker_path, markers=target.markers_path, local=writer.local),
+        [pending[i:i + 4] for i in range(0, len(pending), 4)])
+    unverified = sum(_unverified(writer, index) for index in grid)
+    summary = {"objects": objects.objects, "halo": list(halo), "halo_needed": list(needed),
+               "unverified_voxels": unverified, "method": method.name}
+    labels = writer.finalize(summary, run)
+    if unverified:
+        notes.append(f"{unverified} voxels belong to regions of the mask that reach beyond their block's crop: "
+                     f"they may differ from the whole-image result; pass halo >= {needed} for a proven result")
+    for note in notes:
+        logger.warning("%s", note)
+    return SegmentResult(labels, objects.objects, method.name, block, halo, needed, unverified, 0.0, target.path,
+                         tuple(notes))
+
+
+def _unverified(writer: Any, index: tuple[int, ...]) -> int:
+    record = writer.record(index) or {}
+    return int(record.get("unverified", 0))
+
+
+def relabel_task(jobs: list[tuple[int, ...]], *, grid: BlockGrid, root: str, output: str | None,
+                 markers: str | None, local: Any = None) -> int:
+    """A task: write the object ids of the blocks ``jobs`` (``components``); return how many."""
+    zarr = require("zarr", "zarr")
+    scratch = zarr.open_array(str(Path(root) / "local.zarr"), mode="r")  # type: ignore[attr-defined]
+    offsets, final = np.load(Path(root) / "offsets.npy"), np.load(Path(root) / "final.npy")
+    writer = local or _BlockWriter(output, markers)
+    for index in jobs:
+        window = grid.window(index)
+        labels = global_labels(np.asarray(scratch[window]), window, grid, offsets, final)
+        writer.put(index, window, labels, 0)
+    return len(jobs)
+
+
+def flood_task(jobs: list[tuple[int, ...]], *, grid: BlockGrid, method: Method, root: str, output: str | None,
+               markers: str | None, local: Any = None) -> int:
+    """A task: flood the crops of the blocks ``jobs`` from the global seed ids and write their windows."""
+    zarr = require("zarr", "zarr")
+    scratch = zarr.open_array(str(Path(root) / "local.zarr"), mode="r")  # type: ignore[attr-defined]
+    offsets, final = np.load(Path(root) / "offsets.npy"), np.load(Path(root) / "final.npy")
+    writer = local or _BlockWriter(output, markers)
+    for index in jobs:
+        crop = grid.crop(index)
+        seeds = global_labels(np.asarray(scratch[crop]), crop, grid, offsets, final)
+        labels, unverified = method.flood(grid, index, seeds)
+        writer.put(index, grid.window(index), labels, unverified)
+    return len(jobs)
+
+
+class _BlockWriter:
+    """A worker's access to the label image: write a block's window, then its done marker (with its digest and
+    how many of its voxels are unverified)."""
+
+    def __init__(self, output: str | None, markers: str | None) -> None:
+        if output is None:
+            raise ConfigError("an in-memory segmentation runs in this process only")
+        self.target = ZarrBlockWriter(output, Path(markers) if markers else None)
+
+    def put(self, index: tuple[int, ...], window: tuple[slice, ...], labels: np.ndarray, unverified: int) -> None:
+        _put(self.target, index, window, labels, unverified)
+
+
+def _put(target: Any, index: tuple[int, ...], window: tuple[slice, ...], labels: np.ndarray,
+         unverified: int) -> None:
+    from seamfree.io.markers import block_digest
+
+    data = labels.astype(target.dtype)[np.newaxis]
+    target.write(window, data)
+    target.mark_done(index, {"window": [[w.start, w.stop] for w in window], "sha256": block_digest(data),
+                             "unverified": int(unverified)})
+
+
+class _Writer:
+    """The driver's side of the label image (a :class:`ZarrOutput`, or an array in memory)."""
+
+    def __init__(self, target: Any, group_update: Any = None) -> None:
+        self.target = target
+        self.group_update = group_update
+        self.local = self if isinstance(target, ArrayOutput) else None
+        self._records: dict[tuple[int, ...], dict[str, Any]] = {}
+
+    def put(self, index: tuple[int, ...], window: tuple[slice, ...], labels: np.ndarray, unverified: int) -> None:
+        _put(self, index, window, labels, unverified)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.target.dtype
+
+    def write(self, window: tuple[slice, ...], data: np.ndarray) -> None:
+        self.target.write(window, data)
+
+    def mark_done(self, index: tuple[int, ...], record: dict[str, Any]) -> None:
+        self._records[tuple(index)] = record
+        self.target.mark_done(index, record)
+
+    def is_done(self, index: tuple[int, ...]) -> bool:
+        return self.target.is_done(index)
+
+    def record(self, index: tuple[int, ...]) -> dict[str, Any] | None:
+        if tuple(index) in self._records:
+            return self._records[tuple(index)]
+        reader = getattr(self.target, "_record", None)
+        return reader(index) if reader is not None else None
+
+    def finalize(self, summary: dict[str, Any], run: Runner) -> Any:
+        if isinstance(self.target, ArrayOutput):
+            return self.target.array[0]
+        self.target.group.attrs.update({"seamfree_segment": summary})
+        self.target.finalize(run=None if run is run_here else run)
+        if self.group_update is not None:
+            self.group_update()
+        return self.target.array
+
+
+@dataclass
+class _Target:
+    """Where the labels go: a standalone OME-Zarr, the label image of a prediction, or memory."""
+
+    path: Path | None
+    prediction_root: Path | None = None
+    name: str | None = None
+    overwrite: bool = False
+    pyramid: bool = True
+    calibration: Any = None
+
+    @staticmethod
+    def choose(prediction: Any, output: str | Path | None, config: SegmentConfig) -> _Target:
+        name = config.name or config.method
+        if output is not None:
+            path = Path(output)
+            if path.suffix.lower() not in ("", ".zarr"):
+                raise ConfigError(f"segment writes an OME-Zarr label image; got the output {str(path)!r} "
+                                  f"({path.suffix}): pass a .zarr path")
+            resolved_in = resolved_path(str(prediction)) if isinstance(prediction, str | Path) else None
+            if resolved_in is not None and resolved_path(str(path)) == resolved_in:
+                raise ConfigError(f"the output {str(path)!r} is the prediction itself; leave the output out to write "
+                                  "the labels next to it (PRED.zarr/labels/NAME), or pass another path")
+            return _Target(path, overwrite=config.overwrite, pyramid=config.pyramid)
+        if isinstance(prediction, str | Path) and Path(prediction).is_dir():
+            root = Path(prediction)
+            if not is_seamfree_zarr(root):
+                raise ConfigError(f"{str(root)!r} was not written by seamfree predict, so its labels cannot be "
+                                  "added to it; pass an output path (seamfree segment PRED OUT.zarr)")
+            return _Target(root / "labels" / name, root, name, config.overwrite, config.pyramid)
+        if isinstance(prediction, str | Path):
+            raise ConfigError(f"the labels of {str(prediction)!r} need an output path (OUT.zarr): only an OME-Zarr "
+                              "prediction holds its labels next to it")
+        return _Target(None)
+
+    @property
+    def lock(self) -> Path | None:
+        if self.path is None:
+            return None
+        if self.prediction_root is not None:  # the lock file stays outside the prediction's hierarchy
+            return self.prediction_root.with_name(f"{self.prediction_root.name}.labels-{self.name}")
+        return self.path
+
+    @property
+    def markers_path(self) -> str | None:
+        if self.path is None:
+            return None
+        if self.prediction_root is not None:
+            return str(self.prediction_root.with_name(f"{self.prediction_root.name}.seamfree-labels-{self.name}"))
+        return str(zarr_markers(self.path))
+
+    @property
+    def worker_path(self) -> str | None:
+        return None if self.path is None else str(self.path)
+
+    def finished(self, fingerprint: dict[str, Any]) -> SegmentResult | None:
+        """The result of a complete earlier run with the same fingerprint (None: work to do); an output with
+        another fingerprint, or not seamfree's, is refused (or replaced with ``overwrite``)."""
+        if self.path is None:
+            return None
+        if self.overwrite:
+            self._remove()
+            return None
+        if not self.path.exists():
+            return None
+        mark = seamfree_attrs(self.path)
+        if mark is None:
+            raise OutputExistsError(f"output {str(self.path)!r} exists and was not written by seamfree; choose "
+                                    "another path (seamfree never overwrites data it did not write)")
+        stored = mark.get("fingerprint")
+        if isinstance(stored, dict):
+            check_fingerprint(stored, fingerprint, self.path)
+        if mark.get("status") != "complete" or self.markers_path and Path(self.markers_path).exists():
+            return None
+        zarr = require("zarr", "zarr")
+        group = zarr.open_group(str(self.path), mode="r")  # type: ignore[attr-defined]
+        summary = dict(group.attrs.get("seamfree_segment", {}))
+        return SegmentResult(group["0"], int(summary.get("objects", 0)), str(summary.get("method", "")),
+                             tuple(fingerprint["block"]), tuple(summary.get("halo", ())),
+                             tuple(summary.get("halo_needed", ())), int(summary.get("unverified_voxels", 0)), 0.0,
+                             self.path)
+
+    def _remove(self) -> None:
+        from seamfree.io.safety import remove_own_output
+
+        assert self.path is not None
+        if self.path.exists() or self.path.is_symlink():
+            remove_own_output(self.path, written_by_seamfree=is_seamfree_zarr(self.path))
+        markers = Path(self.markers_path) if self.markers_path else None
+        if markers is not None and markers.is_dir():
+            shutil.rmtree(markers)
+
+    def scratch(self, fingerprint: dict[str, Any]) -> Path:
+        """The folder of the passes' tables and scratch labels (checked against the fingerprint on resume)."""
+        if self.path is None:
+            return Path(tempfile.mkdtemp(prefix="seamfree-segment-"))
+        if self.prediction_root is None and not self.path.parent.is_dir():
+            raise ConfigError(f"the folder of output {str(self.path)!r} does not exist; create it first")
+        assert self.markers_path is not None
+        root = Path(self.markers_path) / "segment"
+        stored = root / "fingerprint.json"
+        if stored.is_file():
+            check_fingerprint(json.loads(stored.read_text()), fingerprint, self.path)
+            logger.info("resuming the segmentation %s", self.path)
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            stored.write_text(json.dumps(fingerprint, sort_keys=True, indent=1))
+        return root
+
+    def open(self, spatial: tuple[int, ...], block: tuple[int, ...], dtype: Any, fingerprint: dict[str, Any],
+             method: Method) -> _Writer:
+        if self.path is None:
+            return _Writer(ArrayOutput(np.zeros((1, *spatial), dtype)))
+        calibration = method.prediction.source.calibration if method.prediction.source is not None else None
+        output = ZarrOutput(self.path, shape=(1, *spatial), dtype=np.dtype(dtype), chunks=block,
+                            fingerprint=fingerprint, calibration=calibration, pyramid=self.pyramid,
+                            downsampling="stride", label_values=0, markers=Path(self.markers_path or ""))
+        return _Writer(output, self._list_label if self.prediction_root is not None else None)
+
+    def _list_label(self) -> None:
+        """Name the new label image in the prediction's ``labels`` group (beside ``mask`` of ``--labels``)."""
+        zarr = require("zarr", "zarr")
+        assert self.prediction_root is not None and self.name is not None
+        group = zarr.open_group(str(self.prediction_root / "labels"), mode="r+")  # type: ignore[attr-defined]
+        attrs = dict(group.attrs)
+        listed = list((attrs.get("ome", attrs)).get("labels", []))
+        version = "0.4" if "ome" not in attrs and group.metadata.zarr_format == 2 else "0.5"
+        group.attrs.update(labels_group_attrs([*[n for n in listed if n != self.name], self.name], version))
+
+
+def _open(prediction: Any, config: SegmentConfig) -> Any:
+    from seamfree.io.readers import open_image
+
+    dims = config.spatial_dims
+    if isinstance(prediction, np.ndarray):
+        if dims is None and prediction.ndim == 3:
+            raise ConfigError(f"an array of shape {prediction.shape} is (C, Y, X) or (Z, Y, X); pass spatial_dims=2 "
+                              "or spatial_dims=3")
+        dims = dims or {2: 2, 4: 3}.get(prediction.ndim)
+        if prediction.ndim == dims:
+            prediction = prediction[np.newaxis]  # spatial only: one channel
+    return open_image(prediction, key=config.key, spatial_dims=dims)
+
+
+def _input_entry(source: Any, prediction: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": resolved_path(source.path), "shape": list(source.shape),
+                             "dtype": str(source.dtype)}
+    if isinstance(prediction, str | Path) and is_seamfree_zarr(Path(prediction)):
+        mark = seamfree_attrs(Path(prediction)) or {}
+        if mark.get("status") != "complete":
+            raise DataError(f"the prediction {str(prediction)!r} is not complete; finish it first (rerun its "
+                            "seamfree predict command, which resumes)")
+        if isinstance(mark.get("fingerprint"), dict):
+            entry["prediction"] = fingerprint_digest(mark["fingerprint"])  # another prediction: another input
+    return entry
+
+
+def _per_axis(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
+    values = (int(value),) * dims if isinstance(value, int | np.integer) else tuple(int(v) for v in value)
+    if len(values) != dims:
+        raise ConfigError(f"{name} needs one value or {dims} (one per spatial axis), got {value}")
+    return values
+
+
+def _method(source: Any, config: SegmentConfig, given: Any) -> Method:
+    """The method with its channels resolved against the prediction's (one line naming the options when not)."""
+    channels = int(source.shape[0])
+    foreground, boundary = config.foreground_channel, config.boundary_channel
+    for name, value in (("foreground_channel", foreground), ("boundary_channel", boundary)):
+        if value is not None and not 0 <= value < channels:
+            raise ConfigError(f"{name} (CLI --{name.replace('_', '-')}) {value} does not exist: the prediction "
+                              f"{source.where} has {channels} channel(s) (0..{channels - 1})")
+    if config.method in ("components", "distance"):
+        if foreground is None and channels != 1:
+            raise ConfigError(f"method {config.method!r} reads one foreground channel, and the prediction "
+                              f"{source.where} has {channels}; choose it with foreground_channel (CLI "
+                              "--foreground-channel)")
+        foreground = 0 if foreground is None else foreground
+    else:
+        if channels == 1 and foreground is None and boundary is None:
+            boundary = 0  # a boundary map (membranes): the mask is the whole image
+        elif boundary is None or (foreground is None and channels > 2):
+            if channels == 2 and foreground is None and boundary is None:
+                foreground, boundary = 0, 1
+            else:
+                raise ConfigError(f"method 'watershed' reads a boundary channel (and a foreground channel); the "
+                                  f"prediction {source.where} has {channels} channels: choose them with "
+                                  "--foreground-channel and --boundary-channel")
+    path = source.path if isinstance(source.path, str) and Path(source.path).exists() else None
+    divisor = 255.0 if np.dtype(source.dtype) == np.uint8 and not _is_mask(given) else 1.0
+    prediction = Prediction(path, config.key, len(source.spatial_shape), channels, divisor, source)
+    sampling = source.scale if source.scale and config.method == "distance" else None
+    return Method(config.method, prediction, foreground, boundary, config.threshold, config.seed_threshold,
+                  config.min_distance, config.min_radius, sampling, config.connectivity)
+
+
+def _is_mask(given: Any) -> bool:
+    """A seamfree mask output (values 0/1 in uint8, an image-label) rather than probabilities × 255."""
+    if not isinstance(given, str | Path) or not Path(given).is_dir():
+        return False
+    attrs = seamfree_attrs(Path(given))
+    settings = ((attrs or {}).get("fingerprint") or {}).get("settings", {})
+    return settings.get("output_kind") == "mask"
