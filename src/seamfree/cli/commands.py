@@ -139,19 +139,19 @@ def predict(args: argparse.Namespace) -> int:
         labels=args.labels, channel_names=args.channel_names, ngff=args.ngff, sharding=args.sharding,
         **_model_options(args),  # type: ignore[arg-type]
     )
+    if args.segment is not None and Path(args.out).suffix.lower() not in ("", ".zarr"):
+        raise SeamfreeError(f"--segment writes the labels next to an OME-Zarr prediction; the output {str(args.out)!r} "
+                            "is not one: pass a .zarr output")
     if args.workers or args.scheduler:
-        from seamfree.distributed import ClusterConfig, predict_distributed
+        from seamfree.distributed import predict_distributed
 
-        cluster = ClusterConfig(scheduler=args.scheduler, workers=args.workers or 2,
-                                threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
-                                tiles_per_task=args.tiles_per_task, timeout=args.timeout,
-                                tune_allocator=args.tune_allocator, worker_timeout=args.worker_timeout)
+        cluster = _cluster(args)
         summary = predict_distributed(args.model, args.image, args.out, config=config, cluster=cluster,
                                       axes=args.axes, progress=not args.quiet, allow_pickle=args.allow_pickle,
                                       key=_key(args), channels=args.channels, gray=args.gray)
         print(f"wrote {args.out}: {summary.tiles_computed} of {summary.tiles_total} tiles in {summary.tasks} tasks on "
               f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.voxels_per_second:.3g} voxels/s)")
-        return 0
+        return _segment_after(args)
     report: list[PredictionReport] = []
     image = _input(args, model)
     try:
@@ -165,6 +165,49 @@ def predict(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {done.tiles_computed} of {done.tiles_total} tiles{frames} computed in "
           f"{done.seconds:.1f} s (core {done.grid.core}, halo {done.grid.halo}, "
           f"{done.grid.compute_ratio:.2f}× voxels computed)")
+    return _segment_after(args)
+
+
+def _cluster(args: argparse.Namespace) -> Any:
+    from seamfree.distributed import ClusterConfig
+
+    if args.workers is not None and args.workers < 1:
+        raise SeamfreeError(f"--workers must be at least 1, got {args.workers}; leave it out to run in this process")
+    return ClusterConfig(scheduler=args.scheduler, workers=args.workers or 2,
+                         threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
+                         tiles_per_task=getattr(args, "tiles_per_task", 4), timeout=args.timeout,
+                         tune_allocator=getattr(args, "tune_allocator", False), worker_timeout=args.worker_timeout)
+
+
+def _segment_after(args: argparse.Namespace) -> int:
+    """``predict --segment METHOD``: the labels of the finished prediction, next to it."""
+    if args.segment is None:
+        return 0
+    return _run_segment(args, Path(args.out), None, {"method": args.segment})
+
+
+def segment(args: argparse.Namespace) -> int:
+    options = {name: getattr(args, name) for name in (
+        "method", "foreground_channel", "boundary_channel", "threshold", "seed_threshold", "min_size",
+        "min_distance", "min_radius", "connectivity", "block", "halo", "max_halo", "name", "key", "pyramid",
+        "overwrite") if getattr(args, name) is not None}
+    return _run_segment(args, args.prediction, args.out, options)
+
+
+def _run_segment(args: argparse.Namespace, prediction: Any, out: Path | None, options: dict[str, Any]) -> int:
+    from seamfree.segment import segment
+
+    if args.workers or args.scheduler:
+        from seamfree.distributed import cluster_runner
+
+        with cluster_runner(_cluster(args)) as run:
+            result = segment(str(prediction), out, run=run, **options)
+    else:
+        result = segment(str(prediction), out, **options)
+    exact = ("exact (every voxel proven equal to the whole-image result)" if result.exact else
+             f"{result.unverified_voxels} voxels not proven exact (see the warning)")
+    print(f"wrote {result.path}: {result.objects} objects ({result.method}, blocks {result.block}, halo "
+          f"{result.halo}), {exact}, {result.seconds:.1f} s")
     return 0
 
 

@@ -29,7 +29,8 @@ _STARTING = {"predict": "loading the model, describing it (receptive field, tile
              "train": "reading the configuration and the data", "recalibrate": "loading the model",
              "convert": "loading the model", "export": "loading the model and describing it",
              "demo": "training two small U-Nets (about 30 s on 2 cores), then diagnosing both",
-             "study": "planning the runs"}
+             "study": "planning the runs",
+             "segment": "the mask's objects, then the seeds, then the labels, block by block"}
 
 
 def _first_line(args: argparse.Namespace) -> None:
@@ -37,7 +38,8 @@ def _first_line(args: argparse.Namespace) -> None:
     what = _STARTING.get(str(getattr(args, "command", "")))
     if what is None:
         return
-    operands = [str(getattr(args, name)) for name in ("model", "image", "out") if getattr(args, name, None)]
+    operands = [str(getattr(args, name)) for name in ("model", "image", "prediction", "out")
+                if getattr(args, name, None)]
     logging.getLogger("seamfree.cli").info("seamfree %s %s: %s…", args.command, " ".join(operands), what)
 
 

@@ -258,8 +258,51 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tune-allocator", action="store_true",
                    help="spawn LocalCluster workers with seamfree's glibc settings: faster 3D tiles, but each worker "
                         "keeps its peak memory (give it more than --memory-limit 1GiB)")
+    p.add_argument("--segment", choices=["components", "watershed", "distance"], metavar="METHOD",
+                   help="then segment the prediction into instance labels next to it (labels/METHOD; see seamfree "
+                        "segment)")
     _add_model_options(p)
     p.set_defaults(handler=commands.predict)
+
+
+def _add_segment(subparsers: argparse._SubParsersAction) -> None:
+    s = subparsers.add_parser("segment", help="instance labels of a prediction of any size, blockwise and equal to "
+                              "the whole-image result (components, watershed, distance)")
+    s.add_argument("prediction", help="a prediction (OME-Zarr from seamfree predict, or .zarr/.tif/.h5/.npy)")
+    s.add_argument("out", type=Path, nargs="?",
+                   help="OME-Zarr label image to write (default: next to an OME-Zarr prediction, PRED/labels/METHOD)")
+    s.add_argument("--method", choices=["components", "watershed", "distance"], default="components",
+                   help="components: connected components of foreground > threshold; watershed: seeds "
+                        "foreground - boundary > seed threshold flood the boundary map within the mask (a "
+                        "one-channel prediction is a boundary map); distance: distance-transform watershed of the "
+                        "foreground")
+    s.add_argument("--foreground-channel", type=int, help="channel of the foreground probability")
+    s.add_argument("--boundary-channel", type=int, help="channel of the boundary probability (watershed)")
+    s.add_argument("--threshold", type=float, help="foreground threshold of the mask (default 0.5)")
+    s.add_argument("--seed-threshold", type=float, help="watershed seeds: foreground - boundary above this (0.5)")
+    s.add_argument("--min-size", type=int, help="components: remove objects smaller than this many voxels")
+    s.add_argument("--min-distance", type=int, help="distance: seeds are maxima within this many voxels (3)")
+    s.add_argument("--min-radius", type=float, help="distance: seeds at least this deep inside the mask (1)")
+    s.add_argument("--connectivity", type=int, help="1 (faces, default) up to the number of axes (corners)")
+    s.add_argument("--block", type=_int_tuple, help="block and output chunk shape (default 2048 in 2D, 128 in 3D)")
+    s.add_argument("--halo", type=_int_tuple,
+                   help="context per block for watershed/distance (default: the largest object's extent)")
+    s.add_argument("--max-halo", type=_int_tuple, help="cap of the automatic halo (default: half the block)")
+    s.add_argument("--name", help="name of the label image next to the prediction (default: the method)")
+    s.add_argument("--key", help="array inside a zarr group or dataset of an HDF5 file")
+    s.add_argument("--no-pyramid", dest="pyramid", action="store_false", default=None,
+                   help="write level 0 only (default: a pyramid, every second voxel)")
+    s.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an earlier segmentation seamfree wrote (never data seamfree did not write)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("--workers", type=int, help="run the block tasks on a dask LocalCluster of this many workers")
+    s.add_argument("--scheduler", help="run the block tasks on the dask cluster of this scheduler (tcp://host:8786)")
+    s.add_argument("--threads-per-worker", type=int, default=1)
+    s.add_argument("--memory-limit", default="auto", help="LocalCluster memory per worker, e.g. 1GiB")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the scheduler")
+    s.add_argument("--worker-timeout", type=float, default=120.0,
+                   help="stop (and say so) when the scheduler has had no worker for this many seconds")
+    s.set_defaults(handler=commands.segment)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=commands.export)
 
     _add_predict(subparsers)
+    _add_segment(subparsers)
     _add_diagnose(subparsers)
     _add_training(subparsers)
     _add_study(subparsers)

@@ -17,13 +17,14 @@ pass).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,20 @@ def predict_distributed(
     logger.info("distributed prediction: %d of %d tiles in %d tasks on %d workers, %.1f s (%.3g voxels/s)",
                 computed, len(plan.grid), tasks, workers, seconds, report.voxels_per_second)
     return report
+
+
+@contextlib.contextmanager
+def cluster_runner(cluster: ClusterConfig | None = None) -> Iterator[Runner]:
+    """A :data:`~seamfree.io.pyramid.Runner` on the dask cluster ``cluster`` describes (a LocalCluster started
+    for the duration of the block, or the scheduler at ``cluster.scheduler``), for blockwise passes whose tasks
+    write to storage every worker shares: ``seamfree.segment(..., run=runner)``."""
+    client, local = _client(cluster or ClusterConfig())
+    try:
+        yield _on_cluster(client, WorkerWatchdog(client, (cluster or ClusterConfig()).worker_timeout))
+    finally:
+        client.close()
+        if local is not None:
+            local.close()
 
 
 def _on_cluster(client: Any, watchdog: WorkerWatchdog) -> Runner:

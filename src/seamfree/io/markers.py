@@ -103,7 +103,8 @@ class ArrayOutput(OutputTarget):
         return self.array
 
 
-def check_fingerprint(stored: dict[str, Any], fingerprint: dict[str, Any], location: Path) -> None:
+def check_fingerprint(stored: dict[str, Any], fingerprint: dict[str, Any], location: Path,
+                      what: str = "prediction") -> None:
     """OutputExistsError, naming what differs, unless ``stored`` (an output's) matches this run's ``fingerprint``."""
     stored = json.loads(json.dumps(stored))  # a copy, normalized below
     if isinstance(stored.get("input"), dict):  # earlier versions stored the path as it was typed
@@ -115,7 +116,7 @@ def check_fingerprint(stored: dict[str, Any], fingerprint: dict[str, Any], locat
     if stored != now:
         changed = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
         raise OutputExistsError(
-            f"{str(location)!r} holds a prediction made with different {', '.join(changed)}"
+            f"{str(location)!r} holds a {what} made with different {', '.join(changed)}"
             f"{_differences(stored, now)}; refusing to resume into it. Rerun with the same settings, use a new "
             "output path, or replace it (CLI: --overwrite)"
         )
@@ -198,7 +199,7 @@ class MarkedOutput(OutputTarget):
 def _differences(stored: dict[str, Any], now: dict[str, Any]) -> str:
     """Return ``" (grid.halo [112, 112] there, [96, 96] now; ...)"`` for the short values that differ."""
     parts = []
-    for key in ("grid", "settings", "runtime", "activation"):
+    for key in ("grid", "settings", "runtime", "activation", "segment"):
         old, new = stored.get(key), now.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
             parts += [f"{key}.{name} {old.get(name)} there, {new.get(name)} now" for name in sorted(set(old) | set(new))

@@ -148,8 +148,7 @@ def _image_label(values: int, version: str) -> dict[str, Any]:
     from ome_zarr_models.common.image_label_types import LabelBase
 
     if values == 0:  # instance labels: as many values as objects, coloured by the viewer
-        return LabelBase(version=version).model_dump(mode="json", exclude_none=True,  # type: ignore[arg-type]
-                                                     by_alias=True)
+        return LabelBase(version=version).model_dump(mode="json", exclude_none=True, by_alias=True)
     colours = [{"label-value": v, "rgba": _LABEL_COLOURS[v % len(_LABEL_COLOURS)] if v else (0, 0, 0, 0)}
                for v in range(max(values, 2))]
     label = LabelBase(colors=colours, version=version)  # type: ignore[arg-type]

@@ -50,7 +50,7 @@ def run_here(task: Callable[[list[Any]], Any], batches: list[list[Any]]) -> None
 
 def structure(ndim: int, connectivity: int) -> np.ndarray:
     """The neighbourhood of ``scipy.ndimage.label`` for ``connectivity`` 1 (faces) … ``ndim`` (corners)."""
-    ndimage = require("scipy.ndimage", "segment")
+    ndimage: Any = require("scipy.ndimage", "segment")
     return ndimage.generate_binary_structure(ndim, connectivity)
 
 
@@ -122,10 +122,15 @@ def _pairs(root: Path, grid: BlockGrid, index: Sequence[int]) -> Path:
     return root / "pairs" / f"{grid.number(index)}.npy"
 
 
-def _save_atomic(path: Path, save: Callable[[Any], None]) -> None:
+def _save_atomic(path: Path, **arrays: Any) -> None:
+    """``np.savez`` of ``arrays`` (``np.save`` of a lone ``array``) through a temporary file and a rename: a
+    table that exists is whole (it is its block's done marker)."""
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "wb") as handle:
-        save(handle)
+        if set(arrays) == {"array"}:
+            np.save(handle, arrays["array"])
+        else:
+            np.savez(handle, **arrays)
     os.replace(temporary, path)
 
 
@@ -133,7 +138,7 @@ def label_task(jobs: list[tuple[int, ...]], *, binary: Binary, grid: BlockGrid, 
                connectivity: int) -> int:
     """A task: label the blocks ``jobs`` into the scratch array and write their tables; return how many."""
     zarr = require("zarr", "zarr")
-    ndimage = require("scipy.ndimage", "segment")
+    ndimage: Any = require("scipy.ndimage", "segment")
     local = zarr.open_array(str(Path(root) / "local.zarr"), mode="r+")  # type: ignore[attr-defined]
     neighbourhood = structure(len(grid.shape), connectivity)
     for index in jobs:
@@ -145,9 +150,8 @@ def label_task(jobs: list[tuple[int, ...]], *, binary: Binary, grid: BlockGrid, 
         boxes = ndimage.find_objects(labels)
         lower = np.array([[s.start + w.start for s, w in zip(box, window)] for box in boxes], np.int64)
         upper = np.array([[s.stop + w.start for s, w in zip(box, window)] for box in boxes], np.int64)
-        _save_atomic(_table(Path(root), grid, index), lambda handle: np.savez(
-            handle, count=count, sizes=sizes, lower=lower.reshape(count, len(window)),
-            upper=upper.reshape(count, len(window))))
+        _save_atomic(_table(Path(root), grid, index), count=count, sizes=sizes,
+                     lower=lower.reshape(count, len(window)), upper=upper.reshape(count, len(window)))
     return len(jobs)
 
 
@@ -188,7 +192,7 @@ def faces_task(jobs: list[tuple[int, ...]], *, grid: BlockGrid, root: str, conne
                 continue
             found.append(_face_pairs(local, grid, offsets, index, window, axis, wide, connectivity))
         pairs = np.unique(np.concatenate(found), axis=0)
-        _save_atomic(_pairs(Path(root), grid, index), lambda handle: np.save(handle, pairs))
+        _save_atomic(_pairs(Path(root), grid, index), array=pairs)
     return len(jobs)
 
 
@@ -208,8 +212,8 @@ def _face_pairs(local: Any, grid: BlockGrid, offsets: np.ndarray, index: tuple[i
     # block number of every voxel above the face (its block differs from ours along the other axes near corners)
     blocks = [np.full(1, index[axis] + 1) if a == axis else
               np.clip(np.arange(*ranges[a]), 0, grid.shape[a] - 1) // grid.block[a] for a in range(len(window))]
-    numbers = np.ravel_multi_index(np.meshgrid(*blocks, indexing="ij", sparse=True), grid.counts)
-    numbers = np.broadcast_to(numbers, above.shape)
+    numbers = np.broadcast_to(np.ravel_multi_index(np.meshgrid(*blocks, indexing="ij", sparse=True), grid.counts),
+                              above.shape)
     own = tuple(slice(None) if a == axis else slice(wide, above.shape[a] - wide) for a in range(len(window)))
     mine = below[own].astype(np.int64)
     pairs = []
@@ -230,8 +234,8 @@ def _face_pairs(local: Any, grid: BlockGrid, offsets: np.ndarray, index: tuple[i
 def _merge(root: Path, grid: BlockGrid, offsets: np.ndarray, sizes: np.ndarray, lower: np.ndarray,
            upper: np.ndarray, min_size: int) -> Components:
     """Objects from the provisional ids and the face pairs (on the driver, over the tables only)."""
-    sparse = require("scipy.sparse", "segment")
-    csgraph = require("scipy.sparse.csgraph", "segment")
+    sparse: Any = require("scipy.sparse", "segment")
+    csgraph: Any = require("scipy.sparse.csgraph", "segment")
     total = int(sizes.size)
     edges = np.concatenate([np.load(_pairs(root, grid, index)) for index in grid] + [np.zeros((0, 2), np.int64)])
     nodes = total + 1  # node 0: the background, never in an edge

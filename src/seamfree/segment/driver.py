@@ -41,7 +41,7 @@ from seamfree.io.pyramid import Runner
 from seamfree.io.safety import fingerprint_digest, resolved_path
 from seamfree.io.zarr_output import ZarrBlockWriter, ZarrOutput, is_seamfree_zarr, seamfree_attrs, zarr_markers
 from seamfree.segment.blocks import BlockGrid
-from seamfree.segment.components import Components, blockwise_components, global_labels, run_here
+from seamfree.segment.components import blockwise_components, global_labels, run_here
 from seamfree.segment.methods import METHODS, Method, Prediction
 
 __all__ = ["SegmentConfig", "SegmentResult", "segment"]
@@ -71,7 +71,7 @@ class SegmentConfig:
         ``components``: objects smaller than this many voxels are removed.
     min_distance, min_radius
         ``distance``: seeds are maxima of the distance transform within ``min_distance`` voxels, at least
-        ``min_radius`` (physical units when the voxel size is known) inside the mask.
+        ``min_radius`` voxels inside the mask (with anisotropic voxels, in voxels of the finest axis).
     connectivity : int
         1 (faces, scipy's default) up to the number of spatial axes (corners).
     block : int or tuple, optional
@@ -427,10 +427,12 @@ class _Target:
                                     "another path (seamfree never overwrites data it did not write)")
         stored = mark.get("fingerprint")
         if isinstance(stored, dict):
-            check_fingerprint(stored, fingerprint, self.path)
-        if mark.get("status") != "complete" or self.markers_path and Path(self.markers_path).exists():
+            check_fingerprint(stored, fingerprint, self.path, "segmentation")
+        if mark.get("status") != "complete" or (self.markers_path and Path(self.markers_path).exists()):
             return None
         zarr = require("zarr", "zarr")
+        if self.prediction_root is not None:
+            self._list_label()  # a run killed between completing the labels and naming them
         group = zarr.open_group(str(self.path), mode="r")  # type: ignore[attr-defined]
         summary = dict(group.attrs.get("seamfree_segment", {}))
         return SegmentResult(group["0"], int(summary.get("objects", 0)), str(summary.get("method", "")),
@@ -458,7 +460,7 @@ class _Target:
         root = Path(self.markers_path) / "segment"
         stored = root / "fingerprint.json"
         if stored.is_file():
-            check_fingerprint(json.loads(stored.read_text()), fingerprint, self.path)
+            check_fingerprint(json.loads(stored.read_text()), fingerprint, self.path, "segmentation")
             logger.info("resuming the segmentation %s", self.path)
         else:
             root.mkdir(parents=True, exist_ok=True)
@@ -470,6 +472,9 @@ class _Target:
         if self.path is None:
             return _Writer(ArrayOutput(np.zeros((1, *spatial), dtype)))
         calibration = method.prediction.source.calibration if method.prediction.source is not None else None
+        if self.prediction_root is not None:
+            zarr = require("zarr", "zarr")
+            zarr.open_group(str(self.prediction_root), mode="r+").require_group("labels")  # type: ignore[attr-defined]
         output = ZarrOutput(self.path, shape=(1, *spatial), dtype=np.dtype(dtype), chunks=block,
                             fingerprint=fingerprint, calibration=calibration, pyramid=self.pyramid,
                             downsampling="stride", label_values=0, markers=Path(self.markers_path or ""))
@@ -479,7 +484,8 @@ class _Target:
         """Name the new label image in the prediction's ``labels`` group (beside ``mask`` of ``--labels``)."""
         zarr = require("zarr", "zarr")
         assert self.prediction_root is not None and self.name is not None
-        group = zarr.open_group(str(self.prediction_root / "labels"), mode="r+")  # type: ignore[attr-defined]
+        root = zarr.open_group(str(self.prediction_root), mode="r+")  # type: ignore[attr-defined]
+        group = root.require_group("labels")
         attrs = dict(group.attrs)
         listed = list((attrs.get("ome", attrs)).get("labels", []))
         version = "0.4" if "ome" not in attrs and group.metadata.zarr_format == 2 else "0.5"
@@ -547,7 +553,9 @@ def _method(source: Any, config: SegmentConfig, given: Any) -> Method:
     path = source.path if isinstance(source.path, str) and Path(source.path).exists() else None
     divisor = 255.0 if np.dtype(source.dtype) == np.uint8 and not _is_mask(given) else 1.0
     prediction = Prediction(path, config.key, len(source.spatial_shape), channels, divisor, source)
-    sampling = source.scale if source.scale and config.method == "distance" else None
+    # anisotropic voxels: distances in units of the finest axis' voxel (min_radius stays in voxels)
+    sampling = (tuple(float(v) / min(source.scale) for v in source.scale)
+                if source.scale and min(source.scale) > 0 and config.method == "distance" else None)
     return Method(config.method, prediction, foreground, boundary, config.threshold, config.seed_threshold,
                   config.min_distance, config.min_radius, sampling, config.connectivity)
 

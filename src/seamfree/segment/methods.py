@@ -5,9 +5,9 @@ flooding. Every step is a function of a block's window or crop, so the same code
 - ``watershed``: seeds are the connected components of ``foreground − boundary > seed_threshold`` inside the
   mask; they flood the boundary map within the mask (``skimage.segmentation.watershed``). With a one-channel
   prediction, that channel is the boundary map (membranes) and the mask is the whole image.
-- ``distance``: for foreground-only predictions: the Euclidean distance transform of the mask (in physical
-  units when the voxel size is known), seeds where it is maximal within ``min_distance`` voxels (and at least
-  ``min_radius``), flooding ``−distance`` within the mask.
+- ``distance``: for foreground-only predictions: the Euclidean distance transform of the mask (anisotropic
+  voxels weighted by their size, in voxels of the finest axis), seeds where it is maximal within
+  ``min_distance`` voxels (and at least ``min_radius``), flooding ``−distance`` within the mask.
 
 A prediction stored as uint8 holds probabilities × 255 (``seamfree predict --output-kind uint8``) and is read as
 probabilities; a mask output (0/1) is read as it is.
@@ -105,19 +105,19 @@ class Method:
         crop = grid.crop(index)
         mask = self.mask(self.prediction.read(crop))
         distance = self._distance(mask)
-        ndimage = require("scipy.ndimage", "segment")
+        ndimage: Any = require("scipy.ndimage", "segment")
         peaks = distance == ndimage.maximum_filter(distance, size=2 * self.min_distance + 1, mode="constant")
         return (peaks & (distance >= self.min_radius) & mask)[grid.core_in_crop(index)]
 
     def _distance(self, mask: np.ndarray) -> np.ndarray:
-        ndimage = require("scipy.ndimage", "segment")
+        ndimage: Any = require("scipy.ndimage", "segment")
         return ndimage.distance_transform_edt(mask, sampling=self.sampling).astype(np.float32)
 
     def flood(self, grid: BlockGrid, index: tuple[int, ...], markers: np.ndarray) -> tuple[np.ndarray, int]:
         """Labels of the block's window from the object ids ``markers`` of its crop, and how many of its voxels
         belong to regions that reach a cut face of the crop (not verified exact)."""
-        skimage = require("skimage.segmentation", "segment")
-        ndimage = require("scipy.ndimage", "segment")
+        skimage: Any = require("skimage.segmentation", "segment")
+        ndimage: Any = require("scipy.ndimage", "segment")
         from seamfree.segment.components import structure
 
         crop = grid.crop(index)
