@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from segment_helpers import nuclei, same_objects, write_prediction
 
 from seamfree.cli.main import main
 from seamfree.segment import segment
@@ -18,15 +19,6 @@ from seamfree.segment.methods import ranked
 ndimage = pytest.importorskip("scipy.ndimage")
 skimage_segmentation = pytest.importorskip("skimage.segmentation")
 zarr = pytest.importorskip("zarr")
-
-
-def same_objects(a, b) -> bool:
-    """Whether two label images hold the same objects, whatever their ids (a bijection between the ids)."""
-    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
-    if not np.array_equal(a == 0, b == 0):
-        return False
-    pairs = np.unique(np.stack([a, b]), axis=1)
-    return pairs.shape[1] == np.unique(a).size == np.unique(b).size
 
 
 def test_same_objects_is_a_bijection_test():
@@ -92,22 +84,6 @@ def test_min_size_removes_small_objects_across_blocks():
     mask[10:20, 9:11] = True  # 20 voxels across a block face
     result = segment(mask.astype(np.float32), block=10, min_size=5)
     assert result.objects == 1 and int(np.count_nonzero(result.labels)) == 20
-
-
-def nuclei(shape, count, seed, radius=(4, 9)):
-    """A synthetic nuclei prediction: foreground and boundary probabilities of touching discs (or balls)."""
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*(np.arange(s) for s in shape), indexing="ij")
-    foreground = np.zeros(shape, np.float32)
-    boundary = np.zeros(shape, np.float32)
-    for _ in range(count):
-        centre = [rng.uniform(0, s) for s in shape]
-        r = rng.uniform(*radius)
-        distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre)))
-        foreground = np.maximum(foreground, np.clip(r + 0.5 - distance, 0, 1) * 0.95)
-        boundary = np.maximum(boundary, np.exp(-((distance - r) ** 2) / 2.0).astype(np.float32) * 0.9)
-    noise = rng.normal(0, 0.02, (2, *shape)).astype(np.float32)
-    return np.clip(np.stack([foreground, boundary]) + noise, 0, 1)
 
 
 def _watershed_whole(prediction, relief=None, seeds=None):
@@ -182,7 +158,7 @@ def test_predict_then_segment_writes_valid_labels_next_to_the_prediction(tmp_pat
 
     prediction = nuclei((200, 180), 40, seed=3)
     path = tmp_path / "pred.zarr"
-    _write_prediction(path, prediction, scale=(0.5, 0.25))
+    write_prediction(path, prediction, scale=(0.5, 0.25))
     assert main(["segment", str(path), "--method", "watershed", "--block", "64", "-q"]) == 0
     assert "exact" in capsys.readouterr().out
     group = zarr.open_group(str(path), mode="r")
@@ -203,24 +179,12 @@ def test_predict_then_segment_writes_valid_labels_next_to_the_prediction(tmp_pat
     assert not list(tmp_path.glob("*.seamfree*"))  # no markers, locks or scratch left
 
 
-def _write_prediction(path, prediction, scale):
-    """An OME-Zarr prediction as seamfree predict writes it (through its own writer)."""
-    from seamfree.io.ome import Calibration
-    from seamfree.io.zarr_output import ZarrOutput
-
-    output = ZarrOutput(path, shape=prediction.shape, dtype=np.dtype(np.float32), chunks=prediction.shape[1:],
-                        fingerprint={"test": "prediction"}, calibration=Calibration(scale, None, ("micrometer",) * 2),
-                        pyramid=False)
-    output.write(tuple(slice(0, s) for s in prediction.shape[1:]), prediction)
-    output.finalize()
-
-
 def test_an_interrupted_segmentation_resumes_to_the_same_labels(tmp_path, monkeypatch):
     from seamfree.segment import driver
 
     prediction = nuclei((160, 150), 60, seed=7)
     path = tmp_path / "pred.zarr"
-    _write_prediction(path, prediction, scale=(1.0, 1.0))
+    write_prediction(path, prediction, scale=(1.0, 1.0))
     reference = np.asarray(segment(str(path), tmp_path / "reference.zarr", method="watershed", block=32).labels)
     calls = {"n": 0}
     original = driver.flood_task
@@ -252,7 +216,7 @@ def test_bad_segmentation_options_are_one_line_and_exit_2(tmp_path, capsys, argv
     import re
 
     path = tmp_path / "pred.zarr"
-    _write_prediction(path, nuclei((64, 64), 5, seed=0), scale=(1.0, 1.0))
+    write_prediction(path, nuclei((64, 64), 5, seed=0), scale=(1.0, 1.0))
     assert main(["segment", str(path), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(pattern, err[0]), err
@@ -260,7 +224,7 @@ def test_bad_segmentation_options_are_one_line_and_exit_2(tmp_path, capsys, argv
 
 def test_an_output_with_another_fingerprint_is_refused(tmp_path, capsys):
     path = tmp_path / "pred.zarr"
-    _write_prediction(path, nuclei((64, 64), 5, seed=0), scale=(1.0, 1.0))
+    write_prediction(path, nuclei((64, 64), 5, seed=0), scale=(1.0, 1.0))
     out = tmp_path / "labels.zarr"
     assert main(["segment", str(path), str(out), "--foreground-channel", "0", "-q"]) == 0
     before = json.dumps(dict(zarr.open_group(str(out), mode="r").attrs), sort_keys=True)

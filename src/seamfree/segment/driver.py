@@ -197,8 +197,9 @@ def segment(prediction: Any, output: str | Path | None = None, *, config: Segmen
     block = _per_axis(config.block or DEFAULT_BLOCK.get(dims, 256), dims, "block")
     block = tuple(min(b, s) for b, s in zip(block, spatial))
     target = _Target.choose(prediction, output, config)
-    fingerprint = {"input": _input_entry(source, prediction), "segment": config.fingerprinted(),
-                   "block": list(block), "seamfree": __version__.split("+")[0]}
+    fingerprint = json.loads(json.dumps({  # as stored: lists, not tuples
+        "input": _input_entry(source, prediction), "segment": config.fingerprinted(), "block": list(block),
+        "seamfree": __version__.split("+")[0]}))
     with output_lock(target.lock):
         done = target.finished(fingerprint)
         if done is not None:
