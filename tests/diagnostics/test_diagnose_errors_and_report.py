@@ -62,7 +62,7 @@ def two_diagnoses():
 def test_report_json_follows_the_documented_schema(two_diagnoses, tmp_path):
     page = write_report(two_diagnoses, tmp_path)
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["schema_version"] == 2 and len(data["diagnoses"]) == 2
+    assert data["schema_version"] == 3 and len(data["diagnoses"]) == 2
     first = data["diagnoses"][0]
     for key in ("audit", "receptive_field", "geometry", "tile_mismatch", "train_eval_disparity", "seams",
                 "exactness", "recommendation", "suggested_tiling", "dice", "seconds"):
@@ -70,12 +70,14 @@ def test_report_json_follows_the_documented_schema(two_diagnoses, tmp_path):
     assert first["tile_mismatch"]["tm_dice"] > 0 and data["diagnoses"][1]["tile_mismatch"]["tm_abs"] == 0
     assert first["dice"] is not None and first["train_eval_disparity"]["delta_dice"] is not None
     html = page.read_text()
-    assert html.count("data:image/png;base64,") == 17  # 3 crops and 5 overviews per model, the indicator bars
+    assert html.count("data:image/png;base64,") == 19  # 3 crops and 6 overviews per model, the indicator bars
+    assert "instance TM" in html and first["instances"]["differing_a"] + first["instances"]["differing_b"] > 0
     assert "instance net" in html and "batchrenorm net" in html and "InstanceNorm2d" in html
     assert "How to read this" in html and "Tile mismatch (TM)" in html and "docs/diagnose.md" in html
     assert "Dice of the tiled prediction against the ground truth" in html
     names = {p.name for p in (tmp_path / "figures").iterdir()}
-    assert {"instance-net_crop_difference.png", "batchrenorm-net_grid.png", "indicators.png", "crops.png"} <= names
+    assert {"instance-net_crop_difference.png", "batchrenorm-net_grid.png", "indicators.png", "crops.png",
+            "instance-net_instances.png"} <= names
 
 
 def test_report_crops_show_the_disagreement_of_the_tile_dependent_model_only(two_diagnoses, tmp_path):
@@ -96,7 +98,7 @@ def test_report_renders_in_headless_chromium(two_diagnoses, tmp_path):
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
     page = write_report(two_diagnoses, tmp_path)
     seen = check_rendering(page, tmp_path / "shot.png")
-    assert seen.figures_loaded and seen.figure_count == 17
+    assert seen.figures_loaded and seen.figure_count == 19
     assert seen.nonblank_fraction > 0.05  # a blank or broken page is (almost) all white
 
 

@@ -213,3 +213,26 @@ def test_three_dimensional_volumes_are_diagnosed(rng):
         assert (d.tile_mismatch.tm_abs > 1e-3) == artifacts, norm
         assert d.seams.score is not None and len(d.seams.per_axis) == 3
         assert d.tile_mismatch.map.shape == volume.shape
+
+
+def test_instance_tile_mismatch_counts_objects_the_seams_cut(image):
+    """A per-tile-statistics model's tilings disagree object by object; a fixed-statistics model's never do (with
+    objects present). With instance ground truth, the tiled components are scored."""
+    import dataclasses
+
+    from scipy import ndimage
+
+    found = {}
+    for norm in ("batchrenorm", "instance"):
+        net = _net(norm)
+        threshold = float(np.quantile(diagnose(net, image, config=FAST).prediction, 0.7))  # objects, not all or none
+        found[norm] = diagnose(net, image, config=dataclasses.replace(FAST, threshold=threshold))
+    seamless, seams = found["batchrenorm"].instances, found["instance"].instances
+    assert seamless.objects_a > 20 and seamless.differing == 0 and seamless.fraction == 0.0
+    assert seams.objects_a > 20 and seams.differing > 0 and seams.fraction > 0.01
+    assert seams.map.any() and seams.map.shape == image.shape
+    config = dataclasses.replace(FAST, threshold=found["batchrenorm"].geometry["threshold"])
+    truth = ndimage.label(found["batchrenorm"].prediction[0] > config.threshold)[0]  # its own objects as truth
+    scored = diagnose(_net("batchrenorm"), image, ground_truth=truth, config=config)
+    assert scored.instance_scores["msa"] == 1.0 and scored.instance_scores["true_objects"] == int(truth.max())
+    assert scored.to_dict()["instances"]["differing_a"] == 0

@@ -26,4 +26,4 @@ def test_demo_writes_a_report_contrasting_instance_norm_and_batch_renorm(tmp_pat
     if find_chromium() is None:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the JSON checks passed")
     seen = check_rendering(tmp_path / "report" / "report.html", tmp_path / "shot.png")
-    assert seen.figures_loaded and seen.figure_count == 17 and seen.nonblank_fraction > 0.05
+    assert seen.figures_loaded and seen.figure_count == 19 and seen.nonblank_fraction > 0.05

@@ -21,6 +21,7 @@ from torch import nn
 from seamfree.config import apply_renamed
 from seamfree.diagnostics.disparity import TrainEvalDisparity, train_eval_disparity
 from seamfree.diagnostics.exactness import ExactnessCheck, exactness_check, whole_forward_crop
+from seamfree.diagnostics.instances import InstanceMismatch, instance_scores, instance_tile_mismatch
 from seamfree.diagnostics.mismatch import TileMismatch, shifted_tiles, tile_mismatch
 from seamfree.diagnostics.recommend import Recommendation, recommend
 from seamfree.diagnostics.seams import SeamScore, seam_score
@@ -44,7 +45,7 @@ __all__ = ["DiagnoseConfig", "Diagnosis", "diagnose"]
 logger = logging.getLogger(__name__)
 
 # 2: TM/TED fields named tm_*/ted_*, geometry.grid_offset, tile pairs' region and abs_difference
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: instances, instance_scores
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,8 @@ class Diagnosis:
     image: np.ndarray = field(repr=False, compare=False)
     prediction: np.ndarray = field(repr=False, compare=False)
     model: ModelInfo | None = None
+    instances: InstanceMismatch | None = None
+    instance_scores: dict[str, float | int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         suggestion = self.suggested_tiling
@@ -155,6 +158,8 @@ class Diagnosis:
                                  "tiles_per_batch": suggestion.tiles_per_batch,
                                  "compute_ratio": suggestion.compute_ratio},
             "dice": self.dice, "seconds": self.seconds,
+            "instances": None if self.instances is None else self.instances.to_dict(),
+            "instance_scores": self.instance_scores,
             "model": None if self.model is None else self.model.to_dict(),
         }
 
@@ -234,6 +239,7 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
     second = np.full_like(first, np.nan)  # NaN where grid B does not predict
     run_tiles(model, plan, source, shifted_tiles(grid_b), CropSink(ArrayOutput(second), plan.output))
     mismatch = tile_mismatch(first, second, grid_a, grid_b, activation=activation, threshold=config.threshold)
+    instances = instance_tile_mismatch(first, second, activation=activation, threshold=config.threshold)
     seconds["tile_mismatch"] = _lap(clock) - seconds["prediction"]
     clock = time.perf_counter()
     seams = seam_score(first, grid_a, reference=(second, grid_b))
@@ -248,11 +254,13 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
     exactness = exactness_check(model, source, first, config=predict_config,
                                 region=whole_forward_crop(model, source.spatial_shape, budget, info))
     seconds["exactness"] = _lap(clock)
-    dice_tiled = None
+    dice_tiled = scores = None
     if gt is not None:
         masks = masks_from_ground_truth(gt, first.shape[0], source.spatial_shape)
         predicted = binarize(first, activation=activation, threshold=config.threshold)
         dice_tiled = float(np.mean([dice(predicted[c], masks[c]) for c in range(first.shape[0])]))
+        if first.shape[0] == 1 and gt.shape == source.spatial_shape:  # foreground objects against instances
+            scores = instance_scores(first, gt, activation=activation, threshold=config.threshold)
     suggestion = suggest_tiling(model, full_shape, memory_budget=config.memory_budget, device=config.device,
                                 info=info)
     geometry = {
@@ -265,7 +273,7 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
     }
     advice = recommend(audit, rf, grid_a.halo, mismatch, disparity, seams, exactness, suggestion, info)
     return Diagnosis(name, audit, rf, geometry, mismatch, disparity, seams, exactness, advice, suggestion,
-                     dice_tiled, seconds, region, first, info)
+                     dice_tiled, seconds, region, first, info, instances, scores)
 
 
 def _lap(start: float) -> float:

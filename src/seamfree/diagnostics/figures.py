@@ -19,6 +19,7 @@ import numpy as np
 from seamfree.diagnostics.diagnose import Diagnosis
 from seamfree.diagnostics.seams import seam_positions
 from seamfree.errors import require
+from seamfree.metrics import binarize
 from seamfree.tiling.grid import TileGrid
 
 __all__ = ["Crops", "bars_figure", "crops", "crops_figure", "overview_figures", "pyplot"]
@@ -295,7 +296,23 @@ def overview_figures(diagnosis: Diagnosis, crop: tuple[slice, slice] | None) -> 
         "mismatch": (_image_figure(np.ma.masked_invalid(mismatch), "tile mismatch |A − B| (grid B shifted by half "
                                    "a core)", cmap="inferno", vmin=0, vmax=top, colorbar=True),
                      "where two overlapping tiles disagree; blank where grid B did not predict"),
+        **_instance_figure(diagnosis),
     }
+
+
+def _instance_figure(diagnosis: Diagnosis) -> dict[str, tuple[bytes, str]]:
+    """The objects the two tilings segment differently (bright) over the foreground of grid A (dim)."""
+    found = diagnosis.instances
+    if found is None:
+        return {}
+    activation, threshold = diagnosis.geometry["activation"], diagnosis.geometry["threshold"]
+    foreground = middle_slice(binarize(diagnosis.prediction, activation=activation, threshold=threshold)[0])
+    picture = 0.35 * foreground.astype(np.float32)
+    picture[middle_slice(found.map)] = 1.0
+    title = f"instance TM: {found.differing} of {found.objects_a + found.objects_b} objects differ"
+    return {"instances": (_image_figure(picture, title, cmap="magma", vmin=0, vmax=1),
+                          "objects of grid A or B without a partner at IoU ≥ 0.5 in the other tiling (bright): "
+                          "what a seam cuts, merges or drops once the prediction is labelled")}
 
 
 def bars_figure(diagnoses: Sequence[Diagnosis]) -> bytes:

@@ -87,7 +87,13 @@ def _comparison_table(diagnoses: Sequence[Diagnosis]) -> str:
             ("TED_dice", lambda d: d.disparity.ted_dice), ("TED_abs", lambda d: d.disparity.ted_abs),
             ("ΔDice (train − eval)", lambda d: d.disparity.delta_dice), ("seam score", lambda d: d.seams.score),
             ("seams (z > 4, interval > 1.05)", lambda d: d.seams.summary),
-            ("max |tiled − whole|", lambda d: d.exactness.max_abs), ("Dice vs ground truth", lambda d: d.dice)]
+            ("instance TM: objects the two tilings segment differently",
+             lambda d: None if d.instances is None else f"{d.instances.differing} of "
+             f"{d.instances.objects_a + d.instances.objects_b} ({d.instances.fraction:.1%})"),
+            ("max |tiled − whole|", lambda d: d.exactness.max_abs), ("Dice vs ground truth", lambda d: d.dice),
+            ("mSA / SA50 vs ground-truth instances",
+             lambda d: None if d.instance_scores is None else
+             f"{d.instance_scores['msa']:.3f} / {d.instance_scores['sa50']:.3f}")]
     head = "".join(f"<th>{html.escape(d.name)}</th>" for d in diagnoses)
     body = "".join(f"<tr><th>{label}</th>" + "".join(f"<td>{_fmt(get(d))}</td>" for d in diagnoses) + "</tr>"
                    for label, get in rows)
