@@ -73,6 +73,9 @@ class DiagnoseConfig:
         θ for Dice-based indicators.
     max_voxels : int
         Larger images are diagnosed on a central region of about this many voxels.
+    objects : {"foreground", "background"}
+        What the instance-level tile mismatch labels: the connected components of the predicted foreground
+        (nuclei, mitochondria), or of the background (the cells between predicted membranes).
     region : tuple of (start, stop), optional
         Explicit region (image coordinates) instead of the central one.
     spatial_dims, in_channels : int, optional
@@ -99,6 +102,7 @@ class DiagnoseConfig:
     activation: Literal["auto", "none", "sigmoid", "softmax"] = "auto"
     threshold: float = 0.5
     max_voxels: int = 1 << 24
+    objects: str = "foreground"
     region: tuple[tuple[int, int], ...] | None = None
     memory_budget: int | None = None
     device: str = "cpu"
@@ -116,6 +120,9 @@ class DiagnoseConfig:
             raise ConfigError(f"threshold must lie in (0, 1) for probabilities, got {self.threshold}")
         if self.max_voxels < 1:
             raise ConfigError(f"max_voxels must be positive, got {self.max_voxels}")
+        if self.objects not in ("foreground", "background"):
+            raise ConfigError(f"objects must be 'foreground' (nuclei, mitochondria) or 'background' (the cells between "
+                              f"predicted membranes), got {self.objects!r}")
         patch = (self.patch_size,) if isinstance(self.patch_size, int) else self.patch_size
         if patch is not None and min(patch) < 1:
             raise ConfigError(f"patch_size (CLI --patch-size) must be positive on every axis, got {self.patch_size}; "
@@ -239,7 +246,8 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
     second = np.full_like(first, np.nan)  # NaN where grid B does not predict
     run_tiles(model, plan, source, shifted_tiles(grid_b), CropSink(ArrayOutput(second), plan.output))
     mismatch = tile_mismatch(first, second, grid_a, grid_b, activation=activation, threshold=config.threshold)
-    instances = instance_tile_mismatch(first, second, activation=activation, threshold=config.threshold)
+    instances = instance_tile_mismatch(first, second, activation=activation, threshold=config.threshold,
+                                       objects=config.objects)
     seconds["tile_mismatch"] = _lap(clock) - seconds["prediction"]
     clock = time.perf_counter()
     seams = seam_score(first, grid_a, reference=(second, grid_b))
@@ -260,7 +268,8 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
         predicted = binarize(first, activation=activation, threshold=config.threshold)
         dice_tiled = float(np.mean([dice(predicted[c], masks[c]) for c in range(first.shape[0])]))
         if first.shape[0] == 1 and gt.shape == source.spatial_shape:  # foreground objects against instances
-            scores = instance_scores(first, gt, activation=activation, threshold=config.threshold)
+            scores = instance_scores(first, gt, activation=activation, threshold=config.threshold,
+                                     objects=config.objects)
     suggestion = suggest_tiling(model, full_shape, memory_budget=config.memory_budget, device=config.device,
                                 info=info)
     geometry = {

@@ -46,35 +46,38 @@ class InstanceMismatch:
                 "differing_b": self.differing_b, "fraction": self.fraction}
 
 
-def foreground_objects(prediction: np.ndarray, *, activation: str, threshold: float) -> np.ndarray:
+def foreground_objects(prediction: np.ndarray, *, activation: str, threshold: float,
+                       objects: str = "foreground") -> np.ndarray:
     """Connected components of a prediction's foreground (channel 0 of a sigmoid output; every class but the
-    first of a softmax one)."""
+    first of a softmax one), or of its background (``objects="background"``: cells between membranes)."""
     ndimage: Any = require("scipy.ndimage", "segment")
     masks = binarize(prediction, activation=activation, threshold=threshold)
     foreground = masks[1:].any(axis=0) if activation == "softmax" and len(masks) > 1 else masks[0]
-    labels, _ = ndimage.label(foreground)
+    labels, _ = ndimage.label(~foreground if objects == "background" else foreground)
     return np.asarray(labels)
 
 
-def instance_tile_mismatch(first: np.ndarray, second: np.ndarray, *, activation: str,
-                           threshold: float) -> InstanceMismatch:
+def instance_tile_mismatch(first: np.ndarray, second: np.ndarray, *, activation: str, threshold: float,
+                           objects: str = "foreground") -> InstanceMismatch:
     """Instance TM of the stitched predictions ``first`` (grid A) and ``second`` (grid B, NaN where it did not
     predict), compared where both predicted."""
     compared = ~np.isnan(second[0])
-    a = foreground_objects(np.where(compared, first, 0), activation=activation, threshold=threshold)
-    b = foreground_objects(np.nan_to_num(second), activation=activation, threshold=threshold)
+    a = foreground_objects(first, activation=activation, threshold=threshold, objects=objects) * compared
+    b = foreground_objects(np.nan_to_num(second), activation=activation, threshold=threshold, objects=objects)
+    b = b * compared
     n_a, n_b, where = instance_mismatch(a, b)
     return InstanceMismatch(int(np.unique(a[a > 0]).size), int(np.unique(b[b > 0]).size), n_a, n_b, where)
 
 
-def instance_scores(prediction: np.ndarray, ground_truth: np.ndarray, *, activation: str,
-                    threshold: float) -> dict[str, float | int]:
+def instance_scores(prediction: np.ndarray, ground_truth: np.ndarray, *, activation: str, threshold: float,
+                    objects: str = "foreground") -> dict[str, float | int]:
     """mSA, SA50 and matched IoU of the prediction's components against ground-truth instances (a binary mask's
-    own components when it holds no instance ids)."""
+    own components when it holds no instance ids; with ``objects="background"``, those of its background)."""
     truth = np.asarray(ground_truth)
     if truth.ndim == prediction.ndim:
         truth = truth[0]
     if np.unique(truth).size <= 2:
         ndimage: Any = require("scipy.ndimage", "segment")
-        truth = ndimage.label(truth > 0)[0]
-    return instance_metrics(foreground_objects(prediction, activation=activation, threshold=threshold), truth)
+        truth = ndimage.label(truth == 0 if objects == "background" else truth > 0)[0]
+    predicted = foreground_objects(prediction, activation=activation, threshold=threshold, objects=objects)
+    return instance_metrics(predicted, truth)

@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 # The metric columns of the study table, in order.
 METRICS = ("dice", "dice_small", "tm_dice", "tm_abs", "tm_dice_small", "tm_abs_small", "ted_dice", "ted_abs",
            "delta_dice", "dice_train_mode", "dice_eval_mode", "seam_score", "seam_score_small", "exact_max_abs",
-           "seams_detected", "seams_detected_small", "seam_z", "seam_z_small")
+           "seams_detected", "seams_detected_small", "seam_z", "seam_z_small", "instance_tm", "instance_tm_small",
+           "msa", "sa50", "matched_iou")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def load_test_pairs(dataset: dict[str, Any], *, spatial_dims: int, split: str, c
     from seamfree.data.datasets import load_dataset
 
     pairs = load_dataset(dataset["name"], split, target=dataset.get("target"), subset=dataset.get("subset"),
-                         spatial_dims=spatial_dims)
+                         spatial_dims=spatial_dims,
+                         instances=dataset["name"] == "coelho2009")  # hand-segmented nuclei: their ids
     return pairs[:count]
 
 
@@ -66,6 +68,11 @@ def _metrics(normal: Diagnosis, small: Diagnosis) -> dict[str, float | None]:
         # the calibrated seam test (a fraction of the test images once averaged), and its statistic
         "seams_detected": _flag(normal.seams.detected), "seams_detected_small": _flag(small.seams.detected),
         "seam_z": normal.seams.z, "seam_z_small": small.seams.z,
+        # objects the two tilings segment differently (a fraction of all objects), and instance accuracy
+        "instance_tm": None if normal.instances is None else normal.instances.fraction,
+        "instance_tm_small": None if small.instances is None else small.instances.fraction,
+        **{name: None if normal.instance_scores is None else normal.instance_scores[name]
+           for name in ("msa", "sa50", "matched_iou")},
     }
 
 
@@ -92,11 +99,13 @@ def evaluate_model(
     region: tuple[int, ...] | None = None,
     ted_batches: int = 4,
     seed: int = 0,
+    objects: str = "foreground",
 ) -> Evaluation:
     """Return the study's metrics of ``model`` on ``pairs`` (means over images).
 
     ``region`` limits each image to its central box of that spatial shape. TED uses the model's own training
-    patch and batch size (from its checkpoint metadata).
+    patch and batch size (from its checkpoint metadata). ``objects`` is what the instance metrics label: the
+    foreground (nuclei, mitochondria) or the background (cells between membranes).
     """
     metadata = model_metadata(model)
     per_image = []
@@ -105,7 +114,7 @@ def evaluate_model(
         if region is not None:
             window = (slice(None), *_central(image.shape[1:], region))
             image, mask = image[window], mask[window]
-        options: dict[str, Any] = {"halo": halo, "seed": seed, "max_voxels": 1 << 26,
+        options: dict[str, Any] = {"halo": halo, "seed": seed, "max_voxels": 1 << 26, "objects": objects,
                                    "patch_size": metadata.get("patch_size"), "batch_size": metadata.get("batch_size")}
         normal = diagnose(model, image, ground_truth=mask,
                           config=DiagnoseConfig(core=core, ted_batches=ted_batches, **options))

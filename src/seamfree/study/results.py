@@ -91,13 +91,14 @@ def _done(rows: Sequence[Row], kind: str) -> list[Row]:
 
 
 IN_DISTRIBUTION = ("norm", "batch", "Dice", "Dice small tiles", "TM_dice", "TM_abs", "TM_abs small tiles",
-                   "TED_dice", "ΔDice", "seam score", "seam score small", "max Δ tiled vs whole")
+                   "TED_dice", "ΔDice", "seam score", "seam score small", "max Δ tiled vs whole",
+                   "instance TM small tiles", "mSA")
 
 
 def _in_distribution_lines(rows: Sequence[Row]) -> list[list[Any]]:
     return [[NORM_LABELS.get(r["norm"], r["norm"]), r["batch_size"], r["dice"], r["dice_small"], r["tm_dice"],
              r["tm_abs"], r["tm_abs_small"], r["ted_dice"], r["delta_dice"], r["seam_score"], r["seam_score_small"],
-             r["exact_max_abs"]] for r in rows]
+             r["exact_max_abs"], r.get("instance_tm_small"), r.get("msa")] for r in rows]
 
 
 def _grid_section(rows: Sequence[Row]) -> str:

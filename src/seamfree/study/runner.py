@@ -159,7 +159,8 @@ def _execute(run: StudyRun, digest: str, directory: Path, source_dir: Path | Non
     pairs = load_test_pairs(e["dataset"], spatial_dims=e["spatial_dims"], split=e["split"], count=e["images"])
     evaluation = evaluate_model(model, pairs, core=_axes(e["core"]), small_core=_axes(e["small_core"]),
                                 halo=e["halo"], region=tuple(e["region"]) if e.get("region") else None,
-                                ted_batches=e["ted_batches"])
+                                ted_batches=e["ted_batches"],
+                                objects="background" if e["dataset"].get("target") == "membranes" else "foreground")
     np.savez_compressed(directory / "example.npz", **evaluation.example)  # type: ignore[arg-type]
     return {"name": run.name, "kind": run.kind, "digest": digest, "labels": run.labels,
             "metrics": evaluation.metrics, "test_images": evaluation.images,
