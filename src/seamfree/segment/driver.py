@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from seamfree._version import __version__
-from seamfree.errors import ConfigError, DataError, OutputExistsError, require
+from seamfree.errors import ConfigError, DataError, OutputExistsError, ShapeError, require
 from seamfree.io.lock import output_lock
 from seamfree.io.markers import ArrayOutput, check_fingerprint
 from seamfree.io.ome import labels_group_attrs
@@ -504,7 +504,13 @@ def _open(prediction: Any, config: SegmentConfig) -> Any:
         dims = dims or {2: 2, 4: 3}.get(prediction.ndim)
         if prediction.ndim == dims:
             prediction = prediction[np.newaxis]  # spatial only: one channel
-    return open_image(prediction, key=config.key, spatial_dims=dims)
+    try:
+        return open_image(prediction, key=config.key, spatial_dims=dims)
+    except ShapeError:
+        if dims is not None:
+            raise
+        # a stored (C, Z, Y, X) array without axis metadata: four axes can only be channels and a volume
+        return open_image(prediction, key=config.key, spatial_dims=3)
 
 
 def _input_entry(source: Any, prediction: Any) -> dict[str, Any]:
