@@ -7,13 +7,14 @@ memory, memory as the volume grows 4×, and the speed-up with 2 dask workers.
 Volumes of synthetic nuclei predictions (2 channels, foreground and boundary, uint8 probabilities × 255 as
 ``seamfree predict --output-kind uint8`` writes them; balls of radius 4–9 voxels at ~4 % of the voxels each,
 written chunk by chunk, never whole) stored as zarr. Every measured run is a fresh process, so its peak resident
-memory (getrusage) is its own:
+memory (VmHWM) is its own (dask workers' memory is not in the driver's figure):
 
-- ``components`` on ``--components`` (512³ = 134 M voxels): ``seamfree.segment`` vs ``scipy.ndimage.label``
-  of the whole foreground;
-- ``watershed`` on ``--small`` and on ``--large`` (4× the voxels): ``seamfree.segment`` vs
-  ``skimage.segmentation.watershed`` on the whole array (seeds and mask as seamfree computes them);
-- ``watershed`` on ``--large`` with 2 dask workers (``seamfree.distributed.cluster_runner``).
+- ``components`` on every volume (``--small``, ``--large`` = 8× its voxels, ``--components`` = 512³, 134 M
+  voxels): ``seamfree.segment`` vs ``scipy.ndimage.label`` of the whole foreground;
+- ``watershed`` on ``--small`` and ``--large``: ``seamfree.segment`` vs ``skimage.segmentation.watershed`` on
+  the whole array (seeds and mask as seamfree computes them);
+- ``watershed`` on ``--large`` with 2 dask workers (``seamfree.distributed.cluster_runner``; cluster start
+  included).
 
 Blocks 128³, 2 CPU threads, run alone. Each seamfree run also checks its labels against the reference's
 (the same objects up to ids; else how many voxels differ: a uint8 boundary map has ties, which seamfree breaks
@@ -38,6 +39,11 @@ BLOCK = 128
 
 
 def _peak_rss() -> int:
+    """This process's peak resident memory since it started (VmHWM: getrusage's maxrss would include the peak of
+    the parent it was forked from, which holds whole arrays to check the labels)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -71,24 +77,30 @@ def make_volume(path: Path, shape: tuple[int, ...], seed: int = 0) -> None:
                 array[(slice(None), *(slice(a, b) for a, b in window))] = np.rint(values * 255).astype(np.uint8)
 
 
+def _pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (a, b) id pairs of two label images and their voxel counts (one 64-bit key per voxel: a
+    1D unique, much faster than a unique over rows)."""
+    a, b = a.ravel().astype(np.int64), b.ravel().astype(np.int64)
+    width = int(b.max()) + 1
+    keys, counts = np.unique(a * width + b, return_counts=True)
+    return keys // width, keys % width, counts
+
+
 def _same_objects(a: np.ndarray, b: np.ndarray) -> bool:
-    a, b = a.ravel(), b.ravel()
     if not np.array_equal(a == 0, b == 0):
         return False
-    pairs = np.unique(np.stack([a, b]), axis=1)
-    return pairs.shape[1] == np.unique(a).size == np.unique(b).size
+    first, second, _ = _pairs(a, b)
+    return first.size == np.unique(first).size == np.unique(second).size
 
 
 def _differing_voxels(labels: np.ndarray, reference: np.ndarray) -> int:
     """Voxels whose object is not the reference object it overlaps most (0 for the same objects up to ids)."""
-    pairs, counts = np.unique(np.stack([labels.ravel(), reference.ravel()]), axis=1, return_counts=True)
-    best: dict[int, tuple[int, int]] = {}
-    for (ours, theirs), count in zip(pairs.T.tolist(), counts.tolist()):
-        if count > best.get(ours, (0, 0))[1]:
-            best[ours] = (theirs, count)
+    ours, theirs, counts = _pairs(labels, reference)
+    order = np.lexsort((-counts, ours))  # per id of ours, the largest overlap first
+    first = np.ones(order.size, bool)
+    first[1:] = ours[order][1:] != ours[order][:-1]
     table = np.zeros(int(labels.max()) + 1, np.int64)
-    for ours, (theirs, _) in best.items():
-        table[ours] = theirs
+    table[ours[order][first]] = theirs[order][first]
     return int(np.count_nonzero(table[labels] != reference))
 
 
@@ -157,28 +169,41 @@ def main() -> None:
         started = time.perf_counter()
         make_volume(folder / f"{name}.zarr", shape)
         print(f"{name} {shape}: volume written in {time.perf_counter() - started:.0f} s", flush=True)
-        runs = ([("reference", "scipy-label", 0), ("seamfree", "seamfree", 0)] if name == "components" else
-                [("reference", "skimage-watershed", 0), ("seamfree", "seamfree", 0)])
+        runs = [("components", "reference", "scipy-label", 0), ("components", "seamfree", "seamfree", 0)]
+        if name != "components":
+            runs += [("watershed", "reference", "skimage-watershed", 0), ("watershed", "seamfree", "seamfree", 0)]
         if name == "large":
-            runs.append(("seamfree_2_workers", "seamfree", 2))
+            runs.append(("watershed", "seamfree_2_workers", "seamfree", 2))
         entry: dict = {"shape": list(shape), "voxels": int(np.prod(shape))}
-        method = "components" if name == "components" else "watershed"
-        for label, kind, workers in runs:
+        for method, label, kind, workers in runs:
             out = folder / (f"ref-{name}.npy" if kind != "seamfree" else f"{method}-{name}-{label}.zarr")
-            entry[label] = _run(kind, folder / f"{name}.zarr", out, workers)
+            measured = _run(kind, folder / f"{name}.zarr", out, workers)
             if kind == "seamfree":
                 ours = np.asarray(zarr.open_group(str(out), mode="r")["0"])[0]
                 reference = np.load(folder / f"ref-{name}.npy")
-                entry[label]["same_objects_as_reference"] = _same_objects(ours, reference)
-                entry[label]["voxels_differing_from_reference"] = _differing_voxels(ours, reference)
-            print(f"  {label}: {json.dumps(entry[label])}", flush=True)
+                measured["same_objects_as_reference"] = _same_objects(ours, reference)
+                measured["voxels_differing_from_reference"] = _differing_voxels(ours, reference)
+            entry.setdefault(method, {})[label] = measured
+            print(f"  {method} {label}: {json.dumps(measured)}", flush=True)
         results["cases"][name] = entry
-    small, large = results["cases"]["small"], results["cases"]["large"]
-    results["memory_growth_4x"] = large["seamfree"]["peak_rss"] / small["seamfree"]["peak_rss"]
-    results["reference_memory_growth_4x"] = large["reference"]["peak_rss"] / small["reference"]["peak_rss"]
-    results["speedup_2_workers"] = large["seamfree"]["seconds"] / large["seamfree_2_workers"]["seconds"]
-    print(f"peak memory, volume 4×: seamfree {results['memory_growth_4x']:.2f}×, whole-array reference "
-          f"{results['reference_memory_growth_4x']:.2f}×; 2 dask workers: {results['speedup_2_workers']:.2f}× faster")
+    small, large, biggest = (results["cases"][n] for n in ("small", "large", "components"))
+    growth = large["voxels"] / small["voxels"]
+    results["volume_growth"] = growth
+    for method in ("components", "watershed"):
+        results[f"{method}_memory_growth"] = (large[method]["seamfree"]["peak_rss"]
+                                              / small[method]["seamfree"]["peak_rss"])
+        results[f"{method}_reference_memory_growth"] = (large[method]["reference"]["peak_rss"]
+                                                        / small[method]["reference"]["peak_rss"])
+    results["components_memory_growth_to_largest"] = (biggest["components"]["seamfree"]["peak_rss"]
+                                                      / small["components"]["seamfree"]["peak_rss"])
+    results["speedup_2_workers"] = (large["watershed"]["seamfree"]["seconds"]
+                                    / large["watershed"]["seamfree_2_workers"]["seconds"])
+    print(f"peak memory when the volume grows {growth:.0f}×: components seamfree "
+          f"{results['components_memory_growth']:.2f}× "
+          f"(reference {results['components_reference_memory_growth']:.2f}×), "
+          f"watershed seamfree {results['watershed_memory_growth']:.2f}× (reference "
+          f"{results['watershed_reference_memory_growth']:.2f}×); 2 dask workers: "
+          f"{results['speedup_2_workers']:.2f}× the speed of one process")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")

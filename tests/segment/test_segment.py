@@ -238,3 +238,26 @@ def test_an_output_with_another_fingerprint_is_refused(tmp_path, capsys):
     (tmp_path / "user.zarr" / "data.txt").write_text("the user's")
     assert main(["segment", str(path), str(tmp_path / "user.zarr"), "--foreground-channel", "0", "--overwrite"]) == 2
     assert (tmp_path / "user.zarr" / "data.txt").read_text() == "the user's"
+
+
+def test_predict_with_segment_labels_the_prediction_next_to_it(tmp_path, capsys):
+    import torch
+
+    from seamfree.models import UNet, save_model
+    from seamfree.testing import randomize_norm_statistics
+
+    torch.manual_seed(0)
+    save_model(randomize_norm_statistics(UNet(2, 1, 1, depth=1, features=2, norm="batchrenorm")).eval(),
+               tmp_path / "m.pt")
+    np.save(tmp_path / "image.npy", np.random.default_rng(0).normal(size=(96, 80)).astype(np.float32))
+    out = tmp_path / "pred.zarr"
+    assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "image.npy"), str(out), "-q", "--segment",
+                 "components", "--threshold", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "objects (components" in printed
+    group = zarr.open_group(str(out), mode="r")
+    probabilities = np.asarray(group["0"])[0]
+    assert same_objects(group["labels/components/0"][0], ndimage.label(probabilities > 0.5)[0])
+    assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "image.npy"), str(tmp_path / "p.tif"), "-q",
+                 "--segment", "components"]) == 2  # labels go next to an OME-Zarr prediction only
+    assert "pass a .zarr output" in capsys.readouterr().err and not (tmp_path / "p.tif").exists()

@@ -30,7 +30,7 @@ _STARTING = {"predict": "loading the model, describing it (receptive field, tile
              "convert": "loading the model", "export": "loading the model and describing it",
              "demo": "training two small U-Nets (about 30 s on 2 cores), then diagnosing both",
              "study": "planning the runs",
-             "segment": "the mask's objects, then the seeds, then the labels, block by block"}
+             "segment": "labelling block by block, then joining the objects across block faces"}
 
 
 def _first_line(args: argparse.Namespace) -> None:
