@@ -266,10 +266,7 @@ def _unverified(writer: Any, index: tuple[int, ...]) -> int:
 def relabel_task(jobs: list[tuple[int, ...]], *, grid: BlockGrid, root: str, output: str | None,
                  markers: str | None, local: Any = None) -> int:
     """A task: write the object ids of the blocks ``jobs`` (``components``); return how many."""
-    zarr = require("zarr", "zarr")
-    scratch = zarr.open_array(str(Path(root) / "local.zarr"), mode="r")  # type: ignore[attr-defined]
-    offsets, final = np.load(Path(root) / "offsets.npy"), np.load(Path(root) / "final.npy")
-    writer = local or _BlockWriter(output, markers)
+    scratch, offsets, final, writer = _task_state(root, output, markers, local)
     for index in jobs:
         window = grid.window(index)
         labels = global_labels(np.asarray(scratch[window]), window, grid, offsets, final)
@@ -280,16 +277,22 @@ def relabel_task(jobs: list[tuple[int, ...]], *, grid: BlockGrid, root: str, out
 def flood_task(jobs: list[tuple[int, ...]], *, grid: BlockGrid, method: Method, root: str, output: str | None,
                markers: str | None, local: Any = None) -> int:
     """A task: flood the crops of the blocks ``jobs`` from the global seed ids and write their windows."""
-    zarr = require("zarr", "zarr")
-    scratch = zarr.open_array(str(Path(root) / "local.zarr"), mode="r")  # type: ignore[attr-defined]
-    offsets, final = np.load(Path(root) / "offsets.npy"), np.load(Path(root) / "final.npy")
-    writer = local or _BlockWriter(output, markers)
+    scratch, offsets, final, writer = _task_state(root, output, markers, local)
     for index in jobs:
         crop = grid.crop(index)
         seeds = global_labels(np.asarray(scratch[crop]), crop, grid, offsets, final)
         labels, unverified = method.flood(grid, index, seeds)
         writer.put(index, grid.window(index), labels, unverified)
     return len(jobs)
+
+
+def _task_state(root: str, output: str | None, markers: str | None, local: Any) -> tuple[Any, np.ndarray,
+                                                                                        np.ndarray, Any]:
+    """What a writing task reads: the scratch labels of a labelling, its offsets and object ids, and its writer."""
+    zarr = require("zarr", "zarr")
+    scratch = zarr.open_array(str(Path(root) / "local.zarr"), mode="r")  # type: ignore[attr-defined]
+    offsets, final = np.load(Path(root) / "offsets.npy"), np.load(Path(root) / "final.npy")
+    return scratch, offsets, final, local or _BlockWriter(output, markers)
 
 
 class _BlockWriter:
