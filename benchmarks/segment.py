@@ -110,17 +110,18 @@ def case(kind: str, volume: str, out: str, workers: int) -> dict:
 
     started = time.perf_counter()
     if kind == "seamfree":
-        from seamfree.segment import segment
+        from seamfree.segment import SegmentConfig, segment
 
         method = Path(out).stem.split("-")[0]
-        options = {"foreground_channel": 0} if method == "components" else {}
+        config = SegmentConfig(method=method, block=BLOCK, pyramid=False,  # type: ignore[arg-type]
+                               foreground_channel=0 if method == "components" else None)
         if workers:
             from seamfree.distributed import ClusterConfig, cluster_runner
 
             with cluster_runner(ClusterConfig(workers=workers, memory_limit="4GiB")) as run:
-                result = segment(volume, out, method=method, block=BLOCK, run=run, pyramid=False, **options)
+                result = segment(volume, out, config=config, run=run)
         else:
-            result = segment(volume, out, method=method, block=BLOCK, pyramid=False, **options)
+            result = segment(volume, out, config=config)
         return {"seconds": time.perf_counter() - started, "peak_rss": _peak_rss(), "objects": result.objects,
                 "exact": result.exact, "unverified_voxels": result.unverified_voxels, "halo": list(result.halo)}
     from scipy import ndimage

@@ -13,12 +13,18 @@ from hypothesis import strategies as st
 from segment_helpers import nuclei, same_objects, write_prediction
 
 from seamfree.cli.main import main
-from seamfree.segment import segment
+from seamfree.segment import SegmentConfig
+from seamfree.segment import segment as _segment
 from seamfree.segment.methods import ranked
 
 ndimage = pytest.importorskip("scipy.ndimage")
 skimage_segmentation = pytest.importorskip("skimage.segmentation")
 zarr = pytest.importorskip("zarr")
+
+
+def segment(prediction, output=None, *, run=None, **options):
+    """``seamfree.segment`` with the configuration's fields as keywords (shorter tests)."""
+    return _segment(prediction, output, config=SegmentConfig(**options), run=run)
 
 
 def test_same_objects_is_a_bijection_test():

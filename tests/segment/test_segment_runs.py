@@ -14,9 +14,15 @@ import numpy as np
 import pytest
 from segment_helpers import nuclei, write_prediction
 
-from seamfree.segment import segment
+from seamfree.segment import SegmentConfig
+from seamfree.segment import segment as _segment
 
 zarr = pytest.importorskip("zarr")
+
+
+def segment(prediction, output=None, *, run=None, **options):
+    """``seamfree.segment`` with the configuration's fields as keywords (shorter tests)."""
+    return _segment(prediction, output, config=SegmentConfig(**options), run=run)
 pytest.importorskip("distributed")
 
 

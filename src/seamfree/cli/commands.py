@@ -195,15 +195,16 @@ def segment(args: argparse.Namespace) -> int:
 
 
 def _run_segment(args: argparse.Namespace, prediction: Any, out: Path | None, options: dict[str, Any]) -> int:
-    from seamfree.segment import segment
+    from seamfree.segment import SegmentConfig, segment
 
+    config = SegmentConfig(**options)
     if args.workers or args.scheduler:
         from seamfree.distributed import cluster_runner
 
         with cluster_runner(_cluster(args)) as run:
-            result = segment(str(prediction), out, run=run, **options)
+            result = segment(str(prediction), out, config=config, run=run)
     else:
-        result = segment(str(prediction), out, **options)
+        result = segment(str(prediction), out, config=config)
     exact = ("exact (every voxel proven equal to the whole-image result)" if result.exact else
              f"{result.unverified_voxels} voxels not proven exact (see the warning)")
     print(f"wrote {result.path}: {result.objects} objects ({result.method}, blocks {result.block}, halo "

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,16 +32,15 @@ from typing import Any, Literal
 import numpy as np
 
 from seamfree._version import __version__
-from seamfree.errors import ConfigError, DataError, OutputExistsError, ShapeError, require
+from seamfree.errors import ConfigError, DataError, ShapeError, require
 from seamfree.io.lock import output_lock
-from seamfree.io.markers import ArrayOutput, check_fingerprint
-from seamfree.io.ome import labels_group_attrs
 from seamfree.io.pyramid import Runner
 from seamfree.io.safety import fingerprint_digest, resolved_path
-from seamfree.io.zarr_output import ZarrBlockWriter, ZarrOutput, is_seamfree_zarr, seamfree_attrs, zarr_markers
+from seamfree.io.zarr_output import is_seamfree_zarr, seamfree_attrs
 from seamfree.segment.blocks import BlockGrid
 from seamfree.segment.components import blockwise_components, global_labels, run_here
 from seamfree.segment.methods import METHODS, Method, Prediction
+from seamfree.segment.output import BlockWriter, LabelTarget
 
 __all__ = ["SegmentConfig", "SegmentResult", "segment"]
 
@@ -161,8 +159,8 @@ class SegmentResult:
                 str(self.path), "notes": list(self.notes)}
 
 
-def segment(prediction: Any, output: str | Path | None = None, *, config: SegmentConfig | None = None,
-            run: Runner | None = None, **options: Any) -> SegmentResult:
+def segment(prediction: Any, output: str | Path | None = None, *, method: str | None = None,
+            config: SegmentConfig | None = None, run: Runner | None = None) -> SegmentResult:
     """Instance labels of ``prediction``, block by block, equal to the whole-image result (see the module).
 
     Parameters
@@ -173,8 +171,10 @@ def segment(prediction: Any, output: str | Path | None = None, *, config: Segmen
     output : path, optional
         A ``.zarr`` to write the labels to (an OME-Zarr label image). Default: next to an OME-Zarr prediction,
         as its label image ``labels/NAME``; in memory for an array.
+    method : {"components", "watershed", "distance"}, optional
+        The method (replaces ``config.method``).
     config : SegmentConfig, optional
-        The method and its parameters; keyword ``options`` (e.g. ``method="watershed"``) replace its fields.
+        The method's parameters, blocks and halo.
     run : Runner, optional
         Spreads the block tasks over workers sharing the storage (``seamfree.distributed.cluster_runner``).
 
@@ -182,21 +182,23 @@ def segment(prediction: Any, output: str | Path | None = None, *, config: Segmen
     --------
     >>> import numpy as np
     >>> p = np.zeros((40, 40), np.float32); p[2:10, 2:30] = 0.9; p[20:30, 5:8] = 0.8
-    >>> result = segment(p, method="components", block=16)
+    >>> result = segment(p, method="components", config=SegmentConfig(block=16))
     >>> result.objects, result.exact, int(result.labels.max())
     (2, True, 2)
     """
     started = time.perf_counter()
-    config = SegmentConfig(**{**asdict(config or SegmentConfig()), **options})
+    config = config or SegmentConfig()
+    if method is not None:
+        config = SegmentConfig(**{**asdict(config), "method": method})
     source = _open(prediction, config)
     spatial = tuple(int(s) for s in source.spatial_shape)
     dims = len(spatial)
     if config.connectivity > dims:
         raise ConfigError(f"connectivity must be between 1 and {dims} for {dims}D labels, got {config.connectivity}")
-    method = _method(source, config, prediction)
+    steps = _method(source, config, prediction)
     block = _per_axis(config.block or DEFAULT_BLOCK.get(dims, 256), dims, "block")
     block = tuple(min(b, s) for b, s in zip(block, spatial))
-    target = _Target.choose(prediction, output, config)
+    target = LabelTarget.choose(prediction, output, config)
     fingerprint = json.loads(json.dumps({  # as stored: lists, not tuples
         "input": _input_entry(source, prediction), "segment": config.fingerprinted(), "block": list(block),
         "seamfree": __version__.split("+")[0]}))
@@ -204,10 +206,13 @@ def segment(prediction: Any, output: str | Path | None = None, *, config: Segmen
         done = target.finished(fingerprint)
         if done is not None:
             logger.info("%s is complete (same settings): nothing to do", target.path)
-            return done
+            labels, summary = done
+            return SegmentResult(labels, int(summary.get("objects", 0)), str(summary.get("method", "")), block,
+                                 tuple(summary.get("halo", ())), tuple(summary.get("halo_needed", ())),
+                                 int(summary.get("unverified_voxels", 0)), 0.0, target.path)
         scratch = target.scratch(fingerprint)
         try:
-            result = _segment(method, config, spatial, block, scratch, target, fingerprint, run or run_here)
+            result = _segment(steps, config, spatial, block, scratch, target, fingerprint, run or run_here)
         finally:
             if target.path is None:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -215,7 +220,7 @@ def segment(prediction: Any, output: str | Path | None = None, *, config: Segmen
 
 
 def _segment(method: Method, config: SegmentConfig, spatial: tuple[int, ...], block: tuple[int, ...],
-             scratch: Path, target: _Target, fingerprint: dict[str, Any], run: Runner) -> SegmentResult:
+             scratch: Path, target: LabelTarget, fingerprint: dict[str, Any], run: Runner) -> SegmentResult:
     dims = len(spatial)
     flat = BlockGrid(spatial, block, (0,) * dims)
     notes: list[str] = []
@@ -241,14 +246,15 @@ def _segment(method: Method, config: SegmentConfig, spatial: tuple[int, ...], bl
                                        connectivity=config.connectivity, run=run)
         task = partial(flood_task, method=method, root=str(scratch / "seeds"))
     dtype = np.uint32 if objects.objects < 2**32 - 1 else np.uint64
-    writer = target.open(spatial, block, dtype, fingerprint, method)
+    source = method.prediction.source
+    writer = target.open(spatial, block, dtype, fingerprint, None if source is None else source.calibration)
     pending = [index for index in grid if not writer.is_done(index)]
     run(partial(task, grid=grid, output=target.worker_path, markers=target.markers_path, local=writer.local),
         [pending[i:i + 4] for i in range(0, len(pending), 4)])
     unverified = sum(_unverified(writer, index) for index in grid)
     summary = {"objects": objects.objects, "halo": list(halo), "halo_needed": list(needed),
                "unverified_voxels": unverified, "method": method.name}
-    labels = writer.finalize(summary, run)
+    labels = writer.finalize(summary, None if run is run_here else run)
     if unverified:
         notes.append(f"{unverified} voxels belong to regions of the mask that reach beyond their block's crop: "
                      f"they may differ from the whole-image result; pass halo >= {needed} for a proven result")
@@ -292,208 +298,7 @@ def _task_state(root: str, output: str | None, markers: str | None, local: Any) 
     zarr = require("zarr", "zarr")
     scratch = zarr.open_array(str(Path(root) / "local.zarr"), mode="r")  # type: ignore[attr-defined]
     offsets, final = np.load(Path(root) / "offsets.npy"), np.load(Path(root) / "final.npy")
-    return scratch, offsets, final, local or _BlockWriter(output, markers)
-
-
-class _BlockWriter:
-    """A worker's access to the label image: write a block's window, then its done marker (with its digest and
-    how many of its voxels are unverified)."""
-
-    def __init__(self, output: str | None, markers: str | None) -> None:
-        if output is None:
-            raise ConfigError("an in-memory segmentation runs in this process only")
-        self.target = ZarrBlockWriter(output, Path(markers) if markers else None)
-
-    def put(self, index: tuple[int, ...], window: tuple[slice, ...], labels: np.ndarray, unverified: int) -> None:
-        _put(self.target, index, window, labels, unverified)
-
-
-def _put(target: Any, index: tuple[int, ...], window: tuple[slice, ...], labels: np.ndarray,
-         unverified: int) -> None:
-    from seamfree.io.markers import block_digest
-
-    data = labels.astype(target.dtype)[np.newaxis]
-    target.write(window, data)
-    target.mark_done(index, {"window": [[w.start, w.stop] for w in window], "sha256": block_digest(data),
-                             "unverified": int(unverified)})
-
-
-class _Writer:
-    """The driver's side of the label image (a :class:`ZarrOutput`, or an array in memory)."""
-
-    def __init__(self, target: Any, group_update: Any = None) -> None:
-        self.target = target
-        self.group_update = group_update
-        self.local = self if isinstance(target, ArrayOutput) else None
-        self._records: dict[tuple[int, ...], dict[str, Any]] = {}
-
-    def put(self, index: tuple[int, ...], window: tuple[slice, ...], labels: np.ndarray, unverified: int) -> None:
-        _put(self, index, window, labels, unverified)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.target.dtype
-
-    def write(self, window: tuple[slice, ...], data: np.ndarray) -> None:
-        self.target.write(window, data)
-
-    def mark_done(self, index: tuple[int, ...], record: dict[str, Any]) -> None:
-        self._records[tuple(index)] = record
-        self.target.mark_done(index, record)
-
-    def is_done(self, index: tuple[int, ...]) -> bool:
-        return self.target.is_done(index)
-
-    def record(self, index: tuple[int, ...]) -> dict[str, Any] | None:
-        if tuple(index) in self._records:
-            return self._records[tuple(index)]
-        reader = getattr(self.target, "_record", None)
-        return reader(index) if reader is not None else None
-
-    def finalize(self, summary: dict[str, Any], run: Runner) -> Any:
-        if isinstance(self.target, ArrayOutput):
-            return self.target.array[0]
-        self.target.group.attrs.update({"seamfree_segment": summary})
-        self.target.finalize(run=None if run is run_here else run)
-        if self.group_update is not None:
-            self.group_update()
-        return self.target.array
-
-
-@dataclass
-class _Target:
-    """Where the labels go: a standalone OME-Zarr, the label image of a prediction, or memory."""
-
-    path: Path | None
-    prediction_root: Path | None = None
-    name: str | None = None
-    overwrite: bool = False
-    pyramid: bool = True
-    calibration: Any = None
-
-    @staticmethod
-    def choose(prediction: Any, output: str | Path | None, config: SegmentConfig) -> _Target:
-        name = config.name or config.method
-        if output is not None:
-            path = Path(output)
-            if path.suffix.lower() not in ("", ".zarr"):
-                raise ConfigError(f"segment writes an OME-Zarr label image; got the output {str(path)!r} "
-                                  f"({path.suffix}): pass a .zarr path")
-            resolved_in = resolved_path(str(prediction)) if isinstance(prediction, str | Path) else None
-            if resolved_in is not None and resolved_path(str(path)) == resolved_in:
-                raise ConfigError(f"the output {str(path)!r} is the prediction itself; leave the output out to write "
-                                  "the labels next to it (PRED.zarr/labels/NAME), or pass another path")
-            return _Target(path, overwrite=config.overwrite, pyramid=config.pyramid)
-        if isinstance(prediction, str | Path) and Path(prediction).is_dir():
-            root = Path(prediction)
-            if not is_seamfree_zarr(root):
-                raise ConfigError(f"{str(root)!r} was not written by seamfree predict, so its labels cannot be "
-                                  "added to it; pass an output path (seamfree segment PRED OUT.zarr)")
-            return _Target(root / "labels" / name, root, name, config.overwrite, config.pyramid)
-        if isinstance(prediction, str | Path):
-            raise ConfigError(f"the labels of {str(prediction)!r} need an output path (OUT.zarr): only an OME-Zarr "
-                              "prediction holds its labels next to it")
-        return _Target(None)
-
-    @property
-    def lock(self) -> Path | None:
-        if self.path is None:
-            return None
-        if self.prediction_root is not None:  # the lock file stays outside the prediction's hierarchy
-            return self.prediction_root.with_name(f"{self.prediction_root.name}.labels-{self.name}")
-        return self.path
-
-    @property
-    def markers_path(self) -> str | None:
-        if self.path is None:
-            return None
-        if self.prediction_root is not None:
-            return str(self.prediction_root.with_name(f"{self.prediction_root.name}.seamfree-labels-{self.name}"))
-        return str(zarr_markers(self.path))
-
-    @property
-    def worker_path(self) -> str | None:
-        return None if self.path is None else str(self.path)
-
-    def finished(self, fingerprint: dict[str, Any]) -> SegmentResult | None:
-        """The result of a complete earlier run with the same fingerprint (None: work to do); an output with
-        another fingerprint, or not seamfree's, is refused (or replaced with ``overwrite``)."""
-        if self.path is None:
-            return None
-        if self.overwrite:
-            self._remove()
-            return None
-        if not self.path.exists():
-            return None
-        mark = seamfree_attrs(self.path)
-        if mark is None:
-            raise OutputExistsError(f"output {str(self.path)!r} exists and was not written by seamfree; choose "
-                                    "another path (seamfree never overwrites data it did not write)")
-        stored = mark.get("fingerprint")
-        if isinstance(stored, dict):
-            check_fingerprint(stored, fingerprint, self.path, "segmentation")
-        if mark.get("status") != "complete" or (self.markers_path and Path(self.markers_path).exists()):
-            return None
-        zarr = require("zarr", "zarr")
-        if self.prediction_root is not None:
-            self._list_label()  # a run killed between completing the labels and naming them
-        group = zarr.open_group(str(self.path), mode="r")  # type: ignore[attr-defined]
-        summary = dict(group.attrs.get("seamfree_segment", {}))
-        return SegmentResult(group["0"], int(summary.get("objects", 0)), str(summary.get("method", "")),
-                             tuple(fingerprint["block"]), tuple(summary.get("halo", ())),
-                             tuple(summary.get("halo_needed", ())), int(summary.get("unverified_voxels", 0)), 0.0,
-                             self.path)
-
-    def _remove(self) -> None:
-        from seamfree.io.safety import remove_own_output
-
-        assert self.path is not None
-        if self.path.exists() or self.path.is_symlink():
-            remove_own_output(self.path, written_by_seamfree=is_seamfree_zarr(self.path))
-        markers = Path(self.markers_path) if self.markers_path else None
-        if markers is not None and markers.is_dir():
-            shutil.rmtree(markers)
-
-    def scratch(self, fingerprint: dict[str, Any]) -> Path:
-        """The folder of the passes' tables and scratch labels (checked against the fingerprint on resume)."""
-        if self.path is None:
-            return Path(tempfile.mkdtemp(prefix="seamfree-segment-"))
-        if self.prediction_root is None and not self.path.parent.is_dir():
-            raise ConfigError(f"the folder of output {str(self.path)!r} does not exist; create it first")
-        assert self.markers_path is not None
-        root = Path(self.markers_path) / "segment"
-        stored = root / "fingerprint.json"
-        if stored.is_file():
-            check_fingerprint(json.loads(stored.read_text()), fingerprint, self.path, "segmentation")
-            logger.info("resuming the segmentation %s", self.path)
-        else:
-            root.mkdir(parents=True, exist_ok=True)
-            stored.write_text(json.dumps(fingerprint, sort_keys=True, indent=1))
-        return root
-
-    def open(self, spatial: tuple[int, ...], block: tuple[int, ...], dtype: Any, fingerprint: dict[str, Any],
-             method: Method) -> _Writer:
-        if self.path is None:
-            return _Writer(ArrayOutput(np.zeros((1, *spatial), dtype)))
-        calibration = method.prediction.source.calibration if method.prediction.source is not None else None
-        if self.prediction_root is not None:
-            zarr = require("zarr", "zarr")
-            zarr.open_group(str(self.prediction_root), mode="r+").require_group("labels")  # type: ignore[attr-defined]
-        output = ZarrOutput(self.path, shape=(1, *spatial), dtype=np.dtype(dtype), chunks=block,
-                            fingerprint=fingerprint, calibration=calibration, pyramid=self.pyramid,
-                            downsampling="stride", label_values=0, markers=Path(self.markers_path or ""))
-        return _Writer(output, self._list_label if self.prediction_root is not None else None)
-
-    def _list_label(self) -> None:
-        """Name the new label image in the prediction's ``labels`` group (beside ``mask`` of ``--labels``)."""
-        zarr = require("zarr", "zarr")
-        assert self.prediction_root is not None and self.name is not None
-        root = zarr.open_group(str(self.prediction_root), mode="r+")  # type: ignore[attr-defined]
-        group = root.require_group("labels")
-        attrs = dict(group.attrs)
-        listed = list((attrs.get("ome", attrs)).get("labels", []))
-        version = "0.4" if "ome" not in attrs and group.metadata.zarr_format == 2 else "0.5"
-        group.attrs.update(labels_group_attrs([*[n for n in listed if n != self.name], self.name], version))
+    return scratch, offsets, final, local or BlockWriter(output, markers)
 
 
 def _open(prediction: Any, config: SegmentConfig) -> Any:
