@@ -5,6 +5,7 @@ objects, with the voxels it cannot prove counted when it does not."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,6 +209,26 @@ def test_an_interrupted_segmentation_resumes_to_the_same_labels(tmp_path, monkey
     assert marks["status"] == "incomplete"
     monkeypatch.setattr(driver, "flood_task", original)
     result = segment(str(path), tmp_path / "resumed.zarr", method="watershed", block=32)
+    assert np.array_equal(np.asarray(result.labels), reference)
+
+
+def test_a_kill_while_the_scratch_labels_are_created_resumes(tmp_path, monkeypatch):
+    """Found by the kill -9 test: a run killed after making the scratch array's folder, before its metadata."""
+    prediction = nuclei((64, 64), 6, seed=4)
+    path = tmp_path / "pred.zarr"
+    write_prediction(path, prediction, scale=(1.0, 1.0))
+    reference = np.asarray(segment(str(path), tmp_path / "reference.zarr", method="watershed", block=32).labels)
+    real = zarr.create_array
+
+    def dies_half_way(store, **kwargs):
+        Path(store).mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zarr, "create_array", dies_half_way)  # the module seamfree.segment imports
+    with pytest.raises(KeyboardInterrupt):
+        segment(str(path), tmp_path / "labels.zarr", method="watershed", block=32)
+    monkeypatch.setattr(zarr, "create_array", real)
+    result = segment(str(path), tmp_path / "labels.zarr", method="watershed", block=32)
     assert np.array_equal(np.asarray(result.labels), reference)
 
 

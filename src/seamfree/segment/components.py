@@ -17,9 +17,9 @@ A provisional id is ``offsets[block] + local label``; ``final[provisional]`` is 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -92,22 +92,37 @@ def blockwise_components(root: Path, grid: BlockGrid, binary: Binary, *, connect
                          min_size: int = 0, run: Runner | None = None) -> Components:
     """Label the connected components of the binary image that ``binary`` gives block by block; scratch files
     (and done markers) under ``root``. Rerunning after a kill redoes only the blocks without a table."""
-    zarr = require("zarr", "zarr")
     run = run or run_here
     for folder in ("tables", "pairs"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    local_path = root / "local.zarr"
-    if not local_path.exists():
-        zarr.create_array(str(local_path), shape=grid.shape, chunks=grid.block,  # type: ignore[attr-defined]
-                          dtype=np.uint32, fill_value=0)
+    _scratch_array(root, grid)
     todo = [index for index in grid if not _table(root, grid, index).exists()]
     run(partial(label_task, binary=binary, grid=grid, root=str(root), connectivity=connectivity), _batches(todo))
     counts, sizes, lower, upper = _read_tables(root, grid)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    np.save(root / "offsets.npy", offsets)
+    _save_atomic(root / "offsets.npy", array=offsets)
     todo = [index for index in grid if not _pairs(root, grid, index).exists()]
     run(partial(faces_task, grid=grid, root=str(root), connectivity=connectivity), _batches(todo))
     return _merge(root, grid, offsets, sizes, lower, upper, min_size)
+
+
+def _scratch_array(root: Path, grid: BlockGrid) -> None:
+    """The scratch array of local labels (one chunk per block). A creation killed before its metadata reached
+    the disk leaves a folder zarr cannot open: it is made again, and the tables that could refer to it go too."""
+    zarr = require("zarr", "zarr")
+    path = root / "local.zarr"
+    if path.exists():
+        try:
+            zarr.open_array(str(path), mode="r")  # type: ignore[attr-defined]
+            return
+        except Exception:  # zarr raises several types for a folder without array metadata
+            logger.info("scratch labels %s were not created completely: creating them again", path)
+            shutil.rmtree(path)
+            for folder in ("tables", "pairs"):
+                for stale in (root / folder).iterdir():
+                    stale.unlink()
+    zarr.create_array(str(path), shape=grid.shape, chunks=grid.block,  # type: ignore[attr-defined]
+                      dtype=np.uint32, fill_value=0)
 
 
 def _batches(jobs: Sequence[Any]) -> list[list[Any]]:
@@ -257,8 +272,7 @@ def _merge(root: Path, grid: BlockGrid, offsets: np.ndarray, sizes: np.ndarray, 
     number = np.zeros(count, np.int64)
     number[kept] = np.arange(1, kept.size + 1)
     final = np.concatenate([[0], number[component]]).astype(np.int64)
-    np.save(root / "final.npy", final)
-    (root / "objects.json").write_text(json.dumps({"objects": int(kept.size), "removed": int(count - kept.size)}))
+    _save_atomic(root / "final.npy", array=final)
     logger.info("%d objects over %d blocks (%d provisional labels, %d face pairs)%s", kept.size, len(grid), total,
                 len(edges), f"; {count - kept.size} smaller than {min_size} voxels removed" if min_size else "")
     return Components(root, grid, offsets, final, int(kept.size), object_sizes[kept], low[kept], high[kept])

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from seamfree.errors import ConfigError, OutputExistsError, require
-from seamfree.io.markers import ArrayOutput, block_digest, check_fingerprint
+from seamfree.io.markers import ArrayOutput, atomic_write_text, block_digest, check_fingerprint
 from seamfree.io.ome import labels_group_attrs
 from seamfree.io.pyramid import Runner
 from seamfree.io.safety import remove_own_output, resolved_path
@@ -192,7 +192,7 @@ class LabelTarget:
             logger.info("resuming the segmentation %s", self.path)
         else:
             root.mkdir(parents=True, exist_ok=True)
-            stored.write_text(json.dumps(fingerprint, sort_keys=True, indent=1))
+            atomic_write_text(stored, json.dumps(fingerprint, sort_keys=True, indent=1))
         return root
 
     def open(self, spatial: tuple[int, ...], block: tuple[int, ...], dtype: Any, fingerprint: dict[str, Any],
