@@ -47,24 +47,26 @@ class InstanceMismatch:
 
 
 def foreground_objects(prediction: np.ndarray, *, activation: str, threshold: float,
-                       objects: str = "foreground") -> np.ndarray:
+                       objects: str = "foreground", within: np.ndarray | None = None) -> np.ndarray:
     """Connected components of a prediction's foreground (channel 0 of a sigmoid output; every class but the
-    first of a softmax one), or of its background (``objects="background"``: cells between membranes)."""
+    first of a softmax one), or of its background (``objects="background"``: cells between membranes), only
+    inside the mask ``within`` when given."""
     ndimage: Any = require("scipy.ndimage", "segment")
     masks = binarize(prediction, activation=activation, threshold=threshold)
     foreground = masks[1:].any(axis=0) if activation == "softmax" and len(masks) > 1 else masks[0]
-    labels, _ = ndimage.label(~foreground if objects == "background" else foreground)
+    selected = ~foreground if objects == "background" else foreground
+    labels, _ = ndimage.label(selected if within is None else selected & within)
     return np.asarray(labels)
 
 
 def instance_tile_mismatch(first: np.ndarray, second: np.ndarray, *, activation: str, threshold: float,
                            objects: str = "foreground") -> InstanceMismatch:
     """Instance TM of the stitched predictions ``first`` (grid A) and ``second`` (grid B, NaN where it did not
-    predict), compared where both predicted."""
+    predict): both labelled inside the region where both predicted, so that only the tiles differ."""
     compared = ~np.isnan(second[0])
-    a = foreground_objects(first, activation=activation, threshold=threshold, objects=objects) * compared
-    b = foreground_objects(np.nan_to_num(second), activation=activation, threshold=threshold, objects=objects)
-    b = b * compared
+    a = foreground_objects(first, activation=activation, threshold=threshold, objects=objects, within=compared)
+    b = foreground_objects(np.nan_to_num(second), activation=activation, threshold=threshold, objects=objects,
+                           within=compared)
     n_a, n_b, where = instance_mismatch(a, b)
     return InstanceMismatch(int(np.unique(a[a > 0]).size), int(np.unique(b[b > 0]).size), n_a, n_b, where)
 
