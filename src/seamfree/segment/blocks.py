@@ -74,10 +74,6 @@ class BlockGrid:
         """The block's window in the coordinates of its crop."""
         return tuple(slice(w.start - c.start, w.stop - c.start) for w, c in zip(self.window(index), self.crop(index)))
 
-    def block_of(self, coordinates: np.ndarray, axis: int) -> np.ndarray:
-        """Block index along ``axis`` of voxel coordinates."""
-        return np.asarray(coordinates) // self.block[axis]
-
 
 def cut_face_labels(labels: np.ndarray, crop: Window, shape: Sequence[int]) -> np.ndarray:
     """The labels (> 0) of ``labels`` (a labelled crop ``crop`` of an image of ``shape``) on the crop's cut faces:

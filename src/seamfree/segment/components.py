@@ -72,12 +72,6 @@ class Components:
         """Bounding-box extent of every object, per axis (voxels)."""
         return self.upper - self.lower
 
-    def labels(self, window: Window) -> np.ndarray:
-        """The object ids of any spatial ``window`` (across blocks)."""
-        zarr = require("zarr", "zarr")
-        local = zarr.open_array(str(self.root / "local.zarr"), mode="r")  # type: ignore[attr-defined]
-        return global_labels(np.asarray(local[window]), window, self.grid, self.offsets, self.final)
-
 
 def global_labels(local: np.ndarray, window: Window, grid: BlockGrid, offsets: np.ndarray,
                   final: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from seamfree.errors import ConfigError, OutputExistsError, require
 from seamfree.io.markers import ArrayOutput, atomic_write_text, block_digest, check_fingerprint
 from seamfree.io.ome import labels_group_attrs
 from seamfree.io.pyramid import Runner
-from seamfree.io.safety import remove_own_output, resolved_path
+from seamfree.io.safety import check_not_input, remove_own_output
 from seamfree.io.zarr_output import ZarrBlockWriter, ZarrOutput, is_seamfree_zarr, seamfree_attrs, zarr_markers
 
 __all__ = ["BlockWriter", "LabelTarget", "LabelWriter", "put_block"]
@@ -99,7 +99,6 @@ class LabelTarget:
     name: str | None = None
     overwrite: bool = False
     pyramid: bool = True
-    calibration: Any = None
 
     @staticmethod
     def choose(prediction: Any, output: str | Path | None, config: Any) -> LabelTarget:
@@ -109,10 +108,8 @@ class LabelTarget:
             if path.suffix.lower() not in ("", ".zarr"):
                 raise ConfigError(f"segment writes an OME-Zarr label image; got the output {str(path)!r} "
                                   f"({path.suffix}): pass a .zarr path")
-            resolved_in = resolved_path(str(prediction)) if isinstance(prediction, str | Path) else None
-            if resolved_in is not None and resolved_path(str(path)) == resolved_in:
-                raise ConfigError(f"the output {str(path)!r} is the prediction itself; leave the output out to write "
-                                  "the labels next to it (PRED.zarr/labels/NAME), or pass another path")
+            if isinstance(prediction, str | Path):  # never the prediction, inside it or around it
+                check_not_input(path, str(prediction))
             return LabelTarget(path, overwrite=config.overwrite, pyramid=config.pyramid)
         if isinstance(prediction, str | Path) and Path(prediction).is_dir():
             root = Path(prediction)
