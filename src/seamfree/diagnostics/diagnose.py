@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -180,6 +181,7 @@ def diagnose(
     axes: str | None = None,
     name: str = "model",
     key: str | None = None,
+    progress: Callable[[str, float], None] | None = None,
 ) -> Diagnosis:
     """Return the diagnosis of ``model`` on ``image``: audit, TM, TED, seam score, exactness, advice.
 
@@ -197,6 +199,12 @@ def diagnose(
         Axis order of ``image`` when it is not channel-first.
     name : str
         Label of the model in reports.
+    key : str, optional
+        Dataset inside an HDF5 file or array inside a zarr group (CLI ``--key``).
+    progress : callable, optional
+        Called as ``progress(stage, fraction)`` before each stage ("tiled prediction", "tile mismatch",
+        "train/eval disparity", "exactness"; "done" at the end) with the fraction of the work done; an exception it raises stops the diagnosis
+        there (the napari plugin's cancel button).
 
     Examples
     --------
@@ -218,12 +226,17 @@ def diagnose(
         region = read_window(source, window)
         full_shape = source.spatial_shape
     gt = _ground_truth(ground_truth, full_shape, window, dims)
-    return _diagnose_region(model, info, region, window, full_shape, gt, normalization, config, name)
+    return _diagnose_region(model, info, region, window, full_shape, gt, normalization, config, name, progress)
 
 
 def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, window: tuple[slice, ...],
                      full_shape: tuple[int, ...], gt: np.ndarray | None, normalization: IntensityNormalization,
-                     config: DiagnoseConfig, name: str) -> Diagnosis:
+                     config: DiagnoseConfig, name: str,
+                     progress: Callable[[str, float], None] | None = None) -> Diagnosis:
+    def stage(label: str, fraction: float) -> None:
+        if progress is not None:
+            progress(label, fraction)
+
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     dims, stride = info.spatial_dims, info.network_stride
@@ -238,11 +251,13 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
                                    spatial_dims=config.spatial_dims, in_channels=config.in_channels,
                                    model_output=config.model_output)
     clock = time.perf_counter()
+    stage("tiled prediction", 0.0)
     plan = plan_prediction(model, source, predict_config, normalization, info=info)
     activation = plan.activation
     first = np.zeros(plan.output_shape, np.float32)
     run_tiles(model, plan, source, list(grid_a.tiles()), CropSink(ArrayOutput(first), plan.output))
     seconds["prediction"] = _lap(clock)
+    stage("tile mismatch", 0.3)
     second = np.full_like(first, np.nan)  # NaN where grid B does not predict
     run_tiles(model, plan, source, shifted_tiles(grid_b), CropSink(ArrayOutput(second), plan.output))
     mismatch = tile_mismatch(first, second, grid_a, grid_b, activation=activation, threshold=config.threshold)
@@ -251,6 +266,7 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
     seconds["tile_mismatch"] = _lap(clock) - seconds["prediction"]
     clock = time.perf_counter()
     seams = seam_score(first, grid_a, reference=(second, grid_b))
+    stage("train/eval disparity", 0.6)
     patch, batch_size = _training_batch(model, dims, config)
     disparity = train_eval_disparity(model, source, normalization=normalization, patch_size=patch,
                                      batch_size=batch_size, batches=config.ted_batches, ground_truth=gt,
@@ -258,6 +274,7 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
                                      info=info)
     seconds["train_eval_disparity"] = _lap(clock)
     clock = time.perf_counter()
+    stage("exactness", 0.75)
     budget = config.memory_budget or default_memory_budget(config.device)
     exactness = exactness_check(model, source, first, config=predict_config,
                                 region=whole_forward_crop(model, source.spatial_shape, budget, info))
@@ -281,6 +298,7 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
         "normalization": normalization.to_dict(), "activation": activation, "threshold": config.threshold,
     }
     advice = recommend(audit, rf, grid_a.halo, mismatch, disparity, seams, exactness, suggestion, info)
+    stage("done", 1.0)
     return Diagnosis(name, audit, rf, geometry, mismatch, disparity, seams, exactness, advice, suggestion,
                      dice_tiled, seconds, region, first, info, instances, scores)
 

@@ -199,7 +199,7 @@ class MarkedOutput(OutputTarget):
 def _differences(stored: dict[str, Any], now: dict[str, Any]) -> str:
     """Return ``" (grid.halo [112, 112] there, [96, 96] now; ...)"`` for the short values that differ."""
     parts = []
-    for key in ("grid", "settings", "runtime", "activation", "segment"):
+    for key in ("grid", "settings", "runtime", "activation", "normalization", "segment"):
         old, new = stored.get(key), now.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
             parts += [f"{key}.{name} {old.get(name)} there, {new.get(name)} now" for name in sorted(set(old) | set(new))

@@ -9,6 +9,7 @@ complete. Memory is O(tile × batch + blend buffer), never O(image).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -111,7 +112,9 @@ def predict(
         ``"TCZYX"``; an OME-Zarr input with a ``t`` axis needs none) predicts a time series frame by frame into
         an output ``(T, C_out, *spatial)``.
     progress : bool or callable
-        True for a tqdm progress bar; a callable receives the number of tiles done after each batch.
+        True for a tqdm progress bar; a callable receives the number of tiles done after each batch (and the
+        total, when it takes two arguments). An exception it raises stops the prediction after that batch; the
+        output then resumes.
     report : list, optional
         If given, a :class:`PredictionReport` is appended to it.
 
@@ -208,9 +211,23 @@ def _predict_series(model: nn.Module, image: Any, series: FrameSeries, output: A
     return result
 
 
+def _positional_count(function: Callable[..., Any]) -> int:
+    """How many positional arguments ``function`` takes (a ``*args`` counts as many)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return 1
+    kinds = [p.kind for p in parameters]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return 2
+    return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+
+
 def _progress(progress: bool | Callable[[int], None]) -> Callable[[int, int], None] | None:
     """Adapt ``predict``'s progress option to the engine's ``progress(done, total)``."""
     if callable(progress):
+        if _positional_count(progress) >= 2:
+            return progress  # type: ignore[return-value]
         return lambda done, total: progress(done)
     if not progress:
         return None

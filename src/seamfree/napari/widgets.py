@@ -1,0 +1,545 @@
+"""The plugin's three dock widgets: Diagnose, Predict, Fix (magicgui containers over the public functions).
+
+Each runs its work in a worker thread (``napari.qt.threading.create_worker``) with a progress bar and a cancel
+button; cancel takes effect at the next progress report (a batch of tiles, a diagnosis stage), and a cancelled
+prediction resumes when it is run again into the same output. Image layers are never loaded whole: the
+functions read a layer's level 0 window by window, whatever backs it (numpy, dask, zarr).
+
+This module imports Qt and napari; napari loads it only when a widget is opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+import webbrowser
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    Table,
+    TextEdit,
+)
+from napari.layers import Image, Labels, Layer, Shapes
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QObject, Signal
+
+from seamfree.errors import SeamfreeError
+from seamfree.napari.layers import LayerData, audit_rows, diagnosis_layers, output_layers, verdict_text
+
+if TYPE_CHECKING:
+    import napari
+    from torch import nn
+
+__all__ = ["Cancelled", "DiagnoseWidget", "FixWidget", "PredictWidget"]
+
+logger = logging.getLogger(__name__)
+
+# "current view" and "shapes layer" regions of a volume: the axes not on screen span at most this many voxels
+# around the current slice (the whole axis when shorter)
+OFF_SCREEN_EXTENT = 128
+REFRESH_SECONDS = 0.5  # how often a filling output layer is redrawn
+
+
+class Cancelled(SeamfreeError):
+    """The user pressed cancel; the work stopped at its next progress report."""
+
+
+class _Relay(QObject):
+    """Carries progress from the worker thread to the widget (a queued Qt signal)."""
+
+    progressed = Signal(str, float)
+
+
+class _Job:
+    """``work(report)`` in a worker thread; ``report(stage, fraction)`` raises :class:`Cancelled` once cancelled."""
+
+    def __init__(self, work: Callable[[Callable[[str, float], None]], Any], *,
+                 progress: Callable[[str, float], None], done: Callable[[Any], None],
+                 failed: Callable[[BaseException], None]) -> None:
+        self._stop = threading.Event()
+        self._relay = _Relay()
+        self._relay.progressed.connect(progress)
+
+        def report(stage: str, fraction: float) -> None:
+            if self._stop.is_set():
+                raise Cancelled(f"cancelled during {stage}")
+            self._relay.progressed.emit(stage, float(fraction))
+
+        self.worker = create_worker(work, report, _start_thread=False,
+                                    _connect={"returned": done, "errored": failed})
+        self.worker.start()
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+
+def _devices() -> list[str]:
+    import torch
+
+    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def _path(edit: FileEdit) -> Path | None:
+    """The path in a file field, None when empty."""
+    value = str(edit.value or "").strip()
+    return None if value in ("", ".") else Path(value)
+
+
+def level0(layer: Layer) -> Any:
+    """The full-resolution data of a layer, as stored (a dask or zarr array stays lazy)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+class _Panel(Container):
+    """What the three widgets share: the viewer, a model field, run/cancel, progress and a status line."""
+
+    def __init__(self, napari_viewer: napari.Viewer, run_text: str) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.model = FileEdit(mode="r", label="model", filter="*.pt *.pth *.ts *.pt2 *.zip *.yaml",
+                              tooltip="seamfree checkpoint, TorchScript file or bioimage.io package")
+        self.device = ComboBox(choices=_devices(), value="cpu", label="device")
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="cancel", enabled=False)
+        self.progress = ProgressBar(min=0, max=100, value=0, label="progress")
+        self.status = Label(value="", label="")
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.job: _Job | None = None
+        self.error: BaseException | None = None
+        self.own: list[Layer] = []  # the layers this widget added
+        self._models: dict[tuple[str, float, str], nn.Module] = {}
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is running (tests wait on this)."""
+        return self.job is not None
+
+    def _layers(self, kind: type) -> Callable[[Any], list[tuple[str, Any]]]:
+        def choices(_: Any) -> list[tuple[str, Any]]:
+            return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, kind)]
+        return choices
+
+    def load(self, device: str) -> nn.Module:
+        """The model in the model field (loaded once per file version and device)."""
+        from seamfree.models import load_model
+
+        path = _path(self.model)
+        if path is None:
+            raise SeamfreeError("choose a model file first (a seamfree checkpoint, TorchScript or bioimage.io "
+                                "package)")
+        key = (str(path.resolve()), path.stat().st_mtime if path.exists() else 0.0, device)
+        if key not in self._models:
+            self._models = {key: load_model(path, device=device)}
+        return self._models[key]
+
+    def start(self, work: Callable[[Callable[[str, float], None]], Any], done: Callable[[Any], None]) -> None:
+        if self.job is not None:
+            return
+        self.error = None
+        self.progress.value = 0
+        self.status.value = "starting"
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+
+        def finished(result: Any) -> None:
+            self._idle()
+            try:
+                done(result)
+            except Exception as exc:  # showing the result failed: say so rather than crash the viewer
+                self._failed(exc)
+
+        self.job = _Job(work, progress=self._progressed, done=finished, failed=self._failed)
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.status.value = "cancelling at the next progress step"
+
+    def _idle(self) -> None:
+        self.job = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def _progressed(self, stage: str, fraction: float) -> None:
+        self.progress.value = int(round(100 * min(max(fraction, 0.0), 1.0)))
+        self.status.value = stage
+
+    def _failed(self, error: BaseException) -> None:
+        self._idle()
+        self.error = error
+        if isinstance(error, Cancelled):
+            self.status.value = f"{error}. {self.cancel_note()}"
+        else:
+            logger.error("seamfree: %s", error, exc_info=not isinstance(error, SeamfreeError))
+            self.status.value = f"error: {error}"
+
+    def cancel_note(self) -> str:
+        return "Nothing was written."
+
+    def replace_layers(self, layers: list[LayerData]) -> list[Layer]:
+        """Add ``layers``, replacing the layers of the same names that this widget added before (a rerun updates
+        them); a user's layer of the same name stays (napari numbers the new one)."""
+        added = []
+        for data, meta, kind in layers:
+            for old in [layer for layer in self.own if layer.name == meta["name"]]:
+                self.own.remove(old)
+                if old in self.viewer.layers:
+                    self.viewer.layers.remove(old)
+            added.append(self.viewer.add_layer(Layer.create(data, meta, kind)))
+        self.own += added
+        return added
+
+
+def _image_axes(layer: Image) -> str | None:
+    return "YXC" if getattr(layer, "rgb", False) else None
+
+
+class DiagnoseWidget(_Panel):
+    """Diagnose a model on an image layer: the tiled prediction, its seam map, the tile-mismatch map of two
+    grids and the core grid as layers; the verdict, the norm audit and TM/TED/seam score here."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer, "diagnose")
+        self.image = ComboBox(choices=self._layers(Image), label="image")
+        self.ground_truth = ComboBox(choices=self._layers(Labels), nullable=True, label="ground truth (optional)")
+        self.region = ComboBox(choices=["central region", "current view", "shapes layer"], value="central region",
+                               label="region")
+        self.shapes = ComboBox(choices=self._layers(Shapes), nullable=True, label="region shapes")
+        self.core = SpinBox(value=0, min=0, max=1 << 16, label="core (0: from the memory budget)")
+        self.ted_batches = SpinBox(value=8, min=1, max=256, label="TED batches")
+        self.verdict = TextEdit(value="", label="verdict")
+        self.verdict.read_only = True
+        self.audit = Table(value=[[""] * 5], columns=["layer", "type", "statistics", "tile-dependent", "note"],
+                           label="norm audit")
+        self.report_button = PushButton(text="open full report", enabled=False)
+        self.report_button.changed.connect(lambda: self.open_report())
+        self.extend([self.model, self.image, self.ground_truth, self.region, self.shapes, self.core,
+                     self.ted_batches, self.device, self.run_button, self.cancel_button, self.progress, self.status,
+                     self.verdict, self.audit, self.report_button])
+        self.diagnosis: Any = None
+        self.added: list[Layer] = []
+
+    def window(self, layer: Image, dims: int) -> tuple[tuple[int, int], ...] | None:
+        """The diagnosed region in the layer's data coordinates (None: the central region)."""
+        shape = tuple(int(n) for n in level0(layer).shape)[:dims] if not getattr(layer, "rgb", False) \
+            else tuple(int(n) for n in level0(layer).shape[:-1])
+        if self.region.value == "central region":
+            return None
+        if self.region.value == "current view":
+            corners = np.asarray(layer.corner_pixels)
+            low, high = corners[0].astype(int), corners[1].astype(int) + 1
+        else:
+            shapes = self.shapes.value
+            if shapes is None or not len(shapes.data):
+                raise SeamfreeError("region 'shapes layer' needs a shapes layer with at least one shape (draw a "
+                                    "rectangle around the region to diagnose), or choose another region")
+            selected = sorted(shapes.selected_data) or range(len(shapes.data))
+            vertices = np.concatenate([np.asarray(shapes.data[i], float) for i in selected])
+            world = vertices * np.asarray(shapes.scale) + np.asarray(shapes.translate)
+            n = world.shape[1]
+            scale, translate = np.asarray(layer.scale)[-n:], np.asarray(layer.translate)[-n:]
+            data = (world - translate) / scale
+            low = np.zeros(len(shape), int)
+            high = np.array(shape, int)
+            low[-n:], high[-n:] = np.floor(data.min(0)).astype(int), np.ceil(data.max(0)).astype(int)
+            if n < len(shape):  # a 2D shape on a volume: the current slice, as for the view
+                point = np.asarray(self.viewer.dims.point)[-len(shape):]
+                current = ((point - np.asarray(layer.translate)) / np.asarray(layer.scale)).astype(int)
+                low[:-n], high[:-n] = current[:-n], current[:-n] + 1
+        window = []
+        displayed = set(self.viewer.dims.displayed)
+        offset = self.viewer.dims.ndim - len(shape)
+        for axis, n in enumerate(shape):
+            start, stop = int(max(0, low[axis])), int(min(n, high[axis]))
+            if axis + offset not in displayed and stop - start <= 1:  # off screen: around the current slice
+                half = min(n, OFF_SCREEN_EXTENT) // 2
+                centre = min(max(start, half), n - (min(n, OFF_SCREEN_EXTENT) - half))
+                start, stop = centre - half, centre - half + min(n, OFF_SCREEN_EXTENT)
+            if stop <= start:
+                raise SeamfreeError(f"the region is empty along axis {axis} ({start}..{stop}); zoom onto the "
+                                    "image or draw the shape over it")
+            window.append((start, stop))
+        return tuple(window)
+
+    def run(self) -> None:
+        from seamfree.diagnostics import DiagnoseConfig, diagnose
+        from seamfree.models import describe_model
+
+        layer = self.image.value
+        if layer is None:
+            self.status.value = "error: add an image layer first (File → Open, or a sample image)"
+            return
+        truth = self.ground_truth.value
+        device, core, batches = self.device.value, self.core.value or None, self.ted_batches.value
+        data, gt = level0(layer), None if truth is None else level0(truth)
+        axes, name = _image_axes(layer), Path(str(_path(self.model) or "model")).stem
+        try:
+            model = self.load(device)
+            dims = describe_model(model).spatial_dims
+            window = self.window(layer, dims)
+        except Exception as exc:
+            self._failed(exc)
+            return
+
+        def work(report: Callable[[str, float], None]) -> Any:
+            config = DiagnoseConfig(core=core, ted_batches=batches, device=device, region=window)
+            return diagnose(model, data, ground_truth=gt, config=config, axes=axes, name=name, progress=report)
+
+        self.start(work, lambda diagnosis: self.show(diagnosis, layer))
+
+    def show(self, diagnosis: Any, layer: Image) -> None:
+        """Put ``diagnosis`` on screen: its layers over ``layer``, the verdict and the audit."""
+        self.diagnosis = diagnosis
+        scale, translate = layer.scale, layer.translate
+        if getattr(layer, "rgb", False):
+            scale, translate = scale[:2], translate[:2]
+        self.added = self.replace_layers(diagnosis_layers(diagnosis, scale=scale, translate=translate))
+        self.verdict.value = verdict_text(diagnosis)
+        rows = audit_rows(diagnosis)
+        columns = ["layer", "type", "statistics", "tile-dependent", "note"]
+        self.audit.value = {"data": [[row[c] for c in columns] for row in rows] or [[""] * 5], "columns": columns}
+        self.report_button.enabled = True
+        self.progress.value = 100
+        self.status.value = f"{diagnosis.recommendation.verdict} ({sum(diagnosis.seconds.values()):.1f} s)"
+
+    def open_report(self, folder: str | Path | None = None, *, browser: bool = True) -> Path:
+        """Write the HTML report of the last diagnosis (to a temporary folder by default) and open it."""
+        from seamfree.diagnostics.report import write_report
+
+        if self.diagnosis is None:
+            raise SeamfreeError("run a diagnosis first")
+        folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="seamfree-report-"))
+        page = Path(write_report(self.diagnosis, folder))
+        if browser:
+            webbrowser.open(page.resolve().as_uri())
+        self.status.value = f"report: {page}"
+        return page
+
+
+class PredictWidget(_Panel):
+    """Predict an image layer of any size into a resumable OME-Zarr file, shown as a lazy layer while it fills
+    in; masks and instance labels arrive as Labels layers."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer, "predict")
+        self.image = ComboBox(choices=self._layers(Image), label="image")
+        self.output = FileEdit(mode="w", filter="*.zarr", label="output (.zarr)")
+        self.stitching = ComboBox(choices=["crop", "blend"], value="crop", label="stitching",
+                                  tooltip="crop: exact (equal to the whole-image prediction); blend: weighted")
+        self.tta = CheckBox(value=False, text="test-time augmentation (flips)")
+        self.kind = ComboBox(choices=["probabilities", "mask"], value="probabilities", label="output")
+        self.labels = CheckBox(value=True, text="masks as Labels (labels/mask)")
+        self.segment = ComboBox(choices=["none", "components", "watershed", "distance"], value="none",
+                                label="instances")
+        self.core = SpinBox(value=0, min=0, max=1 << 16, label="core (0: from the memory budget)")
+        self.budget = SpinBox(value=0, min=0, max=1 << 20, label="memory budget MB (0: default)")
+        self.scheduler = LineEdit(value="", label="dask scheduler (optional)",
+                                  tooltip="address of a dask.distributed scheduler, e.g. tcp://10.0.0.5:8786; the "
+                                          "layer must come from a file the workers can read")
+        self.extend([self.model, self.image, self.output, self.stitching, self.tta, self.kind, self.labels,
+                     self.segment, self.core, self.budget, self.device, self.scheduler, self.run_button,
+                     self.cancel_button, self.progress, self.status])
+        self.report: Any = None
+        self.live: list[Layer] = []
+        self._target: Path | None = None
+        self._drawn = 0.0
+
+    def config(self) -> Any:
+        from seamfree.tiling import PredictConfig
+
+        mask = self.kind.value == "mask"
+        return PredictConfig(core=self.core.value or None, stitching=self.stitching.value, tta=self.tta.value,
+                             device=self.device.value, output_kind="mask" if mask else "float32",
+                             labels=self.labels.value and not mask,
+                             memory_budget=self.budget.value * (1 << 20) or None)
+
+    def run(self) -> None:
+        layer, out = self.image.value, _path(self.output)
+        if layer is None or out is None:
+            self.status.value = "error: choose an image layer and an output .zarr path"
+            return
+        if out.suffix.lower() != ".zarr":
+            self.status.value = f"error: the output {str(out)!r} must be a .zarr folder (OME-Zarr)"
+            return
+        try:
+            config = self.config()
+            model = self.load(self.device.value)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        data, axes = level0(layer), _image_axes(layer)
+        scale = tuple(float(s) for s in layer.scale)
+        if any(s != 1.0 for s in scale) and not getattr(layer, "rgb", False):
+            from dataclasses import replace
+
+            config = replace(config, voxel_size=scale[-min(3, len(scale)):])
+        method, address, source = self.segment.value, self.scheduler.value.strip(), layer.source.path
+        model_path = _path(self.model)
+        self._target, self.live = out, []
+
+        def work(report: Callable[[str, float], None]) -> Any:
+            from seamfree.tiling import predict
+
+            def tiles(done: int, total: int) -> None:
+                report(f"predicted {done} of {total} tiles", done / max(total, 1))
+
+            if address:
+                from seamfree.distributed import ClusterConfig, predict_distributed
+
+                if source is None:
+                    raise SeamfreeError("a dask cluster reads the image from its file, and this layer has none; "
+                                        "open the image from a file (File → Open) or clear the scheduler field")
+                summary = predict_distributed(model_path, source, out, config=config,
+                                              cluster=ClusterConfig(scheduler=address), progress=tiles)
+                result = summary
+            else:
+                found: list[Any] = []
+                predict(model, data, out, config=config, axes=axes, progress=tiles, report=found)
+                result = found[0]
+            if method != "none":
+                from seamfree.segment import segment
+
+                report(f"instance labels ({method})", 1.0)
+                segment(str(out), method=method)
+            return result
+
+        self.start(work, self.finished)
+
+    def _progressed(self, stage: str, fraction: float) -> None:
+        super()._progressed(stage, fraction)
+        target = self._target
+        if target is None or not (target / "0").exists():
+            return
+        now = time.monotonic()
+        if not self.live:  # the output exists: show it while it fills in
+            self.live = self.replace_layers([layer for layer in output_layers(target) if layer[2] == "image"])
+            self._drawn = now
+        elif now - self._drawn >= REFRESH_SECONDS:
+            for layer in self.live:
+                layer.refresh()
+            self._drawn = now
+
+    def finished(self, report: Any) -> None:
+        """The output is complete: replace the filling layer by the multiscale result and its Labels."""
+        self.report = report
+        for layer in self.live:
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+            if layer in self.own:
+                self.own.remove(layer)
+        assert self._target is not None
+        self.live = self.replace_layers(output_layers(self._target))
+        computed = getattr(report, "tiles_computed", None)
+        total = getattr(report, "tiles_total", None)
+        self.progress.value = 100
+        self.status.value = f"wrote {self._target}: {computed} of {total} tiles computed"
+
+    def cancel_note(self) -> str:
+        return f"The output {self._target} is incomplete: press predict again to resume it."
+
+
+class FixWidget(_Panel):
+    """Make a model seamless: convert its BatchNorm to BatchRenorm and/or recalibrate its running statistics on
+    the current image; write the new model and diagnose it before and after."""
+
+    ACTIONS = ("convert to BatchRenorm", "recalibrate on the image", "convert, then recalibrate")
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer, "fix")
+        self.action = ComboBox(choices=list(self.ACTIONS), value=self.ACTIONS[0], label="fix")
+        self.image = ComboBox(choices=self._layers(Image), nullable=True, label="image")
+        self.out = FileEdit(mode="w", filter="*.pt", label="new model (.pt)")
+        self.compare = CheckBox(value=True, text="diagnose before and after")
+        self.batches = SpinBox(value=32, min=1, max=4096, label="recalibration batches")
+        self.patch = SpinBox(value=0, min=0, max=4096, label="patch (0: the training patch)")
+        self.result = TextEdit(value="", label="before / after")
+        self.result.read_only = True
+        self.extend([self.model, self.action, self.image, self.out, self.compare, self.batches, self.patch,
+                     self.device, self.run_button, self.cancel_button, self.progress, self.status, self.result])
+        self.written: Path | None = None
+        self.diagnoses: tuple[Any, Any] | None = None
+
+    def run(self) -> None:
+        from seamfree.diagnostics import DiagnoseConfig, diagnose
+        from seamfree.layers import convert_norm
+        from seamfree.models import model_metadata, save_model
+        from seamfree.training.recalibrate import recalibrate_on_images
+
+        action, layer, out, source = self.action.value, self.image.value, _path(self.out), _path(self.model)
+        device, batches, patch = self.device.value, self.batches.value, self.patch.value
+        recalibrate = action != self.ACTIONS[0]
+        try:
+            if out is None:
+                raise SeamfreeError("choose the path of the new model file")
+            if source is not None and out.exists() and out.resolve() == source.resolve():
+                raise SeamfreeError(f"the new model {str(out)!r} is the input model itself; choose another path "
+                                    "(the input stays as it was)")
+            if out.exists():
+                raise SeamfreeError(f"{str(out)!r} already exists; choose another path (nothing is overwritten)")
+            if (recalibrate or self.compare.value) and layer is None:
+                raise SeamfreeError(f"{action!r}{' and the comparison' if self.compare.value else ''} need an "
+                                    "image layer")
+            model = self.load(device)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        data = None if layer is None else level0(layer)
+        compare = self.compare.value
+
+        def work(report: Callable[[str, float], None]) -> Any:
+            def check(label: str, net: nn.Module, start: float) -> Any:
+                return diagnose(net, data, config=DiagnoseConfig(device=device), name=label,
+                                progress=lambda stage, f: report(f"{label}: {stage}", start + 0.4 * f))
+
+            before = check("before", model, 0.0) if compare else None
+            metadata = model_metadata(model)
+            fixed = model
+            if action != self.ACTIONS[1]:
+                report("converting", 0.4)
+                fixed = convert_norm(model, "batchrenorm")
+                metadata = {**metadata, "converted_from": str(source), "converted_norm": "batch"}
+            if recalibrate:
+                report("recalibrating", 0.45)
+                if fixed is model:
+                    import copy
+
+                    fixed = copy.deepcopy(model)  # the loaded model stays as the file has it
+                size = patch or metadata.get("patch_size") or 128
+                recalibrate_on_images(fixed, [data], patch_size=size, batches=batches, device=device)
+                metadata = {**metadata, "recalibrated_on": "the napari layer"}
+            report("writing", 0.55)
+            path = save_model(fixed, out, metadata=metadata)
+            after = check("after", fixed, 0.6) if compare else None
+            return path, before, after
+
+        self.start(work, self.finished)
+
+    def finished(self, result: tuple[Path, Any, Any]) -> None:
+        path, before, after = result
+        self.written = Path(path)
+        self.diagnoses = (before, after) if before is not None else None
+        lines = [f"wrote {path}"]
+        for label, diagnosis in (("before", before), ("after", after)):
+            if diagnosis is not None:
+                tm = diagnosis.tile_mismatch
+                lines.append(f"{label}: {diagnosis.recommendation.verdict}; TM_dice {tm.tm_dice:.3g}, TM_abs "
+                             f"{tm.tm_abs:.2g}, seams {diagnosis.seams.summary}")
+        self.result.value = "\n".join(lines)
+        self.progress.value = 100
+        self.status.value = f"wrote {path}"
