@@ -38,6 +38,10 @@ HEAVY_OPTIONAL = ("dask", "distributed", "zarr", "tifffile", "h5py", "matplotlib
                   "ome_zarr_models",
                   "skimage", "scipy", "imageio")
 
+# Modules that napari itself loads (through the plugin manifest) and that are the only place Qt may be imported.
+QT_MODULES = {Path("napari/widgets.py")}
+QT_LIBRARIES = ("napari", "magicgui", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "vispy")
+
 
 def _unit(path: Path) -> str:
     parts = path.relative_to(SOURCE).with_suffix("").parts
@@ -130,9 +134,27 @@ def test_heavy_optional_libraries_are_imported_inside_functions():
     violations = []
     for path, imports in _modules():
         for module, line, top in imports:
-            if top and module.split(".")[0] in HEAVY_OPTIONAL:
+            exempt = path.relative_to(SOURCE) in QT_MODULES and module.split(".")[0] in QT_LIBRARIES
+            if top and module.split(".")[0] in HEAVY_OPTIONAL and not exempt:
                 violations.append(f"{path.relative_to(SOURCE)}:{line} imports {module} at module level")
     assert not violations, "\n".join(violations)
+
+
+def test_qt_is_imported_only_by_the_napari_widgets():
+    violations = []
+    for path, imports in _modules():
+        for module, line, _ in imports:
+            if module.split(".")[0] in QT_LIBRARIES and path.relative_to(SOURCE) not in QT_MODULES:
+                violations.append(f"{path.relative_to(SOURCE)}:{line} imports {module}")
+    assert not violations, "\n".join(violations)
+
+
+def test_the_napari_reader_and_layer_builders_load_without_qt():
+    code = ("import sys\nimport seamfree.napari.reader, seamfree.napari.layers\n"
+            "loaded = sorted(name for name in sys.modules if name.split('.')[0] in "
+            f"{QT_LIBRARIES!r})\nassert not loaded, loaded\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["predict", "--help"]])

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -203,8 +203,8 @@ def diagnose(
         Dataset inside an HDF5 file or array inside a zarr group (CLI ``--key``).
     progress : callable, optional
         Called as ``progress(stage, fraction)`` before each stage ("tiled prediction", "tile mismatch",
-        "train/eval disparity", "exactness"; "done" at the end) with the fraction of the work done; an exception it raises stops the diagnosis
-        there (the napari plugin's cancel button).
+        "train/eval disparity", "exactness"; "done" at the end) with the fraction of the work done; an exception
+        it raises stops the diagnosis there (the napari plugin's cancel button).
 
     Examples
     --------

@@ -57,7 +57,7 @@ class ChannelView:
             at = next(i for i, k in enumerate(key) if k is Ellipsis)
             key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
         key = key + (slice(None),) * (self.ndim - len(key))
-        full = key[:self.axis] + (self.channel,) + key[self.axis:]
+        full = (*key[:self.axis], self.channel, *key[self.axis:])
         return np.asarray(self.array[full])
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
@@ -173,8 +173,9 @@ def output_layers(path: str | Path, name: str | None = None) -> list[LayerData]:
     label = name or path.stem
     layers = _image_layers(group, label, labels=False)
     if "labels" in group:
-        labels = group["labels"]
-        names = dict(labels.attrs).get("ome", dict(labels.attrs)).get("labels", [])
+        labels: Any = group["labels"]
+        attrs: Any = dict(labels.attrs)
+        names: list[str] = attrs.get("ome", attrs).get("labels", [])
         for member in names:
             if member in labels:
                 layers += _image_layers(labels[member], f"{label}: {member}", labels=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -51,7 +52,8 @@ logger = logging.getLogger(__name__)
 # "current view" and "shapes layer" regions of a volume: the axes not on screen span at most this many voxels
 # around the current slice (the whole axis when shorter)
 OFF_SCREEN_EXTENT = 128
-REFRESH_SECONDS = 0.5  # how often a filling output layer is redrawn
+REFRESH_SECONDS = 0.5  # how often, at most, a filling output layer is redrawn
+REFRESH_SHARE = 0.1  # redrawing may take at most this share of the time (it reads the file in the GUI thread)
 
 
 class Cancelled(SeamfreeError):
@@ -113,7 +115,8 @@ class _Panel(Container):
     def __init__(self, napari_viewer: napari.Viewer, run_text: str) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.model = FileEdit(mode="r", label="model", filter="*.pt *.pth *.ts *.pt2 *.zip *.yaml",
+        self.model = FileEdit(mode=FileDialogMode.EXISTING_FILE, label="model",
+                              filter="*.pt *.pth *.ts *.pt2 *.zip *.yaml",
                               tooltip="seamfree checkpoint, TorchScript file or bioimage.io package")
         self.device = ComboBox(choices=_devices(), value="cpu", label="device")
         self.run_button = PushButton(text=run_text)
@@ -132,9 +135,10 @@ class _Panel(Container):
         """Whether a job is running (tests wait on this)."""
         return self.job is not None
 
-    def _layers(self, kind: type) -> Callable[[Any], list[tuple[str, Any]]]:
+    def _layers(self, kind: type[Layer]) -> Callable[[Any], list[tuple[str, Any]]]:
         def choices(_: Any) -> list[tuple[str, Any]]:
-            return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, kind)]
+            found: list[Layer] = [layer for layer in self.viewer.layers if isinstance(layer, kind)]
+            return [(layer.name, layer) for layer in found]
         return choices
 
     def load(self, device: str) -> nn.Module:
@@ -177,7 +181,7 @@ class _Panel(Container):
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
     def _progressed(self, stage: str, fraction: float) -> None:
-        self.progress.value = int(round(100 * min(max(fraction, 0.0), 1.0)))
+        self.progress.value = round(100 * min(max(fraction, 0.0), 1.0))
         self.status.value = stage
 
     def _failed(self, error: BaseException) -> None:
@@ -301,9 +305,9 @@ class DiagnoseWidget(_Panel):
             config = DiagnoseConfig(core=core, ted_batches=batches, device=device, region=window)
             return diagnose(model, data, ground_truth=gt, config=config, axes=axes, name=name, progress=report)
 
-        self.start(work, lambda diagnosis: self.show(diagnosis, layer))
+        self.start(work, lambda diagnosis: self.display(diagnosis, layer))
 
-    def show(self, diagnosis: Any, layer: Image) -> None:
+    def display(self, diagnosis: Any, layer: Image) -> None:
         """Put ``diagnosis`` on screen: its layers over ``layer``, the verdict and the audit."""
         self.diagnosis = diagnosis
         scale, translate = layer.scale, layer.translate
@@ -313,7 +317,7 @@ class DiagnoseWidget(_Panel):
         self.verdict.value = verdict_text(diagnosis)
         rows = audit_rows(diagnosis)
         columns = ["layer", "type", "statistics", "tile-dependent", "note"]
-        self.audit.value = {"data": [[row[c] for c in columns] for row in rows] or [[""] * 5], "columns": columns}
+        self.audit.value = {column: [row[column] for row in rows] or [""] for column in columns}
         self.report_button.enabled = True
         self.progress.value = 100
         self.status.value = f"{diagnosis.recommendation.verdict} ({sum(diagnosis.seconds.values()):.1f} s)"
@@ -339,12 +343,12 @@ class PredictWidget(_Panel):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer, "predict")
         self.image = ComboBox(choices=self._layers(Image), label="image")
-        self.output = FileEdit(mode="w", filter="*.zarr", label="output (.zarr)")
+        self.output = FileEdit(mode=FileDialogMode.OPTIONAL_FILE, filter="*.zarr", label="output (.zarr)")
         self.stitching = ComboBox(choices=["crop", "blend"], value="crop", label="stitching",
                                   tooltip="crop: exact (equal to the whole-image prediction); blend: weighted")
         self.tta = CheckBox(value=False, text="test-time augmentation (flips)")
         self.kind = ComboBox(choices=["probabilities", "mask"], value="probabilities", label="output")
-        self.labels = CheckBox(value=True, text="masks as Labels (labels/mask)")
+        self.mask_labels = CheckBox(value=True, text="masks as Labels (labels/mask)")
         self.segment = ComboBox(choices=["none", "components", "watershed", "distance"], value="none",
                                 label="instances")
         self.core = SpinBox(value=0, min=0, max=1 << 16, label="core (0: from the memory budget)")
@@ -352,13 +356,14 @@ class PredictWidget(_Panel):
         self.scheduler = LineEdit(value="", label="dask scheduler (optional)",
                                   tooltip="address of a dask.distributed scheduler, e.g. tcp://10.0.0.5:8786; the "
                                           "layer must come from a file the workers can read")
-        self.extend([self.model, self.image, self.output, self.stitching, self.tta, self.kind, self.labels,
+        self.extend([self.model, self.image, self.output, self.stitching, self.tta, self.kind, self.mask_labels,
                      self.segment, self.core, self.budget, self.device, self.scheduler, self.run_button,
                      self.cancel_button, self.progress, self.status])
         self.report: Any = None
         self.live: list[Layer] = []
         self._target: Path | None = None
         self._drawn = 0.0
+        self._redraw_cost = 0.0
 
     def config(self) -> Any:
         from seamfree.tiling import PredictConfig
@@ -366,7 +371,7 @@ class PredictWidget(_Panel):
         mask = self.kind.value == "mask"
         return PredictConfig(core=self.core.value or None, stitching=self.stitching.value, tta=self.tta.value,
                              device=self.device.value, output_kind="mask" if mask else "float32",
-                             labels=self.labels.value and not mask,
+                             labels=self.mask_labels.value and not mask,
                              memory_budget=self.budget.value * (1 << 20) or None)
 
     def run(self) -> None:
@@ -405,7 +410,7 @@ class PredictWidget(_Panel):
                 if source is None:
                     raise SeamfreeError("a dask cluster reads the image from its file, and this layer has none; "
                                         "open the image from a file (File → Open) or clear the scheduler field")
-                summary = predict_distributed(model_path, source, out, config=config,
+                summary = predict_distributed(str(model_path), source, out, config=config,
                                               cluster=ClusterConfig(scheduler=address), progress=tiles)
                 result = summary
             else:
@@ -430,10 +435,11 @@ class PredictWidget(_Panel):
         if not self.live:  # the output exists: show it while it fills in
             self.live = self.replace_layers([layer for layer in output_layers(target) if layer[2] == "image"])
             self._drawn = now
-        elif now - self._drawn >= REFRESH_SECONDS:
+        elif now - self._drawn >= max(REFRESH_SECONDS, self._redraw_cost / REFRESH_SHARE):
             for layer in self.live:
                 layer.refresh()
-            self._drawn = now
+            self._drawn = time.monotonic()
+            self._redraw_cost = self._drawn - now
 
     def finished(self, report: Any) -> None:
         """The output is complete: replace the filling layer by the multiscale result and its Labels."""
@@ -464,7 +470,7 @@ class FixWidget(_Panel):
         super().__init__(napari_viewer, "fix")
         self.action = ComboBox(choices=list(self.ACTIONS), value=self.ACTIONS[0], label="fix")
         self.image = ComboBox(choices=self._layers(Image), nullable=True, label="image")
-        self.out = FileEdit(mode="w", filter="*.pt", label="new model (.pt)")
+        self.out = FileEdit(mode=FileDialogMode.OPTIONAL_FILE, filter="*.pt", label="new model (.pt)")
         self.compare = CheckBox(value=True, text="diagnose before and after")
         self.batches = SpinBox(value=32, min=1, max=4096, label="recalibration batches")
         self.patch = SpinBox(value=0, min=0, max=4096, label="patch (0: the training patch)")

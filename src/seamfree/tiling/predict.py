@@ -83,6 +83,9 @@ class PredictionReport:
         }
 
 
+# True (a tqdm bar), or a callable given the tiles done, or (done, total) when it takes two arguments
+ProgressOption = bool | Callable[[int], None] | Callable[[int, int], None]
+
 def predict(
     model: nn.Module,
     image: Any,
@@ -90,7 +93,7 @@ def predict(
     *,
     config: PredictConfig | None = None,
     axes: str | None = None,
-    progress: bool | Callable[[int], None] = False,
+    progress: ProgressOption = False,
     report: list[PredictionReport] | None = None,
     key: str | None = None,
 ) -> Any:
@@ -167,7 +170,7 @@ def _recorded(output: Any, config: PredictConfig) -> dict[str, Any] | None:
 
 
 def _predict_series(model: nn.Module, image: Any, series: FrameSeries, output: Any, config: PredictConfig,
-                    info: Any, progress: bool | Callable[[int], None],
+                    info: Any, progress: ProgressOption,
                     report: list[PredictionReport] | None) -> Any:
     """Predict every frame of ``series`` as an image of its own (its own intensity statistics: what ``predict``
     gives for that frame alone, exactly) into one output ``(T, C_out, *spatial)``, frame after frame; resumable
@@ -223,12 +226,12 @@ def _positional_count(function: Callable[..., Any]) -> int:
     return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
 
 
-def _progress(progress: bool | Callable[[int], None]) -> Callable[[int, int], None] | None:
+def _progress(progress: ProgressOption) -> Callable[[int, int], None] | None:
     """Adapt ``predict``'s progress option to the engine's ``progress(done, total)``."""
     if callable(progress):
         if _positional_count(progress) >= 2:
             return progress  # type: ignore[return-value]
-        return lambda done, total: progress(done)
+        return lambda done, total: progress(done)  # type: ignore[call-arg]
     if not progress:
         return None
     from tqdm.auto import tqdm
