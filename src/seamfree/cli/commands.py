@@ -135,7 +135,7 @@ def predict(args: argparse.Namespace) -> int:
         amp=args.amp, tta=args.tta, normalization=normalization, output_kind=args.output_kind,
         threshold=args.threshold, pinned_core=args.core is not None and args.pin_core,
         allow_small_halo=args.allow_small_halo, overwrite=args.overwrite, activation=args.activation,
-        voxel_size=args.voxel_size, unit=args.unit, pyramid=args.pyramid,
+        voxel_size=args.voxel_size, unit=args.unit, pyramid=args.pyramid, max_error=args.max_error,
         labels=args.labels, channel_names=args.channel_names, ngff=args.ngff, sharding=args.sharding,
         **_model_options(args),  # type: ignore[arg-type]
     )
@@ -165,6 +165,8 @@ def predict(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {done.tiles_computed} of {done.tiles_total} tiles{frames} computed in "
           f"{done.seconds:.1f} s (core {done.grid.core}, halo {done.grid.halo}, "
           f"{done.grid.compute_ratio:.2f}× voxels computed)")
+    if done.halo_check is not None:
+        print(done.halo_check.summary())
     return _segment_after(args)
 
 

@@ -50,6 +50,34 @@ def _int_tuple(text: str) -> int | tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from exc
 
 
+def _halo(text: str) -> int | tuple[int, ...] | str:
+    """Parse ``--halo``: voxels per side (``"32"``, ``"8,32,32"``) or the near-exact ``effective[:TOL]``."""
+    if text == "effective" or text.startswith("effective:"):  # checked here without importing torch
+        try:
+            tolerance = float(text.partition(":")[2] or "1e-3")
+        except ValueError:
+            tolerance = -1.0
+        if not 0.0 < tolerance < 1.0:
+            raise argparse.ArgumentTypeError(f"expected effective or effective:TOL with 0 < TOL < 1 (a relative "
+                                             f"gradient threshold such as 1e-3), got {text!r}")
+        return text
+    try:
+        return _int_tuple(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"expected voxels per side (32 or 8,32,32) or effective[:TOL] (the "
+                                         f"near-exact mode, e.g. effective:1e-3), got {text!r}") from exc
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number such as 1e-3, got {text!r}")
+    return value
+
+
 def _channels(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(","))
@@ -210,7 +238,12 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     _add_input_options(p)
     p.add_argument("--core", type=_int_tuple, help="core shape, e.g. 512 or 32,256,256 (default: from memory)")
     p.add_argument("--pin-core", action="store_true", help="error if --core is not a multiple of the stride")
-    p.add_argument("--halo", type=_int_tuple, help="halo per side (default: measured receptive field)")
+    p.add_argument("--halo", type=_halo, help="halo per side (default: the exact halo of the measured receptive "
+                   "field); effective[:TOL]: the near-exact mode, the effective receptive field at gradient "
+                   "tolerance TOL (default 1e-3), its error against the exact halo measured first")
+    p.add_argument("--max-error", type=_positive_float, default=1e-3,
+                   help="near-exact mode: the largest max |Δ| against exact prediction accepted; a wider halo is "
+                   "used until the measured error is below it (default 1e-3)")
     p.add_argument("--allow-small-halo", action="store_true", help="accept a halo below the receptive field")
     p.add_argument("--stitching", choices=["crop", "blend"], default="crop")
     p.add_argument("--overlap", type=_int_tuple, help="core overlap for --stitching blend")

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -27,10 +28,11 @@ from seamfree.io.readers import ImageSource
 from seamfree.io.safety import resolved_path
 from seamfree.models.bioimageio import package_info
 from seamfree.models.checkpoint import check_device
-from seamfree.models.describe import ModelInfo, describe_model
-from seamfree.models.receptive import ReceptiveField
+from seamfree.models.describe import ModelInfo, describe_model, select_output
+from seamfree.models.receptive import ReceptiveField, measure_receptive_field
 from seamfree.tiling.blend import BlendWindow
 from seamfree.tiling.grid import TileGrid, as_axis_tuple, round_up
+from seamfree.tiling.near_exact import HaloCheck, check_halo, effective_tolerance
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
 from seamfree.tiling.specs import Activation, OutputKind, OutputSpec, RuntimeSpec, Stitching
 from seamfree.tiling.suggest import suggest_tiling
@@ -53,8 +55,11 @@ logger = logging.getLogger(__name__)
 _NOT_FINGERPRINTED = ("device", "tiles_per_batch", "batch_size", "overwrite", "normalization", "memory_budget",
                       "amp", "spatial_dims", "in_channels", "model_output", "voxel_size", "unit", "pyramid",
                       "channel_names", "sharding")
+# The near-exact mode's default bound on max |Δ| against exact prediction (probabilities).
+DEFAULT_MAX_ERROR = 1e-3
+
 # Recorded only when not at their default, so that outputs of versions without them still resume.
-_FINGERPRINTED_IF_SET = {"labels": False, "ngff": "0.5"}
+_FINGERPRINTED_IF_SET = {"labels": False, "ngff": "0.5", "max_error": DEFAULT_MAX_ERROR}
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class TilingSpec:
     """The grid options of a prediction (see :class:`PredictConfig` for each field)."""
 
     core: int | tuple[int, ...] | None = None
-    halo: Literal["auto"] | int | tuple[int, ...] = "auto"
+    halo: str | int | tuple[int, ...] = "auto"
     stitching: Stitching = "crop"
     overlap: int | tuple[int, ...] | None = None
     tiles_per_batch: int | None = None
@@ -70,6 +75,7 @@ class TilingSpec:
     pinned_core: bool = False
     allow_small_halo: bool = False
     grid_offset: int | tuple[int, ...] = 0
+    max_error: float = DEFAULT_MAX_ERROR
 
 
 def _as_tuple(value: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -84,9 +90,15 @@ class PredictConfig:
     ----------
     core : int or tuple, optional
         Core shape; by default chosen by :func:`suggest_tiling` from ``memory_budget``.
-    halo : "auto", int or tuple
+    halo : "auto", "effective", "effective:TOL", int or tuple
         Context on each side of a core; "auto" measures the receptive field and uses the halo it needs
         (:attr:`ReceptiveField.halo`). A smaller halo is an error in crop stitching unless ``allow_small_halo``.
+        "effective[:TOL]" is the near-exact mode: the effective receptive field at gradient tolerance TOL (default
+        1e-3), its error against the exact halo measured on sample windows before prediction and kept at most
+        ``max_error`` by widening the halo (:mod:`seamfree.tiling.near_exact`).
+    max_error : float
+        Bound on the max |Δ| of the near-exact mode against exact prediction, on the activated output (CLI
+        ``--max-error``).
     stitching : {"crop", "blend"}
         "crop" is exact when halo ≥ receptive field; "blend" averages overlapping cores with weights.
     overlap : int or tuple
@@ -147,7 +159,7 @@ class PredictConfig:
     """
 
     core: int | tuple[int, ...] | None = None
-    halo: Literal["auto"] | int | tuple[int, ...] = "auto"
+    halo: str | int | tuple[int, ...] = "auto"
     stitching: Stitching = "crop"
     overlap: int | tuple[int, ...] | None = None
     blend_window: BlendWindow = "linear"
@@ -174,6 +186,7 @@ class PredictConfig:
     channel_names: tuple[str, ...] | None = None
     ngff: str = "0.5"
     sharding: bool = True
+    max_error: float = DEFAULT_MAX_ERROR
     batch_size: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -192,6 +205,15 @@ class PredictConfig:
         if self.labels and self.output_kind == "mask":
             raise ConfigError("labels=True (CLI --labels) writes a mask next to the probabilities; with "
                               "output_kind='mask' the output is the mask already: drop one of them")
+        if isinstance(self.halo, str) and self.halo != "auto" and effective_tolerance(self.halo) is None:
+            raise ConfigError(f"halo must be 'auto', 'effective', 'effective:TOL' or voxels per side, got "
+                              f"{self.halo!r}")
+        if effective_tolerance(self.halo) is not None and self.stitching != "crop":
+            raise ConfigError(f"halo {self.halo!r} (the near-exact mode) measures its error against exact crop "
+                              "stitching; use it with stitching='crop'")
+        if not 0.0 < self.max_error < math.inf:
+            raise ConfigError(f"max_error (CLI --max-error) must be a positive bound on max |Δ|, got "
+                              f"{self.max_error!r}")
         # the specs validate their own fields
         _ = self.runtime, self.output
 
@@ -199,7 +221,8 @@ class PredictConfig:
     def tiling(self) -> TilingSpec:
         """The grid options."""
         return TilingSpec(self.core, self.halo, self.stitching, self.overlap, self.tiles_per_batch,
-                          self.memory_budget, self.pinned_core, self.allow_small_halo, self.grid_offset)
+                          self.memory_budget, self.pinned_core, self.allow_small_halo, self.grid_offset,
+                          self.max_error)
 
     @property
     def runtime(self) -> RuntimeSpec:
@@ -231,6 +254,7 @@ class PredictionPlan:
     normalization: IntensityNormalization
     fingerprint: dict[str, Any]
     model: ModelInfo | None = None
+    halo_check: HaloCheck | None = None  # the near-exact mode's measured error
 
     @property
     def activation(self) -> str:
@@ -314,12 +338,56 @@ def plan_prediction(model: nn.Module, source: ImageSource, config: PredictConfig
     info = info or describe(model, config)
     check_model_input(source, info.in_channels, info.spatial_dims)
     normalization = normalization or compute_normalization(source, config.normalization)
-    grid, rf, tiles_per_batch = _resolve_grid(model, info, source, config.tiling, config.device, recorded)
-    _check_halo_vs_rf(grid, info.receptive_field, config.tiling)
     runtime = config.runtime.resolved(info.activation, info.output)
+    check = _near_exact(model, info, source, config.tiling, normalization, runtime, recorded)
+    grid, rf, tiles_per_batch = _resolve_grid(model, info, source, config.tiling, config.device, recorded,
+                                              None if check is None else check.halo)
+    _check_halo_vs_rf(grid, info.receptive_field, config.tiling)
     return PredictionPlan(grid, rf, tiles_per_batch, runtime, config.output, config.stitching, config.blend_window,
                           info.out_channels, normalization,
-                          _fingerprint(source, info, config, grid, normalization, runtime, tiles_per_batch), info)
+                          _fingerprint(source, info, config, grid, normalization, runtime, tiles_per_batch), info,
+                          check)
+
+
+def _near_exact(model: nn.Module, info: ModelInfo, source: ImageSource, tiling: TilingSpec,
+                normalization: IntensityNormalization, runtime: RuntimeSpec,
+                recorded: dict[str, Any] | None) -> HaloCheck | None:
+    """The near-exact mode's halo and its measured error (None for any other halo)."""
+    tolerance = effective_tolerance(tiling.halo)
+    if tolerance is None:
+        return None
+    rf, stride = info.receptive_field, info.network_stride
+    if info.tile_dependent:
+        logger.warning("this model's predictions depend on the tile (%s): the near-exact halo bounds the error "
+                       "against exact-halo tiles, which themselves have seams (run `seamfree diagnose`)",
+                       info.evidence)
+    field = rf
+    if tolerance != rf.tolerance:
+        field = measure_receptive_field(model, spatial_dims=info.spatial_dims, in_channels=info.in_channels,
+                                        network_stride=stride, select=partial(_select, output=info.output),
+                                        tolerance=tolerance)
+    effective = tuple(min(round_up(r, s), h) for r, s, h in zip(field.effective_radius, stride, rf.halo))
+    halo = _recorded_halo(recorded, info.spatial_dims)
+    if halo is not None and all(e <= h <= x for e, h, x in zip(effective, halo, rf.halo)):
+        logger.info("resuming with the near-exact halo %s recorded in the output", halo)
+        effective = halo
+    check = check_halo(model, source, normalization, runtime, halo=effective, exact=rf.halo, stride=stride,
+                       max_error=tiling.max_error, tolerance=tolerance)
+    logger.info("%s", check.summary())
+    return check
+
+
+def _select(value: Any, output: Any) -> Any:
+    return select_output(value, output)
+
+
+def _recorded_halo(recorded: dict[str, Any] | None, dims: int) -> tuple[int, ...] | None:
+    """The halo an output being resumed was predicted with (None where it does not say)."""
+    grid = (recorded or {}).get("grid") or {}
+    halo = grid.get("halo") if isinstance(grid, dict) else None
+    if not isinstance(halo, list) or len(halo) != dims or not all(isinstance(h, int) and h >= 0 for h in halo):
+        return None
+    return tuple(halo)
 
 
 def _recorded_plan(recorded: dict[str, Any] | None, dims: int) -> tuple[tuple[int, ...] | None, int | None]:
@@ -333,10 +401,14 @@ def _recorded_plan(recorded: dict[str, Any] | None, dims: int) -> tuple[tuple[in
 
 
 def _resolve_grid(model: nn.Module, info: ModelInfo, source: ImageSource, tiling: TilingSpec,
-                  device: str, recorded: dict[str, Any] | None = None) -> tuple[TileGrid, ReceptiveField | None, int]:
+                  device: str, recorded: dict[str, Any] | None = None,
+                  near_exact: tuple[int, ...] | None = None) -> tuple[TileGrid, ReceptiveField | None, int]:
     dims, stride = source.spatial_dims, info.network_stride
     rf = None
-    if tiling.halo == "auto":
+    if near_exact is not None:
+        rf = replace(info.receptive_field, context=near_exact)  # suggest_tiling sizes the tiles for this halo
+        halo = near_exact
+    elif tiling.halo == "auto":
         rf = info.receptive_field
         halo = rf.halo
         if info.tile_dependent:
@@ -345,6 +417,7 @@ def _resolve_grid(model: nn.Module, info: ModelInfo, source: ImageSource, tiling
                 "expected (run `seamfree diagnose`); halo %s covers only edge effects", info.evidence, halo
             )
     else:
+        assert not isinstance(tiling.halo, str)  # "effective" came as near_exact
         halo = as_axis_tuple(tiling.halo, dims, "halo")
     core, tiles_per_batch = tiling.core, tiling.tiles_per_batch
     recorded_core, recorded_batch = _recorded_plan(recorded, dims)
@@ -370,8 +443,8 @@ def _resolve_grid(model: nn.Module, info: ModelInfo, source: ImageSource, tiling
 
 
 def _check_halo_vs_rf(grid: TileGrid, measured: ReceptiveField, tiling: TilingSpec) -> None:
-    if tiling.stitching != "crop" or tiling.allow_small_halo or tiling.halo == "auto":
-        return
+    if tiling.stitching != "crop" or tiling.allow_small_halo or isinstance(tiling.halo, str):
+        return  # "auto" is the exact halo; "effective" has its error measured (near_exact)
     small = [h < r and c + 2 * h < p for h, r, c, p in zip(grid.halo, measured.halo, grid.core,
                                                             grid.padded_shape)]
     if any(small):

@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from seamfree.models.describe import describe_model
 from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.engine import eval_mode, forward_batch, predict_batches, read_window, resolve_activation, run_tiles
 from seamfree.tiling.grid import Tile, TileGrid, round_up
+from seamfree.tiling.near_exact import HaloCheck
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
 from seamfree.tiling.plan import (
     PredictConfig,
@@ -70,6 +71,7 @@ class PredictionReport:
     tiles_per_batch: int
     activation: str
     frames: int | None = None  # a time series: how many frames (the normalization is the first frame's)
+    halo_check: HaloCheck | None = None  # the near-exact mode (halo="effective"): its measured error
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +82,7 @@ class PredictionReport:
             "normalization": self.normalization.to_dict(), "tiles_total": self.tiles_total,
             "tiles_computed": self.tiles_computed, "seconds": self.seconds, "tiles_per_batch": self.tiles_per_batch,
             "activation": self.activation, "frames": self.frames,
+            "near_exact": self.halo_check.to_dict() if self.halo_check else None,
         }
 
 
@@ -160,7 +163,7 @@ def predict(
                 plan.grid.halo, seconds)
     if report is not None:
         report.append(PredictionReport(plan.grid, plan.receptive_field, plan.normalization, len(tiles), computed,
-                                       seconds, plan.tiles_per_batch, plan.activation))
+                                       seconds, plan.tiles_per_batch, plan.activation, halo_check=plan.halo_check))
     return result
 
 
@@ -180,9 +183,12 @@ def _predict_series(model: nn.Module, image: Any, series: FrameSeries, output: A
         with output_lock(output):
             # every frame's plan first (its statistics pass): the output's fingerprint covers every frame
             recorded = _recorded(output, config)
-            plans = [plan_prediction(model, series.frame(t), config, info=info, recorded=recorded)
-                     for t in range(series.frames)]
-            first = plans[0]
+            first = plan_prediction(model, series.frame(0), config, info=info, recorded=recorded)
+            # the near-exact halo is measured on the first frame and kept for all (one grid for the output)
+            later = config if first.halo_check is None else replace(config, halo=first.grid.halo,
+                                                                      allow_small_halo=True)
+            plans = [first] + [plan_prediction(model, series.frame(t), later, info=info, recorded=recorded)
+                               for t in range(1, series.frames)]
             fingerprint = {**first.fingerprint, "frames": [fingerprint_digest(plan.fingerprint) for plan in plans]}
             target = create_output(output, shape=(series.frames, *first.output_shape), dtype=first.output_dtype,
                                    chunks=first.grid.core, fingerprint=fingerprint, overwrite=config.overwrite,
@@ -210,7 +216,8 @@ def _predict_series(model: nn.Module, image: Any, series: FrameSeries, output: A
                 first.grid.core, first.grid.halo, seconds)
     if report is not None:
         report.append(PredictionReport(first.grid, first.receptive_field, first.normalization, total, computed,
-                                       seconds, first.tiles_per_batch, first.activation, series.frames))
+                                       seconds, first.tiles_per_batch, first.activation, series.frames,
+                                       first.halo_check))
     return result
 
 
