@@ -1,7 +1,7 @@
 """seamfree's *default* plan against MONAI's common sliding-window settings, as a ratio to one whole-image forward.
 
     python benchmarks/defaults.py [--cases 2d_2048 3d_64x256 3d_128x512] [--repeats 3]
-        [--out benchmarks/results/defaults.json]
+        [--methods whole seamfree near_exact monai] [--out benchmarks/results/defaults.json]
 
 The cases of issue 19: the 2D U-Net (depth 4, 16 features) on 2048², the 3D U-Net (depth 3, 8 features) on
 64×256² and 128×512², BatchRenorm in eval mode with non-trivial statistics, on blurred noise. Methods:
@@ -9,6 +9,9 @@ The cases of issue 19: the 2D U-Net (depth 4, 16 features) on 2048², the 3D U-N
 - ``whole``: one forward over the whole image (the reference, and the unit of time);
 - ``seamfree``: ``predict`` with ``PredictConfig()`` defaults (core, halo, tiles per batch and memory budget
   all chosen by seamfree; the intensity statistics given, as for the others);
+- ``near_exact``: the same defaults with ``halo="effective"`` (the near-exact mode: the effective receptive field at
+  1e-3, its error against the exact halo measured on sample windows before prediction, bound 1e-3; the time
+  includes that measurement);
 - ``monai``: MONAI ``sliding_window_inference``, roi 256² / 64³, overlap 0.25, gaussian blending, sw_batch 4.
 
 Each run is a fresh subprocess (its own peak RSS) with 2 torch threads and the CPU allocator tuned as the CLI
@@ -49,7 +52,7 @@ CASES = {
     "3d_64x256": {"shape": (64, 256, 256), "unet": UNET_3D, "roi": (64, 64, 64)},
     "3d_128x512": {"shape": (128, 512, 512), "unet": UNET_3D, "roi": (64, 64, 64)},
 }
-METHODS = ["whole", "seamfree", "monai"]
+METHODS = ["whole", "seamfree", "near_exact", "monai"]
 
 
 def worker(case: str, method: str, workdir: Path) -> dict[str, Any]:
@@ -63,13 +66,16 @@ def worker(case: str, method: str, workdir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     if method == "whole":
         prediction = predict_whole(model, image, normalization=normalization)
-    elif method == "seamfree":
+    elif method in ("seamfree", "near_exact"):
         report: list[Any] = []
-        prediction = predict(model, image, config=PredictConfig(normalization=normalization), report=report)
+        config = PredictConfig(normalization=normalization, halo="effective" if method == "near_exact" else "auto")
+        prediction = predict(model, image, config=config, report=report)
         grid = report[0].grid
         extra = {"core": list(grid.core), "halo": list(grid.halo), "tile_shape": list(grid.tile_shape),
                  "tiles": report[0].tiles_total, "compute_ratio": grid.compute_ratio,
                  "tiles_per_batch": report[0].tiles_per_batch}
+        if report[0].halo_check is not None:
+            extra["near_exact"] = report[0].halo_check.to_dict()
     else:
         from monai.inferers import sliding_window_inference
 
@@ -93,6 +99,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS,
+                        help="methods to time (whole always runs first: it is the reference and the unit)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "defaults.json")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -106,9 +114,10 @@ def main() -> None:
         workdir = Path(folder)
         for case in args.cases:
             np.save(workdir / f"{case}_image.npy", _image(CASES[case]["shape"]))
-            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+            methods = ["whole"] + [m for m in args.methods if m != "whole"]
+            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
             for _ in range(args.repeats):
-                for method in METHODS:  # whole first: it writes the reference the others compare with
+                for method in methods:  # whole first: it writes the reference the others compare with
                     runs[method].append(_subprocess(["--worker", case, method, str(workdir)], workdir / "cache"))
             whole = statistics.median(r["seconds"] for r in runs["whole"])
             table = {}
@@ -122,7 +131,10 @@ def main() -> None:
                 fidelity = (f"max|Δ| {row['max_abs_diff']:.2g}, {row['flipped_voxels']} flipped"
                             if "max_abs_diff" in row else "reference")
                 plan = (f"  core {row['core']}, tile {row['tile_shape']}, {row['tiles']} tiles, ratio "
-                        f"{row['compute_ratio']:.2f}" if method == "seamfree" else "")
+                        f"{row['compute_ratio']:.2f}" if method in ("seamfree", "near_exact") else "")
+                if "near_exact" in row:
+                    check = row["near_exact"]
+                    plan += f", halo {check['halo']} (exact {check['exact_halo']}), sampled max|Δ| {check['error']:.2g}"
                 print(f"  {method:9s} {row['seconds']:7.1f} s  {row['ratio_to_whole']:5.2f}× whole (first run "
                       f"{row['first_run_ratio']:.2f}×)  {row['peak_rss_mb']:7.0f} MB  {fidelity}{plan}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

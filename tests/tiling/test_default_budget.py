@@ -132,3 +132,23 @@ print(json.dumps({"tile": suggestion.tile_shape, "estimated": suggestion.estimat
         # buffers (40-60 MB here: kernel code, thread pools), not part of any tile's cost
         assert found["peak"] <= budget, found
         assert found["upper_bound_tile_bytes"] > budget, found  # the old estimate would not have allowed this tile
+
+
+def test_a_budget_no_tile_fits_is_said_and_the_plan_is_logged_in_one_line(caplog, tmp_path, capsys):
+    from seamfree.cli.main import main
+    from seamfree.models import save_model
+
+    torch.manual_seed(0)
+    net = UNet(2, 1, 1, depth=2, features=4, norm="batch").eval()
+    image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    with caplog.at_level("INFO", logger="seamfree.tiling.suggest"):
+        out = predict(net, image, config=PredictConfig(memory_budget=1))
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("even the smallest tiles") and "--memory-budget" in m for m in said), said
+    assert any(m.startswith("tiling: core") and "voxels computed" in m for m in said), said
+    np.testing.assert_allclose(out, predict(net, image, config=PredictConfig(core=96)), atol=1e-6)  # exact
+    np.save(tmp_path / "image.npy", image)
+    model = save_model(net, tmp_path / "net.pt")
+    assert main(["predict", str(model), str(tmp_path / "image.npy"), str(tmp_path / "o.zarr"), "--memory-budget",
+                 "0.5", "-q", "--no-pyramid"]) == 0
+    assert "tiles computed" in capsys.readouterr().out

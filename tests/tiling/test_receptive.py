@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from seamfree.models import UNet
 from seamfree.testing import randomize_norm_statistics
 from seamfree.tiling import TileGrid, measure_receptive_field, suggest_tiling
+from seamfree.tiling.grid import MAX_TILE_TO_CORE_RATIO, round_up
 from seamfree.tiling.memory import forward_memory
 
 CASES = [("2d", 2, None, 2), ("2d-depth4", 2, None, 4), ("3d", 3, None, 2),
@@ -76,7 +77,9 @@ def test_suggested_tiles_stay_within_the_memory_budget(shape, budget_kib):
     budget = budget_kib << 10
     suggestion = suggest_tiling(net, shape, memory_budget=budget, receptive_field=rf)
     stride = rf.network_stride
-    at_minimum = all(c <= s for c, s in zip(suggestion.core, stride))
+    # the smallest cores the grid accepts (a tile at most MAX_TILE_TO_CORE_RATIO× its core) when none fits
+    smallest = [max(s, round_up(-(-2 * h // (MAX_TILE_TO_CORE_RATIO - 1)), s)) for h, s in zip(rf.halo, stride)]
+    at_minimum = all(c <= m for c, m in zip(suggestion.core, smallest))
     assert suggestion.estimated_bytes <= budget or at_minimum
     memory = forward_memory(net, 1, stride)
     assert suggestion.estimated_bytes == memory.bytes(math.prod(suggestion.tile_shape), suggestion.tiles_per_batch)

@@ -250,6 +250,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--blend-window", choices=["linear", "gaussian"], default="linear")
     _add_renamed(p, "--tiles-per-batch", "--batch-size", type=int,
                  help="tiles per forward pass (default: from the memory budget)")
+    p.add_argument("--memory-budget", type=_positive_float, metavar="MB",
+                   help="megabytes the tiles of one batch may use, for the automatic core and tiles per batch "
+                   "(default: an eighth of the RAM, at most 4096, on CPU; half the free GPU memory on CUDA)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision on CUDA")
     p.add_argument("--tta", action="store_true", help="average over flips of the spatial axes")

@@ -4,9 +4,10 @@ The exact halo covers the theoretical receptive field (96 voxels for a depth-4 2
 output voxel falls below 1e-3 of its peak a few voxels out (9 for the same network). ``halo="effective:TOL"``
 uses that effective radius, rounded up to the network stride, and before the first tile runs compares it with the
 exact halo: sample windows of the image are predicted with both, and the worst max |Δ| over their cores is the
-error of the mode. When it exceeds ``max_error`` the halo widens (towards the exact one, whose error is 0 by
-construction) until it is at most half of it (the samples see part of the image). The comparison uses the same windows as the real tiles would (reflect padding
-only past the image end), so what it measures is what the prediction does, not a model of it.
+error of the mode. When it exceeds half of ``max_error`` (the samples see part of the image) the halo widens,
+towards the exact one, whose error is 0 by construction, until it does not. The comparison reads windows as the
+real tiles do (reflect padding only past the image end), so what it measures is what the prediction does, not
+a model of it.
 """
 
 from __future__ import annotations
@@ -156,8 +157,8 @@ def check_halo(model: nn.Module, source: ImageSource, normalization: IntensityNo
     """Measure the error of ``halo`` against the ``exact`` one on sample windows, widening it until the error is
     at most ``SAFETY × max_error``.
 
-    A sample core spans twice the halo tried (at least 32 voxels in 2D, 16 in 3D): its voxels next to the core boundary, where
-    the error is largest, have at most as much context on the far side as those of the prediction's larger cores,
+    A sample core spans twice the halo tried (at least 32 voxels in 2D, 16 in 3D): its voxels next to the core
+    boundary, where the error is largest, have at most as much context on the far side as those of larger cores,
     so the measured error errs on the safe side.
     """
     shape = tuple(source.spatial_shape)

@@ -7,6 +7,7 @@ one tile from the measured peak of a forward (:mod:`seamfree.tiling.memory`).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from torch import nn
 from seamfree.errors import ShapeError
 from seamfree.models.describe import ModelInfo, describe_model
 from seamfree.models.receptive import ReceptiveField
-from seamfree.tiling.grid import round_up
+from seamfree.tiling.grid import MAX_TILE_TO_CORE_RATIO, round_up
 from seamfree.tiling.memory import activation_bytes_per_voxel, forward_memory
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["TilingSuggestion", "activation_bytes_per_voxel", "default_memory_budget", "suggest_tiling",
            "total_memory"]
@@ -75,6 +78,14 @@ def suggest_tiling(
     tile_bytes = memory.bytes(math.prod(tile))
     batch = 1 if device == "cpu" else int(max(1, min(4, budget // max(tile_bytes, 1))))
     ratio = math.prod(k * t for k, t in zip(counts, tile)) / math.prod(image_shape)
+    if tile_bytes > budget:
+        logger.warning("even the smallest tiles %s need an estimated %.0f MB per forward pass, more than the "
+                       "memory budget of %.0f MB: using them (%.1f× the image's voxels computed); give a larger "
+                       "budget (CLI --memory-budget) or a core (--core)", tuple(tile), tile_bytes / 1e6,
+                       budget / 1e6, ratio)
+    logger.info("tiling: core %s, tile %s, %d tiles, %d per batch, %.2f× the image's voxels computed, an estimated "
+                "%.0f MB per batch of a %.0f MB budget", tuple(core), tuple(tile), math.prod(counts), batch, ratio,
+                tile_bytes * batch / 1e6, budget / 1e6)
     return TilingSuggestion(tuple(core), rf.halo, batch, tuple(tile), int(tile_bytes * batch), ratio)
 
 
@@ -84,12 +95,15 @@ def _fewest_voxels(padded: list[int], stride: tuple[int, ...], halo: tuple[int, 
 
     Every distinct core per axis is a candidate (a multiple of the stride; cores smaller than the halo only when
     nothing else fits); for each choice on the other axes the last axis takes the fewest cores that fit (more
-    only add halo). When nothing fits: the smallest tiles (the engine reports a memory error if it happens)."""
+    only add halo; cores the grid refuses, with tiles over MAX_TILE_TO_CORE_RATIO× the core, are none). When nothing
+    fits: the smallest tiles (``suggest_tiling`` says so; the engine reports a memory error if it happens)."""
     def options(p: int, s: int, h: int) -> list[tuple[int, int, int]]:  # (cores, core, tile), largest core first
         found: dict[int, int] = {}
         for k in range(1, p // s + 1):
             found.setdefault(round_up(-(-p // k), s), k)
-        return [(k, c, min(c + 2 * h, p)) for c, k in found.items()]
+        every = [(k, c, min(c + 2 * h, p)) for c, k in found.items()]
+        # the grid refuses a tile that computes more than MAX_TILE_TO_CORE_RATIO× its core along an axis
+        return [o for o in every if o[2] >= p or o[2] <= MAX_TILE_TO_CORE_RATIO * o[1]] or every[:1]
 
     every = [options(p, s, h) for p, s, h in zip(padded, stride, halo)]
     wide = [[o for o in axis if o[1] >= max(h, s)] or axis for axis, h, s in zip(every, halo, stride)]
