@@ -12,7 +12,12 @@ The cases of issue 19: the 2D U-Net (depth 4, 16 features) on 2048², the 3D U-N
 - ``near_exact``: the same defaults with ``halo="effective"`` (the near-exact mode: the effective receptive field at
   1e-3, its error against the exact halo measured on sample windows before prediction, bound 1e-3; the time
   includes that measurement);
-- ``monai``: MONAI ``sliding_window_inference``, roi 256² / 64³, overlap 0.25, gaussian blending, sw_batch 4.
+- ``monai``: MONAI ``sliding_window_inference``, roi 256² / 64³, overlap 0.25, gaussian blending, sw_batch 4;
+- ``hand_cores`` (cases with ``cores``): ``predict`` with each core chosen by hand, the best one reported (what a
+  user tuning by hand would find).
+
+``foreign_1024`` is a model seamfree did not make: MONAI's ``UNet`` (BatchNorm, channels 16–128, three
+poolings) on 1024²; every method applies the sigmoid to its output.
 
 Each run is a fresh subprocess (its own peak RSS) with 2 torch threads and the CPU allocator tuned as the CLI
 tunes it, for every method alike. The receptive-field cache starts empty: seamfree's first run measures the
@@ -42,33 +47,40 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from seamfree.allocator import tune_cpu_allocator
 from seamfree.io import open_image
+from seamfree.testing import randomize_norm_statistics
 from seamfree.tiling import PredictConfig, compute_normalization, predict, predict_whole
 from tiling import _image, _model, measured
 
 UNET_2D = {"spatial_dims": 2, "depth": 4, "features": 16}
 UNET_3D = {"spatial_dims": 3, "depth": 3, "features": 8}
+# A foreign model: MONAI's UNet (BatchNorm, 4 levels), as a user brings it (no seamfree description, no activation:
+# sigmoid is applied by every method alike).
+MONAI_2D = {"monai": True, "spatial_dims": 2, "channels": (16, 32, 64, 128), "strides": (2, 2, 2)}
 CASES = {
     "2d_2048": {"shape": (2048, 2048), "unet": UNET_2D, "roi": (256, 256)},
+    "foreign_1024": {"shape": (1024, 1024), "unet": MONAI_2D, "roi": (256, 256), "cores": (256, 512, 1024)},
     "3d_64x256": {"shape": (64, 256, 256), "unet": UNET_3D, "roi": (64, 64, 64)},
     "3d_128x512": {"shape": (128, 512, 512), "unet": UNET_3D, "roi": (64, 64, 64)},
 }
-METHODS = ["whole", "seamfree", "near_exact", "monai"]
+METHODS = ["whole", "seamfree", "near_exact", "monai", "hand_cores"]
 
 
 def worker(case: str, method: str, workdir: Path) -> dict[str, Any]:
     tune_cpu_allocator()
     torch.set_num_threads(2)
     spec = CASES[case]
-    model = _model(spec["unet"])
+    model = _foreign(spec["unet"]) if spec["unet"].get("monai") else _model(spec["unet"])
+    activation = "sigmoid" if spec["unet"].get("monai") else "auto"
     image = np.load(workdir / f"{case}_image.npy")
     normalization = compute_normalization(open_image(image, spatial_dims=image.ndim))
     extra: dict[str, Any] = {}
     start = time.perf_counter()
     if method == "whole":
-        prediction = predict_whole(model, image, normalization=normalization)
+        prediction = predict_whole(model, image, normalization=normalization, activation=activation)
     elif method in ("seamfree", "near_exact"):
         report: list[Any] = []
-        config = PredictConfig(normalization=normalization, halo="effective" if method == "near_exact" else "auto")
+        config = PredictConfig(normalization=normalization, halo="effective" if method == "near_exact" else "auto",
+                               activation=activation)
         prediction = predict(model, image, config=config, report=report)
         grid = report[0].grid
         extra = {"core": list(grid.core), "halo": list(grid.halo), "tile_shape": list(grid.tile_shape),
@@ -76,6 +88,18 @@ def worker(case: str, method: str, workdir: Path) -> dict[str, Any]:
                  "tiles_per_batch": report[0].tiles_per_batch}
         if report[0].halo_check is not None:
             extra["near_exact"] = report[0].halo_check.to_dict()
+    elif method == "hand_cores":
+        times = {}
+        for core in spec.get("cores", ()):
+            started = time.perf_counter()
+            prediction = predict(model, image, config=PredictConfig(normalization=normalization, core=core,
+                                                                    activation=activation))
+            times[core] = time.perf_counter() - started
+        best = min(times, key=times.__getitem__)
+        extra = {"core_seconds": {str(c): t for c, t in times.items()}, "best_core": best}
+        prediction = predict(model, image, config=PredictConfig(normalization=normalization, core=best,
+                                                                activation=activation))
+        return measured(times[best], extra, prediction, workdir / f"{case}_whole.npy", False)
     else:
         from monai.inferers import sliding_window_inference
 
@@ -85,6 +109,15 @@ def worker(case: str, method: str, workdir: Path) -> dict[str, Any]:
         prediction = torch.sigmoid(logits)[0].numpy()
         extra = {"roi": list(spec["roi"]), "overlap": 0.25, "sw_batch_size": 4}
     return measured(time.perf_counter() - start, extra, prediction, workdir / f"{case}_whole.npy", method == "whole")
+
+
+def _foreign(spec: dict[str, Any]) -> torch.nn.Module:
+    from monai.networks.nets import UNet as MonaiUNet
+
+    torch.manual_seed(0)
+    net = MonaiUNet(spatial_dims=spec["spatial_dims"], in_channels=1, out_channels=1, channels=spec["channels"],
+                    strides=spec["strides"], norm="batch")
+    return randomize_norm_statistics(net).eval()
 
 
 def _subprocess(args: list[str], cache: Path) -> dict[str, Any]:
@@ -97,7 +130,7 @@ def _subprocess(args: list[str], cache: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=list(CASES))
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS,
                         help="methods to time (whole always runs first: it is the reference and the unit)")
@@ -114,7 +147,8 @@ def main() -> None:
         workdir = Path(folder)
         for case in args.cases:
             np.save(workdir / f"{case}_image.npy", _image(CASES[case]["shape"]))
-            methods = ["whole"] + [m for m in args.methods if m != "whole"]
+            methods = ["whole"] + [m for m in args.methods if m != "whole"
+                                   and (m != "hand_cores" or "cores" in CASES[case])]
             runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
             for _ in range(args.repeats):
                 for method in methods:  # whole first: it writes the reference the others compare with
@@ -132,6 +166,8 @@ def main() -> None:
                             if "max_abs_diff" in row else "reference")
                 plan = (f"  core {row['core']}, tile {row['tile_shape']}, {row['tiles']} tiles, ratio "
                         f"{row['compute_ratio']:.2f}" if method in ("seamfree", "near_exact") else "")
+                if method == "hand_cores":
+                    plan = "  " + ", ".join(f"core {c}: {t:.1f} s" for c, t in row["core_seconds"].items())
                 if "near_exact" in row:
                     check = row["near_exact"]
                     plan += f", halo {check['halo']} (exact {check['exact_halo']}), sampled max|Δ| {check['error']:.2g}"

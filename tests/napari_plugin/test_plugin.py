@@ -341,3 +341,21 @@ def test_the_sample_data_opens(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("seamfree", "nuclei")
     assert {type(lay).__name__ for lay in viewer.layers} == {"Image", "Labels"}
+
+
+def test_the_near_exact_halo_reports_its_measured_error(make_napari_viewer, qtbot, net2d, tmp_path):
+    rng = np.random.default_rng(3)
+    picture = rng.normal(size=(384, 384)).astype(np.float32)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(picture, name="noise")
+    widget = _dock(viewer, "Predict")
+    widget.reset_choices()
+    widget.image.value, widget.model.value, widget.output.value = layer, net2d, tmp_path / "near.zarr"
+    widget.core.value, widget.mask_labels.value, widget.halo.value = 64, False, "near-exact"
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.error is None, widget.status.value
+    check = widget.report.halo_check
+    assert check is not None and check.halo < check.exact_halo and "near-exact halo" in widget.status.value
+    exact = predict(load_model(net2d), picture, config=PredictConfig(core=64))
+    assert np.abs(_level0(_output(viewer)) - exact[0]).max() <= check.max_error

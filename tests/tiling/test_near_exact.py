@@ -137,3 +137,12 @@ def test_an_interrupted_near_exact_prediction_resumes_into_the_same_output(net, 
     import zarr
 
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "o.zarr" / "0"))[:], whole)
+
+
+def test_one_tile_over_the_whole_image_needs_no_measurement(net, picture):
+    found = []
+    out = predict(net, picture, config=PredictConfig(halo="effective"), report=found)  # the default core: one tile
+    check = found[0].halo_check
+    assert found[0].tiles_total == 1 and check.samples == 0 and check.error == 0.0
+    assert "one tile covers the image" in check.summary()
+    np.testing.assert_array_equal(out, predict(net, picture))

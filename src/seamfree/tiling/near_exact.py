@@ -101,6 +101,9 @@ class HaloCheck:
                 "tried": [[list(h), e] for h, e in self.tried]}
 
     def summary(self) -> str:
+        if self.samples == 0 and self.error == 0.0 and self.halo != self.exact_halo:
+            return (f"near-exact halo {self.halo} (exact {self.exact_halo}): one tile covers the image, so the "
+                    "prediction is the whole image's (max |Δ| 0)")
         widened = f", widened from {self.effective_halo}" if self.halo != self.effective_halo else ""
         return (f"near-exact halo {self.halo} (effective receptive field at {self.tolerance:g}{widened}; exact "
                 f"{self.exact_halo}): max |Δ| {self.error:.2e} against the exact halo on {self.samples} sample "

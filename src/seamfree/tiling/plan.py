@@ -339,9 +339,14 @@ def plan_prediction(model: nn.Module, source: ImageSource, config: PredictConfig
     check_model_input(source, info.in_channels, info.spatial_dims)
     normalization = normalization or compute_normalization(source, config.normalization)
     runtime = config.runtime.resolved(info.activation, info.output)
-    check = _near_exact(model, info, source, config.tiling, normalization, runtime, recorded)
-    grid, rf, tiles_per_batch = _resolve_grid(model, info, source, config.tiling, config.device, recorded,
-                                              None if check is None else check.halo)
+    effective = _effective_halo(model, info, config.tiling, recorded)
+    grid, rf, tiles_per_batch = _resolve_grid(model, info, source, config.tiling, config.device, recorded, effective)
+    check = None
+    if effective is not None:
+        check = _near_exact(model, info, source, config.tiling, normalization, runtime, effective, len(grid))
+        if check.halo != effective:  # widened: the tiles are sized again for it
+            grid, rf, tiles_per_batch = _resolve_grid(model, info, source, config.tiling, config.device, recorded,
+                                                      check.halo)
     _check_halo_vs_rf(grid, info.receptive_field, config.tiling)
     return PredictionPlan(grid, rf, tiles_per_batch, runtime, config.output, config.stitching, config.blend_window,
                           info.out_channels, normalization,
@@ -349,18 +354,14 @@ def plan_prediction(model: nn.Module, source: ImageSource, config: PredictConfig
                           check)
 
 
-def _near_exact(model: nn.Module, info: ModelInfo, source: ImageSource, tiling: TilingSpec,
-                normalization: IntensityNormalization, runtime: RuntimeSpec,
-                recorded: dict[str, Any] | None) -> HaloCheck | None:
-    """The near-exact mode's halo and its measured error (None for any other halo)."""
+def _effective_halo(model: nn.Module, info: ModelInfo, tiling: TilingSpec,
+                    recorded: dict[str, Any] | None) -> tuple[int, ...] | None:
+    """The near-exact mode's starting halo: the effective receptive field rounded up to the stride (the halo an
+    output being resumed recorded, when it lies between that and the exact one); None for any other halo."""
     tolerance = effective_tolerance(tiling.halo)
     if tolerance is None:
         return None
     rf, stride = info.receptive_field, info.network_stride
-    if info.tile_dependent:
-        logger.warning("this model's predictions depend on the tile (%s): the near-exact halo bounds the error "
-                       "against exact-halo tiles, which themselves have seams (run `seamfree diagnose`)",
-                       info.evidence)
     field = rf
     if tolerance != rf.tolerance:
         field = measure_receptive_field(model, spatial_dims=info.spatial_dims, in_channels=info.in_channels,
@@ -370,9 +371,27 @@ def _near_exact(model: nn.Module, info: ModelInfo, source: ImageSource, tiling: 
     halo = _recorded_halo(recorded, info.spatial_dims)
     if halo is not None and all(e <= h <= x for e, h, x in zip(effective, halo, rf.halo)):
         logger.info("resuming with the near-exact halo %s recorded in the output", halo)
-        effective = halo
-    check = check_halo(model, source, normalization, runtime, halo=effective, exact=rf.halo, stride=stride,
-                       max_error=tiling.max_error, tolerance=tolerance)
+        return halo
+    return effective
+
+
+def _near_exact(model: nn.Module, info: ModelInfo, source: ImageSource, tiling: TilingSpec,
+                normalization: IntensityNormalization, runtime: RuntimeSpec, halo: tuple[int, ...],
+                tiles: int) -> HaloCheck:
+    """The near-exact halo's error against the exact one, measured (widened to the bound); nothing to measure
+    when one tile covers the image (its prediction is the whole image's)."""
+    tolerance = effective_tolerance(tiling.halo)
+    assert tolerance is not None
+    if info.tile_dependent:
+        logger.warning("this model's predictions depend on the tile (%s): the near-exact halo bounds the error "
+                       "against exact-halo tiles, which themselves have seams (run `seamfree diagnose`)",
+                       info.evidence)
+    exact = info.receptive_field.halo
+    if tiles == 1:
+        check = HaloCheck(tolerance, halo, exact, halo, tiling.max_error, 0.0, 0, 0, 0, ((halo, 0.0),))
+    else:
+        check = check_halo(model, source, normalization, runtime, halo=halo, exact=exact,
+                           stride=info.network_stride, max_error=tiling.max_error, tolerance=tolerance)
     logger.info("%s", check.summary())
     return check
 
