@@ -16,8 +16,8 @@ The cases of issue 19: the 2D U-Net (depth 4, 16 features) on 2048², the 3D U-N
 - ``hand_cores`` (cases with ``cores``): ``predict`` with each core chosen by hand, the best one reported (what a
   user tuning by hand would find).
 
-``foreign_1024`` is a model seamfree did not make: MONAI's ``UNet`` (BatchNorm, channels 16–128, three
-poolings) on 1024²; every method applies the sigmoid to its output.
+``foreign_2048`` is a model seamfree did not make: MONAI's ``UNet`` (BatchNorm, channels 32–256, three strided
+convolutions) on 2048²; every method applies the sigmoid to its output.
 
 Each run is a fresh subprocess (its own peak RSS) with 2 torch threads and the CPU allocator tuned as the CLI
 tunes it, for every method alike. The receptive-field cache starts empty: seamfree's first run measures the
@@ -55,10 +55,10 @@ UNET_2D = {"spatial_dims": 2, "depth": 4, "features": 16}
 UNET_3D = {"spatial_dims": 3, "depth": 3, "features": 8}
 # A foreign model: MONAI's UNet (BatchNorm, 4 levels), as a user brings it (no seamfree description, no activation:
 # sigmoid is applied by every method alike).
-MONAI_2D = {"monai": True, "spatial_dims": 2, "channels": (16, 32, 64, 128), "strides": (2, 2, 2)}
+MONAI_2D = {"monai": True, "spatial_dims": 2, "channels": (32, 64, 128, 256), "strides": (2, 2, 2)}
 CASES = {
     "2d_2048": {"shape": (2048, 2048), "unet": UNET_2D, "roi": (256, 256)},
-    "foreign_1024": {"shape": (1024, 1024), "unet": MONAI_2D, "roi": (256, 256), "cores": (256, 512, 1024)},
+    "foreign_2048": {"shape": (2048, 2048), "unet": MONAI_2D, "roi": (256, 256), "cores": (512, 1024, 2048)},
     "3d_64x256": {"shape": (64, 256, 256), "unet": UNET_3D, "roi": (64, 64, 64)},
     "3d_128x512": {"shape": (128, 512, 512), "unet": UNET_3D, "roi": (64, 64, 64)},
 }
