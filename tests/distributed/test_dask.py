@@ -69,6 +69,18 @@ def test_two_workers_give_the_single_process_result_bitwise(inputs, cluster, tmp
             tmp_path / "out.zarr", config=CONFIG)
 
 
+def test_the_near_exact_mode_gives_the_single_process_result_on_a_cluster(inputs, cluster, tmp_path):
+    folder, model, _ = inputs
+    config = PredictConfig(core=(8, 32, 32), tiles_per_batch=1, halo="effective", max_error=1e-2)
+    report = predict_distributed(model, folder / "volume.zarr", tmp_path / "near.zarr", config=config,
+                                 cluster=cluster)
+    found = []
+    single = predict(_load(model), str(folder / "volume.zarr"), config=config, report=found)
+    check = report.halo_check
+    assert check is not None and check.halo == found[0].halo_check.halo and check.error <= 0.5 * 1e-2
+    np.testing.assert_array_equal(_output(tmp_path / "near.zarr")[1], single)
+
+
 def _load(path):
     from seamfree.models import load_model
 

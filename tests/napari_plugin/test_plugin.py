@@ -100,6 +100,17 @@ def _dock(viewer, name):
     return widget
 
 
+def _noise_prediction(make_napari_viewer, picture, model, out):
+    """A viewer with ``picture`` as the layer "noise" and the Predict widget set to write it to ``out`` (core 64)."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(picture, name="noise")
+    widget = _dock(viewer, "Predict")
+    widget.reset_choices()
+    widget.image.value, widget.model.value, widget.output.value = layer, model, out
+    widget.core.value, widget.mask_labels.value = 64, False
+    return viewer, widget
+
+
 def test_the_manifest_validates():
     npe2 = shutil.which("npe2", path=str(Path(sys.executable).parent)) or "npe2"
     result = subprocess.run([npe2, "validate", "seamfree"], capture_output=True, text=True, timeout=120)
@@ -259,15 +270,9 @@ def test_cancel_stops_the_worker_and_the_output_resumes(make_napari_viewer, qtbo
     from seamfree.io.zarr_output import seamfree_attrs
     from seamfree.napari.widgets import Cancelled
 
-    rng = np.random.default_rng(2)
-    picture = rng.normal(size=(512, 512)).astype(np.float32)
-    viewer = make_napari_viewer()
-    layer = viewer.add_image(picture, name="noise")
-    widget = _dock(viewer, "Predict")
-    widget.reset_choices()
+    picture = np.random.default_rng(2).normal(size=(512, 512)).astype(np.float32)
     out = tmp_path / "noise.zarr"
-    widget.image.value, widget.model.value, widget.output.value = layer, net2d, out
-    widget.core.value, widget.mask_labels.value = 64, False
+    viewer, widget = _noise_prediction(make_napari_viewer, picture, net2d, out)
     widget.run()
     qtbot.waitUntil(lambda: widget.progress.value > 0 or not widget.busy, timeout=WAIT_MS)
     widget.cancel()  # after the first batch: the worker stops at its next progress report
@@ -282,7 +287,7 @@ def test_cancel_stops_the_worker_and_the_output_resumes(make_napari_viewer, qtbo
     assert seamfree_attrs(out)["status"] == "complete"
     expected = predict(load_model(net2d), picture, config=PredictConfig(core=64))
     result = _output(viewer)
-    assert layer in viewer.layers and result.name != layer.name  # the input layer stays
+    assert "noise" in viewer.layers and viewer.layers["noise"] is not result  # the input layer stays
     np.testing.assert_array_equal(_level0(result), expected[0])
 
 
@@ -344,14 +349,9 @@ def test_the_sample_data_opens(make_napari_viewer):
 
 
 def test_the_near_exact_halo_reports_its_measured_error(make_napari_viewer, qtbot, net2d, tmp_path):
-    rng = np.random.default_rng(3)
-    picture = rng.normal(size=(384, 384)).astype(np.float32)
-    viewer = make_napari_viewer()
-    layer = viewer.add_image(picture, name="noise")
-    widget = _dock(viewer, "Predict")
-    widget.reset_choices()
-    widget.image.value, widget.model.value, widget.output.value = layer, net2d, tmp_path / "near.zarr"
-    widget.core.value, widget.mask_labels.value, widget.halo.value = 64, False, "near-exact"
+    picture = np.random.default_rng(3).normal(size=(384, 384)).astype(np.float32)
+    viewer, widget = _noise_prediction(make_napari_viewer, picture, net2d, tmp_path / "near.zarr")
+    widget.halo.value = "near-exact"
     widget.run()
     _wait(qtbot, widget)
     assert widget.error is None, widget.status.value

@@ -152,6 +152,8 @@ def predict(args: argparse.Namespace) -> int:
                                       key=_key(args), channels=args.channels, gray=args.gray)
         print(f"wrote {args.out}: {summary.tiles_computed} of {summary.tiles_total} tiles in {summary.tasks} tasks on "
               f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.voxels_per_second:.3g} voxels/s)")
+        if summary.halo_check is not None:
+            print(summary.halo_check.summary())
         return _segment_after(args)
     report: list[PredictionReport] = []
     image = _input(args, model)

@@ -42,6 +42,7 @@ from seamfree.io.writers import ZarrBlockWriter, ZarrOutput, create_output, outp
 from seamfree.models.checkpoint import load_model
 from seamfree.tiling.engine import run_tiles
 from seamfree.tiling.grid import Tile
+from seamfree.tiling.near_exact import HaloCheck
 from seamfree.tiling.normalize import IntensityNormalization, SlabStatistics, iter_slabs
 from seamfree.tiling.plan import (
     PredictConfig,
@@ -132,6 +133,7 @@ class DistributedReport:
     seconds: float
     voxels_per_second: float
     workers: int
+    halo_check: HaloCheck | None = None  # the near-exact mode's measured error (halo="effective")
 
 
 # Per worker process: models and opened inputs, keyed by what identifies them (loaded once, not per task).
@@ -325,7 +327,8 @@ def predict_distributed(
         seconds = time.perf_counter() - started
         voxels = math.prod(source.spatial_shape)
     report = DistributedReport(Path(output), len(plan.grid), computed, tasks, seconds,
-                               voxels * computed / max(len(plan.grid), 1) / max(seconds, 1e-9), workers)
+                               voxels * computed / max(len(plan.grid), 1) / max(seconds, 1e-9), workers,
+                               plan.halo_check)
     logger.info("distributed prediction: %d of %d tiles in %d tasks on %d workers, %.1f s (%.3g voxels/s)",
                 computed, len(plan.grid), tasks, workers, seconds, report.voxels_per_second)
     return report
