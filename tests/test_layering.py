@@ -31,7 +31,7 @@ LAYERS = {
 }
 
 # Modules of seamfree.tiling in the order of the engine's data flow (later ones may import earlier ones).
-TILING_ORDER = ["specs", "grid", "normalize", "blend", "engine", "memory", "suggest", "near_exact", "plan", "sinks",
+TILING_ORDER = ["specs", "grid", "normalize", "blend", "engine", "memory", "throughput", "suggest", "near_exact", "plan", "sinks",
                 "predict",
                 "receptive", "allocator", "__init__"]
 

@@ -136,7 +136,7 @@ def predict(args: argparse.Namespace) -> int:
         threshold=args.threshold, pinned_core=args.core is not None and args.pin_core,
         allow_small_halo=args.allow_small_halo, overwrite=args.overwrite, activation=args.activation,
         voxel_size=args.voxel_size, unit=args.unit, pyramid=args.pyramid, max_error=args.max_error,
-        memory_budget=int(args.memory_budget * 1e6) if args.memory_budget else None,
+        memory_budget=int(args.memory_budget * 1e6) if args.memory_budget else None, tile_timing=args.tile_timing,
         labels=args.labels, channel_names=args.channel_names, ngff=args.ngff, sharding=args.sharding,
         **_model_options(args),  # type: ignore[arg-type]
     )

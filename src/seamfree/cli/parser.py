@@ -253,6 +253,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-budget", type=_positive_float, metavar="MB",
                    help="megabytes the tiles of one batch may use, for the automatic core and tiles per batch "
                    "(default: an eighth of the RAM, at most 4096, on CPU; half the free GPU memory on CUDA)")
+    p.add_argument("--no-tile-timing", dest="tile_timing", action="store_false",
+                   help="choose the automatic core by the fewest computed voxels alone, without timing a few "
+                   "candidate tiles once per model and device")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision on CUDA")
     p.add_argument("--tta", action="store_true", help="average over flips of the spatial axes")

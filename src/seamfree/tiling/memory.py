@@ -35,8 +35,8 @@ from seamfree.layers.modes import eval_mode
 from seamfree.models.field_cache import load_record, store_record
 from seamfree.tiling.grid import round_up
 
-__all__ = ["ALLOCATOR_OVERHEAD", "ForwardMemory", "activation_bytes_per_voxel", "forward_memory",
-           "peak_forward_bytes"]
+__all__ = ["ALLOCATOR_OVERHEAD", "ForwardMemory", "activation_bytes_per_voxel", "architecture_identity",
+           "forward_memory", "model_device", "peak_forward_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +84,8 @@ def forward_memory(model: nn.Module, in_channels: int, stride: tuple[int, ...], 
     ``repr``, a compiled model's code) with ``digest`` (the parameters' hash) only where the structure says
     nothing (an opaque module), so that models of one architecture trained differently share one measurement.
     """
-    parameter = next(model.parameters(), None)
-    where = device or (str(parameter.device) if parameter is not None else "cpu")
-    layers = repr(model)
-    opaque = "(" not in layers  # a module that shows no layers: the weights are its only identity
-    structure = f"{type(model).__qualname__}:{layers}:{getattr(model, 'code', '')}"
-    identity = digest if opaque else hashlib.sha256(structure.encode()).hexdigest()
+    where = device or model_device(model)
+    identity = architecture_identity(model, digest)
     key = (identity, in_channels, where) if identity else None
     if key is not None and key in _CACHE:
         return _CACHE[key]
@@ -114,6 +110,23 @@ def forward_memory(model: nn.Module, in_channels: int, stride: tuple[int, ...], 
             store_record(_disk_key(key), {"fixed_bytes": result.fixed_bytes,
                                           "bytes_per_voxel": result.bytes_per_voxel})
     return result
+
+
+def architecture_identity(model: nn.Module, digest: str | None = None) -> str | None:
+    """What memory and speed of a forward depend on: the architecture (its ``repr``, a compiled model's code),
+    not the weights' values; ``digest`` (the parameters' hash) only for an opaque module that shows no layers
+    (None: no identity, nothing may be cached)."""
+    layers = repr(model)
+    if "(" not in layers:  # a module that shows no layers: the weights are its only identity
+        return digest
+    structure = f"{type(model).__qualname__}:{layers}:{getattr(model, 'code', '')}"
+    return hashlib.sha256(structure.encode()).hexdigest()
+
+
+def model_device(model: nn.Module) -> str:
+    """The device of the model's first parameter ("cpu" for a model without parameters)."""
+    parameter = next(model.parameters(), None)
+    return str(parameter.device) if parameter is not None else "cpu"
 
 
 def _disk_key(key: tuple[object, ...]) -> tuple[object, ...]:

@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 # as the fingerprint's "model_output" entry.
 _NOT_FINGERPRINTED = ("device", "tiles_per_batch", "batch_size", "overwrite", "normalization", "memory_budget",
                       "amp", "spatial_dims", "in_channels", "model_output", "voxel_size", "unit", "pyramid",
-                      "channel_names", "sharding")
+                      "channel_names", "sharding", "tile_timing")
 # The near-exact mode's default bound on max |Δ| against exact prediction (probabilities).
 DEFAULT_MAX_ERROR = 1e-3
 
@@ -76,6 +76,7 @@ class TilingSpec:
     allow_small_halo: bool = False
     grid_offset: int | tuple[int, ...] = 0
     max_error: float = DEFAULT_MAX_ERROR
+    tile_timing: bool = True
 
 
 def _as_tuple(value: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -123,6 +124,9 @@ class PredictConfig:
         Threshold for ``output_kind="mask"``.
     memory_budget : int, optional
         Bytes the tiles of one batch may use (activations), for the automatic core and tiles per batch.
+    tile_timing : bool
+        Let the automatic core time a few candidate tiles once per model and device and take the fastest
+        (:func:`suggest_tiling`; CLI ``--no-tile-timing`` keeps the fewest computed voxels without timing).
     pinned_core : bool
         Error (instead of rounding up) when ``core`` is not a multiple of the network stride.
     allow_small_halo : bool
@@ -187,6 +191,7 @@ class PredictConfig:
     ngff: str = "0.5"
     sharding: bool = True
     max_error: float = DEFAULT_MAX_ERROR
+    tile_timing: bool = True
     batch_size: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -222,7 +227,7 @@ class PredictConfig:
         """The grid options."""
         return TilingSpec(self.core, self.halo, self.stitching, self.overlap, self.tiles_per_batch,
                           self.memory_budget, self.pinned_core, self.allow_small_halo, self.grid_offset,
-                          self.max_error)
+                          self.max_error, self.tile_timing)
 
     @property
     def runtime(self) -> RuntimeSpec:
@@ -340,13 +345,14 @@ def plan_prediction(model: nn.Module, source: ImageSource, config: PredictConfig
     normalization = normalization or compute_normalization(source, config.normalization)
     runtime = config.runtime.resolved(info.activation, info.output)
     effective = _effective_halo(model, info, config.tiling, recorded)
-    grid, rf, tiles_per_batch = _resolve_grid(model, info, source, config.tiling, config.device, recorded, effective)
+    grid, rf, tiles_per_batch = _resolve_grid(model, info, source, config.tiling, config.device, recorded, effective,
+                                              runtime.amp)
     check = None
     if effective is not None:
         check = _near_exact(model, info, source, config.tiling, normalization, runtime, effective, len(grid))
         if check.halo != effective:  # widened: the tiles are sized again for it
             grid, rf, tiles_per_batch = _resolve_grid(model, info, source, config.tiling, config.device, recorded,
-                                                      check.halo)
+                                                      check.halo, runtime.amp)
     _check_halo_vs_rf(grid, info.receptive_field, config.tiling)
     return PredictionPlan(grid, rf, tiles_per_batch, runtime, config.output, config.stitching, config.blend_window,
                           info.out_channels, normalization,
@@ -420,8 +426,8 @@ def _recorded_plan(recorded: dict[str, Any] | None, dims: int) -> tuple[tuple[in
 
 
 def _resolve_grid(model: nn.Module, info: ModelInfo, source: ImageSource, tiling: TilingSpec,
-                  device: str, recorded: dict[str, Any] | None = None,
-                  near_exact: tuple[int, ...] | None = None) -> tuple[TileGrid, ReceptiveField | None, int]:
+                  device: str, recorded: dict[str, Any] | None = None, near_exact: tuple[int, ...] | None = None,
+                  amp: bool = False) -> tuple[TileGrid, ReceptiveField | None, int]:
     dims, stride = source.spatial_dims, info.network_stride
     rf = None
     if near_exact is not None:
@@ -448,7 +454,8 @@ def _resolve_grid(model: nn.Module, info: ModelInfo, source: ImageSource, tiling
         tiles_per_batch = recorded_batch if tiles_per_batch is None else tiles_per_batch
     if core is None or tiles_per_batch is None:
         suggestion = suggest_tiling(model, source.spatial_shape, memory_budget=tiling.memory_budget, device=device,
-                                    receptive_field=rf or ReceptiveField(halo, halo, stride, False, 0.0), info=info)
+                                    receptive_field=rf or ReceptiveField(halo, halo, stride, False, 0.0), info=info,
+                                    timed=tiling.tile_timing, amp=amp)
         core = suggestion.core if core is None else core
         tiles_per_batch = suggestion.tiles_per_batch if tiles_per_batch is None else tiles_per_batch
     core_t = as_axis_tuple(core, dims, "core")

@@ -19,7 +19,8 @@ from seamfree.errors import ShapeError
 from seamfree.models.describe import ModelInfo, describe_model
 from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.grid import MAX_TILE_TO_CORE_RATIO, round_up
-from seamfree.tiling.memory import activation_bytes_per_voxel, forward_memory
+from seamfree.tiling.memory import activation_bytes_per_voxel, architecture_identity, forward_memory
+from seamfree.tiling.throughput import MIN_GAIN, MIN_TIMED_VOXELS, SLACK, tile_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,15 @@ class TilingSuggestion:
     tile_shape: tuple[int, ...]
     estimated_bytes: int
     compute_ratio: float
+    expected_seconds: float | None = None  # the timed forwards' prediction of the whole run (None: not timed)
 
     def to_dict(self) -> dict[str, object]:
         return {"core": list(self.core), "halo": list(self.halo), "tiles_per_batch": self.tiles_per_batch,
                 "tile_shape": list(self.tile_shape), "estimated_bytes": self.estimated_bytes,
-                "compute_ratio": self.compute_ratio}
+                "compute_ratio": self.compute_ratio, "expected_seconds": self.expected_seconds}
+
+
+_Plan = tuple[list[int], list[int], list[int]]  # cores per axis, core, tile
 
 
 def suggest_tiling(
@@ -52,18 +57,26 @@ def suggest_tiling(
     device: str = "cpu",
     receptive_field: ReceptiveField | None = None,
     info: ModelInfo | None = None,
+    timed: bool = True,
+    amp: bool = False,
 ) -> TilingSuggestion:
-    """Return the core, halo and tiles per batch that fit ``memory_budget`` bytes and compute the fewest voxels.
+    """Return the core, halo and tiles per batch that fit ``memory_budget`` bytes and run fastest.
 
     The halo is the measured receptive-field radius (rounded to the network stride). A tile's memory is the
     *measured* peak of a forward (:func:`~seamfree.tiling.memory.forward_memory`, per voxel, cached per model).
     Among all the numbers of cores per axis whose tiles fit, the one with the fewest voxels computed in total
-    (cores plus their recomputed halos; an axis in one core has no halo) wins, then the one with fewer tiles: an
-    axis that one tile already spans is never split, and cores stay as large and as cubic as memory allows.
+    (cores plus their recomputed halos; an axis in one core has no halo) comes first, then the one with fewer
+    tiles: an axis that one tile already spans is never split, and cores stay as large and as cubic as memory
+    allows. ``timed`` (the default): when that plan's tile has at least
+    :data:`~seamfree.tiling.throughput.MIN_TIMED_VOXELS`, plans with tiles of a half, a quarter, an eighth and a
+    sixteenth of its voxels (computing at most :data:`~seamfree.tiling.throughput.SLACK`× its voxels) are timed
+    too, two forwards each, once per architecture and device (:mod:`seamfree.tiling.throughput`), and the one
+    predicted fastest (the first forward of a tile shape in a process counted apart) wins if it saves at least
+    :data:`~seamfree.tiling.throughput.MIN_GAIN` of the time.
     Default budget: an eighth of the machine's total RAM, at most 4 GiB, on CPU, the same at every call
-    (:func:`default_memory_budget`; batch 1: large tiles are not slower per voxel there); half of the free GPU
-    memory on CUDA (batch up to 4). ``info``: the model's description (made if not given);
-    ``receptive_field`` replaces its receptive field.
+    (:func:`default_memory_budget`; batch 1 there); half of the free GPU memory on CUDA (batch up to 4).
+    ``info``: the model's description (made if not given); ``receptive_field`` replaces its receptive field;
+    ``amp``: time the forwards under bfloat16 autocast (CUDA), as the prediction will run them.
     """
     info = info or describe_model(model, probe=False)
     rf = receptive_field or info.receptive_field
@@ -73,10 +86,29 @@ def suggest_tiling(
     budget = memory_budget or default_memory_budget(device)
     memory = forward_memory(model, info.in_channels, stride, device=None if device == "cpu" else device,
                             digest=info.digest)
+
+    def fits(voxels: int) -> bool:
+        return memory.bytes(voxels) <= budget
+
+    def batch_of(tile: list[int]) -> int:
+        return 1 if device == "cpu" else int(max(1, min(4, budget // max(memory.bytes(math.prod(tile)), 1))))
+
     padded = [round_up(n, s) for n, s in zip(image_shape, stride)]
-    counts, core, tile = _fewest_voxels(padded, stride, rf.halo, lambda voxels: memory.bytes(voxels) <= budget)
+    counts, core, tile = _fewest_voxels(padded, stride, rf.halo, fits)
+    expected = None
+    if timed and fits(math.prod(tile)) and math.prod(tile) >= MIN_TIMED_VOXELS:
+        identity = architecture_identity(model, info.digest)
+
+        def seconds(plan: _Plan) -> float:
+            batch = batch_of(plan[2])
+            timing = tile_seconds(model, info.in_channels, tuple(plan[2]), identity=identity, device=device,
+                                  batch=batch, amp=amp)
+            return timing.seconds(-(-math.prod(plan[0]) // batch))
+
+        (counts, core, tile), expected = _fastest(_alternatives(padded, stride, rf.halo, fits, (counts, core, tile)),
+                                                  seconds)
     tile_bytes = memory.bytes(math.prod(tile))
-    batch = 1 if device == "cpu" else int(max(1, min(4, budget // max(tile_bytes, 1))))
+    batch = batch_of(tile)
     ratio = math.prod(k * t for k, t in zip(counts, tile)) / math.prod(image_shape)
     if tile_bytes > budget:
         logger.warning("even the smallest tiles %s need an estimated %.0f MB per forward pass, more than the "
@@ -84,9 +116,47 @@ def suggest_tiling(
                        "budget (CLI --memory-budget) or a core (--core)", tuple(tile), tile_bytes / 1e6,
                        budget / 1e6, ratio)
     logger.info("tiling: core %s, tile %s, %d tiles, %d per batch, %.2f× the image's voxels computed, an estimated "
-                "%.0f MB per batch of a %.0f MB budget", tuple(core), tuple(tile), math.prod(counts), batch, ratio,
-                tile_bytes * batch / 1e6, budget / 1e6)
-    return TilingSuggestion(tuple(core), rf.halo, batch, tuple(tile), int(tile_bytes * batch), ratio)
+                "%.0f MB per batch of a %.0f MB budget%s", tuple(core), tuple(tile), math.prod(counts), batch, ratio,
+                tile_bytes * batch / 1e6, budget / 1e6,
+                "" if expected is None else f", {expected:.2f} s of forwards expected")
+    return TilingSuggestion(tuple(core), rf.halo, batch, tuple(tile), int(tile_bytes * batch), ratio, expected)
+
+
+def _alternatives(padded: list[int], stride: tuple[int, ...], halo: tuple[int, ...], fits: Callable[[int], bool],
+                  fewest: _Plan) -> list[_Plan]:
+    """``fewest`` first, then the fewest-voxels plans with tiles of at most 1/2, 1/4, 1/8 and 1/16 of its voxels
+    that compute at most SLACK× its voxels (distinct tiles only)."""
+    def computed(plan: _Plan) -> int:
+        return math.prod(k * t for k, t in zip(plan[0], plan[2]))
+
+    plans, largest = [fewest], math.prod(fewest[2])
+    for share in (2, 4, 8, 16):
+        cap = largest // share
+
+        def fits_cap(voxels: int, cap: int = cap) -> bool:
+            return voxels <= cap and fits(voxels)
+
+        plan = _fewest_voxels(padded, stride, halo, fits_cap)
+        if math.prod(plan[2]) <= cap and computed(plan) <= SLACK * computed(fewest) \
+                and all(plan[2] != other[2] for other in plans):
+            plans.append(plan)
+    return plans
+
+
+def _fastest(plans: list[_Plan], seconds: Callable[[_Plan], float]) -> tuple[_Plan, float]:
+    """The plan of ``plans`` predicted fastest, and its predicted seconds; the first (fewest voxels) unless another
+    saves at least MIN_GAIN of its time."""
+    by_size = sorted(range(len(plans)), key=lambda i: math.prod(plans[i][2]))  # smallest first: see throughput
+    times = [0.0] * len(plans)
+    for i in by_size:
+        times[i] = seconds(plans[i])
+    best = min(range(len(plans)), key=times.__getitem__)
+    if times[best] > (1 - MIN_GAIN) * times[0]:
+        best = 0
+    if len(plans) > 1:
+        logger.info("tiling: timed %s", ", ".join(
+            f"{math.prod(p[0])}× tile {tuple(p[2])}: {t:.2f} s" for p, t in zip(plans, times)))
+    return plans[best], times[best]
 
 
 def _fewest_voxels(padded: list[int], stride: tuple[int, ...], halo: tuple[int, ...],
