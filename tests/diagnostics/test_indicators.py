@@ -99,6 +99,26 @@ def test_disparity_with_ground_truth_gives_delta_dice(image):
     assert ted.delta_dice == pytest.approx(ted.dice_train - ted.dice_eval)
 
 
+def test_disparity_batches_on_a_sparse_target_are_drawn_like_training_batches(image):
+    """With ground truth and a foreground fraction, TED patches are centred on foreground like the training
+    sampler's: the ground truth seen in the batches holds far more foreground than uniform patches do."""
+    truth = np.zeros(image.shape, np.uint8)
+    truth[10:14, 70:74] = 1  # 16 of the image's voxels
+
+    def seen(fraction):
+        with open_image(image, spatial_dims=2) as source:
+            ted = train_eval_disparity(_net("batch"), source, normalization=IntensityNormalization("none"),
+                                       patch_size=16, batch_size=2, batches=8, ground_truth=truth,
+                                       foreground_fraction=fraction)
+        return ted
+
+    centred, uniform = seen(1.0), seen(0.0)
+    assert centred.to_dict()["sampling"] == "training" and centred.foreground_fraction == 1.0
+    assert uniform.to_dict()["sampling"] == "uniform" and uniform.foreground_fraction == 0.0
+    assert centred.patches_with_foreground == 1.0  # every centred patch holds the square
+    assert uniform.patches_with_foreground is not None and uniform.patches_with_foreground < 0.5
+
+
 def test_seam_score_sees_steps_at_seams_and_ignores_the_stride_pattern(rng):
     grid = TileGrid.create((128, 128), 32, 8, network_stride=4)
     smooth = rng.normal(0, 0.1, size=(1, 128, 128)).astype(np.float32)

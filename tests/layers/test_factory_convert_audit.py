@@ -151,6 +151,53 @@ def test_recalibrated_statistics_are_the_exact_average_over_the_batches(layer):
     assert norm.momentum == layer().momentum  # restored
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("norm", ["batch", "batchrenorm", "instance_tracked"])
+def test_recalibrated_statistics_equal_those_computed_directly_on_the_same_features(norm, dims):
+    """Both norm layers of conv → norm → ReLU → conv → norm: the recalibrated running mean and variance equal the
+    average over the batches of the statistics of the features reaching each layer, computed here with functional
+    ops (the first layer's input is conv1(x); the second's is conv2(ReLU(conv1(x) normalized by its own batch or
+    instance statistics, affine included))), to 1e-5."""
+    conv = nn.Conv2d if dims == 2 else nn.Conv3d
+    torch.manual_seed(0)
+    model = nn.Sequential(conv(1, 3, 3, padding=1), create_norm_layer(norm, 3, dims), nn.ReLU(),
+                          conv(3, 2, 3, padding=1), create_norm_layer(norm, 2, dims)).eval()
+    with torch.no_grad():
+        for layer in (model[1], model[4]):
+            layer.weight.uniform_(0.5, 2.0)
+            layer.bias.uniform_(-1.0, 1.0)
+    shape = (3, 1, 12, 12) if dims == 2 else (3, 1, 8, 8, 8)
+    batches = [torch.randn(shape, generator=torch.Generator().manual_seed(k)) * (k + 1) + 3 * k for k in range(4)]
+    instance = norm == "instance_tracked"
+    spatial = tuple(range(2, dims + 2))
+
+    def statistics(features):
+        if instance:
+            return features.mean(dim=spatial).mean(0), features.var(dim=spatial, unbiased=True).mean(0)
+        return features.mean(dim=(0, *spatial)), features.var(dim=(0, *spatial), unbiased=True)
+
+    def normalized(features, layer):
+        axes = spatial if instance else (0, *spatial)
+        mean, var = features.mean(dim=axes, keepdim=True), features.var(dim=axes, unbiased=False, keepdim=True)
+        view = (1, -1) + (1,) * dims
+        return (features - mean) / torch.sqrt(var + layer.eps) * layer.weight.view(view) + layer.bias.view(view)
+
+    expected = [[], []]
+    with torch.no_grad():
+        for x in batches:
+            first = model[0](x)
+            second = model[3](torch.relu(normalized(first, model[1])))
+            expected[0].append(statistics(first))
+            expected[1].append(statistics(second))
+    recalibrate_norm(model, batches)
+    for layer, stats in zip((model[1], model[4]), expected):
+        torch.testing.assert_close(layer.running_mean, torch.stack([m for m, _ in stats]).mean(0), atol=1e-5,
+                                   rtol=0)
+        torch.testing.assert_close(layer.running_var, torch.stack([v for _, v in stats]).mean(0), atol=1e-5,
+                                   rtol=1e-5)
+    assert not model.training
+
+
 def test_recalibrate_keeps_renorm_schedule_and_mode():
     model = UNet(2, 1, 1, depth=1, features=2, norm="batchrenorm").train()
     for _ in range(3):

@@ -115,6 +115,53 @@ def test_recalibration_on_images_moves_running_statistics(rng):
         assert not torch.equal(var, norms[name].running_var), name
 
 
+def test_recalibration_draws_patches_like_training_from_masks():
+    """A sparse target (one 8x8 square in 128²): with masks and foreground fraction 1 every patch is centred on the
+    square, as training centres its patches, and the first layer's running mean (the conv of the normalized
+    input) sees it; patches drawn anywhere are almost all background."""
+    from seamfree.training.recalibrate import recalibrate_on_images
+
+    image = np.zeros((128, 128), np.float32)
+    image[40:48, 80:88] = 100.0
+    mask = image > 0
+
+    def recalibrated(**options):
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1, bias=False), torch.nn.BatchNorm2d(1)).eval()
+        torch.nn.init.ones_(net[0].weight)
+        recalibrate_on_images(net, [image], patch_size=16, batch_size=4, batches=8, spatial_dims=2, in_channels=1,
+                              **options)
+        return float(net[1].running_mean)
+
+    centred = recalibrated(masks=[mask], foreground_fraction=1.0)
+    anywhere = recalibrated()
+    half = recalibrated(masks=[mask], foreground_fraction=0.5)
+    bright = 1.0  # the square after percentile normalization (p1 0, p99.8 100)
+    assert centred == pytest.approx(64 / 256 * bright, rel=0.05)  # the whole square in every 16² patch
+    assert anywhere < 0.05 < half < centred
+    with pytest.raises(ConfigError, match="one mask per image"):
+        recalibrate_on_images(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1)), [image],
+                              patch_size=16, masks=[mask, mask], spatial_dims=2, in_channels=1)
+
+
+def test_the_sampler_and_the_disparity_batches_share_the_foreground_policy(rng):
+    """TED and recalibration draw patches with the training sampler's own rule: the share of patches holding
+    foreground is at least the foreground fraction the sampler guarantees."""
+    from seamfree.data.patches import foreground_points, patch_origin
+    from seamfree.training.sampler import PatchSampler
+
+    mask = np.zeros((1, 200, 200), np.float32)
+    mask[0, 150:156, 20:26] = 1
+    points = foreground_points(mask[0] > 0)
+    draws = np.random.default_rng(3)
+    origins = [patch_origin(draws, (200, 200), (32, 32), points, 0.5) for _ in range(400)]
+    holding = np.mean([mask[0, y:y + 32, x:x + 32].any() for y, x in origins])
+    assert 0.45 <= holding <= 0.6  # half centred on it, and the odd uniform patch that touches it
+    sampler = PatchSampler([(np.zeros((1, 200, 200), np.float32), mask)], (32, 32), 400, foreground_fraction=0.5,
+                           min_foreground=0.0, rng=np.random.default_rng(3))
+    _, targets = sampler.batch()
+    assert abs(float(np.mean(targets.reshape(400, -1).any(axis=1))) - holding) < 0.1
+
+
 def test_fine_tuning_converts_and_freezes_and_the_cli_trains(tmp_path, capsys):
     from seamfree.cli.main import main
     from seamfree.models import UNet, save_model

@@ -248,7 +248,8 @@ def diagnose(args: argparse.Namespace) -> int:
     config = DiagnoseConfig(
         core=args.core, halo=args.halo if args.halo is not None else "auto", grid_offset=args.grid_offset,
         normalization=_normalization(args, model), patch_size=args.patch_size,
-        batch_size=args.batch_size, ted_batches=args.ted_batches, threshold=args.threshold, device=args.device,
+        batch_size=args.batch_size, ted_batches=args.ted_batches, ted_sampling=args.ted_sampling,
+        threshold=args.threshold, device=args.device,
         seed=args.seed, activation=args.activation, **_model_options(args),  # type: ignore[arg-type]
     )
     image = _input(args, model)

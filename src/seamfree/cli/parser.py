@@ -161,6 +161,9 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int,
                    help="the model's training batch size, for TED batches (default: from the checkpoint, else 2)")
     p.add_argument("--ted-batches", type=int, default=8)
+    p.add_argument("--ted-sampling", choices=["training", "uniform"], default="training",
+                   help="with --gt: TED patches centred on foreground like the model's training patches "
+                   "(default), or anywhere")
     p.add_argument("--normalization", choices=["percentile", "meanstd", "none", "per_tile"],
                    help="input intensities (default: the bioimage.io package's preprocessing, else percentile)")
     p.add_argument("--threshold", type=float, default=0.5)

@@ -69,6 +69,10 @@ class DiagnoseConfig:
         default from the checkpoint metadata, else 256 (2D) / 64 (3D) per axis and 2.
     ted_batches : int
         Number of batches for TED.
+    ted_sampling : {"training", "uniform"}
+        Where TED patches lie, with ground truth: "training" centres the model's training share of them
+        (``foreground_fraction`` of its recorded training configuration, else 0.5) on a foreground voxel, as
+        its training batches were drawn; "uniform" draws all anywhere. Without ground truth, anywhere.
     activation : {"auto", "none", "sigmoid", "softmax"}
     threshold : float
         θ for Dice-based indicators.
@@ -100,6 +104,7 @@ class DiagnoseConfig:
     patch_size: int | tuple[int, ...] | None = None
     batch_size: int | None = None
     ted_batches: int = 8
+    ted_sampling: str = "training"
     activation: Literal["auto", "none", "sigmoid", "softmax"] = "auto"
     threshold: float = 0.5
     max_voxels: int = 1 << 24
@@ -117,6 +122,9 @@ class DiagnoseConfig:
         apply_renamed(self, "offset", "grid_offset")
         if self.ted_batches < 1:
             raise ConfigError(f"ted_batches must be >= 1, got {self.ted_batches}")
+        if self.ted_sampling not in ("training", "uniform"):
+            raise ConfigError(f"ted_sampling must be 'training' (patches centred on foreground like training "
+                              f"patches) or 'uniform', got {self.ted_sampling!r}")
         if not 0.0 < self.threshold < 1.0 and self.activation != "none":
             raise ConfigError(f"threshold must lie in (0, 1) for probabilities, got {self.threshold}")
         if self.max_voxels < 1:
@@ -271,7 +279,7 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
     disparity = train_eval_disparity(model, source, normalization=normalization, patch_size=patch,
                                      batch_size=batch_size, batches=config.ted_batches, ground_truth=gt,
                                      runtime=plan.runtime, threshold=config.threshold, seed=config.seed,
-                                     info=info)
+                                     info=info, foreground_fraction=_ted_foreground_fraction(model, config))
     seconds["train_eval_disparity"] = _lap(clock)
     clock = time.perf_counter()
     stage("exactness", 0.75)
@@ -356,6 +364,15 @@ def _grids(model: nn.Module, info: ModelInfo, shape: tuple[int, ...], halo: tupl
             f"image (at least {tuple(2 * c + 2 * h for c, h in zip(grid_a.core, grid_a.halo))})"
         )
     return grid_a, grid_b
+
+
+def _ted_foreground_fraction(model: nn.Module, config: DiagnoseConfig) -> float:
+    """The share of TED patches centred on foreground: the model's training value for "training" sampling."""
+    if config.ted_sampling == "uniform":
+        return 0.0
+    training = (model_metadata(model).get("train_config") or {}).get("training") or {}
+    value = training.get("foreground_fraction")
+    return float(value) if isinstance(value, int | float) else 0.5
 
 
 def _training_batch(model: nn.Module, dims: int, config: DiagnoseConfig) -> tuple[tuple[int, ...], int]:

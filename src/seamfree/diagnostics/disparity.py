@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from seamfree.config import deprecated_alias
+from seamfree.data.patches import foreground_points, patch_origin
 from seamfree.errors import ConfigError
 from seamfree.io.readers import ImageSource
 from seamfree.metrics import binarize, dice, masks_from_ground_truth
@@ -68,6 +69,8 @@ class TrainEvalDisparity:
     batch_size: int
     batches: int
     layers_with_running_statistics: int
+    foreground_fraction: float = 0.0  # the share of patches centred on ground-truth foreground (0: uniform)
+    patches_with_foreground: float | None = None  # the share of patches that hold ground-truth foreground
 
     dice = deprecated_alias("dice", "ted_dice")
     abs = deprecated_alias("abs", "ted_abs")
@@ -76,7 +79,10 @@ class TrainEvalDisparity:
         return {"ted_dice": self.ted_dice, "ted_abs": self.ted_abs, "per_channel": self.per_channel,
                 "delta_dice": self.delta_dice, "dice_train": self.dice_train, "dice_eval": self.dice_eval,
                 "patch_size": list(self.patch_size), "batch_size": self.batch_size, "batches": self.batches,
-                "layers_with_running_statistics": self.layers_with_running_statistics}
+                "layers_with_running_statistics": self.layers_with_running_statistics,
+                "foreground_fraction": self.foreground_fraction,
+                "patches_with_foreground": self.patches_with_foreground,
+                "sampling": "uniform" if self.foreground_fraction == 0 else "training"}
 
 
 def batch_statistics_copy(model: nn.Module) -> tuple[nn.Module, int]:
@@ -112,9 +118,10 @@ def _restore_counters(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
         buffers[name].copy_(value)
 
 
-def _patch_origins(shape: tuple[int, ...], patch: tuple[int, ...], count: int, seed: int) -> list[tuple[int, ...]]:
+def _patch_origins(shape: tuple[int, ...], patch: tuple[int, ...], count: int, seed: int,
+                   points: np.ndarray, foreground_fraction: float) -> list[tuple[int, ...]]:
     rng = np.random.default_rng(seed)
-    return [tuple(int(rng.integers(0, n - p + 1)) for n, p in zip(shape, patch)) for _ in range(count)]
+    return [patch_origin(rng, shape, patch, points, foreground_fraction) for _ in range(count)]
 
 
 def _patch_size(info: ModelInfo, source: ImageSource, patch_size: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -146,6 +153,7 @@ def train_eval_disparity(
     threshold: float = 0.5,
     seed: int = 0,
     info: ModelInfo | None = None,
+    foreground_fraction: float = 0.0,
 ) -> TrainEvalDisparity:
     """Return the train/eval disparity of ``model`` on random training-like batches of ``source``.
 
@@ -153,6 +161,11 @@ def train_eval_disparity(
     adds ΔDice; ``runtime`` gives the device, precision and activation ("auto" is resolved for the model) and
     ``threshold`` binarizes probabilities; ``info``: the model's description (made if not given). The model's
     parameters, buffers and mode are unchanged afterwards.
+
+    ``foreground_fraction`` (with ``ground_truth``): the share of patches centred on a random foreground voxel,
+    as the training sampler draws them (:mod:`seamfree.data.patches`); the others, or all of them at 0, lie
+    anywhere. On sparse targets uniform batches are mostly background, so their train-mode statistics are
+    unlike any training batch's: :func:`~seamfree.diagnostics.diagnose` passes the model's training value.
     """
     runtime = runtime or RuntimeSpec(activation="auto")
     info = info or describe_model(model, output=runtime.output, probe=False)
@@ -166,7 +179,12 @@ def train_eval_disparity(
     train_outputs: list[np.ndarray] = []
     truths: list[np.ndarray] = []
     with eval_mode(model):
-        origins = _patch_origins(source.spatial_shape, patch, batch_size * batches, seed)
+        points = np.zeros((0, len(patch)), dtype=np.int64)
+        if ground_truth is not None and foreground_fraction > 0:
+            truth = np.asarray(ground_truth)
+            points = foreground_points(truth.reshape(-1, *truth.shape[-len(patch):]).any(axis=0))
+        origins = _patch_origins(source.spatial_shape, patch, batch_size * batches, seed, points,
+                                 foreground_fraction if len(points) else 0.0)
         for first in range(0, len(origins), batch_size):
             windows = [tuple(slice(o, o + p) for o, p in zip(origin, patch))
                        for origin in origins[first:first + batch_size]]
@@ -179,7 +197,10 @@ def train_eval_disparity(
                               else np.asarray(ground_truth[(slice(None), *w)]) for w in windows)
     p_eval = np.concatenate(eval_outputs)
     p_train = np.concatenate(train_outputs)
-    return _summarize(p_train, p_eval, truths, runtime.activation, threshold, patch, batch_size, batches, count)
+    holding = float(np.mean([bool(np.any(t)) for t in truths])) if truths else None
+    return replace(_summarize(p_train, p_eval, truths, runtime.activation, threshold, patch, batch_size, batches,
+                              count), foreground_fraction=foreground_fraction if len(points) else 0.0,
+                   patches_with_foreground=holding)
 
 
 def _summarize(p_train: np.ndarray, p_eval: np.ndarray, truths: list[np.ndarray], activation: str,

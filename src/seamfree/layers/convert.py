@@ -146,9 +146,15 @@ def _tracked_norm_layers(model: nn.Module) -> list[_NormBase]:
 def recalibrate_norm(model: nn.Module, batches: Iterable[torch.Tensor], *, device: str | None = None) -> nn.Module:
     """Return ``model`` with the running statistics of its norm layers re-estimated on ``batches``.
 
-    The statistics are the cumulative average over all batches (each batch weighs the same), computed with every
-    norm layer in training mode and everything else (dropout, ...) in eval mode. Weights, the BatchRenorm
-    schedule position and the model's train/eval mode are unchanged. The model is modified in place.
+    Each layer's new running mean and variance are the plain average over all batches of the statistics of the
+    features that reach it: per channel over the batch and the spatial axes (BatchNorm, BatchRenorm), or per
+    instance over the spatial axes and then averaged over the batch's instances (tracked InstanceNorm); the
+    variance unbiased, as torch tracks it. seamfree computes them itself, in float64, from the layer's input (a
+    forward pre-hook), never through the layers' momentum updates: those differ by type (torch's InstanceNorm
+    turns ``momentum=None`` into 0.0 and keeps its reset statistics). During the pass every norm layer normalizes
+    with its batch's own statistics (BatchRenorm without r/d), everything else (dropout, ...) is in eval mode.
+    Weights, the BatchRenorm schedule position, ``num_batches_tracked`` and the model's train/eval mode are
+    unchanged. The model is modified in place; on failure it is left as it was.
 
     Parameters
     ----------
@@ -179,9 +185,17 @@ def recalibrate_norm(model: nn.Module, batches: Iterable[torch.Tensor], *, devic
         device = str(parameter.device) if parameter is not None else "cpu"
     modes = {m: m.training for m in model.modules()}
     saved = {m: {k: v.clone() for k, v in m.state_dict().items()} for m in layers}
-    momenta = {m: m.momentum for m in layers}
-    for layer in layers:
-        layer.reset_running_stats()
+    sums: dict[nn.Module, list[torch.Tensor]] = {}
+
+    def accumulate(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        mean, var = feature_statistics(layer, inputs[0])
+        if layer in sums:
+            sums[layer][0] += mean
+            sums[layer][1] += var
+        else:
+            sums[layer] = [mean, var]
+
+    handles = [layer.register_forward_pre_hook(accumulate) for layer in layers]
     model.eval()
     for layer in layers:
         layer.train()
@@ -189,23 +203,39 @@ def recalibrate_norm(model: nn.Module, batches: Iterable[torch.Tensor], *, devic
     try:
         with batch_statistics_only(model):  # BatchRenorm: no r/d towards the statistics being re-estimated
             for batch in batches:
-                # the cumulative average: batch k (from 0) enters with weight 1/(k + 1). Set explicitly, not as
-                # momentum None: torch's InstanceNorm turns None into 0.0, leaving its statistics at reset
-                for layer in layers:
-                    layer.momentum = 1.0 / (seen + 1)
                 model(batch.to(device=device, dtype=torch.float32))
                 seen += 1
     finally:
+        for handle in handles:
+            handle.remove()
         for layer, state in saved.items():
-            layer.momentum = momenta[layer]
-            if seen == 0 or not _finite_statistics(layer):
-                layer.load_state_dict(state)  # failed or empty: leave the model as it was
-            elif layer.num_batches_tracked is not None:
-                layer.num_batches_tracked.copy_(state["num_batches_tracked"])
+            layer.load_state_dict(state)  # the layers' own updates during the pass are discarded
+            if seen and layer in sums:
+                assert layer.running_mean is not None and layer.running_var is not None
+                layer.running_mean.copy_(sums[layer][0] / seen)
+                layer.running_var.copy_(sums[layer][1] / seen)
+                if not _finite_statistics(layer):
+                    layer.load_state_dict(state)
         for module, training in modes.items():
             module.train(training)
     if seen == 0:
         raise ConfigError("recalibrate_norm received no batches; pass at least one (N, C, *spatial) tensor")
+    missed = [layer for layer in layers if layer not in sums]
+    if missed:
+        logger.warning("%d of %d norm layers saw no input during recalibration and keep their statistics",
+                       len(missed), len(layers))
     logger.info("recalibrated %d norm layers on %d batches", len(layers), seen)
     return model
+
+
+def feature_statistics(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and unbiased variance of the features ``x`` (N, C, *spatial) that ``layer`` tracks,
+    in float64: over the batch and the spatial axes, or per instance and then averaged over the instances for an
+    InstanceNorm."""
+    x = x.detach().to(torch.float64)
+    spatial = tuple(range(2, x.dim()))
+    if isinstance(layer, _InstanceNorm):
+        return x.mean(dim=spatial).mean(dim=0), x.var(dim=spatial, unbiased=True).mean(dim=0)
+    axes = (0, *spatial)
+    return x.mean(dim=axes), x.var(dim=axes, unbiased=True)
 

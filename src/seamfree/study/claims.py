@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from seamfree.layers.registry import norm_spec, norms_where
+from seamfree.study.statistics import bootstrap_ci, compare, paired_difference
 
 __all__ = ["CLAIMS", "UNTRAINED_DICE", "Claim", "ClaimCheck", "check_claims", "usable_rows"]
 
@@ -135,10 +136,13 @@ def _batchnorm_disparity(rows: list[Row]) -> tuple[str, str]:
 
 def _batchnorm_accuracy(rows: list[Row]) -> tuple[str, str]:
     selected = _done(rows, ("delta_dice",), kind="grid", norm="batch")
-    hits = [r for r in selected if r["delta_dice"] > 0]
-    values = ", ".join(f"{r['dataset']} b{r['batch_size']}: {_fmt(r['delta_dice'])}" for r in selected)
-    return _share(len(hits), len(selected)), (
-        f"ΔDice = Dice(train-mode) − Dice(eval) > 0 in {len(hits)} of {len(selected)} BatchNorm models ({values})")
+    if not selected:
+        return "not measured", "no BatchNorm model with ΔDice"
+    estimate = bootstrap_ci(_values(selected, "delta_dice"))
+    verdict = {"higher": "reproduced", "lower": "not reproduced"}.get(compare(estimate), "inconclusive")
+    values = ", ".join(f"{r['dataset']} b{r['batch_size']} s{r['seed']}: {_fmt(r['delta_dice'])}" for r in selected)
+    return verdict, (f"ΔDice = Dice(train-mode) − Dice(eval) over {len(selected)} BatchNorm models, per image and "
+                     f"seed: {estimate} ({values})")
 
 
 def _renorm_no_disparity(rows: list[Row]) -> tuple[str, str]:
@@ -183,33 +187,36 @@ def _best_transfer(rows: list[Row]) -> tuple[str, str]:
     tuned = _done(rows, ("dice",), kind="finetune")
     if not tuned:
         return "not measured", "no fine-tuned transfer runs"
-    best = max(tuned, key=lambda r: r["dice"])
     brn = [r for r in tuned if r["norm"] == "batchrenorm"]
-    values = ", ".join(f"{r['norm']} {_fmt(r['dice'])}" for r in sorted(tuned, key=lambda r: -r["dice"]))
     if not brn:
-        return "not measured", f"no BatchRenorm fine-tuning run ({values})"
-    gap = best["dice"] - brn[0]["dice"]
-    spread = best["dice"] - min(r["dice"] for r in tuned)
-    if spread < TIE:
-        return "inconclusive", f"all fine-tuned models score alike (spread {spread:.3g}): {values}"
-    verdict = "reproduced" if gap <= TIE else "partly" if gap <= ACCURACY_MARGIN else "not reproduced"
-    return verdict, f"Dice on the target domain after fine-tuning: {values}"
+        return "not measured", "no BatchRenorm fine-tuning run"
+    parts, outcomes = [], []
+    for other in sorted({r["norm"] for r in tuned} - {"batchrenorm"}):
+        a, b = _paired(brn, [r for r in tuned if r["norm"] == other], "dice")
+        if not a:
+            continue
+        difference = paired_difference(a, b)
+        outcomes.append(compare(difference))
+        parts.append(f"BatchRenorm − {norm_spec(other).label}: {difference}")
+    if not outcomes:
+        return "not measured", "no fine-tuned model to pair with BatchRenorm (same dataset and seed)"
+    verdict = "not reproduced" if "lower" in outcomes else "reproduced" if set(outcomes) == {"higher"} \
+        else "inconclusive"
+    return verdict, "paired Dice differences on the target images after fine-tuning: " + "; ".join(parts)
 
 
 def _recalibration(rows: list[Row]) -> tuple[str, str]:
-    pairs = []
-    for recalibrated in _done(rows, ("dice",), kind="recalibrate"):
-        zero = _done(rows, ("dice",), kind="zero-shot", norm=recalibrated["norm"], dataset=recalibrated["dataset"])
-        if zero:
-            pairs.append((recalibrated["norm"], zero[0]["dice"], recalibrated["dice"]))
-    batch = [p for p in pairs if p[0] == "batch"]
-    if not batch:
+    recalibrated = _done(rows, ("dice",), kind="recalibrate", norm="batch")
+    if not recalibrated:
         return "not measured", "no recalibrated BatchNorm run"
-    text = "; ".join(f"{norm}: zero-shot {_fmt(a)} → recalibrated {_fmt(b)}" for norm, a, b in pairs)
-    _, before, after = batch[0]
-    if abs(after - before) < TIE:
-        return "inconclusive", text
-    return ("reproduced" if after > before else "not reproduced"), text
+    zero = _done(rows, ("dice",), kind="zero-shot", norm="batch")
+    a, b = _paired(recalibrated, zero, "dice")
+    if not a:
+        return "not measured", "no zero-shot BatchNorm run to pair with the recalibrated one"
+    difference = paired_difference(a, b)
+    verdict = {"higher": "reproduced", "lower": "not reproduced"}.get(compare(difference), "inconclusive")
+    return verdict, (f"BatchNorm recalibrated − zero-shot, paired Dice on the target images: {difference}; "
+                     f"zero-shot {bootstrap_ci(b)}, recalibrated {bootstrap_ci(a)}")
 
 
 def _conversion(rows: list[Row]) -> tuple[str, str]:
@@ -217,11 +224,47 @@ def _conversion(rows: list[Row]) -> tuple[str, str]:
     tuned = _done(rows, ("dice",), kind="finetune", norm="batch")
     if not converted or not tuned:
         return "not measured", "no conversion run"
-    a, b = tuned[0], converted[0]
-    verdict = "reproduced" if b["dice"] >= a["dice"] - TIE else "not reproduced"
-    return verdict, (f"BatchNorm fine-tuned as BatchNorm: Dice {_fmt(a['dice'])}, TED_dice {_fmt(a['ted_dice'])}; "
-                     f"converted to BatchRenorm then fine-tuned: Dice {_fmt(b['dice'])}, TED_dice "
-                     f"{_fmt(b['ted_dice'])}")
+    a, b = _paired(converted, tuned, "dice")
+    if not a:
+        return "not measured", "no BatchNorm fine-tuning run to pair with the converted one"
+    difference = paired_difference(a, b)
+    # the claim: conversion works, i.e. it costs no more than ACCURACY_MARGIN of Dice against staying BatchNorm
+    if difference.count >= 3 and difference.low > -ACCURACY_MARGIN:
+        verdict = "reproduced"
+    elif difference.count >= 3 and difference.high < -ACCURACY_MARGIN:
+        verdict = "not reproduced"
+    else:
+        verdict = "inconclusive"
+    return verdict, (f"converted to BatchRenorm then fine-tuned − fine-tuned as BatchNorm, paired Dice: "
+                     f"{difference} (reproduced when the interval lies above −{ACCURACY_MARGIN})")
+
+
+def _values(rows: Sequence[Row], key: str) -> list[float]:
+    """``key`` image by image (the ``<key>_images`` column) where recorded, else the row's mean, for every row."""
+    values: list[float] = []
+    for row in rows:
+        per_image = [v for v in row.get(f"{key}_images") or [] if _known(v)]
+        values.extend(per_image or [row[key]])
+    return values
+
+
+def _paired(a_rows: Sequence[Row], b_rows: Sequence[Row], key: str) -> tuple[list[float], list[float]]:
+    """Values of ``key`` matched one to one: rows of the same dataset and seed (and batch size where both have
+    one), then image by image where both recorded the same number of images, else their means."""
+    a_values: list[float] = []
+    b_values: list[float] = []
+    for a in a_rows:
+        match = [b for b in b_rows if b.get("dataset") == a.get("dataset") and b.get("seed") == a.get("seed")
+                 and (a.get("batch_size") is None or b.get("batch_size") in (None, a.get("batch_size")))]
+        if not match:
+            continue
+        b = match[0]
+        x, y = a.get(f"{key}_images") or [], b.get(f"{key}_images") or []
+        pairs = [(u, v) for u, v in zip(x, y) if _known(u) and _known(v)] if x and len(x) == len(y) else []
+        pairs = pairs or [(a[key], b[key])]
+        a_values.extend(u for u, _ in pairs)
+        b_values.extend(v for _, v in pairs)
+    return a_values, b_values
 
 
 def _architecture(kind: str, label: str) -> Callable[[list[Row]], tuple[str, str]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from seamfree.data.sources import Pair
 from seamfree.diagnostics.diagnose import DiagnoseConfig, Diagnosis, diagnose
 from seamfree.models.checkpoint import model_metadata
 
-__all__ = ["METRICS", "Evaluation", "evaluate_model", "load_test_pairs"]
+__all__ = ["METRICS", "PER_IMAGE", "Evaluation", "evaluate_model", "load_test_pairs"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ METRICS = ("dice", "dice_small", "tm_dice", "tm_abs", "tm_dice_small", "tm_abs_s
            "delta_dice", "dice_train_mode", "dice_eval_mode", "seam_score", "seam_score_small", "exact_max_abs",
            "seams_detected", "seams_detected_small", "seam_z", "seam_z_small", "instance_tm", "instance_tm_small",
            "msa", "sa50", "matched_iou")
+# Metrics also kept image by image, for confidence intervals and paired differences over images and seeds.
+PER_IMAGE = ("dice", "delta_dice")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Evaluation:
     metrics: dict[str, float | None]
     images: int
     example: dict[str, np.ndarray]
+    per_image: dict[str, list[float | None]] = field(default_factory=dict)  # PER_IMAGE metrics, image by image
 
 
 def load_test_pairs(dataset: dict[str, Any], *, spatial_dims: int, split: str, count: int) -> list[Pair]:
@@ -100,11 +103,13 @@ def evaluate_model(
     ted_batches: int = 4,
     seed: int = 0,
     objects: str = "foreground",
+    ted_sampling: str = "training",
 ) -> Evaluation:
     """Return the study's metrics of ``model`` on ``pairs`` (means over images).
 
     ``region`` limits each image to its central box of that spatial shape. TED uses the model's own training
-    patch and batch size (from its checkpoint metadata). ``objects`` is what the instance metrics label: the
+    patch and batch size (from its checkpoint metadata), patches drawn like its training batches
+    (``ted_sampling="training"``; "uniform": anywhere). ``objects`` is what the instance metrics label: the
     foreground (nuclei, mitochondria) or the background (cells between membranes).
     """
     metadata = model_metadata(model)
@@ -115,6 +120,7 @@ def evaluate_model(
             window = (slice(None), *_central(image.shape[1:], region))
             image, mask = image[window], mask[window]
         options: dict[str, Any] = {"halo": halo, "seed": seed, "max_voxels": 1 << 26, "objects": objects,
+                                   "ted_sampling": ted_sampling,
                                    "patch_size": metadata.get("patch_size"), "batch_size": metadata.get("batch_size")}
         normal = diagnose(model, image, ground_truth=mask,
                           config=DiagnoseConfig(core=core, ted_batches=ted_batches, **options))
@@ -129,4 +135,4 @@ def evaluate_model(
                     "–" if normal.dice is None else f"{normal.dice:.3f}", normal.tile_mismatch.tm_dice,
                     normal.disparity.ted_dice)
     metrics = {name: _mean([m[name] for m in per_image]) for name in METRICS}
-    return Evaluation(metrics, len(pairs), example)
+    return Evaluation(metrics, len(pairs), example, {name: [m[name] for m in per_image] for name in PER_IMAGE})

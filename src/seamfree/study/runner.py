@@ -35,7 +35,7 @@ from seamfree._version import __version__
 from seamfree.errors import ConfigError, DataError
 from seamfree.models.checkpoint import load_model, model_metadata, save_model
 from seamfree.study.config import StudyConfig
-from seamfree.study.evaluate import METRICS, evaluate_model, load_test_pairs
+from seamfree.study.evaluate import METRICS, PER_IMAGE, evaluate_model, load_test_pairs
 from seamfree.study.runs import StudyRun, plan_runs
 
 __all__ = ["COLUMNS", "StudyResult", "read_rows", "run_directories", "run_study", "select_runs"]
@@ -43,8 +43,9 @@ __all__ = ["COLUMNS", "StudyResult", "read_rows", "run_directories", "run_study"
 logger = logging.getLogger(__name__)
 
 LABELS = ("dataset", "test", "architecture", "dims", "norm", "batch_size", "seed", "stage")
+IMAGE_COLUMNS = tuple(f"{k}_images" for k in PER_IMAGE)
 COLUMNS = ("name", "kind", "status", *LABELS, *METRICS, "val_dice", "train_seconds", "eval_seconds", "digest",
-           "error")
+           "error", *IMAGE_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -133,11 +134,14 @@ def _recalibrated_model(run: StudyRun, source_dir: Path, directory: Path, config
     options = run.evaluation["recalibrate"]
     data = options["dataset"]
     model = load_model(source_dir / "model.pt", device=config.device)
-    images = [image for image, _ in load_dataset(data["source"], "train", target=data.get("target"),
-                                                 subset=data.get("subset"))[:options["images"]]]
+    pairs = load_dataset(data["source"], "train", target=data.get("target"),
+                         subset=data.get("subset"))[:options["images"]]
     metadata = model_metadata(model)
-    recalibrate_on_images(model, images, patch_size=tuple(metadata["patch_size"]), batch_size=options["batch_size"],
-                          batches=options["batches"], device=config.device)
+    # patches drawn as training drew them (the model's foreground share), unless the study asks for uniform ones
+    masks = None if options.get("sampling") == "uniform" else [mask for _, mask in pairs]
+    recalibrate_on_images(model, [image for image, _ in pairs], patch_size=tuple(metadata["patch_size"]),
+                          batch_size=options["batch_size"], batches=options["batches"], device=config.device,
+                          masks=masks)
     return save_model(model, directory / "model.pt", metadata={**metadata, "recalibrated_on": data})
 
 
@@ -159,11 +163,11 @@ def _execute(run: StudyRun, digest: str, directory: Path, source_dir: Path | Non
     pairs = load_test_pairs(e["dataset"], spatial_dims=e["spatial_dims"], split=e["split"], count=e["images"])
     evaluation = evaluate_model(model, pairs, core=_axes(e["core"]), small_core=_axes(e["small_core"]),
                                 halo=e["halo"], region=tuple(e["region"]) if e.get("region") else None,
-                                ted_batches=e["ted_batches"],
+                                ted_batches=e["ted_batches"], ted_sampling=e.get("ted_sampling", "uniform"),
                                 objects="background" if e["dataset"].get("target") == "membranes" else "foreground")
     np.savez_compressed(directory / "example.npz", **evaluation.example)  # type: ignore[arg-type]
     return {"name": run.name, "kind": run.kind, "digest": digest, "labels": run.labels,
-            "metrics": evaluation.metrics, "test_images": evaluation.images,
+            "metrics": evaluation.metrics, "per_image": evaluation.per_image, "test_images": evaluation.images,
             "val_dice": model_metadata(model).get("val_dice"), "train_seconds": round(train_seconds, 2),
             "eval_seconds": round(time.perf_counter() - started, 2), "train": run.train, "evaluation": e,
             "source": run.source, "seamfree": __version__, "torch": torch.__version__, "device": config.device,
@@ -179,6 +183,7 @@ def _row(run: StudyRun, digest: str, record: dict[str, Any] | None, status: str,
                            **{k: run.labels.get(k) for k in LABELS}}
     if record is not None:
         row.update({k: record["metrics"].get(k) for k in METRICS})
+        row.update({f"{k}_images": (record.get("per_image") or {}).get(k) for k in PER_IMAGE})
         row.update({k: record.get(k) for k in ("val_dice", "train_seconds", "eval_seconds")})
     return row
 
@@ -189,8 +194,16 @@ def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
+            writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
     partial.replace(path)
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ";".join("nan" if v is None else repr(float(v)) for v in value)
+    return value
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -204,6 +217,8 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                     row[key] = None
                 elif key in (*METRICS, "val_dice", "train_seconds", "eval_seconds"):
                     row[key] = float(text)
+                elif key in IMAGE_COLUMNS:  # per-image values, ";"-separated, "nan" for an unknown one
+                    row[key] = [float(v) for v in text.split(";")]
                 elif key in ("dims", "batch_size", "seed"):
                     row[key] = int(text)
                 else:

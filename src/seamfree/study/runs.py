@@ -102,7 +102,8 @@ def _evaluation(config: StudyConfig, dataset: StudyDataset, *, spatial_dims: int
             "spatial_dims": spatial_dims, "split": "test", "images": e.test_images,
             "core": list(core) if isinstance(core, tuple | list) else core or e.core,
             "small_core": _plain(small_core or e.small_core or default_small), "halo": halo,
-            "ted_batches": e.ted_batches, "region": _plain(region)}
+            "ted_batches": e.ted_batches, "region": _plain(region),
+            "ted_sampling": "training"}  # TED batches drawn like the model's training batches
 
 
 def _plain(value: Any) -> Any:
@@ -190,7 +191,9 @@ def _transfer_runs(config: StudyConfig) -> list[StudyRun]:
                 f"{prefix}/recalibrate", "recalibrate",
                 {**base, "stage": f"recalibrated ({t.finetune_images} images)"}, None,
                 {**evaluation, "recalibrate": {"dataset": finetune_data, "images": t.finetune_images,
-                                               "batch_size": 8, "batches": 32}}, source.name))
+                                               "batch_size": 8, "batches": 32,
+                                               # patches centred on foreground like the model's training patches
+                                               "sampling": "training"}}, source.name))
     return runs
 
 

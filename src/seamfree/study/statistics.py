@@ -68,8 +68,8 @@ def bootstrap_ci(values: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLE
     rng = np.random.default_rng(seed)
     means = np.sort(data[rng.integers(0, data.size, (resamples, data.size))].mean(axis=1))
     tail = (1 - LEVEL) / 2
-    low = means[int(math.floor(tail * (resamples - 1)))]
-    high = means[int(math.ceil((1 - tail) * (resamples - 1)))]
+    low = means[math.floor(tail * (resamples - 1))]
+    high = means[math.ceil((1 - tail) * (resamples - 1))]
     return Estimate(float(data.mean()), float(low), float(high), int(data.size))
 
 

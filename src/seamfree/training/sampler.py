@@ -7,12 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from seamfree.data.patches import foreground_points, patch_origin
 from seamfree.errors import ConfigError, DataError
 
 __all__ = ["PatchSampler"]
 
-# Foreground coordinates kept per image for foreground-centred crops (a random subset bounds memory).
-_MAX_FOREGROUND_POINTS = 200_000
 _MIN_FOREGROUND_RETRIES = 10
 
 
@@ -57,20 +56,13 @@ class PatchSampler:
         self._weights = sizes / sizes.sum()
         self._foreground = [self._foreground_points(mask) for _, mask in self.pairs]
 
-    def _foreground_points(self, mask: np.ndarray) -> np.ndarray:
-        points = np.argwhere(mask.any(axis=0))
-        if len(points) > _MAX_FOREGROUND_POINTS:
-            # a fixed generator: the subset must not depend on (or consume) the training stream
-            points = points[np.random.default_rng(0).choice(len(points), _MAX_FOREGROUND_POINTS, replace=False)]
-        return points
+    @staticmethod
+    def _foreground_points(mask: np.ndarray) -> np.ndarray:
+        return foreground_points(np.asarray(mask.any(axis=0)))
 
     def _origin(self, index: int) -> tuple[int, ...]:
-        spatial = self.pairs[index][0].shape[1:]
-        points = self._foreground[index]
-        if len(points) and self.rng.random() < self.foreground_fraction:
-            center = points[self.rng.integers(len(points))]
-            return tuple(int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(center, self.patch_size, spatial))
-        return tuple(int(self.rng.integers(0, n - p + 1)) for n, p in zip(spatial, self.patch_size))
+        return patch_origin(self.rng, self.pairs[index][0].shape[1:], self.patch_size, self._foreground[index],
+                            self.foreground_fraction)
 
     def patch(self) -> tuple[np.ndarray, np.ndarray]:
         """Return one (image patch, mask patch)."""

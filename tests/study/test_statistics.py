@@ -1,0 +1,84 @@
+"""The study's confidence intervals and the verdicts built on them: a hand-computed bootstrap, paired differences,
+and "inconclusive" whenever the interval does not decide (or rests on fewer than 3 pairs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from seamfree.errors import ConfigError
+from seamfree.study import check_claims
+from seamfree.study.statistics import bootstrap_ci, compare, paired_difference
+
+TRANSFER = "BatchRenorm transfers best to a new dataset"
+RECALIBRATION = "Recalibrating BatchNorm statistics on target images is a cheap fix for a domain shift"
+CONVERSION = "A trained BatchNorm model can be converted to BatchRenorm and fine-tuned"
+EVAL_DROP = "BatchNorm's accuracy drops in eval mode"
+
+
+def test_the_bootstrap_interval_of_a_hand_computed_case():
+    # resampled means of [0, 0, 0, 1] are Binomial(4, 1/4) / 4: P(0) = 0.316, P(≤ 0.5) = 0.949, P(≤ 0.75) = 0.996,
+    # so the 2.5th percentile is 0 and the 97.5th is 0.75
+    estimate = bootstrap_ci([0.0, 0.0, 0.0, 1.0])
+    assert (estimate.mean, estimate.low, estimate.high, estimate.count) == (0.25, 0.0, 0.75, 4)
+    assert bootstrap_ci([0.3, 0.3, 0.3]).low == bootstrap_ci([0.3, 0.3, 0.3]).high == pytest.approx(0.3)
+    assert bootstrap_ci([0.1, 0.5, 0.2, 0.9]) == bootstrap_ci([0.1, 0.5, 0.2, 0.9])  # seeded: reproducible
+    with pytest.raises(ConfigError, match="finite values"):
+        bootstrap_ci([0.1, float("nan")])
+
+
+def test_paired_differences_remove_the_spread_between_images():
+    # images differ widely, the method adds 0.05 to each: unpaired intervals overlap, the paired one excludes 0
+    base = [0.1, 0.3, 0.5, 0.7, 0.9]
+    better = [v + 0.05 for v in base]
+    assert bootstrap_ci(better).overlaps(bootstrap_ci(base))
+    difference = paired_difference(better, base)
+    assert difference.low == pytest.approx(0.05) and compare(difference) == "higher"
+    assert compare(paired_difference(base, better)) == "lower"
+    assert compare(paired_difference([0.5, 0.6], [0.1, 0.2])) == "inconclusive"  # 2 pairs decide nothing
+    assert compare(paired_difference([0.5, 0.4, 0.6, 0.5], [0.45, 0.5, 0.55, 0.52])) == "inconclusive"
+    with pytest.raises(ConfigError, match="one to one"):
+        paired_difference([1.0], [1.0, 2.0])
+
+
+def row(kind, norm, dice_images, seed=0, **extra):
+    return {"status": "done", "kind": kind, "norm": norm, "dataset": "target", "seed": seed, "batch_size": 2,
+            "stage": "transfer", "dice": sum(dice_images) / len(dice_images), "dice_images": dice_images,
+            "name": f"{kind}-{norm}-s{seed}", **extra}
+
+
+def test_transfer_verdicts_rest_on_paired_intervals_over_images_and_seeds():
+    images = [0.2, 0.4, 0.6, 0.8]
+    rows = [row("finetune", norm, [v + gain for v in images], seed)
+            for seed in range(3) for norm, gain in (("batchrenorm", 0.06), ("batch", 0.0), ("instance", 0.01))]
+    check = {c.claim: c for c in check_claims(rows)}[TRANSFER]
+    assert check.verdict == "reproduced", check.evidence
+    assert "BatchRenorm − BatchNorm: 0.060 [0.060, 0.060] (n=12)" in check.evidence
+    # BatchRenorm ahead on some images and behind on others: the interval straddles 0
+    noisy = [row("finetune", "batchrenorm", [0.25, 0.35, 0.65, 0.75], s) for s in range(3)] + \
+        [row("finetune", "batch", images, s) for s in range(3)]
+    assert {c.claim: c for c in check_claims(noisy)}[TRANSFER].verdict == "inconclusive"
+    worse = [row("finetune", "batchrenorm", [v - 0.1 for v in images], s) for s in range(3)] + \
+        [row("finetune", "batch", images, s) for s in range(3)]
+    assert {c.claim: c for c in check_claims(worse)}[TRANSFER].verdict == "not reproduced"
+    # two target images and one seed, as the first study had: never a verdict
+    two = [row("finetune", "batchrenorm", [0.5, 0.6]), row("finetune", "batch", [0.4, 0.45])]
+    assert {c.claim: c for c in check_claims(two)}[TRANSFER].verdict == "inconclusive"
+
+
+def test_recalibration_conversion_and_the_eval_drop_are_decided_by_intervals():
+    zero = [0.3, 0.5, 0.7, 0.4, 0.6]
+    rows = [row("zero-shot", "batch", zero, s) for s in range(3)]
+    helped = rows + [row("recalibrate", "batch", [v + 0.02 for v in zero], s) for s in range(3)]
+    assert {c.claim: c for c in check_claims(helped)}[RECALIBRATION].verdict == "reproduced"
+    hurt = rows + [row("recalibrate", "batch", [v - 0.02 for v in zero], s) for s in range(3)]
+    assert {c.claim: c for c in check_claims(hurt)}[RECALIBRATION].verdict == "not reproduced"
+    tuned = [row("finetune", "batch", zero, s) for s in range(3)]
+    converted = [row("convert", "batchrenorm", [v - 0.01 for v in zero], s) for s in range(3)]
+    assert {c.claim: c for c in check_claims(tuned + converted)}[CONVERSION].verdict == "reproduced"
+    far = [row("convert", "batchrenorm", [v - 0.1 for v in zero], s) for s in range(3)]
+    assert {c.claim: c for c in check_claims(tuned + far)}[CONVERSION].verdict == "not reproduced"
+    drops = [{**row("grid", "batch", [0.9]), "stage": "in-distribution", "delta_dice": d,
+              "delta_dice_images": [d - 0.01, d + 0.01]} for d in (0.05, 0.04, 0.06)]
+    assert {c.claim: c for c in check_claims(drops)}[EVAL_DROP].verdict == "reproduced"
+    mixed = [{**r, "delta_dice_images": [-0.2, 0.2]} for r in drops]
+    assert {c.claim: c for c in check_claims(mixed)}[EVAL_DROP].verdict == "inconclusive"
