@@ -44,8 +44,9 @@ def test_profiles_plan_the_whole_grid_with_sources_first():
     names = [run.name for run in standard]
     assert len(names) == len(set(names))
     grid = [run for run in standard if run.kind == "grid"]
-    # 4 dataset/targets x 6 norms x batch sizes {1, 8}
-    assert len(grid) == 48 and {run.labels["batch_size"] for run in grid} == {1, 8}
+    # 4 dataset/targets x 6 norms x batch sizes {1, 8} x 3 seeds (intervals over seeds)
+    assert len(grid) == 144 and {run.labels["batch_size"] for run in grid} == {1, 8}
+    assert {run.labels["seed"] for run in grid} == {0, 1, 2}
     assert {run.labels["norm"] for run in standard if run.kind == "vit"} == {"batch", "batchrenorm", "layer"}
     assert {run.labels["norm"] for run in standard if run.kind == "volume"} >= {"batch", "batchrenorm", "instance"}
     for index, run in enumerate(standard):
@@ -55,6 +56,7 @@ def test_profiles_plan_the_whole_grid_with_sources_first():
     assert kinds == {"grid", "vit", "volume", "zero-shot", "finetune", "convert", "recalibrate"}
     full = plan_runs(load_study_config(profile="full"))
     assert {run.labels["batch_size"] for run in full if run.kind == "grid"} == {1, 2, 8}
+    assert {run.labels["seed"] for run in full if run.kind == "grid"} == {0, 1, 2, 3, 4}
 
 
 def test_digest_changes_with_what_decides_the_result_only():
