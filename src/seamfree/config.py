@@ -35,6 +35,13 @@ def did_you_mean(name: str, known: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _kind(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(annotation))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(annotation, str(annotation))
+
+
 def _convert(value: Any, annotation: Any, where: str) -> Any:
     """Return ``value`` converted to ``annotation`` (dataclasses, tuples, scalars); raise ConfigError if it can't."""
     origin = typing.get_origin(annotation)
@@ -46,7 +53,14 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None:
             return None
-        return _convert(value, options[0], where)
+        if len(options) == 1:
+            return _convert(value, options[0], where)
+        for option in options:  # e.g. Literal["auto"] | float: the first that takes the value
+            try:
+                return _convert(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} must be {' or '.join(_kind(o) for o in options)}, got {value!r}")
     if origin is tuple:
         args = typing.get_args(annotation)
         items = value if isinstance(value, list | tuple) else [value]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seamfree.diagnostics import DiagnoseConfig, diagnose, seam_score
-from seamfree.diagnostics.disparity import train_eval_disparity
+from seamfree.diagnostics.disparity import _standard_errors, ted_batch_count, train_eval_disparity
 from seamfree.diagnostics.mismatch import shifted_tiles
 from seamfree.io import open_image
 from seamfree.layers import set_renorm_schedule
@@ -97,6 +97,27 @@ def test_disparity_with_ground_truth_gives_delta_dice(image):
         ted = train_eval_disparity(_net("batch"), source, normalization=IntensityNormalization("none"),
                                    patch_size=32, batch_size=2, batches=2, ground_truth=truth)
     assert ted.delta_dice == pytest.approx(ted.dice_train - ted.dice_eval)
+
+
+def test_ted_uses_32_patches_by_default_and_reports_standard_errors_over_batches(image):
+    """A batch-1 model gets 32 TED batches by default (8 patches moved its ΔDice by 0.3); the standard errors
+    are the spread of the per-batch values over √batches, here against a hand-computed case."""
+    assert [ted_batch_count(b) for b in (1, 2, 4, 8, 16)] == [32, 16, 8, 8, 8]
+    # 4 batches of 4 voxels; ground truth all foreground. Per batch Dice(train, gt) − Dice(eval, gt):
+    # batch 0: train 4/4 → 1, eval 2/4 → 2·2/6; batch 1: both all → 0; batch 2: train 0, eval all → −1; 3: 0.
+    gt = np.ones((1, 16), bool)
+    train = np.array([[1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1]], bool)
+    evaluated = np.array([[1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]], bool)
+    deltas = [1 - 4 / 6, 0.0, -1.0, 0.0]
+    teds = [1 - 4 / 6, 0.0, 1.0, 0.0]  # 1 − Dice(train, eval) per batch (both empty would be 0)
+    ted_se, delta_se = _standard_errors(train, evaluated, gt, 4)
+    assert delta_se == pytest.approx(np.std(deltas, ddof=1) / 2)
+    assert ted_se == pytest.approx(np.std(teds, ddof=1) / 2)
+    assert _standard_errors(train, evaluated, gt, 1) == (None, None)
+    truth = (image > 1.0).astype(np.uint8)
+    d = diagnose(_net("batch"), image, ground_truth=truth,
+                 config=DiagnoseConfig(core=48, patch_size=32, batch_size=1))
+    assert d.disparity.batches == 32 and d.disparity.to_dict()["delta_dice_se"] > 0
 
 
 def test_disparity_batches_on_a_sparse_target_are_drawn_like_training_batches(image):

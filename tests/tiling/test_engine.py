@@ -119,3 +119,26 @@ def test_the_output_channel_probe_is_small_and_checks_same_size_output(rng):
 
     with pytest.raises(ShapeError, match="differs from its input"):
         plan_prediction(Shrinks(), source, PredictConfig(core=256, halo=0, allow_small_halo=True, tiles_per_batch=1))
+
+
+def test_channels_last_and_compiled_forwards_stay_exact_and_are_part_of_the_resume_fingerprint(net, rng, tmp_path):
+    """The GPU path's options run on the CPU too: a channels-last batch layout and ``torch.compile`` give the
+    default prediction to float rounding, leave the caller's model untouched (compiled once, kept beside it, no
+    state_dict entry), and an output written with one of them does not resume under another computation."""
+    from seamfree.errors import SeamfreeError
+    from seamfree.tiling.device import compiled
+
+    image = rng.normal(size=(96, 80)).astype(np.float32)
+    base = PredictConfig(core=32, tile_timing=False)
+    reference = predict(net, image, config=base)
+    keys = set(net.state_dict())
+    layout = predict(net, image, config=PredictConfig(core=32, tile_timing=False, channels_last=True))
+    assert np.abs(layout - reference).max() <= 1e-5
+    fast = predict(net, image, config=PredictConfig(core=32, tile_timing=False, compile=True))
+    assert np.abs(fast - reference).max() <= 1e-5
+    assert compiled(net) is compiled(net) and set(net.state_dict()) == keys
+    out = tmp_path / "pred.zarr"
+    predict(net, image, out, config=PredictConfig(core=32, tile_timing=False, channels_last=True))
+    with pytest.raises(SeamfreeError, match="refusing to resume"):
+        predict(net, image, out, config=base)
+    predict(net, image, out, config=PredictConfig(core=32, tile_timing=False, channels_last=True))  # resumes

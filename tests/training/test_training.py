@@ -205,3 +205,36 @@ def test_the_example_config_trains_on_your_own_files(tmp_path):
         "training.validate_every=3", "model.depth=2", "model.features=4", f"output={tmp_path / 'run'}"])
     result = train(config)
     assert result.iterations == 3 and result.last.is_file() and result.final_dice is not None
+
+
+def _warmups(tmp_path, caplog, iterations, momentum=None, warmup="auto"):
+    from seamfree.layers import BatchRenormNd
+    from seamfree.training.loop import build_training_model
+
+    options = {} if momentum is None else {"momentum": momentum}
+    caplog.clear()
+    config = _config(tmp_path, model={"norm_options": options},
+                     training={"iterations": iterations, "renorm_warmup": warmup})
+    model = build_training_model(config)
+    steps = {m.schedule.warmup_steps for m in model.modules() if isinstance(m, BatchRenormNd)}
+    assert len(steps) == 1
+    warned = [r.getMessage() for r in caplog.records if "warm-up" in r.getMessage()]
+    return steps.pop(), warned
+
+
+def test_the_batchrenorm_warm_up_is_tied_to_the_running_momentum_and_warns_only_when_shown_too_short(
+        tmp_path, caplog):
+    """renorm_warmup "auto" is 3/momentum steps (the running statistics' settling time, at most half the run),
+    whatever the budget; a warm-up shorter than that is warned about with the share of the initial statistics
+    left in the running ones, and a longer one is not (it used to warn under 200 steps, whatever the momentum)."""
+    assert _warmups(tmp_path, caplog, 500, momentum=0.05) == (60, [])
+    assert _warmups(tmp_path, caplog, 5000, momentum=0.05) == (60, [])
+    assert _warmups(tmp_path, caplog, 2000) == (300, [])  # BatchRenorm's default momentum 0.01
+    steps, warned = _warmups(tmp_path, caplog, 400)  # 3/0.01 = 300 > half the run
+    assert steps == 200 and len(warned) == 1 and "momentum >= 0.015" in warned[0] and "13 %" in warned[0]
+    assert _warmups(tmp_path, caplog, 500, momentum=0.05, warmup=0.3) == (150, [])  # by hand, long enough
+    steps, warned = _warmups(tmp_path, caplog, 500, momentum=0.05, warmup=0.05)
+    assert steps == 25 and len(warned) == 1 and "28 %" in warned[0] and "renorm_warmup: auto" in warned[0]
+    with pytest.raises(ConfigError, match=r"renorm_warmup must be 'auto' or a number, got 'soon'"):
+        _config(tmp_path, training={"renorm_warmup": "soon"})
+    assert load_config(overrides=["training.renorm_warmup=auto"]).training.renorm_warmup == "auto"

@@ -160,7 +160,8 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
                    help="the model's training patch, for TED batches (default: from the checkpoint)")
     p.add_argument("--batch-size", type=int,
                    help="the model's training batch size, for TED batches (default: from the checkpoint, else 2)")
-    p.add_argument("--ted-batches", type=int, default=8)
+    p.add_argument("--ted-batches", type=int, default=None,
+                   help="TED batches (default: enough for 32 patches, at least 8: 32 for a batch-1 model)")
     p.add_argument("--ted-sampling", choices=["training", "uniform"], default="training",
                    help="with --gt: TED patches centred on foreground like the model's training patches "
                    "(default), or anywhere")
@@ -262,6 +263,10 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision on CUDA")
     p.add_argument("--tta", action="store_true", help="average over flips of the spatial axes")
+    p.add_argument("--channels-last", action="store_true",
+                   help="batches in channels-last layout (channels_last_3d in 3D): cuDNN's NHWC kernels on a GPU")
+    p.add_argument("--compile", action="store_true",
+                   help="run torch.compile of the model (the first batch of each tile shape compiles)")
     p.add_argument("--normalization", choices=["percentile", "meanstd", "none", "per_tile"],
                    help="input intensities (default: the bioimage.io package's preprocessing, else percentile)")
     _add_renamed(p, "--intensity-offset", "--offset", type=float,

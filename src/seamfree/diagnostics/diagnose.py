@@ -20,7 +20,7 @@ import numpy as np
 from torch import nn
 
 from seamfree.config import apply_renamed
-from seamfree.diagnostics.disparity import TrainEvalDisparity, train_eval_disparity
+from seamfree.diagnostics.disparity import TrainEvalDisparity, ted_batch_count, train_eval_disparity
 from seamfree.diagnostics.exactness import ExactnessCheck, exactness_check, whole_forward_crop
 from seamfree.diagnostics.instances import InstanceMismatch, instance_scores, instance_tile_mismatch
 from seamfree.diagnostics.mismatch import TileMismatch, shifted_tiles, tile_mismatch
@@ -67,8 +67,9 @@ class DiagnoseConfig:
     patch_size, batch_size : optional
         The model's training patch and training batch size, for TED batches formed like training batches;
         default from the checkpoint metadata, else 256 (2D) / 64 (3D) per axis and 2.
-    ted_batches : int
-        Number of batches for TED.
+    ted_batches : int, optional
+        Number of batches for TED; default enough for 32 patches and at least 8 batches
+        (:func:`~seamfree.diagnostics.disparity.ted_batch_count`: 32 batches for a batch-1 model).
     ted_sampling : {"training", "uniform"}
         Where TED patches lie, with ground truth: "training" centres the model's training share of them
         (``foreground_fraction`` of its recorded training configuration, else 0.5) on a foreground voxel, as
@@ -103,7 +104,7 @@ class DiagnoseConfig:
     normalization: IntensityNormalization = field(default_factory=IntensityNormalization)
     patch_size: int | tuple[int, ...] | None = None
     batch_size: int | None = None
-    ted_batches: int = 8
+    ted_batches: int | None = None
     ted_sampling: str = "training"
     activation: Literal["auto", "none", "sigmoid", "softmax"] = "auto"
     threshold: float = 0.5
@@ -120,7 +121,7 @@ class DiagnoseConfig:
 
     def __post_init__(self) -> None:
         apply_renamed(self, "offset", "grid_offset")
-        if self.ted_batches < 1:
+        if self.ted_batches is not None and self.ted_batches < 1:
             raise ConfigError(f"ted_batches must be >= 1, got {self.ted_batches}")
         if self.ted_sampling not in ("training", "uniform"):
             raise ConfigError(f"ted_sampling must be 'training' (patches centred on foreground like training "
@@ -277,7 +278,8 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
     stage("train/eval disparity", 0.6)
     patch, batch_size = _training_batch(model, dims, config)
     disparity = train_eval_disparity(model, source, normalization=normalization, patch_size=patch,
-                                     batch_size=batch_size, batches=config.ted_batches, ground_truth=gt,
+                                     batch_size=batch_size, batches=config.ted_batches or ted_batch_count(batch_size),
+                                     ground_truth=gt,
                                      runtime=plan.runtime, threshold=config.threshold, seed=config.seed,
                                      info=info, foreground_fraction=_ted_foreground_fraction(model, config))
     seconds["train_eval_disparity"] = _lap(clock)

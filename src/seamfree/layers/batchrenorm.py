@@ -34,10 +34,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from seamfree.errors import ConfigError, ShapeError
 
-__all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "BatchRenormNd", "RenormSchedule",
+__all__ = ["DEFAULT_MOMENTUM", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "BatchRenormNd", "RenormSchedule",
            "batch_statistics_only", "set_renorm_schedule"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# The running statistics' default momentum (torch's BatchNorm has 0.1).
+DEFAULT_MOMENTUM = 0.01
 
 
 class RenormSchedule:
@@ -100,7 +104,7 @@ class BatchRenormNd(_BatchNorm):
         self,
         num_features: int,
         eps: float = 1e-5,
-        momentum: float | None = 0.01,
+        momentum: float | None = DEFAULT_MOMENTUM,
         affine: bool = True,
         *,
         r_max: float = 3.0,

@@ -226,7 +226,7 @@ class DiagnoseWidget(_Panel):
                                label="region")
         self.shapes = ComboBox(choices=self._layers(Shapes), nullable=True, label="region shapes")
         self.core = SpinBox(value=0, min=0, max=1 << 16, label="core (0: from the memory budget)")
-        self.ted_batches = SpinBox(value=8, min=1, max=256, label="TED batches")
+        self.ted_batches = SpinBox(value=0, min=0, max=256, label="TED batches (0: 32 patches, ≥ 8)")
         self.verdict = TextEdit(value="", label="verdict")
         self.verdict.read_only = True
         self.audit = Table(value=[[""] * 5], columns=["layer", "type", "statistics", "tile-dependent", "note"],
@@ -290,7 +290,7 @@ class DiagnoseWidget(_Panel):
             self.status.value = "error: add an image layer first (File → Open, or a sample image)"
             return
         truth = self.ground_truth.value
-        device, core, batches = self.device.value, self.core.value or None, self.ted_batches.value
+        device, core, batches = self.device.value, self.core.value or None, self.ted_batches.value or None
         data, gt = level0(layer), None if truth is None else level0(truth)
         axes, name = _image_axes(layer), Path(str(_path(self.model) or "model")).stem
         try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from seamfree.config import apply_overrides, from_mapping, read_mapping
 from seamfree.errors import ConfigError
@@ -56,7 +56,8 @@ class StudyDataset:
 class Recipe:
     """How a network of the study is trained; identical for every norm and batch size it is used with.
 
-    ``renorm_warmup``/``renorm_ramp`` are fractions of the iterations; ``running_momentum`` is the running-
+    ``renorm_warmup`` is "auto" (3/momentum steps, see docs/training.md) or a fraction of the iterations,
+    ``renorm_ramp`` a fraction; ``running_momentum`` is the running-
     statistics momentum of every norm layer that keeps running statistics (BatchNorm, BatchRenorm, tracked
     InstanceNorm), so that the norms differ only in how they normalize.
     """
@@ -67,7 +68,7 @@ class Recipe:
     features: int = 8
     scale_factors: tuple[tuple[int, ...], ...] | None = None
     learning_rate: float = 2e-3
-    renorm_warmup: float = 0.3
+    renorm_warmup: Literal["auto"] | float = "auto"
     renorm_ramp: float = 0.3
     running_momentum: float = 0.05
     checkpoint_every: int = 100
@@ -106,8 +107,9 @@ class EvaluationConfig:
         Core of the diagnosis grid (Dice, TM, seam score, exactness).
     small_core : int or tuple, optional
         A smaller core, to show how artifacts grow as tiles shrink; default half the training patch.
-    ted_batches : int
-        Training-like batches for TED, per test image.
+    ted_batches : int, optional
+        Training-like batches for TED, per test image; default enough for 32 patches, at least 8
+        (:func:`~seamfree.diagnostics.disparity.ted_batch_count`).
     vit_halo : int
         Halo of ViT tiles (self-attention has no finite receptive field to measure).
     """
@@ -115,11 +117,11 @@ class EvaluationConfig:
     test_images: int = 2
     core: int | tuple[int, ...] = 256
     small_core: int | tuple[int, ...] | None = None
-    ted_batches: int = 4
+    ted_batches: int | None = None
     vit_halo: int = 32
 
     def __post_init__(self) -> None:
-        if self.test_images < 1 or self.ted_batches < 1:
+        if self.test_images < 1 or (self.ted_batches is not None and self.ted_batches < 1):
             raise ConfigError(f"test_images and ted_batches must be >= 1, got {self.test_images}, {self.ted_batches}")
 
 
@@ -243,7 +245,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "standard": {
         "grid": {"datasets": _REAL_DATASETS, "norms": _ALL_NORMS, "batch_sizes": [1, 8], "seeds": [0, 1, 2]},
         "training": {"iterations": 500, "patch_size": [128, 128], "features": 8},
-        "evaluation": {"test_images": 10, "core": 256, "ted_batches": 4},
+        "evaluation": {"test_images": 10, "core": 256},
         "vit": {"dataset": {"name": "isbi2012"}, "norms": ["batch", "batchrenorm", "layer"], "batch_sizes": [8],
                 "recipe": {"iterations": 400, "patch_size": [128, 128], "features": 8}},
         "volume": {"enabled": True, "norms": ["batch", "batchrenorm", "instance"], "batch_sizes": [2],
@@ -257,7 +259,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "training": {"iterations": 5000, "patch_size": [256, 256], "features": 32, "depth": 4,
                      "learning_rate": 1e-3, "renorm_warmup": 0.1, "renorm_ramp": 0.4, "running_momentum": 0.01,
                      "checkpoint_every": 250},
-        "evaluation": {"test_images": 10, "core": 512, "ted_batches": 16},
+        "evaluation": {"test_images": 10, "core": 512},
         "vit": {"dataset": {"name": "isbi2012"}, "norms": ["batch", "batchrenorm", "layer"], "batch_sizes": [1, 8],
                 "recipe": {"iterations": 5000, "patch_size": [256, 256], "features": 32, "learning_rate": 1e-3,
                            "renorm_warmup": 0.1, "renorm_ramp": 0.4, "running_momentum": 0.01}},

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 # The metric columns of the study table, in order.
 METRICS = ("dice", "dice_small", "tm_dice", "tm_abs", "tm_dice_small", "tm_abs_small", "ted_dice", "ted_abs",
-           "delta_dice", "dice_train_mode", "dice_eval_mode", "seam_score", "seam_score_small", "exact_max_abs",
+           "delta_dice", "delta_dice_se", "dice_train_mode", "dice_eval_mode", "seam_score", "seam_score_small",
+           "exact_max_abs",
            "seams_detected", "seams_detected_small", "seam_z", "seam_z_small", "instance_tm", "instance_tm_small",
            "msa", "sa50", "matched_iou")
 # Metrics also kept image by image, for confidence intervals and paired differences over images and seeds.
@@ -64,7 +65,8 @@ def _metrics(normal: Diagnosis, small: Diagnosis) -> dict[str, float | None]:
         "tm_dice": normal.tile_mismatch.tm_dice, "tm_abs": normal.tile_mismatch.tm_abs,
         "tm_dice_small": small.tile_mismatch.tm_dice, "tm_abs_small": small.tile_mismatch.tm_abs,
         "ted_dice": normal.disparity.ted_dice, "ted_abs": normal.disparity.ted_abs,
-        "delta_dice": normal.disparity.delta_dice, "dice_train_mode": normal.disparity.dice_train,
+        "delta_dice": normal.disparity.delta_dice, "delta_dice_se": normal.disparity.delta_dice_se,  # per image
+        "dice_train_mode": normal.disparity.dice_train,
         "dice_eval_mode": normal.disparity.dice_eval,
         "seam_score": normal.seams.score, "seam_score_small": small.seams.score,
         "exact_max_abs": normal.exactness.max_abs,
@@ -100,7 +102,7 @@ def evaluate_model(
     small_core: int | tuple[int, ...],
     halo: str | int = "auto",
     region: tuple[int, ...] | None = None,
-    ted_batches: int = 4,
+    ted_batches: int | None = None,
     seed: int = 0,
     objects: str = "foreground",
     ted_sampling: str = "training",

@@ -23,6 +23,7 @@ from seamfree.io.markers import block_digest
 from seamfree.io.readers import ImageSource
 from seamfree.layers.modes import eval_mode
 from seamfree.models.describe import resolve_activation, select_output
+from seamfree.tiling.device import BatchTransfer, DeviceBatch, compiled, to_memory_format
 from seamfree.tiling.grid import Tile
 from seamfree.tiling.normalize import IntensityNormalization
 from seamfree.tiling.specs import RuntimeSpec
@@ -77,15 +78,21 @@ def _flips(spatial_dims: int) -> list[tuple[int, ...]]:
     return [combo for r in range(spatial_dims + 1) for combo in itertools.combinations(axes, r)]
 
 
-def forward_batch(model: nn.Module, batch: np.ndarray, runtime: RuntimeSpec) -> np.ndarray:
+def forward_batch(model: nn.Module, batch: np.ndarray | DeviceBatch, runtime: RuntimeSpec) -> np.ndarray:
     """Return the activated predictions ``(N, C_out, *spatial)`` of a normalized batch, with optional AMP/TTA.
 
-    The caller chooses the model's mode and gradient context (:func:`eval_mode`, ``torch.inference_mode``).
+    ``batch``: a numpy array, or a batch already on its way to the device (:class:`BatchTransfer`). The caller
+    chooses the model's mode and gradient context (:func:`eval_mode`, ``torch.inference_mode``).
     """
     if runtime.activation == "auto":
         raise ConfigError("forward_batch needs a resolved activation, got 'auto'; use "
                           "runtime.resolved(resolve_activation(model, 'auto'))")
-    x = torch.from_numpy(np.ascontiguousarray(batch)).to(runtime.device)
+    if isinstance(batch, DeviceBatch):
+        x = batch.ready()
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(runtime.device)
+    x = to_memory_format(x, runtime.channels_last)
+    model = compiled(model) if runtime.compile else model
     use_amp = runtime.amp and x.device.type == "cuda"
     flips = _flips(x.dim() - 2) if runtime.tta else [()]
     total: torch.Tensor | None = None
@@ -105,9 +112,10 @@ def input_digest(raw: np.ndarray) -> str:
 
 
 def _prefetch(source: ImageSource, tiles: Iterator[Tile], normalization: IntensityNormalization,
-              tiles_per_batch: int, stop: threading.Event,
-              digests_wanted: bool) -> Iterator[tuple[list[Tile], np.ndarray, list[str | None]]]:
-    """Yield (tiles, normalized batch, input digests or Nones) read by a background thread, a few batches ahead."""
+              tiles_per_batch: int, stop: threading.Event, digests_wanted: bool,
+              transfer: BatchTransfer) -> Iterator[tuple[list[Tile], DeviceBatch, list[str | None]]]:
+    """Yield (tiles, normalized batch sent to the device, input digests or Nones) read by a background thread, a
+    few batches ahead; on CUDA the copy to the GPU starts in that thread, overlapping the forward passes."""
     buffer: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_BATCHES)
 
     def reader() -> None:
@@ -124,7 +132,7 @@ def _prefetch(source: ImageSource, tiles: Iterator[Tile], normalization: Intensi
                         f"the input {source.where} contains NaN or Inf values in the tile read at "
                         f"{chunk[0].read}; clean or mask them before prediction (e.g. numpy.nan_to_num)"
                     )
-                buffer.put((chunk, batch, digests))
+                buffer.put((chunk, transfer.send(batch), digests))
         except BaseException as exc:  # handed to the consumer, which re-raises it
             buffer.put(exc)
         finally:
@@ -164,9 +172,10 @@ def _predict(model: nn.Module, source: ImageSource, tiles: Iterable[Tile], norma
         raise ConfigError(f"tiles need resolved intensity statistics, got {normalization}; "
                           "call compute_normalization(source, normalization) first")
     stop = threading.Event()
+    transfer = BatchTransfer(runtime.device)
     with eval_mode(model), torch.inference_mode():
         for batch_tiles, batch, digests in _prefetch(source, iter(tiles), normalization, tiles_per_batch, stop,
-                                                     digests_wanted):
+                                                     digests_wanted, transfer):
             yield batch_tiles, forward_batch(model, batch, runtime), digests
 
 

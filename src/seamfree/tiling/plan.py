@@ -59,7 +59,9 @@ _NOT_FINGERPRINTED = ("device", "tiles_per_batch", "batch_size", "overwrite", "n
 DEFAULT_MAX_ERROR = 1e-3
 
 # Recorded only when not at their default, so that outputs of versions without them still resume.
-_FINGERPRINTED_IF_SET = {"labels": False, "ngff": "0.5", "max_error": DEFAULT_MAX_ERROR}
+# (a layout or compiled kernels change last bits, like autocast: a resume must run the same computation)
+_FINGERPRINTED_IF_SET = {"labels": False, "ngff": "0.5", "max_error": DEFAULT_MAX_ERROR, "channels_last": False,
+                         "compile": False}
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,11 @@ class PredictConfig:
         Mixed precision (bfloat16) on CUDA; ignored on CPU.
     tta : bool
         Average predictions over all flips of the spatial axes (exact under tiling too).
+    channels_last : bool
+        Batches in channels-last layout (``channels_last_3d`` in 3D): cuDNN's NHWC kernels, often faster with
+        ``amp`` on recent GPUs (CLI ``--channels-last``; :mod:`seamfree.tiling.device`).
+    compile : bool
+        Run ``torch.compile`` of the model; the first batch of each shape compiles (CLI ``--compile``).
     normalization : IntensityNormalization
         Input intensity normalization; statistics computed once from the whole image unless given.
     activation : {"auto", "none", "sigmoid", "softmax"}
@@ -192,6 +199,8 @@ class PredictConfig:
     sharding: bool = True
     max_error: float = DEFAULT_MAX_ERROR
     tile_timing: bool = True
+    channels_last: bool = False
+    compile: bool = False
     batch_size: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -232,7 +241,8 @@ class PredictConfig:
     @property
     def runtime(self) -> RuntimeSpec:
         """How a batch runs (``activation`` may still be "auto": the plan resolves it for the model)."""
-        return RuntimeSpec(self.device, self.amp, self.tta, self.activation, self.model_output)
+        return RuntimeSpec(self.device, self.amp, self.tta, self.activation, self.model_output,
+                           channels_last=self.channels_last, compile=self.compile)
 
     @property
     def output(self) -> OutputSpec:

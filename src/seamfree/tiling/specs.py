@@ -33,6 +33,10 @@ class RuntimeSpec:
         Applied to the model output; "auto" must be resolved for a model (:meth:`resolved`) before running.
     output : int or str, optional
         Index or key of the segmentation among a tuple/dict model output.
+    channels_last : bool
+        Batches in channels-last layout (``channels_last_3d`` in 3D), for cuDNN's NHWC kernels.
+    compile : bool
+        Run ``torch.compile`` of the model (compiled once per model object).
     """
 
     device: str = "cpu"
@@ -40,6 +44,8 @@ class RuntimeSpec:
     tta: bool = False
     activation: str = "none"
     output: int | str | None = None
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:

@@ -76,8 +76,10 @@ class AugmentConfig:
 class TrainingConfig:
     """The optimization.
 
-    ``renorm_warmup`` and ``renorm_ramp`` are fractions of ``iterations`` (BatchRenorm: plain BatchNorm during
-    the warm-up, then r_max/d_max ramped to 3/5); explicit ``norm_options`` in the model section win.
+    BatchRenorm: plain BatchNorm during the warm-up, then r_max/d_max ramped to 3/5 over ``renorm_ramp`` (a
+    fraction of ``iterations``). ``renorm_warmup`` is "auto" (3/momentum steps, the running statistics' settling
+    time, at most half the run: chosen by ``benchmarks/renorm_schedule.py``, see docs/training.md) or a fraction
+    of ``iterations``; explicit ``norm_options`` in the model section win.
     """
 
     iterations: int = 2000
@@ -90,7 +92,7 @@ class TrainingConfig:
     foreground_fraction: float = 0.5
     min_foreground: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    renorm_warmup: float = 0.1
+    renorm_warmup: Literal["auto"] | float = "auto"
     renorm_ramp: float = 0.4
     validate_every: int = 500
     checkpoint_every: int | None = None
@@ -106,9 +108,11 @@ class TrainingConfig:
                               f"{self.batch_size}, {self.validate_every}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not (0 <= self.renorm_warmup <= 1 and 0 <= self.renorm_ramp <= 1):
-            raise ConfigError(f"renorm_warmup and renorm_ramp are fractions of the iterations in [0, 1], got "
-                              f"{self.renorm_warmup} and {self.renorm_ramp}")
+        warmup_ok = self.renorm_warmup == "auto" or (not isinstance(self.renorm_warmup, str)
+                                                     and 0 <= self.renorm_warmup <= 1)
+        if not (warmup_ok and 0 <= self.renorm_ramp <= 1):
+            raise ConfigError(f"renorm_warmup ('auto' or a fraction) and renorm_ramp are fractions of the iterations "
+                              f"in [0, 1], got {self.renorm_warmup!r} and {self.renorm_ramp!r}")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from torch import nn
 from seamfree.data.sources import Pair, load_pairs
 from seamfree.errors import CheckpointError, ConfigError
 from seamfree.io.readers import open_image
-from seamfree.layers.batchrenorm import BatchRenormNd
+from seamfree.layers.batchrenorm import DEFAULT_MOMENTUM, BatchRenormNd
 from seamfree.layers.convert import convert_norm
 from seamfree.metrics import dice
 from seamfree.models.checkpoint import check_device, load_model, save_model
@@ -51,8 +51,20 @@ __all__ = ["TrainResult", "build_training_model", "train"]
 
 logger = logging.getLogger(__name__)
 
-# BatchRenorm warm-ups shorter than this leave the running statistics unsettled (see ANCHORS.md).
-MIN_RENORM_WARMUP = 200
+# e-folding times of the running statistics before BatchRenorm's corrections start: (1 − m)^(3/m) ≈ e^-3, about
+# 5 % of their initial values (mean 0, variance 1) left.
+SETTLING_FOLDS = 3.0
+
+
+def settling_steps(momentum: float | None, iterations: int) -> int:
+    """Return the steps the running statistics of ``momentum`` take to forget their start (3/momentum).
+
+    ``momentum=None`` (a cumulative average) forgets its start at the first batch; it is given a tenth of the run,
+    the old default, so that the weights have moved less when corrections begin.
+    """
+    if momentum is None:
+        return int(0.1 * iterations)
+    return math.ceil(SETTLING_FOLDS / float(momentum))
 
 
 @dataclass(frozen=True)
@@ -69,16 +81,34 @@ class TrainResult:
 
 
 def _renorm_options(config: TrainConfig) -> dict[str, Any]:
+    """Return the BatchRenorm layer options of a run: the warm-up tied to the running momentum by default.
+
+    ``renorm_warmup: auto`` is 3/momentum steps (the running statistics' settling time), at most half the run.
+    A warm-up set by hand (a fraction, or ``norm_options.warmup_steps``) shorter than that is warned about with
+    the share of the initial statistics it leaves in the running ones when corrections start.
+    """
     options = dict(config.model.norm_options)
-    if config.model.norm == "batchrenorm":
-        iterations = config.training.iterations
-        options.setdefault("warmup_steps", int(config.training.renorm_warmup * iterations))
-        options.setdefault("ramp_steps", int(config.training.renorm_ramp * iterations))
-        if options["warmup_steps"] < MIN_RENORM_WARMUP:
-            logger.warning(
-                "BatchRenorm warm-up of %d steps is short: the running statistics may not settle before r/d "
-                "corrections start (short runs at batch size 1 have failed to learn this way); consider more "
-                "iterations or training.renorm_warmup", options["warmup_steps"])
+    if config.model.norm != "batchrenorm":
+        return options
+    training = config.training
+    iterations = training.iterations
+    momentum = options.get("momentum", DEFAULT_MOMENTUM)
+    settle = settling_steps(momentum, iterations)
+    by_hand = "warmup_steps" in options or training.renorm_warmup != "auto"
+    if "warmup_steps" not in options:
+        options["warmup_steps"] = (min(settle, iterations // 2) if training.renorm_warmup == "auto"
+                                   else int(float(training.renorm_warmup) * iterations))
+    options.setdefault("ramp_steps", int(training.renorm_ramp * iterations))
+    warmup = options["warmup_steps"]
+    if momentum is not None and warmup < settle:
+        left = (1.0 - float(momentum)) ** warmup
+        advice = ("use training.renorm_warmup: auto (3/momentum steps) or a larger norm_options.momentum"
+                  if by_hand else f"the run has {iterations} iterations: give norm_options.momentum >= "
+                  f"{SETTLING_FOLDS * 2 / iterations:.3g} or more iterations")
+        logger.warning(
+            "BatchRenorm warm-up of %d steps is shorter than the running statistics' settling time at momentum "
+            "%g (3/momentum = %d steps): %.0f %% of their initial values (mean 0, variance 1) are still in them "
+            "when the r/d corrections start; %s", warmup, momentum, settle, 100 * left, advice)
     return options
 
 
