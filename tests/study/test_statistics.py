@@ -84,7 +84,8 @@ def test_recalibration_conversion_and_the_eval_drop_are_decided_by_intervals():
              for s, d in enumerate((0.05, 0.04, 0.06))]
     check = {c.claim: c for c in check_claims(inside + drops)}[EVAL_DROP]
     assert check.verdict == "reproduced", check.evidence
-    assert "under domain shift (zero-shot), 3 models" in check.evidence and "in distribution, 3 models" in check.evidence
+    assert "under domain shift (zero-shot), 3 models" in check.evidence
+    assert "in distribution, 3 models" in check.evidence
     assert {c.claim: c for c in check_claims(inside)}[EVAL_DROP].verdict == "not measured"  # no shifted model
     mixed = [{**r, "delta_dice_images": [-0.2, 0.2]} for r in drops]
     assert {c.claim: c for c in check_claims(inside + mixed)}[EVAL_DROP].verdict == "inconclusive"

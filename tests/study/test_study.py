@@ -53,7 +53,14 @@ def test_profiles_plan_the_whole_grid_with_sources_first():
         if run.source is not None:
             assert run.source in names[:index]
     kinds = {run.kind for run in standard}
-    assert kinds == {"grid", "vit", "volume", "zero-shot", "finetune", "convert", "recalibrate"}
+    assert kinds == {"grid", "vit", "volume", "transfer-source", "zero-shot", "zero-shot-dataset", "finetune",
+                     "convert", "recalibrate", "recalibrate-finetune", "scratch"}
+    # the transfer protocol: k in {1, 2, 4, 8} target images, 3 seeds, two pairs, sources at batch 2 and 8
+    tuned = [run for run in standard if run.kind == "finetune"]
+    assert {run.labels["images"] for run in tuned} == {1, 2, 4, 8}
+    assert {run.labels["seed"] for run in tuned} == {0, 1, 2}
+    assert {run.labels["batch_size"] for run in tuned} == {2, 8}
+    assert {run.labels["test"] for run in tuned} == {"coelho2009-ic100", "drosophila-vnc-membranes"}
     full = plan_runs(load_study_config(profile="full"))
     assert {run.labels["batch_size"] for run in full if run.kind == "grid"} == {1, 2, 8}
     assert {run.labels["seed"] for run in full if run.kind == "grid"} == {0, 1, 2, 3, 4}
@@ -72,8 +79,8 @@ def test_digest_changes_with_what_decides_the_result_only():
 
 def test_only_selects_runs_with_the_runs_they_start_from():
     runs = plan_runs(load_study_config(profile="quick"))
-    chosen = select_runs(runs, ["transfer/*/unet-batch-*/recalibrate"])
-    assert [run.kind for run in chosen] == ["grid", "recalibrate"]
+    chosen = select_runs(runs, ["transfer/*/unet-batch-b*/k1/recalibrate-finetune"])
+    assert [run.kind for run in chosen] == ["grid", "recalibrate", "recalibrate-finetune"]
     with pytest.raises(ConfigError, match="no run matches"):
         select_runs(runs, ["nothing/*"])
 

@@ -31,6 +31,9 @@ class DataConfig:
         Files for ``source: files``.
     limit : int, optional
         Use at most this many training images (small-data experiments, fine-tuning).
+    subset_seed : int, optional
+        Shuffle the training images with this seed before ``limit``: a different random subset of ``limit``
+        images per seed, nested as ``limit`` grows (the images a transfer experiment fine-tunes on).
     seed : int
         Seed of synthetic images.
     """
@@ -48,6 +51,7 @@ class DataConfig:
     val_images: tuple[str, ...] = ()
     val_masks: tuple[str, ...] = ()
     limit: int | None = None
+    subset_seed: int | None = None
     seed: int = 0
 
 

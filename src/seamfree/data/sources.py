@@ -70,6 +70,9 @@ def load_pairs(config: DataConfig, spatial_dims: int) -> tuple[list[Pair], list[
 
         train, val = load_dataset_pairs(config.source, target=config.target, subset=config.subset,
                                         spatial_dims=spatial_dims)
+    if config.subset_seed is not None:
+        order = np.random.default_rng(config.subset_seed).permutation(len(train))
+        train = [train[k] for k in order]
     if config.limit is not None:
         train = train[:config.limit]
     if not train:

@@ -7,7 +7,8 @@ A study configuration has these sections (see ``examples/study.yaml``)::
     evaluation:  test images per dataset, the diagnosis core, the small core, TED batches
     vit:         ViT-based rows (one dataset; norms × batch sizes)
     volume:      the 3D experiment on the drosophila-vnc stack (anisotropic U-Net)
-    transfer:    coelho2009 gnf → ic100: zero-shot, fine-tuning, BatchNorm → BatchRenorm conversion, recalibration
+    transfer:    source → target pairs (coelho2009 gnf → ic100, isbi2012 → drosophila-vnc membranes): zero-shot,
+                 recalibration, fine-tuning on k images, conversion, from scratch; Dice vs k with seeds
 
 Profiles are complete configurations; a YAML file and overrides change only the keys they name.
 """
@@ -25,12 +26,14 @@ from seamfree.layers.registry import check_norm_name
 
 __all__ = [
     "PROFILES",
+    "TRANSFER_STAGES",
     "EvaluationConfig",
     "GridConfig",
     "Recipe",
     "StudyConfig",
     "StudyDataset",
     "TransferConfig",
+    "TransferPair",
     "ViTConfig",
     "VolumeConfig",
     "load_study_config",
@@ -163,33 +166,75 @@ class VolumeConfig:
 
 
 @dataclass(frozen=True)
-class TransferConfig:
-    """Transfer from one coelho2009 subset to the other, for the models of the grid trained on the source.
+class TransferPair:
+    """A source dataset the models are trained on and a target dataset they are transferred to."""
 
-    For every norm: the grid model trained on ``source_subset`` with ``batch_size`` is tested zero-shot on
-    ``target_subset``, then fine-tuned on its first ``finetune_images`` training images. BatchNorm models are
-    also converted to BatchRenorm and fine-tuned, and models with running statistics recalibrated.
+    source: StudyDataset
+    target: StudyDataset
+
+    @property
+    def label(self) -> str:
+        return f"{self.source.label}-to-{self.target.label}"
+
+
+TRANSFER_STAGES = ("zero-shot", "recalibrate", "finetune", "convert", "recalibrate-finetune", "scratch")
+
+
+def _coelho_pair() -> tuple[TransferPair, ...]:
+    return (TransferPair(StudyDataset("coelho2009", subset="gnf"), StudyDataset("coelho2009", subset="ic100")),)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Transfer to a new domain, for models trained on each pair's source with the study's recipe.
+
+    For every pair, norm, source batch size and seed, the source model is tested zero-shot on the target's test
+    split (with per-image and with dataset-level intensity normalization), then adapted with k of the target's
+    training images for every k in ``finetune_images`` (a random subset per seed, nested as k grows):
+
+    - ``recalibrate``: running statistics recomputed on the k images (norms with running statistics);
+    - ``finetune``: fine-tuned on them; ``convert``: BatchNorm converted to BatchRenorm, then fine-tuned;
+    - ``recalibrate-finetune``: recalibrated, then fine-tuned;
+    - ``scratch``: a model trained from scratch on the k images only (the baseline transfer must beat).
+
+    Every adapted model is tested on the target's whole test split, which no fine-tuning image comes from.
+    ``augment`` (training.augment keys) applies to every transfer training, source models included; when it is
+    set, the source models are trained for the transfer instead of taken from the grid.
     """
 
     enabled: bool = False
-    dataset: str = "coelho2009"
-    source_subset: str = "gnf"
-    target_subset: str = "ic100"
+    pairs: tuple[TransferPair, ...] = field(default_factory=_coelho_pair)
     norms: tuple[str, ...] = ("batch", "batchrenorm", "instance", "instance_tracked", "group", "none")
-    batch_size: int = 8
-    finetune_images: int = 2
+    batch_sizes: tuple[int, ...] = (8,)
+    seeds: tuple[int, ...] | None = None
+    finetune_images: tuple[int, ...] = (2,)
     finetune_batch_size: int = 2
     finetune_iterations: int = 100
     finetune_learning_rate: float = 5e-4
-    convert: bool = True
-    recalibrate: bool = True
+    scratch_iterations: int | None = None
+    stages: tuple[str, ...] = TRANSFER_STAGES
+    augment: dict[str, Any] = field(default_factory=dict)
+    test_images: int | None = None
+    recalibration_batches: int = 32
 
     def __post_init__(self) -> None:
         _check_norms(self.norms, "transfer.norms")
-        _check_batch_sizes((self.batch_size, self.finetune_batch_size), "transfer batch sizes")
-        if self.finetune_images < 1 or self.finetune_iterations < 1:
-            raise ConfigError(f"transfer.finetune_images and finetune_iterations must be >= 1, got "
-                              f"{self.finetune_images}, {self.finetune_iterations}")
+        _check_batch_sizes((*self.batch_sizes, self.finetune_batch_size), "transfer batch sizes")
+        if not self.finetune_images or min(self.finetune_images) < 1 or self.finetune_iterations < 1:
+            raise ConfigError(f"transfer.finetune_images must be one or more counts >= 1 and finetune_iterations "
+                              f">= 1, got {list(self.finetune_images)}, {self.finetune_iterations}")
+        unknown = sorted(set(self.stages) - set(TRANSFER_STAGES))
+        if unknown:
+            raise ConfigError(f"unknown transfer.stages {unknown}; choose from {list(TRANSFER_STAGES)}")
+        if self.test_images is not None and self.test_images < 1:
+            raise ConfigError(f"transfer.test_images must be >= 1 (or null for all), got {self.test_images}")
+        from seamfree.training.config import AugmentConfig
+
+        try:
+            AugmentConfig(**self.augment)
+        except TypeError as exc:
+            raise ConfigError(f"transfer.augment holds an unknown key ({exc}); use keys of training.augment: "
+                              f"{sorted(AugmentConfig.__dataclass_fields__)}") from None
 
 
 @dataclass(frozen=True)
@@ -221,6 +266,13 @@ _REAL_DATASETS = [{"name": "drosophila-vnc", "target": "mitochondria"},
                   {"name": "drosophila-vnc", "target": "membranes"},
                   {"name": "isbi2012"},
                   {"name": "coelho2009", "subset": "gnf"}]
+# coelho2009 gnf → ic100 (another cell line and microscope setting); isbi2012 → drosophila-vnc membranes (EM).
+_TRANSFER_PAIRS = [{"source": {"name": "coelho2009", "subset": "gnf"},
+                    "target": {"name": "coelho2009", "subset": "ic100"}},
+                   {"source": {"name": "isbi2012"}, "target": {"name": "drosophila-vnc", "target": "membranes"}}]
+# Intensity augmentation for the transfer's training, set a priori from the source domain's own variation (never
+# tuned on a target): contrast ±30 %, gamma 0.5–1.5, a smooth background offset up to 0.3 (haze).
+_TRANSFER_AUGMENT = {"intensity": 0.3, "gamma": 0.5, "background": 0.3}
 _ALL_NORMS = ["batch", "batchrenorm", "instance", "instance_tracked", "group", "none"]
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -237,8 +289,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "recipe": {"iterations": 20, "patch_size": [4, 64, 64], "features": 4, "checkpoint_every": 10,
                               "scale_factors": [[1, 2, 2], [1, 2, 2], [1, 2, 2]]},
                    "core": [4, 128, 128], "small_core": [4, 64, 64], "region": [4, 256, 256]},
-        "transfer": {"enabled": True, "norms": ["batch", "batchrenorm"], "batch_size": 4,
-                     "finetune_iterations": 10},
+        "transfer": {"enabled": True, "norms": ["batch", "batchrenorm"], "batch_sizes": [4],
+                     "finetune_images": [1, 2], "finetune_iterations": 10, "scratch_iterations": 20,
+                     "test_images": 2, "recalibration_batches": 4},
     },
     # The whole grid with short training (500 iterations, 8-feature U-Nets), 3 seeds, 10 test images: verdicts
     # with confidence intervals over images and seeds (about 1.5 h per seed with 2 test images on 2 CPU cores).
@@ -251,7 +304,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "volume": {"enabled": True, "norms": ["batch", "batchrenorm", "instance"], "batch_sizes": [2],
                    "recipe": {"iterations": 200, "patch_size": [4, 128, 128], "features": 8,
                               "scale_factors": [[1, 2, 2], [1, 2, 2], [1, 2, 2]]}},
-        "transfer": {"enabled": True, "norms": _ALL_NORMS, "batch_size": 8, "finetune_iterations": 100},
+        "transfer": {"enabled": True, "pairs": _TRANSFER_PAIRS, "norms": ["batch", "batchrenorm", "instance"],
+                     "batch_sizes": [2, 8], "finetune_images": [1, 2, 4, 8], "finetune_iterations": 100,
+                     "augment": _TRANSFER_AUGMENT},
     },
     # The real study: paper-like training budgets. CPU days on 2 cores; hours on one GPU.
     "full": {
@@ -269,7 +324,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                               "learning_rate": 1e-3, "renorm_warmup": 0.1, "renorm_ramp": 0.4,
                               "running_momentum": 0.01, "checkpoint_every": 250},
                    "core": [4, 512, 512], "small_core": [4, 128, 128], "region": [4, 1024, 1024]},
-        "transfer": {"enabled": True, "norms": _ALL_NORMS, "batch_size": 2, "finetune_iterations": 500},
+        "transfer": {"enabled": True, "pairs": _TRANSFER_PAIRS, "norms": _ALL_NORMS, "batch_sizes": [2, 8],
+                     "finetune_images": [1, 2, 4, 8], "finetune_iterations": 500, "augment": _TRANSFER_AUGMENT},
     },
 }
 

@@ -18,8 +18,10 @@ from torch import nn
 from seamfree.data.sources import Pair
 from seamfree.diagnostics.diagnose import DiagnoseConfig, Diagnosis, diagnose
 from seamfree.models.checkpoint import model_metadata
+from seamfree.tiling.normalize import IntensityNormalization
 
-__all__ = ["METRICS", "PER_IMAGE", "Evaluation", "evaluate_model", "load_test_pairs"]
+__all__ = ["ACCURACY", "METRICS", "PER_IMAGE", "Evaluation", "dataset_normalization", "evaluate_accuracy",
+           "evaluate_model", "load_test_pairs"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +31,10 @@ METRICS = ("dice", "dice_small", "tm_dice", "tm_abs", "tm_dice_small", "tm_abs_s
            "exact_max_abs",
            "seams_detected", "seams_detected_small", "seam_z", "seam_z_small", "instance_tm", "instance_tm_small",
            "msa", "sa50", "matched_iou")
+# What an accuracy-only evaluation (adapted transfer models) measures.
+ACCURACY = ("dice", "msa", "sa50", "matched_iou")
 # Metrics also kept image by image, for confidence intervals and paired differences over images and seeds.
-PER_IMAGE = ("dice", "delta_dice")
+PER_IMAGE = ("dice", "delta_dice", "msa")
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,11 @@ class Evaluation:
     per_image: dict[str, list[float | None]] = field(default_factory=dict)  # PER_IMAGE metrics, image by image
 
 
-def load_test_pairs(dataset: dict[str, Any], *, spatial_dims: int, split: str, count: int) -> list[Pair]:
-    """Return the first ``count`` (image, mask) pairs of a split of a study dataset (or synthetic ones)."""
+def load_test_pairs(dataset: dict[str, Any], *, spatial_dims: int, split: str, count: int | None) -> list[Pair]:
+    """Return the first ``count`` (image, mask) pairs of a split of a study dataset (or synthetic ones); None:
+    every pair of the split (4 synthetic ones)."""
     if dataset["name"] == "synthetic":
+        count = 4 if count is None else count
         from seamfree.data.synthetic import SyntheticSpec, synthetic_image
 
         spec = SyntheticSpec(dataset.get("target") or "nuclei")
@@ -56,7 +62,7 @@ def load_test_pairs(dataset: dict[str, Any], *, spatial_dims: int, split: str, c
     pairs = load_dataset(dataset["name"], split, target=dataset.get("target"), subset=dataset.get("subset"),
                          spatial_dims=spatial_dims,
                          instances=dataset["name"] == "coelho2009")  # hand-segmented nuclei: their ids
-    return pairs[:count]
+    return pairs if count is None else pairs[:count]
 
 
 def _metrics(normal: Diagnosis, small: Diagnosis) -> dict[str, float | None]:
@@ -138,3 +144,54 @@ def evaluate_model(
                     normal.disparity.ted_dice)
     metrics = {name: _mean([m[name] for m in per_image]) for name in METRICS}
     return Evaluation(metrics, len(pairs), example, {name: [m[name] for m in per_image] for name in PER_IMAGE})
+
+
+def dataset_normalization(pairs: list[Pair], *, low: float = 1.0, high: float = 99.8) -> IntensityNormalization:
+    """One intensity normalization for every image of ``pairs``: the percentiles of all their voxels pooled
+    (per channel), instead of each image's own."""
+    channels = pairs[0][0].shape[0]
+    pooled = np.concatenate([np.asarray(image, dtype=np.float32).reshape(channels, -1) for image, _ in pairs],
+                            axis=1)
+    lo, hi = np.percentile(pooled, [low, high], axis=1)
+    return IntensityNormalization(low=low, high=high, offset=tuple(float(v) for v in lo),
+                                  scale=tuple(float(max(h - v, 1e-6)) for v, h in zip(lo, hi)))
+
+
+def evaluate_accuracy(model: nn.Module, pairs: list[Pair], *, normalization: str = "image",
+                      objects: str = "foreground", threshold: float = 0.5) -> Evaluation:
+    """Return Dice and instance scores (:data:`ACCURACY`) of ``model``'s exact tiled prediction on ``pairs``.
+
+    ``normalization`` is "image" (each image's own percentiles 1 and 99.8, as in training) or "dataset" (the
+    percentiles of all test images pooled, :func:`dataset_normalization`).
+    """
+    from seamfree.diagnostics.instances import instance_scores
+    from seamfree.metrics import binarize, dice, masks_from_ground_truth
+    from seamfree.tiling.plan import PredictConfig
+    from seamfree.tiling.predict import PredictionReport, predict
+
+    if normalization not in ("image", "dataset"):
+        raise ValueError(f"normalization must be 'image' or 'dataset', got {normalization!r}")
+    fixed = dataset_normalization(pairs) if normalization == "dataset" else None
+    per_image: list[dict[str, float | None]] = []
+    example: dict[str, np.ndarray] = {}
+    for k, (image, mask) in enumerate(pairs):
+        config = PredictConfig() if fixed is None else PredictConfig(normalization=fixed)
+        report: list[PredictionReport] = []
+        prediction = np.asarray(predict(model, image, config=config, report=report))
+        activation = report[0].activation
+        masks = masks_from_ground_truth(mask, prediction.shape[0], image.shape[1:])
+        predicted = binarize(prediction, activation=activation, threshold=threshold)
+        values: dict[str, float | None] = {
+            "dice": float(np.mean([dice(predicted[c], masks[c]) for c in range(prediction.shape[0])]))}
+        scores = instance_scores(prediction, mask, activation=activation, threshold=threshold, objects=objects) \
+            if prediction.shape[0] == 1 else {}
+        values.update({name: (float(scores[name]) if name in scores else None) for name in ACCURACY[1:]})
+        per_image.append(values)
+        if k == 0:
+            example = {"image": np.asarray(image[0], dtype=np.float32), "prediction": prediction[0].astype(np.float16),
+                       "mask": np.asarray(mask[0] > 0, dtype=np.uint8)}
+        logger.info("test image %d: Dice %.3f", k, values["dice"])
+    metrics: dict[str, float | None] = {name: None for name in METRICS}
+    metrics.update({name: _mean([m.get(name) for m in per_image]) for name in ACCURACY})
+    return Evaluation(metrics, len(pairs), example,
+                      {name: [m.get(name) for m in per_image] for name in PER_IMAGE})

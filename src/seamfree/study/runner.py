@@ -35,14 +35,14 @@ from seamfree._version import __version__
 from seamfree.errors import ConfigError, DataError
 from seamfree.models.checkpoint import load_model, model_metadata, save_model
 from seamfree.study.config import StudyConfig
-from seamfree.study.evaluate import METRICS, PER_IMAGE, evaluate_model, load_test_pairs
+from seamfree.study.evaluate import METRICS, PER_IMAGE, evaluate_accuracy, evaluate_model, load_test_pairs
 from seamfree.study.runs import StudyRun, plan_runs
 
 __all__ = ["COLUMNS", "StudyResult", "read_rows", "run_directories", "run_study", "select_runs"]
 
 logger = logging.getLogger(__name__)
 
-LABELS = ("dataset", "test", "architecture", "dims", "norm", "batch_size", "seed", "stage")
+LABELS = ("dataset", "test", "architecture", "dims", "norm", "batch_size", "seed", "stage", "images")
 IMAGE_COLUMNS = tuple(f"{k}_images" for k in PER_IMAGE)
 COLUMNS = ("name", "kind", "status", *LABELS, *METRICS, "val_dice", "train_seconds", "eval_seconds", "digest",
            "error", *IMAGE_COLUMNS)
@@ -128,14 +128,16 @@ def _trained_model(run: StudyRun, directory: Path, source_dir: Path | None, conf
 
 
 def _recalibrated_model(run: StudyRun, source_dir: Path, directory: Path, config: StudyConfig) -> Path:
-    from seamfree.data.datasets import load_dataset
+    from seamfree.config import from_mapping
+    from seamfree.data.config import DataConfig
+    from seamfree.data.sources import load_pairs
     from seamfree.training.recalibrate import recalibrate_on_images
 
     options = run.evaluation["recalibrate"]
     data = options["dataset"]
     model = load_model(source_dir / "model.pt", device=config.device)
-    pairs = load_dataset(data["source"], "train", target=data.get("target"),
-                         subset=data.get("subset"))[:options["images"]]
+    # the same target images the fine-tuning runs of this k and seed train on
+    pairs = load_pairs(from_mapping(DataConfig, data), spatial_dims=2)[0][:options["images"]]
     metadata = model_metadata(model)
     # patches drawn as training drew them (the model's foreground share), unless the study asks for uniform ones
     masks = None if options.get("sampling") == "uniform" else [mask for _, mask in pairs]
@@ -161,10 +163,14 @@ def _execute(run: StudyRun, digest: str, directory: Path, source_dir: Path | Non
     e = run.evaluation
     started = time.perf_counter()
     pairs = load_test_pairs(e["dataset"], spatial_dims=e["spatial_dims"], split=e["split"], count=e["images"])
-    evaluation = evaluate_model(model, pairs, core=_axes(e["core"]), small_core=_axes(e["small_core"]),
+    objects = "background" if e["dataset"].get("target") == "membranes" else "foreground"
+    if e.get("metrics") == "accuracy":
+        evaluation = evaluate_accuracy(model, pairs, normalization=e.get("normalization", "image"), objects=objects)
+    else:
+        evaluation = evaluate_model(model, pairs, core=_axes(e["core"]), small_core=_axes(e["small_core"]),
                                 halo=e["halo"], region=tuple(e["region"]) if e.get("region") else None,
                                 ted_batches=e["ted_batches"], ted_sampling=e.get("ted_sampling", "uniform"),
-                                objects="background" if e["dataset"].get("target") == "membranes" else "foreground")
+                                objects=objects)
     np.savez_compressed(directory / "example.npz", **evaluation.example)  # type: ignore[arg-type]
     return {"name": run.name, "kind": run.kind, "digest": digest, "labels": run.labels,
             "metrics": evaluation.metrics, "per_image": evaluation.per_image, "test_images": evaluation.images,
@@ -219,7 +225,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                     row[key] = float(text)
                 elif key in IMAGE_COLUMNS:  # per-image values, ";"-separated, "nan" for an unknown one
                     row[key] = [float(v) for v in text.split(";")]
-                elif key in ("dims", "batch_size", "seed"):
+                elif key in ("dims", "batch_size", "seed", "images"):
                     row[key] = int(text)
                 else:
                     row[key] = text

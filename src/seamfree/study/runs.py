@@ -8,13 +8,14 @@ files; changing one setting re-runs exactly the runs it affects.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from seamfree.layers.registry import norms_where
-from seamfree.study.config import Recipe, StudyConfig, StudyDataset
+from seamfree.study.config import Recipe, StudyConfig, StudyDataset, TransferPair
 
 __all__ = ["RUNNING_STATISTICS", "STUDY_FORMAT", "StudyRun", "plan_runs"]
 
@@ -33,9 +34,11 @@ class StudyRun:
     ----------
     name : str
         Readable unique name, e.g. ``grid/isbi2012/unet-batchrenorm-b8-s0``.
-    kind : {"grid", "vit", "volume", "zero-shot", "finetune", "convert", "recalibrate"}
+    kind : {"grid", "vit", "volume", "transfer-source", "zero-shot", "zero-shot-dataset", "recalibrate",
+            "finetune", "convert", "recalibrate-finetune", "scratch"}
     labels : dict
-        The columns that describe it in tables: dataset, architecture, dims, norm, batch_size, seed, stage.
+        The columns that describe it in tables: dataset, test, architecture, dims, norm, batch_size, seed,
+        stage, and for transfer runs ``images`` (the k target images it was adapted on).
     train : dict or None
         The training configuration (``seamfree.training.load_config`` mapping, without output, device and
         threads); None for runs that only evaluate (zero-shot) or recalibrate a source model.
@@ -157,43 +160,118 @@ def _transfer_runs(config: StudyConfig) -> list[StudyRun]:
     t = config.transfer
     if not t.enabled:
         return []
-    source_set = StudyDataset(t.dataset, subset=t.source_subset)
-    target_set = StudyDataset(t.dataset, subset=t.target_subset)
-    recipe, seed = config.training, config.grid.seeds[0]
-    evaluation = _evaluation(config, target_set, patch_size=recipe.patch_size)
-    finetune_data = {**_dataset_mapping(target_set, 2), "limit": t.finetune_images}
-    finetune_training = {"iterations": t.finetune_iterations, "batch_size": t.finetune_batch_size,
-                         "patch_size": list(recipe.patch_size), "learning_rate": t.finetune_learning_rate,
-                         "validate_every": t.finetune_iterations, "checkpoint_every": recipe.checkpoint_every,
-                         "seed": seed}
-    runs = []
-    for norm in t.norms:
-        source = _grid_run(config, source_set, norm, t.batch_size, seed)
-        base = {"dataset": source_set.label, "architecture": "unet", "dims": 2, "norm": norm,
-                "batch_size": t.batch_size, "seed": seed, "test": target_set.label}
-        runs.append(source)
-        prefix = f"transfer/{source_set.label}-to-{target_set.label}/unet-{norm}-b{t.batch_size}-s{seed}"
-        runs.append(StudyRun(f"{prefix}/zero-shot", "zero-shot", {**base, "stage": "zero-shot"}, None, evaluation,
-                             source.name))
-        runs.append(StudyRun(
-            f"{prefix}/finetune", "finetune", {**base, "stage": f"fine-tuned ({t.finetune_images} images)"},
-            {"data": finetune_data, "model": {"checkpoint": "<source>"}, "training": finetune_training},
-            evaluation, source.name))
-        if norm == "batch" and t.convert:
+    runs: list[StudyRun] = []
+    for pair in t.pairs:
+        for seed in t.seeds or config.grid.seeds:
+            for norm in t.norms:
+                runs += _scratch_runs(config, pair, norm, seed)
+                for batch_size in t.batch_sizes:
+                    runs += _adapted_runs(config, pair, norm, batch_size, seed)
+    return runs
+
+
+def _transfer_evaluation(config: StudyConfig, target: StudyDataset, *, full: bool = False,
+                         normalization: str = "image") -> dict[str, Any]:
+    """The target's test split: the whole diagnosis for zero-shot models (ΔDice under domain shift), accuracy
+    only (Dice and instance scores of the exact tiled prediction) for adapted ones."""
+    t = config.transfer
+    evaluation = _evaluation(config, target, patch_size=config.training.patch_size)
+    evaluation["images"] = t.test_images or 1_000_000  # every test image
+    if not full:
+        evaluation["metrics"] = "accuracy"
+    if normalization != "image":
+        evaluation["normalization"] = normalization
+    return evaluation
+
+
+def _finetune_training(config: StudyConfig, seed: int, iterations: int) -> dict[str, Any]:
+    t, recipe = config.transfer, config.training
+    training: dict[str, Any] = {
+        "iterations": iterations, "batch_size": t.finetune_batch_size, "patch_size": list(recipe.patch_size),
+        "learning_rate": t.finetune_learning_rate, "validate_every": iterations,
+        "checkpoint_every": recipe.checkpoint_every, "seed": seed}
+    if t.augment:
+        training["augment"] = dict(t.augment)
+    return training
+
+
+def _target_images(target: StudyDataset, count: int, seed: int) -> dict[str, Any]:
+    # a random subset of the target's training images per seed, nested as count grows
+    return {**_dataset_mapping(target, 2), "limit": count, "subset_seed": 1_000 + seed}
+
+
+def _source_run(config: StudyConfig, pair: TransferPair, norm: str, batch_size: int, seed: int) -> StudyRun:
+    run = _grid_run(config, pair.source, norm, batch_size, seed)
+    if not config.transfer.augment:
+        return run  # the grid's model (shared with the grid when the grid has it)
+    train = copy.deepcopy(run.train) or {}
+    train["training"]["augment"] = dict(config.transfer.augment)
+    return StudyRun(run.name.replace("grid/", "transfer-source/", 1), "transfer-source", run.labels, train,
+                    run.evaluation)
+
+
+def _adapted_runs(config: StudyConfig, pair: TransferPair, norm: str, batch_size: int, seed: int) -> list[StudyRun]:
+    t = config.transfer
+    source = _source_run(config, pair, norm, batch_size, seed)
+    base = {"dataset": pair.source.label, "architecture": "unet", "dims": 2, "norm": norm,
+            "batch_size": batch_size, "seed": seed, "test": pair.target.label}
+    prefix = f"transfer/{pair.label}/unet-{norm}-b{batch_size}-s{seed}"
+    runs = [source]
+    if "zero-shot" in t.stages:
+        runs.append(StudyRun(f"{prefix}/zero-shot", "zero-shot", {**base, "stage": "zero-shot"}, None,
+                             _transfer_evaluation(config, pair.target, full=True), source.name))
+        runs.append(StudyRun(f"{prefix}/zero-shot-dataset", "zero-shot-dataset",
+                             {**base, "stage": "zero-shot, dataset-level normalization"}, None,
+                             _transfer_evaluation(config, pair.target, normalization="dataset"), source.name))
+    evaluation = _transfer_evaluation(config, pair.target)
+    finetune = _finetune_training(config, seed, t.finetune_iterations)
+    for k in t.finetune_images:
+        data = _target_images(pair.target, k, seed)
+        labels = {**base, "images": k}
+        tuned = {"data": data, "model": {"checkpoint": "<source>"}, "training": finetune}
+        if "finetune" in t.stages:
+            runs.append(StudyRun(f"{prefix}/k{k}/finetune", "finetune", {**labels, "stage": "fine-tuned"}, tuned,
+                                 evaluation, source.name))
+        if norm == "batch" and "convert" in t.stages:
             runs.append(StudyRun(
-                f"{prefix}/convert-batchrenorm-finetune", "convert",
-                {**base, "stage": f"converted to BatchRenorm, fine-tuned ({t.finetune_images} images)"},
-                {"data": finetune_data, "model": {"checkpoint": "<source>", "convert_norm": "batchrenorm",
-                                                  "norm_options": _norm_options("batchrenorm", recipe)},
-                 "training": finetune_training}, evaluation, source.name))
-        if norm in RUNNING_STATISTICS and t.recalibrate:
-            runs.append(StudyRun(
-                f"{prefix}/recalibrate", "recalibrate",
-                {**base, "stage": f"recalibrated ({t.finetune_images} images)"}, None,
-                {**evaluation, "recalibrate": {"dataset": finetune_data, "images": t.finetune_images,
-                                               "batch_size": 8, "batches": 32,
+                f"{prefix}/k{k}/convert-batchrenorm-finetune", "convert",
+                {**labels, "stage": "converted to BatchRenorm, fine-tuned"},
+                {**tuned, "model": {"checkpoint": "<source>", "convert_norm": "batchrenorm",
+                                    "norm_options": _norm_options("batchrenorm", config.training)}},
+                evaluation, source.name))
+        if norm in RUNNING_STATISTICS and {"recalibrate", "recalibrate-finetune"} & set(t.stages):
+            recalibrated = StudyRun(
+                f"{prefix}/k{k}/recalibrate", "recalibrate", {**labels, "stage": "recalibrated"}, None,
+                {**evaluation, "recalibrate": {"dataset": data, "images": k, "batch_size": 8,
+                                               "batches": t.recalibration_batches,
                                                # patches centred on foreground like the model's training patches
-                                               "sampling": "training"}}, source.name))
+                                               "sampling": "training"}}, source.name)
+            runs.append(recalibrated)
+            if "recalibrate-finetune" in t.stages:
+                runs.append(StudyRun(f"{prefix}/k{k}/recalibrate-finetune", "recalibrate-finetune",
+                                     {**labels, "stage": "recalibrated, fine-tuned"}, tuned, evaluation,
+                                     recalibrated.name))
+    return runs
+
+
+def _scratch_runs(config: StudyConfig, pair: TransferPair, norm: str, seed: int) -> list[StudyRun]:
+    t = config.transfer
+    if "scratch" not in t.stages:
+        return []
+    recipe = config.training
+    iterations = t.scratch_iterations or recipe.iterations
+    runs = []
+    for k in t.finetune_images:
+        train = _train_mapping(pair.target, recipe, norm, t.finetune_batch_size, seed)
+        train["data"] = _target_images(pair.target, k, seed)
+        train["training"].update(iterations=iterations, validate_every=iterations)
+        if t.augment:
+            train["training"]["augment"] = dict(t.augment)
+        runs.append(StudyRun(
+            f"transfer/{pair.label}/unet-{norm}-scratch-s{seed}/k{k}", "scratch",
+            {"dataset": pair.target.label, "architecture": "unet", "dims": 2, "norm": norm,
+             "batch_size": t.finetune_batch_size, "seed": seed, "test": pair.target.label, "images": k,
+             "stage": "from scratch"}, train, _transfer_evaluation(config, pair.target)))
     return runs
 
 

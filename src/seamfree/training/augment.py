@@ -15,7 +15,9 @@ def augment_batch(images: np.ndarray, targets: np.ndarray, config: AugmentConfig
 
     Geometry: flips of every spatial axis and rot90 in the last two axes (when they have equal size).
     Intensity (image only): scale and shift by up to ``intensity``, gamma in ``[1 − gamma, 1 + gamma]`` on the
-    patch's min–max range, Gaussian noise up to ``noise``, Gaussian blur up to ``blur`` voxels.
+    patch's min–max range, a smooth background offset up to ``background`` (a random field on a 4-point-per-axis
+    grid, interpolated linearly over the patch), Gaussian noise up to ``noise``, Gaussian blur up to ``blur``
+    voxels.
     """
     out_x, out_y = [], []
     for x, y in zip(images, targets):
@@ -48,6 +50,8 @@ def _intensity(x: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -
     if config.intensity:
         x = x * rng.uniform(1 - config.intensity, 1 + config.intensity) + rng.uniform(-config.intensity,
                                                                                       config.intensity)
+    if config.background:
+        x = x + _smooth_field(x.shape[1:], config.background, rng)
     if config.blur:
         sigma = rng.uniform(0, config.blur)
         if sigma > 0.3:
@@ -57,3 +61,12 @@ def _intensity(x: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -
     if config.noise:
         x = x + rng.normal(0, rng.uniform(0, config.noise), size=x.shape)
     return x.astype(np.float32, copy=False)
+
+
+def _smooth_field(shape: tuple[int, ...], amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """A random offset in [0, ``amplitude``], smooth over the patch: values on a coarse grid, interpolated."""
+    from scipy import ndimage
+
+    coarse = rng.uniform(0, amplitude, size=(4,) * len(shape)) * rng.uniform()
+    field = ndimage.zoom(coarse, [n / 4 for n in shape], order=1, mode="nearest", grid_mode=True)
+    return field[tuple(slice(0, n) for n in shape)].astype(np.float32)[np.newaxis]

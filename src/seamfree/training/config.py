@@ -62,14 +62,27 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random augmentations applied to each training patch (each can be switched off)."""
+    """Random augmentations applied to each training patch (each can be switched off).
+
+    ``intensity`` scales and shifts (contrast), ``gamma`` bends the patch's range, ``background`` adds a smooth
+    random offset up to that value (haze, uneven illumination), ``noise`` and ``blur`` as named. Values are in
+    units of the normalized image (percentiles 1 and 99.8 map to 0 and 1).
+    """
 
     flips: bool = True
     rot90: bool = True
     intensity: float = 0.1
     gamma: float = 0.3
+    background: float = 0.0
     noise: float = 0.03
     blur: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("intensity", "gamma", "background", "noise", "blur"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        if self.gamma >= 1:
+            raise ConfigError(f"augment.gamma must be below 1 (gamma in [1 - g, 1 + g]), got {self.gamma}")
 
 
 @dataclass(frozen=True)
