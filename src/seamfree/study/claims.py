@@ -261,13 +261,17 @@ def _values(rows: Sequence[Row], key: str) -> list[float]:
 
 
 def _paired(a_rows: Sequence[Row], b_rows: Sequence[Row], key: str) -> tuple[list[float], list[float]]:
-    """Values of ``key`` matched one to one: rows of the same dataset and seed (and batch size where both have
-    one), then image by image where both recorded the same number of images, else their means."""
+    """Values of ``key`` matched one to one: rows of the same dataset, test set and seed (and batch size and
+    number of adaptation images k where both have one), then image by image where both recorded the same number
+    of images, else their means."""
     a_values: list[float] = []
     b_values: list[float] = []
     for a in a_rows:
         match = [b for b in b_rows if b.get("dataset") == a.get("dataset") and b.get("seed") == a.get("seed")
-                 and (a.get("batch_size") is None or b.get("batch_size") in (None, a.get("batch_size")))]
+                 and b.get("test") == a.get("test")
+                 and (a.get("batch_size") is None or b.get("batch_size") in (None, a.get("batch_size")))
+                 # the same k target images; a zero-shot row (no k) pairs with every k
+                 and (a.get("images") is None or b.get("images") in (None, a.get("images")))]
         if not match:
             continue
         b = match[0]
