@@ -17,6 +17,7 @@ from torch import nn
 
 from seamfree.data.sources import Pair
 from seamfree.diagnostics.diagnose import DiagnoseConfig, Diagnosis, diagnose
+from seamfree.errors import ConfigError
 from seamfree.models.checkpoint import model_metadata
 from seamfree.tiling.normalize import IntensityNormalization
 
@@ -170,12 +171,12 @@ def evaluate_accuracy(model: nn.Module, pairs: list[Pair], *, normalization: str
     from seamfree.tiling.predict import PredictionReport, predict
 
     if normalization not in ("image", "dataset"):
-        raise ValueError(f"normalization must be 'image' or 'dataset', got {normalization!r}")
-    fixed = dataset_normalization(pairs) if normalization == "dataset" else None
+        raise ConfigError(f"normalization must be 'image' or 'dataset', got {normalization!r}")
+    config = PredictConfig(normalization=dataset_normalization(pairs)) if normalization == "dataset" \
+        else PredictConfig()
     per_image: list[dict[str, float | None]] = []
     example: dict[str, np.ndarray] = {}
     for k, (image, mask) in enumerate(pairs):
-        config = PredictConfig() if fixed is None else PredictConfig(normalization=fixed)
         report: list[PredictionReport] = []
         prediction = np.asarray(predict(model, image, config=config, report=report))
         activation = report[0].activation

@@ -168,9 +168,9 @@ def _execute(run: StudyRun, digest: str, directory: Path, source_dir: Path | Non
         evaluation = evaluate_accuracy(model, pairs, normalization=e.get("normalization", "image"), objects=objects)
     else:
         evaluation = evaluate_model(model, pairs, core=_axes(e["core"]), small_core=_axes(e["small_core"]),
-                                halo=e["halo"], region=tuple(e["region"]) if e.get("region") else None,
-                                ted_batches=e["ted_batches"], ted_sampling=e.get("ted_sampling", "uniform"),
-                                objects=objects)
+                                    halo=e["halo"], region=tuple(e["region"]) if e.get("region") else None,
+                                    ted_batches=e["ted_batches"], ted_sampling=e.get("ted_sampling", "uniform"),
+                                    objects=objects)
     np.savez_compressed(directory / "example.npz", **evaluation.example)  # type: ignore[arg-type]
     return {"name": run.name, "kind": run.kind, "digest": digest, "labels": run.labels,
             "metrics": evaluation.metrics, "per_image": evaluation.per_image, "test_images": evaluation.images,

@@ -176,7 +176,7 @@ def _transfer_evaluation(config: StudyConfig, target: StudyDataset, *, full: boo
     only (Dice and instance scores of the exact tiled prediction) for adapted ones."""
     t = config.transfer
     evaluation = _evaluation(config, target, patch_size=config.training.patch_size)
-    evaluation["images"] = t.test_images or 1_000_000  # every test image
+    evaluation["images"] = t.test_images  # None: every test image
     if not full:
         evaluation["metrics"] = "accuracy"
     if normalization != "image":
