@@ -15,9 +15,15 @@ def test_quick_profile_runs_every_part_of_the_study(data_dir, tmp_path, monkeypa
     out = tmp_path / "study"
     assert main(["study", "--profile", "quick", "--out", str(out)]) == 0
     rows = read_rows(out / "study.csv")
-    assert len(rows) == 19 and all(row["status"] == "done" for row in rows)
-    assert {row["kind"] for row in rows} == {"grid", "vit", "volume", "zero-shot", "finetune", "convert",
-                                            "recalibrate"}
+    assert len(rows) == 34 and all(row["status"] == "done" for row in rows)
+    assert {row["kind"] for row in rows} == {"grid", "vit", "volume", "zero-shot", "zero-shot-dataset",
+                                            "recalibrate", "finetune", "convert", "recalibrate-finetune",
+                                            "scratch"}
+    adapted = [r for r in rows if r["name"].startswith("transfer/")]
+    assert len(adapted) == 22
+    # every adaptation is measured on the same target test images, and the k-image runs say how many they used
+    assert len({r["test"] for r in adapted}) == 1
+    assert {r["images"] for r in adapted if "/k" in r["name"]} == {1, 2}
     # what holds by construction, whatever the accuracy of toy-scale models
     for row in rows:
         if row["kind"] in ("grid", "volume") and row["norm"] in ("batch", "batchrenorm"):
@@ -28,12 +34,14 @@ def test_quick_profile_runs_every_part_of_the_study(data_dir, tmp_path, monkeypa
     batch = [r for r in rows if r["kind"] == "grid" and r["norm"] == "batch"]
     assert all(r["ted_abs"] > 0 for r in batch)
     page = (out / "results.md").read_text()
-    assert "seamfree study --profile quick" in page and "19 of 19 runs finished" in page
-    for section in ("## The paper's claims on this data", "## ViT-based", "## 3D:", "## Transfer"):
+    assert "seamfree study --profile quick" in page and "34 of 34 runs finished" in page
+    for section in ("## The paper's claims on this data", "## ViT-based", "## 3D:", "## Transfer to a new domain"):
         assert section in page
-    for figure in ("dice_vs_tm.png", "ted_vs_batch.png", "seams.png"):
+    assert "### coelho2009-gnf → coelho2009-ic100" in page and "BatchRenorm − BatchNorm, fine-tuned" in page
+    for figure in ("dice_vs_tm.png", "ted_vs_batch.png", "seams.png",
+                   "transfer_coelho2009-gnf-to-coelho2009-ic100.png"):
         assert (out / "figures" / figure).exists()
     capsys.readouterr()
     # a second invocation is served from the cache
     assert main(["study", "--profile", "quick", "--out", str(out)]) == 0
-    assert "0 run(s) trained and measured, 19 from the cache" in capsys.readouterr().out
+    assert "0 run(s) trained and measured, 34 from the cache" in capsys.readouterr().out

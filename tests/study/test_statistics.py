@@ -89,3 +89,21 @@ def test_recalibration_conversion_and_the_eval_drop_are_decided_by_intervals():
     assert {c.claim: c for c in check_claims(inside)}[EVAL_DROP].verdict == "not measured"  # no shifted model
     mixed = [{**r, "delta_dice_images": [-0.2, 0.2]} for r in drops]
     assert {c.claim: c for c in check_claims(inside + mixed)}[EVAL_DROP].verdict == "inconclusive"
+
+
+def test_transfer_verdicts_are_judged_at_every_number_of_target_images():
+    images = [0.2, 0.4, 0.6, 0.8]
+    rows = []
+    for seed in range(3):
+        for k, gain in ((1, 0.05), (8, -0.04)):  # BatchRenorm ahead with one target image, behind with eight
+            rows += [row("finetune", "batchrenorm", [v + gain for v in images], seed, images=k),
+                     row("finetune", "batch", images, seed, images=k)]
+    check = {c.claim: c for c in check_claims(rows)}[TRANSFER]
+    assert check.verdict == "not reproduced", check.evidence
+    assert "k=1: 0.050 [0.050, 0.050] (n=12)" in check.evidence and "k=8: -0.040" in check.evidence
+    # recalibrated at each k against the one zero-shot row per seed: every k is paired with it
+    zero = [row("zero-shot", "batch", images, s) for s in range(3)]
+    recalibrated = [row("recalibrate", "batch", [v + 0.01 * k for v in images], s, images=k)
+                    for s in range(3) for k in (1, 2)]
+    check = {c.claim: c for c in check_claims(zero + recalibrated)}[RECALIBRATION]
+    assert check.verdict == "reproduced" and "k=1: 0.010" in check.evidence and "k=2: 0.020" in check.evidence

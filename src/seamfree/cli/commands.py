@@ -351,7 +351,7 @@ def study(args: argparse.Namespace) -> int:
                f"--out {args.out} --results {results}")
     page = write_results(result.rows, results,
                          run_dirs=run_directories(config, args.out), command=command, profile=config.profile,
-                         hardware=describe_hardware(config.device))
+                         hardware=describe_hardware(config.device), transfer=config.transfer)
     done = sum(row["status"] == "done" for row in result.rows)
     print(f"\n{len(result.ran)} run(s) trained and measured, {len(result.cached)} from the cache, "
           f"{len(result.failed)} failed; {done} of {len(result.rows)} runs of profile {config.profile} done")

@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from seamfree.layers.registry import norm_spec, norms_where
-from seamfree.study.statistics import bootstrap_ci, compare, paired_difference
+from seamfree.layers.registry import display_order, norm_spec, norms_where
+from seamfree.study.statistics import Estimate, bootstrap_ci, compare, paired_difference
 
-__all__ = ["CLAIMS", "UNTRAINED_DICE", "Claim", "ClaimCheck", "check_claims", "usable_rows"]
+__all__ = ["CLAIMS", "UNTRAINED_DICE", "Claim", "ClaimCheck", "check_claims", "paired_values", "per_image_values",
+           "usable_rows"]
 
 # From the norm registry: norms whose statistics come from the tile (tiling artifacts expected); norms that
 # compute their statistics at inference at all, per tile or per voxel (no train/eval disparity possible); and
@@ -149,11 +150,11 @@ def _batchnorm_accuracy(rows: list[Row]) -> tuple[str, str]:
             values = ", ".join(f"{r['dataset']} b{r['batch_size']} s{r['seed']}: {_fmt(r['delta_dice'])}"
                                for r in selected)
             parts.append(f"{label}, {len(selected)} models, per image and seed: "
-                         f"{bootstrap_ci(_values(selected, 'delta_dice'))} ({values})")
+                         f"{bootstrap_ci(per_image_values(selected, 'delta_dice'))} ({values})")
         else:
             parts.append(f"{label}: not measured")
     verdict = "not measured" if not shifted else {"higher": "reproduced", "lower": "not reproduced"}.get(
-        compare(bootstrap_ci(_values(shifted, "delta_dice"))), "inconclusive")
+        compare(bootstrap_ci(per_image_values(shifted, "delta_dice"))), "inconclusive")
     return verdict, "ΔDice = Dice(train-mode) − Dice(eval) of BatchNorm models " + "; ".join(parts)
 
 
@@ -195,63 +196,73 @@ def _artifacts_grow(rows: list[Row]) -> tuple[str, str]:
         f"models; Dice drop with small tiles {_fmt(min(drops, default=None))}–{_fmt(max(drops, default=None))}")
 
 
+def _by_k(a_rows: Sequence[Row], b_rows: Sequence[Row], key: str = "dice") -> list[tuple[int | None, Estimate]]:
+    """The paired difference ``a − b`` of ``key`` for each number k of target images the ``a`` rows were adapted
+    with (a ``b`` row without k, zero-shot, pairs with every k; ``a`` rows without k form one group, k None)."""
+    differences = []
+    for k in sorted({r.get("images") for r in a_rows}, key=lambda k: -1 if k is None else k):
+        a, b = paired_values([r for r in a_rows if r.get("images") == k], b_rows, key)
+        if a:
+            differences.append((k, paired_difference(a, b)))
+    return differences
+
+
+def _across_k(outcomes: Sequence[str]) -> str:
+    """One verdict from per-k comparisons: reproduced when higher at every k, not reproduced when lower at any."""
+    if "lower" in outcomes:
+        return "not reproduced"
+    return "reproduced" if outcomes and set(outcomes) == {"higher"} else "inconclusive"
+
+
+def _per_k_text(differences: Sequence[tuple[int | None, Estimate]]) -> str:
+    return ", ".join(str(d) if k is None else f"k={k}: {d}" for k, d in differences)
+
+
 def _best_transfer(rows: list[Row]) -> tuple[str, str]:
     tuned = _done(rows, ("dice",), kind="finetune")
-    if not tuned:
-        return "not measured", "no fine-tuned transfer runs"
     brn = [r for r in tuned if r["norm"] == "batchrenorm"]
     if not brn:
         return "not measured", "no BatchRenorm fine-tuning run"
     parts, outcomes = [], []
-    for other in sorted({r["norm"] for r in tuned} - {"batchrenorm"}):
-        a, b = _paired(brn, [r for r in tuned if r["norm"] == other], "dice")
-        if not a:
-            continue
-        difference = paired_difference(a, b)
-        outcomes.append(compare(difference))
-        parts.append(f"BatchRenorm − {norm_spec(other).label}: {difference}")
+    for other in sorted({r["norm"] for r in tuned} - {"batchrenorm"}, key=display_order):
+        differences = _by_k(brn, [r for r in tuned if r["norm"] == other])
+        if differences:
+            outcomes += [compare(d) for _, d in differences]
+            parts.append(f"BatchRenorm − {norm_spec(other).label}: {_per_k_text(differences)}")
     if not outcomes:
-        return "not measured", "no fine-tuned model to pair with BatchRenorm (same dataset and seed)"
-    verdict = "not reproduced" if "lower" in outcomes else "reproduced" if set(outcomes) == {"higher"} \
-        else "inconclusive"
-    return verdict, "paired Dice differences on the target images after fine-tuning: " + "; ".join(parts)
+        return "not measured", "no fine-tuned model to pair with BatchRenorm (same data, seed and k)"
+    return _across_k(outcomes), ("paired Dice differences on the target test images after fine-tuning on k target "
+                                 "images (reproduced when higher against every norm at every k): " + "; ".join(parts))
 
 
 def _recalibration(rows: list[Row]) -> tuple[str, str]:
     recalibrated = _done(rows, ("dice",), kind="recalibrate", norm="batch")
-    if not recalibrated:
-        return "not measured", "no recalibrated BatchNorm run"
     zero = _done(rows, ("dice",), kind="zero-shot", norm="batch")
-    a, b = _paired(recalibrated, zero, "dice")
-    if not a:
+    if not recalibrated or not zero:
+        return "not measured", "no recalibrated and zero-shot BatchNorm runs to pair"
+    differences = _by_k(recalibrated, zero)
+    if not differences:
         return "not measured", "no zero-shot BatchNorm run to pair with the recalibrated one"
-    difference = paired_difference(a, b)
-    verdict = {"higher": "reproduced", "lower": "not reproduced"}.get(compare(difference), "inconclusive")
-    return verdict, (f"BatchNorm recalibrated − zero-shot, paired Dice on the target images: {difference}; "
-                     f"zero-shot {bootstrap_ci(b)}, recalibrated {bootstrap_ci(a)}")
+    return _across_k([compare(d) for _, d in differences]), (
+        f"BatchNorm recalibrated on k target images − zero-shot, paired Dice on the target test images: "
+        f"{_per_k_text(differences)}; zero-shot {bootstrap_ci(per_image_values(zero, 'dice'))}")
 
 
 def _conversion(rows: list[Row]) -> tuple[str, str]:
     converted = _done(rows, ("dice",), kind="convert")
     tuned = _done(rows, ("dice",), kind="finetune", norm="batch")
-    if not converted or not tuned:
-        return "not measured", "no conversion run"
-    a, b = _paired(converted, tuned, "dice")
-    if not a:
-        return "not measured", "no BatchNorm fine-tuning run to pair with the converted one"
-    difference = paired_difference(a, b)
+    differences = _by_k(converted, tuned) if converted and tuned else []
+    if not differences:
+        return "not measured", "no conversion run paired with a BatchNorm fine-tuning run"
     # the claim: conversion works, i.e. it costs no more than ACCURACY_MARGIN of Dice against staying BatchNorm
-    if difference.count >= 3 and difference.low > -ACCURACY_MARGIN:
-        verdict = "reproduced"
-    elif difference.count >= 3 and difference.high < -ACCURACY_MARGIN:
-        verdict = "not reproduced"
-    else:
-        verdict = "inconclusive"
-    return verdict, (f"converted to BatchRenorm then fine-tuned − fine-tuned as BatchNorm, paired Dice: "
-                     f"{difference} (reproduced when the interval lies above −{ACCURACY_MARGIN})")
+    outcomes = ["higher" if d.count >= 3 and d.low > -ACCURACY_MARGIN else
+                "lower" if d.count >= 3 and d.high < -ACCURACY_MARGIN else "inconclusive" for _, d in differences]
+    return _across_k(outcomes), (
+        f"converted to BatchRenorm then fine-tuned − fine-tuned as BatchNorm, paired Dice: "
+        f"{_per_k_text(differences)} (reproduced when every interval lies above −{ACCURACY_MARGIN})")
 
 
-def _values(rows: Sequence[Row], key: str) -> list[float]:
+def per_image_values(rows: Sequence[Row], key: str) -> list[float]:
     """``key`` image by image (the ``<key>_images`` column) where recorded, else the row's mean, for every row."""
     values: list[float] = []
     for row in rows:
@@ -260,7 +271,7 @@ def _values(rows: Sequence[Row], key: str) -> list[float]:
     return values
 
 
-def _paired(a_rows: Sequence[Row], b_rows: Sequence[Row], key: str) -> tuple[list[float], list[float]]:
+def paired_values(a_rows: Sequence[Row], b_rows: Sequence[Row], key: str) -> tuple[list[float], list[float]]:
     """Values of ``key`` matched one to one: rows of the same dataset, test set and seed (and batch size and
     number of adaptation images k where both have one), then image by image where both recorded the same number
     of images, else their means."""

@@ -18,17 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from seamfree.errors import OutputExistsError, require
+from seamfree.errors import OutputExistsError
 from seamfree.layers.registry import NORMS, display_order
 from seamfree.study.claims import check_claims
+from seamfree.study.config import TransferConfig
+from seamfree.study.page import NORM_COLOURS, format_value, markdown_table, pyplot
+from seamfree.study.transfer_report import transfer_section
 
 __all__ = ["Hardware", "describe_hardware", "write_results"]
 
 Row = dict[str, Any]
 
 NORM_LABELS = {spec.name: spec.label for spec in NORMS}
-NORM_COLOURS = {"batch": "#1f77b4", "batchrenorm": "#2ca02c", "instance": "#d62728", "instance_tracked": "#9467bd",
-                "group": "#ff7f0e", "none": "#7f7f7f", "layer": "#e377c2", "layer_spatial": "#8c564b"}
 
 
 @dataclass(frozen=True)
@@ -69,22 +70,6 @@ def _norm_key(norm: str) -> int:
     return display_order(norm)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if value != 0 and abs(value) < 1e-3:
-            return f"{value:.1e}"
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _table(headers: Sequence[str], lines: Sequence[Sequence[Any]]) -> str:
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(_fmt(v) for v in line) + " |" for line in lines]
-    return "\n".join(out)
-
-
 def _done(rows: Sequence[Row], kind: str) -> list[Row]:
     return sorted((r for r in rows if r["kind"] == kind and r["status"] == "done"),
                   key=lambda r: (r["dataset"], _norm_key(r["norm"]), r["batch_size"], r["seed"]))
@@ -106,31 +91,8 @@ def _grid_section(rows: Sequence[Row]) -> str:
     parts = []
     for dataset in sorted({r["dataset"] for r in grid}):
         selected = [r for r in grid if r["dataset"] == dataset]
-        parts.append(f"### {dataset}\n\n{_table(IN_DISTRIBUTION, _in_distribution_lines(selected))}")
+        parts.append(f"### {dataset}\n\n{markdown_table(IN_DISTRIBUTION, _in_distribution_lines(selected))}")
     return "\n\n".join(parts) if parts else "No grid run has finished."
-
-
-def _transfer_section(rows: Sequence[Row]) -> str:
-    kinds = ("zero-shot", "finetune", "convert", "recalibrate")
-    selected = [r for r in rows if r["kind"] in kinds and r["status"] == "done"]
-    if not selected:
-        return "No transfer run has finished."
-    selected.sort(key=lambda r: (_norm_key(r["norm"]), kinds.index(r["kind"])))
-    lines = [[NORM_LABELS.get(r["norm"], r["norm"]), r["stage"], r["dice"], r["dice_small"], r["tm_dice"],
-              r["ted_dice"], r["delta_dice"]] for r in selected]
-    source, test = selected[0]["dataset"], selected[0]["test"]
-    return (f"Trained on **{source}** (the grid's models), tested on **{test}**.\n\n"
-            + _table(("norm", "stage", "Dice", "Dice small tiles", "TM_dice", "TED_dice", "ΔDice"), lines))
-
-
-def _plt() -> Any:
-    require("matplotlib", "plot")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _dice_vs_tm(rows: Sequence[Row], path: Path) -> bool:
@@ -138,7 +100,7 @@ def _dice_vs_tm(rows: Sequence[Row], path: Path) -> bool:
                 and r["dice"] is not None and r["tm_abs"] is not None]
     if not selected:
         return False
-    plt = _plt()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     markers = {"grid": "o", "vit": "^", "volume": "s"}
     for norm in sorted({r["norm"] for r in selected}, key=_norm_key):
@@ -165,7 +127,7 @@ def _ted_vs_batch(rows: Sequence[Row], path: Path) -> bool:
     datasets = sorted({r["dataset"] for r in grid})
     if not grid or len({r["batch_size"] for r in grid}) < 2:
         return False
-    plt = _plt()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(datasets), figsize=(3.6 * len(datasets), 3.4), squeeze=False, sharey=True)
     for axis, dataset in zip(axes[0], datasets):
         for norm in sorted({r["norm"] for r in grid}, key=_norm_key):
@@ -212,7 +174,7 @@ def _side_by_side(rows: Sequence[Row], run_dirs: dict[str, Path], path: Path) ->
     pair = _seams_pair(rows, run_dirs)
     if pair is None:
         return None
-    plt = _plt()
+    plt = pyplot()
     examples = [_example(run_dirs, r["name"]) for r in pair]
     first = examples[0]
     assert first is not None
@@ -232,7 +194,8 @@ def _side_by_side(rows: Sequence[Row], run_dirs: dict[str, Path], path: Path) ->
         assert example is not None
         axis.imshow(plane(example["prediction"]), cmap="magma", vmin=0, vmax=1)
         axis.set_title(f"{NORM_LABELS[row['norm']]} (batch {row['batch_size']}): TM_dice "
-                       f"{_fmt(row['tm_dice_small'])}, seam score {_fmt(row['seam_score_small'], 2)}", fontsize=9)
+                       f"{format_value(row['tm_dice_small'])}, seam score "
+                       f"{format_value(row['seam_score_small'], 2)}", fontsize=9)
     for axis in axes:
         # seams marked outside the image only: lines drawn over the prediction would hide the seams themselves
         axis.set_yticks([k * core[-2] - 0.5 for k in range(1, size[0] // core[-2] + 1)])
@@ -249,7 +212,7 @@ def _side_by_side(rows: Sequence[Row], run_dirs: dict[str, Path], path: Path) ->
 def _claims_section(rows: Sequence[Row]) -> str:
     checks = check_claims(rows)
     lines = [[c.claim, f"**{c.verdict}**", c.evidence] for c in checks]
-    return _table(("claim of the paper", "here", "evidence"), lines)
+    return markdown_table(("claim of the paper", "here", "evidence"), lines)
 
 
 def _status_section(rows: Sequence[Row]) -> str:
@@ -266,7 +229,7 @@ def _status_section(rows: Sequence[Row]) -> str:
 
 
 def write_results(rows: Sequence[Row], path: str | Path, *, run_dirs: dict[str, Path], command: str,
-                  profile: str, hardware: Hardware) -> Path:
+                  profile: str, hardware: Hardware, transfer: TransferConfig | None = None) -> Path:
     """Write the study's Markdown page to ``path`` (figures in ``figures/`` beside it); return the path.
 
     Parameters
@@ -282,6 +245,8 @@ def write_results(rows: Sequence[Row], path: str | Path, *, run_dirs: dict[str, 
     profile : str
         The study profile the rows come from.
     hardware : Hardware
+    transfer : TransferConfig, optional
+        The study's transfer settings, stated in the transfer section (adaptation budget, augmentation).
     """
     page = Path(path)
     _check_replaceable(page)
@@ -307,12 +272,12 @@ def write_results(rows: Sequence[Row], path: str | Path, *, run_dirs: dict[str, 
     if vit:
         parts.append("## ViT-based (UNETR-like) models\n\nSelf-attention spans the whole tile, so every ViT is "
                      "tile-dependent whatever its decoder norm; the norms still decide TED.\n\n"
-                     + _table(IN_DISTRIBUTION, _in_distribution_lines(vit)))
+                     + markdown_table(IN_DISTRIBUTION, _in_distribution_lines(vit)))
     volume = _done(rows, "volume")
     if volume:
         parts.append("## 3D: anisotropic U-Net on the drosophila-vnc stack\n\n"
-                     + _table(IN_DISTRIBUTION, _in_distribution_lines(volume)))
-    parts.append("## Transfer: a new microscope and cell line\n\n" + _transfer_section(rows))
+                     + markdown_table(IN_DISTRIBUTION, _in_distribution_lines(volume)))
+    parts.append("## Transfer to a new domain\n\n" + transfer_section(rows, figures, transfer))
     figure_lines = []
     if _dice_vs_tm(rows, figures / "dice_vs_tm.png"):
         figure_lines.append("![Dice vs tile mismatch](figures/dice_vs_tm.png)")

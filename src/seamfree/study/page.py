@@ -1,0 +1,44 @@
+"""Shared pieces of the study's results page: Markdown tables, matplotlib on a headless backend, and one colour
+per norm across every figure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from seamfree.errors import require
+
+__all__ = ["NORM_COLOURS", "format_value", "markdown_table", "pyplot"]
+
+NORM_COLOURS = {"batch": "#1f77b4", "batchrenorm": "#2ca02c", "instance": "#d62728", "instance_tracked": "#9467bd",
+                "group": "#ff7f0e", "none": "#7f7f7f", "layer": "#e377c2", "layer_spatial": "#8c564b"}
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display); a clear error when matplotlib is
+    missing."""
+    require("matplotlib", "plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def format_value(value: Any, digits: int = 3) -> str:
+    """A table cell: "–" for a missing value, small floats in scientific notation, others as they are."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.1e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], lines: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table of ``lines`` under ``headers`` (cells through :func:`format_value`)."""
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(format_value(v) for v in line) + " |" for line in lines]
+    return "\n".join(out)
