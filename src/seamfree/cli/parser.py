@@ -217,8 +217,8 @@ def _add_study(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("study", help="reproduce the paper's trade-off on real data: norms x batch sizes x "
                             "datasets, ViT, 3D, transfer; a CSV and a results page")
     s.add_argument("config", type=Path, nargs="?", help="YAML changing the profile (see examples/study.yaml)")
-    s.add_argument("--profile", default="quick", help="quick (minutes), standard (~1.5 h on 2 CPU cores) or full "
-                   "(paper-scale; use a GPU)")
+    s.add_argument("--profile", default="quick", help="quick (minutes), standard (the grid ~1.5 h per seed on "
+                   "2 CPU cores, the transfer ~10 h: run it in pieces with --only) or full (paper-scale; use a GPU)")
     s.add_argument("--out", type=Path, default=Path("seamfree-study"), help="output folder; rerun to resume")
     s.add_argument("--only", action="append", metavar="PATTERN",
                    help="run only runs whose name matches (and the runs they start from), e.g. 'grid/isbi2012/*'")

@@ -294,7 +294,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                      "test_images": 2, "recalibration_batches": 4},
     },
     # The whole grid with short training (500 iterations, 8-feature U-Nets), 3 seeds, 10 test images: verdicts
-    # with confidence intervals over images and seeds (about 1.5 h per seed with 2 test images on 2 CPU cores).
+    # with confidence intervals over images and seeds (the grid about 1.5 h per seed with 2 test images on 2 CPU
+    # cores; the transfer about 10 min per pair, norm, source batch size and seed, 10 h in all).
     "standard": {
         "grid": {"datasets": _REAL_DATASETS, "norms": _ALL_NORMS, "batch_sizes": [1, 8], "seeds": [0, 1, 2]},
         "training": {"iterations": 500, "patch_size": [128, 128], "features": 8},
