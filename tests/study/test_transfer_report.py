@@ -17,7 +17,7 @@ def adapted(norm, kind, gain, seed, k=None, batch=8):
     stage = {"zero-shot": "zero-shot", "zero-shot-dataset": "zero-shot"}.get(kind, f"k{k}/{kind}")
     return {"name": f"{PAIR}/unet-{norm}-b{batch}-s{seed}/{stage}", "kind": kind, "status": "done", "norm": norm,
             "dataset": "src", "test": "tgt", "batch_size": batch, "seed": seed, "images": k,
-            "dice": sum(dice) / len(dice), "dice_images": dice}
+            "dice": sum(dice) / len(dice), "dice_images": dice, "msa": 0.3, "msa_images": [0.2, 0.4, 0.3, 0.3]}
 
 
 def scratch(norm, gain, seed, k):

@@ -51,8 +51,9 @@ def _cell(estimate: Estimate | None) -> str:
     return f"{estimate.mean:.3f} [{estimate.low:.3f}, {estimate.high:.3f}]"
 
 
-def _estimate(rows: Sequence[Row]) -> Estimate | None:
-    return bootstrap_ci(per_image_values(rows, "dice")) if rows else None
+def _estimate(rows: Sequence[Row], key: str = "dice") -> Estimate | None:
+    rows = [r for r in rows if r.get(key) is not None]
+    return bootstrap_ci(per_image_values(rows, key)) if rows else None
 
 
 def _groups(rows: Sequence[Row]) -> list[tuple[str, Any, str]]:
@@ -67,10 +68,10 @@ def _select(rows: Sequence[Row], norm: str, batch: Any, kind: str, k: int | None
             and (kind == "scratch" or r["batch_size"] == batch) and (k is None or _k(r) == k)]
 
 
-def _dice_table(rows: Sequence[Row], ks: Sequence[int]) -> str:
+def _metric_table(rows: Sequence[Row], ks: Sequence[int], key: str = "dice") -> str:
     lines = []
     for norm, batch, kind in _groups(rows):
-        cells = [_cell(_estimate(_select(rows, norm, batch, kind, k))) for k in ks]
+        cells = [_cell(_estimate(_select(rows, norm, batch, kind, k), key)) for k in ks]
         lines.append([norm_spec(norm).label, "–" if batch is None else str(batch), STAGES[kind], *cells])
     return markdown_table(("norm", "source batch", "stage", *(f"k={k}" for k in ks)), lines)
 
@@ -196,7 +197,12 @@ def transfer_section(rows: Sequence[Row], figures: Path, config: TransferConfig 
         chosen = [r for r in selected if _pair_label(r) == pair]
         ks = sorted({_k(r) for r in chosen})
         source = next((r["dataset"] for r in chosen if r["kind"] != "scratch"), "?")
-        parts.append(f"### {source} → {chosen[0]['test']}\n\n{_dice_table(chosen, ks)}")
+        parts.append(f"### {source} → {chosen[0]['test']}\n\nDice:\n\n{_metric_table(chosen, ks)}")
+        if any(r.get("msa") is not None for r in chosen):
+            parts.append("Mean segmentation accuracy (mSA: TP / (TP + FP + FN) of objects matched one to one, "
+                         "averaged over IoU thresholds 0.5–0.95; objects are the connected components of the "
+                         "thresholded prediction, for membranes those of the regions between them):\n\n"
+                         + _metric_table(chosen, ks, "msa"))
         differences = _differences(chosen, ks)
         if differences:
             parts.append(differences)
