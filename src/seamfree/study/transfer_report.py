@@ -179,10 +179,11 @@ def _protocol(config: TransferConfig | None, rows: Sequence[Row]) -> str:
     if config is not None:
         augment = ("the recipe's training.augment with " + ", ".join(f"{k} {v}" for k, v in sorted(
             config.augment.items()))) if config.augment else "the recipe's training.augment"
+        scratch = config.scratch_iterations or "the recipe's training.iterations"
         text += (f" Adaptation: {config.finetune_iterations} fine-tuning iterations at batch "
                  f"{config.finetune_batch_size}, learning rate {config.finetune_learning_rate:g}; recalibration "
                  f"on {config.recalibration_batches} batches of 8 patches of the k images; from scratch: "
-                 f"{config.scratch_iterations or 'the recipe'} iterations. Intensity augmentation of every "
+                 f"{scratch} iterations. Intensity augmentation of every "
                  f"transfer training (set a priori, never tuned on a target): {augment}.")
     return text
 
