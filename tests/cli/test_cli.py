@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from seamfree.cli.main import main
+from seamfree.errors import ConfigError
 from seamfree.models import UNet, load_model, save_model
 from seamfree.tiling import PredictConfig, predict
 
@@ -65,3 +66,20 @@ def test_a_closed_pipe_is_not_an_error(checkpoint):
         err = run.stderr.read().decode()
         code = run.wait()
     assert code == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_missing_input_or_a_bad_core_fails_before_the_model_is_even_loaded(tmp_path, rng, capsys):
+    # the model path is garbage too: the input and --core are checked first, in a second, not after the model's
+    # description (receptive field, tile probe), which takes a minute on a large network
+    np.save(tmp_path / "image.npy", rng.random((40, 40)))
+    assert main(["predict", str(tmp_path / "no-model.pt"), str(tmp_path / "missing.tif"), str(tmp_path / "o.zarr"),
+                 "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "input" in err and "missing.tif" in err and "does not exist" in err and "check the path" in err
+    assert main(["predict", str(tmp_path / "no-model.pt"), str(tmp_path / "image.npy"), str(tmp_path / "o.zarr"),
+                 "--core", "-5", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "core must be positive" in err and "-5" in err
+    with pytest.raises(ConfigError, match="halo must be non-negative"):
+        PredictConfig(halo=(-1, 4))
+    assert not (tmp_path / "o.zarr").exists()

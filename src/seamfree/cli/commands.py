@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from seamfree.errors import SeamfreeError
+from seamfree.errors import DataError, SeamfreeError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -25,6 +25,16 @@ __all__ = ["audit", "convert", "data", "demo", "diagnose", "export", "predict", 
 def _model_options(args: argparse.Namespace) -> dict[str, object]:
     """The describe_model options of a command (``--spatial-dims``, ``--in-channels``, ``--output``)."""
     return {"spatial_dims": args.spatial_dims, "in_channels": args.in_channels, "model_output": args.model_output}
+
+
+def _check_input_exists(image: Any) -> None:
+    """A local input path that does not exist fails at once (URLs and remote stores are checked by their reader)."""
+    text = str(image)
+    if "://" in text or not isinstance(image, (str, Path)):
+        return
+    if not Path(text).exists():
+        raise DataError(f"input {text!r} does not exist; check the path (relative paths start from "
+                        f"{str(Path.cwd())!r})")
 
 
 def _normalization(args: argparse.Namespace, model: nn.Module) -> IntensityNormalization:
@@ -115,6 +125,9 @@ def predict(args: argparse.Namespace) -> int:
     from seamfree.models import load_model
     from seamfree.tiling import IntensityNormalization, PredictConfig, PredictionReport, predict
 
+    _check_input_exists(args.image)  # before the model is loaded and described, which can take a minute
+    if args.core is not None:
+        PredictConfig(core=args.core)  # the same check as below, before the slow part
     model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
     if (args.intensity_offset is None) != (args.intensity_scale is None):
         given = "--intensity-offset" if args.intensity_offset is not None else "--intensity-scale"

@@ -209,6 +209,13 @@ class PredictConfig:
             raise ConfigError(f"stitching must be 'crop' or 'blend', got {self.stitching!r}")
         if self.tiles_per_batch is not None and self.tiles_per_batch < 1:
             raise ConfigError(f"tiles_per_batch must be >= 1, got {self.tiles_per_batch}")
+        # checked here, before any model is described or any image read: a typo fails in a second, not minutes
+        if self.core is not None and min(_as_tuple(self.core)) < 1:
+            raise ConfigError(f"core must be positive voxels per axis (CLI --core), got {self.core}; leave it out "
+                              "to let seamfree choose")
+        if not isinstance(self.halo, str) and min(_as_tuple(self.halo)) < 0:
+            raise ConfigError(f"halo must be non-negative voxels per side (CLI --halo), got {self.halo}; leave it "
+                              "out for 'auto' (the measured receptive field)")
         if self.overlap is not None and self.stitching != "blend":
             raise ConfigError(f"overlap={self.overlap} (CLI --overlap) is the core overlap of stitching='blend'; "
                               "crop stitching has none: pass stitching='blend' (CLI --stitching blend) or drop it")
