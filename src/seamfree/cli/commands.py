@@ -123,9 +123,12 @@ def convert(args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     from seamfree.models import load_model
+    from seamfree.models.checkpoint import check_device
     from seamfree.tiling import IntensityNormalization, PredictConfig, PredictionReport, predict
 
-    _check_input_exists(args.image)  # before the model is loaded and described, which can take a minute
+    # before the model is loaded and described, which can take a minute: the device, the input, the core
+    check_device(args.device)
+    _check_input_exists(args.image)
     if args.core is not None:
         PredictConfig(core=args.core)  # the same check as below, before the slow part
     model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
