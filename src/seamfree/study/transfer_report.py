@@ -8,7 +8,7 @@ source model unchanged (zero-shot).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +85,10 @@ def _scratch_peer(row: Row) -> Row:
 def _differences(rows: Sequence[Row], ks: Sequence[int]) -> str:
     lines = []
 
-    def add(label: str, a: Sequence[Row], b: Sequence[Row], peer: Callable[[Row], Row] = dict) -> None:
+    def add(label: str, a: Sequence[Row], b: Sequence[Row]) -> None:
         cells, seen = [], False
         for k in ks:
-            x, y = paired_values([peer(r) for r in a if _k(r) == k], [peer(r) for r in b if _k(r) == k], "dice")
+            x, y = paired_values([r for r in a if _k(r) == k], [r for r in b if _k(r) == k], "dice")
             if x:
                 d = paired_difference(x, y)
                 cells.append(f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] {compare(d)}")
@@ -105,9 +105,8 @@ def _differences(rows: Sequence[Row], ks: Sequence[int]) -> str:
                 [r for r in rows if r["norm"] == b_norm and r["kind"] == kind])
     for norm in sorted({r["norm"] for r in rows}, key=display_order):
         add(f"{norm_spec(norm).label}: fine-tuned − from scratch",
-            [r for r in rows if r["norm"] == norm and r["kind"] == "finetune"],
-            [_scratch_peer(r) for r in rows if r["norm"] == norm and r["kind"] == "scratch"],
-            peer=lambda r: {**r, "dataset": None})
+            [{**r, "dataset": None} for r in rows if r["norm"] == norm and r["kind"] == "finetune"],
+            [_scratch_peer(r) for r in rows if r["norm"] == norm and r["kind"] == "scratch"])
         add(f"{norm_spec(norm).label}: zero-shot, dataset-level − per-image normalization",
             [r for r in rows if r["norm"] == norm and r["kind"] == "zero-shot-dataset"],
             [r for r in rows if r["norm"] == norm and r["kind"] == "zero-shot"])
