@@ -178,7 +178,24 @@ def test_a_seamless_prediction_is_never_flagged(seed):
     grid = TileGrid.create(prediction.shape[1:], core, 16, network_stride=8, offset=int(rng.integers(0, 4)) * 8)
     result = seam_score(prediction, grid)
     assert result.detected is False, (seed, result.summary)
+    assert not result.faint and "no visible seams" in result.summary, (seed, result.summary)
     assert result.map.max() == 0 or np.count_nonzero(result.map) < 0.02 * result.map.size
+
+
+def test_the_summary_says_faint_seams_where_the_excess_is_systematic_but_below_the_threshold():
+    """The demo's InstanceNorm case: score 1.41 [1.25, 1.60] with z 3.8 is not "no visible seams"."""
+    from seamfree.diagnostics.seams import SeamScore
+
+    def score(ci: tuple[float, float], z: float, detected: bool) -> SeamScore:
+        return SeamScore(score=1.41, per_axis=[1.41, 1.2], seam_jump=1.41, interior_jump=1.0, seams=14,
+                         map=np.zeros((8, 8)), z=z, ci=ci, segments=200, detected=detected)
+
+    faint = score((1.25, 1.60), 3.8, False)
+    assert faint.faint and faint.summary.startswith("faint seams, below the detection threshold z 4 (score 1.41")
+    assert not score((0.95, 1.60), 3.8, False).faint  # the interval reaches 1: nothing systematic
+    assert not score((1.25, 1.60), 1.5, False).faint  # not significant
+    detected = score((1.25, 1.60), 6.0, True)
+    assert not detected.faint and detected.summary.startswith("seams detected")
 
 
 def test_a_faint_per_tile_offset_on_a_textured_image_is_flagged():

@@ -201,7 +201,8 @@ about 0 (below 1e-4) means tiling cannot change the result.
 on the same patches: large values mean the running statistics do not describe the data (BatchNorm's problem,
 not a tiling one). <b>Seam score</b>: the jump of the prediction across each seam over the jump at the same place
 predicted on grid B, where it is the interior of a tile (about 1: invisible); seams count as
-<b>detected</b> when the excess is significant (z &gt; 4) and at least 5 % (the score's 95 % interval above 1.05).
+<b>detected</b> when the excess is significant (z &gt; 4) and at least 5 % (the score's 95 % interval above 1.05),
+and <b>faint</b> when the interval lies above 1.05 with 2 &lt; z ≤ 4 (a weak but systematic excess).
 <b>max |tiled − whole|</b> compares the tiled prediction with one forward pass over the whole region: 0 means
 exact. The crops show one seam crossing (magenta ticks in the margins mark the seams) for every model on the same
 colour scales. The definitions, and how the seam test was validated on real images, are in the seamfree
