@@ -107,3 +107,49 @@ def test_transfer_verdicts_are_judged_at_every_number_of_target_images():
                     for s in range(3) for k in (1, 2)]
     check = {c.claim: c for c in check_claims(zero + recalibrated)}[RECALIBRATION]
     assert check.verdict == "reproduced" and "k=1: 0.010" in check.evidence and "k=2: 0.020" in check.evidence
+
+
+DISPARITY = "BatchNorm has a train/eval disparity that grows as the training batch shrinks"
+REMOVES = "BatchRenorm removes the train/eval disparity, even with small batches"
+KEEPS = "BatchRenorm keeps the accuracy"
+
+
+def grid_row(norm, batch, seed, dataset="d", ted=(0.0, 0.0, 0.0), dice=(0.8, 0.8, 0.8)):
+    return {"status": "done", "kind": "grid", "stage": "in-distribution", "norm": norm, "batch_size": batch,
+            "seed": seed, "dataset": dataset, "name": f"{dataset}-{norm}-b{batch}-s{seed}",
+            "ted_dice": sum(ted) / len(ted), "ted_dice_images": list(ted),
+            "dice": sum(dice) / len(dice), "dice_images": list(dice)}
+
+
+def test_grid_verdicts_compare_intervals_over_seeds_and_images_per_dataset():
+    # BatchNorm's TED grows as the batch shrinks on dataset a; on dataset b it is noise either way
+    rows = [grid_row("batch", 1, s, "a", ted=(0.30, 0.20, 0.25)) for s in range(3)] + \
+        [grid_row("batch", 8, s, "a", ted=(0.05, 0.04, 0.06)) for s in range(3)]
+    assert {c.claim: c for c in check_claims(rows)}[DISPARITY].verdict == "reproduced"
+    noisy = rows + [grid_row("batch", 1, s, "b", ted=(0.10, 0.00, 0.05)) for s in range(3)] + \
+        [grid_row("batch", 8, s, "b", ted=(0.00, 0.10, 0.05)) for s in range(3)]
+    check = {c.claim: c for c in check_claims(noisy)}[DISPARITY]
+    assert check.verdict == "partly" and "b: b1 0.050 − b8 0.050 = 0.000" in check.evidence
+    only_noise = [r for r in noisy if r["dataset"] == "b"]
+    assert {c.claim: c for c in check_claims(only_noise)}[DISPARITY].verdict == "inconclusive"
+    reversed_ = [{**r, "batch_size": 9 - r["batch_size"]} for r in rows]  # the larger batch has the larger TED
+    assert {c.claim: c for c in check_claims(reversed_)}[DISPARITY].verdict == "not reproduced"
+    # one seed, one image: an interval of one value decides nothing
+    single = [grid_row("batch", 1, 0, ted=(0.3,)), grid_row("batch", 8, 0, ted=(0.05,))]
+    assert {c.claim: c for c in check_claims(single)}[DISPARITY].verdict == "inconclusive"
+
+
+def test_batchrenorm_removes_reduces_or_keeps_accuracy_by_intervals():
+    batchnorm = [grid_row("batch", 1, s, ted=(0.30, 0.20, 0.25), dice=(0.80, 0.70, 0.90)) for s in range(3)]
+    removed = [grid_row("batchrenorm", 1, s, ted=(0.0, 0.001, 0.0), dice=(0.79, 0.69, 0.89)) for s in range(3)]
+    checks = {c.claim: c for c in check_claims(batchnorm + removed)}
+    assert checks[REMOVES].verdict == "reproduced", checks[REMOVES].evidence
+    assert checks[KEEPS].verdict == "reproduced", checks[KEEPS].evidence  # −0.01, inside the 0.03 margin
+    assert "d b1: − BatchNorm -0.010 [-0.010, -0.010] (n=9)" in checks[KEEPS].evidence
+    reduced = [grid_row("batchrenorm", 1, s, ted=(0.10, 0.05, 0.08), dice=(0.70, 0.60, 0.80)) for s in range(3)]
+    checks = {c.claim: c for c in check_claims(batchnorm + reduced)}
+    assert checks[REMOVES].verdict == "partly"  # lower than BatchNorm's, not gone
+    assert checks[KEEPS].verdict == "not reproduced"  # −0.1, the whole interval below −0.03
+    # BatchRenorm ahead on some images, behind on others by more than the margin: the interval straddles it
+    straddles = [grid_row("batchrenorm", 1, s, ted=(0.0, 0.0, 0.0), dice=(0.90, 0.60, 0.85)) for s in range(3)]
+    assert {c.claim: c for c in check_claims(batchnorm + straddles)}[KEEPS].verdict == "inconclusive"

@@ -139,25 +139,37 @@ def test_a_failing_run_is_recorded_and_the_study_goes_on(tiny_config, tmp_path):
 
 
 def test_claims_read_the_table():
-    def row(kind, norm, batch, **metrics):
-        base = {"status": "done", "kind": kind, "norm": norm, "batch_size": batch, "dataset": "d", "seed": 0,
+    def row(kind, norm, batch, seed, **metrics):
+        base = {"status": "done", "kind": kind, "norm": norm, "batch_size": batch, "dataset": "d", "seed": seed,
                 "stage": "in-distribution", "dice": 0.9, "dice_small": 0.9, "tm_dice": 0.0, "tm_abs": 0.0,
                 "tm_abs_small": 0.0, "ted_dice": 0.0, "ted_abs": 0.0, "delta_dice": 0.0, "exact_max_abs": 0.0}
-        return {**base, **metrics}
+        row = {**base, **metrics}
+        # three test images around the row's mean, the same spread for every model
+        return {**row, "dice_images": [row["dice"] + e for e in (-0.01, 0.0, 0.01)],
+                "ted_dice_images": [max(row["ted_dice"] + e, 0.0) for e in (-0.001, 0.0, 0.001)]}
 
-    rows = [row("grid", "instance", 1, tm_abs=0.01, tm_dice=0.05, tm_abs_small=0.03, dice_small=0.8),
-            row("grid", "instance", 8, tm_abs=0.01, tm_dice=0.04, tm_abs_small=0.02, dice_small=0.85),
-            row("grid", "batch", 1, ted_dice=0.3, ted_abs=0.1, delta_dice=0.2, dice=0.6),
-            row("grid", "batch", 8, ted_dice=0.05, ted_abs=0.02, delta_dice=0.01),
-            row("grid", "batchrenorm", 1, ted_dice=0.01, ted_abs=0.001),
-            row("grid", "batchrenorm", 8, ted_dice=0.005, ted_abs=0.001)]
-    verdicts = {c.claim: c.verdict for c in check_claims(rows)}
+    rows = []
+    for seed in range(3):
+        rows += [row("grid", "instance", 1, seed, tm_abs=0.01, tm_dice=0.05, tm_abs_small=0.03, dice_small=0.8),
+                 row("grid", "instance", 8, seed, tm_abs=0.01, tm_dice=0.04, tm_abs_small=0.02, dice_small=0.85),
+                 row("grid", "batch", 1, seed, ted_dice=0.3, ted_abs=0.1, delta_dice=0.2, dice=0.6),
+                 row("grid", "batch", 8, seed, ted_dice=0.05, ted_abs=0.02, delta_dice=0.01),
+                 row("grid", "batchrenorm", 1, seed, ted_dice=0.01, ted_abs=0.001),
+                 row("grid", "batchrenorm", 8, seed, ted_dice=0.005, ted_abs=0.001)]
+    checks = {c.claim: c for c in check_claims(rows)}
+    verdicts = {claim: c.verdict for claim, c in checks.items()}
     assert verdicts["Tile-wise norms (InstanceNorm, GroupNorm, LayerNorm) cause tiling artifacts"] == "reproduced"
     assert verdicts["BatchNorm has a train/eval disparity that grows as the training batch shrinks"] == "reproduced"
+    assert "d: b1 0.300 − b8 0.050 = 0.250 [0.250, 0.250] (n=9)" in \
+        checks["BatchNorm has a train/eval disparity that grows as the training batch shrinks"].evidence
     assert verdicts["BatchRenorm removes the train/eval disparity, even with small batches"] == "reproduced"
+    # BatchRenorm 0.9 at both batch sizes; the best peer is InstanceNorm at 0.9 (b1) and BatchNorm at 0.9 (b8)
+    assert verdicts["BatchRenorm keeps the accuracy"] == "reproduced"
     assert verdicts["Tiling artifacts grow as tiles shrink"] == "reproduced"
     assert verdicts["BatchRenorm transfers best to a new dataset"] == "not measured"
-    rows[0]["tm_abs"] = 1e-7
+    for r in rows:
+        if r["norm"] == "instance" and r["batch_size"] == 1:
+            r["tm_abs"] = 1e-7
     verdicts = {c.claim: c.verdict for c in check_claims(rows)}
     assert verdicts["Tile-wise norms (InstanceNorm, GroupNorm, LayerNorm) cause tiling artifacts"] == "partly"
 

@@ -26,10 +26,11 @@ FIXED = norms_where(computes_statistics=False)
 # TM_abs above this is a tiling artifact (the diagnosis threshold); below EXACT it is floating-point noise.
 ARTIFACT = 1e-4
 EXACT = 1e-5
-# BatchRenorm "keeps accuracy" when its Dice is within this of the best norm of the same dataset and batch size.
+# BatchRenorm "keeps accuracy" when the interval of its Dice minus the best norm's (same dataset and batch size)
+# lies above minus this.
 ACCURACY_MARGIN = 0.03
-# Dice differences below this are ties: a comparison between tied models proves nothing.
-TIE = 0.005
+# BatchRenorm "removes" the train/eval disparity where the upper end of its TED_dice interval lies below this.
+REMOVED_TED = 0.02
 # A model whose test Dice is below this did not learn the task: left out of the claims (and listed).
 UNTRAINED_DICE = 0.05
 
@@ -110,29 +111,57 @@ def _tile_wise_no_disparity(rows: list[Row]) -> tuple[str, str]:
     return _share(len(hits), len(selected)), f"{len(hits)} of {len(selected)} tile-wise models have TED_abs ≤ 1e-6"
 
 
-def _pairs_by_batch(rows: list[Row], norm: str) -> list[tuple[Row, Row]]:
-    """Return (smallest-batch row, largest-batch row) of ``norm`` for each dataset and seed with both."""
-    pairs = []
-    for dataset in sorted({r["dataset"] for r in rows}):
-        for seed in sorted({r["seed"] for r in rows}):
-            group = sorted(_done(rows, ("ted_dice",), kind="grid", norm=norm, dataset=dataset, seed=seed),
-                           key=lambda r: r["batch_size"])
-            if len(group) >= 2:
-                pairs.append((group[0], group[-1]))
-    return pairs
+def _decide(outcomes: Sequence[str]) -> str:
+    """One verdict from the outcome of each (dataset, batch size) group — "holds", "fails", "partly" (a weaker form
+    holds) or "inconclusive" (the interval does not decide): reproduced when it holds in every group, not
+    reproduced when it fails somewhere and holds nowhere, inconclusive when no group decides, partly otherwise."""
+    kinds = set(outcomes)
+    if not kinds:
+        return "not measured"
+    if kinds == {"holds"}:
+        return "reproduced"
+    if kinds <= {"inconclusive"}:
+        return "inconclusive"
+    if "fails" in kinds and not kinds & {"holds", "partly"}:
+        return "not reproduced"
+    return "partly"
+
+
+def _outcome(difference: Estimate) -> str:
+    return {"higher": "holds", "lower": "fails"}.get(compare(difference), "inconclusive")
+
+
+def _grid_groups(rows: Sequence[Row], norm: str, key: str) -> dict[tuple[str, int], list[Row]]:
+    """The grid rows of ``norm`` with ``key`` measured, by (dataset, training batch size); every seed in a group."""
+    groups: dict[tuple[str, int], list[Row]] = {}
+    for row in _done(rows, (key,), kind="grid", norm=norm):
+        groups.setdefault((row["dataset"], row["batch_size"]), []).append(row)
+    return dict(sorted(groups.items()))
 
 
 def _batchnorm_disparity(rows: list[Row]) -> tuple[str, str]:
-    pairs = _pairs_by_batch(rows, "batch")
-    grows = [p for p in pairs if p[0]["ted_dice"] > p[1]["ted_dice"]]
+    """TED_dice at the smallest training batch − at the largest, paired by dataset, seed and test image."""
     measured = _done(rows, ("ted_dice",), kind="grid", norm="batch")
-    positive = [r for r in measured if r["ted_dice"] > 0.01]
-    total = len(measured)
-    detail = "; ".join(f"{a['dataset']}: b{a['batch_size']} {_fmt(a['ted_dice'])} vs b{b['batch_size']} "
-                       f"{_fmt(b['ted_dice'])}" for a, b in pairs)
-    verdict = _share(len(grows) + len(positive), len(pairs) + total)
-    return verdict, (f"TED_dice > 0.01 in {len(positive)} of {total} BatchNorm models; larger at the smallest batch "
-                     f"in {len(grows)} of {len(pairs)} datasets ({detail})")
+    parts, outcomes = [], []
+    for dataset in sorted({r["dataset"] for r in measured}):
+        sizes = sorted({r["batch_size"] for r in measured if r["dataset"] == dataset})
+        if len(sizes) < 2:
+            continue
+        # the two batch sizes are paired with each other: their own batch size is left out of the matching
+        small, large = ([{**r, "batch_size": None} for r in measured if r["dataset"] == dataset
+                         and r["batch_size"] == size] for size in (sizes[0], sizes[-1]))
+        a, b = paired_values(small, large, "ted_dice")
+        if not a:
+            continue
+        difference = paired_difference(a, b)
+        outcomes.append(_outcome(difference))
+        parts.append(f"{dataset}: b{sizes[0]} {bootstrap_ci(a).mean:.3f} − b{sizes[-1]} {bootstrap_ci(b).mean:.3f} "
+                     f"= {difference}")
+    if not outcomes:
+        return "not measured", "no dataset with BatchNorm models at two training batch sizes"
+    return _decide(outcomes), ("BatchNorm TED_dice at the smallest − at the largest training batch, paired by "
+                               "seed and test image (reproduced when the interval lies above 0 on every "
+                               "dataset): " + "; ".join(parts))
 
 
 def _batchnorm_accuracy(rows: list[Row]) -> tuple[str, str]:
@@ -159,32 +188,55 @@ def _batchnorm_accuracy(rows: list[Row]) -> tuple[str, str]:
 
 
 def _renorm_no_disparity(rows: list[Row]) -> tuple[str, str]:
-    compared = []
-    for brn in _done(rows, ("ted_dice",), kind="grid", norm="batchrenorm"):
-        bn = _done(rows, ("ted_dice",), kind="grid", norm="batch", dataset=brn["dataset"],
-                   batch_size=brn["batch_size"], seed=brn["seed"])
-        if bn:
-            compared.append((brn, bn[0]))
-    hits = [p for p in compared if p[0]["ted_dice"] <= p[1]["ted_dice"]]
-    brn_values = [r["ted_dice"] for r in _done(rows, ("ted_dice",), kind="grid", norm="batchrenorm")]
-    return _share(len(hits), len(compared)), (
-        f"BatchRenorm TED_dice ≤ BatchNorm's at the same batch size in {len(hits)} of {len(compared)} pairs; "
-        f"BatchRenorm TED_dice {_fmt(min(brn_values, default=None))}–{_fmt(max(brn_values, default=None))}")
+    """Per dataset and batch size: removed when BatchRenorm's TED_dice interval lies below :data:`REMOVED_TED`,
+    reduced ("partly") when only its paired difference to BatchNorm lies below 0."""
+    parts, outcomes = [], []
+    for (dataset, batch), renorm in _grid_groups(rows, "batchrenorm", "ted_dice").items():
+        level = bootstrap_ci(per_image_values(renorm, "ted_dice"))
+        batchnorm = _done(rows, ("ted_dice",), kind="grid", norm="batch", dataset=dataset, batch_size=batch)
+        a, b = paired_values(renorm, batchnorm, "ted_dice")
+        difference = paired_difference(a, b) if a else None
+        if level.count >= 3 and level.high <= REMOVED_TED:
+            outcome = "holds"
+        elif difference is not None and compare(difference) == "lower":
+            outcome = "partly"
+        elif difference is not None and compare(difference) == "higher":
+            outcome = "fails"
+        else:
+            outcome = "inconclusive"
+        outcomes.append(outcome)
+        versus = f", − BatchNorm {difference}" if difference is not None else ""
+        parts.append(f"{dataset} b{batch}: {level}{versus}")
+    return _decide(outcomes), (
+        f"BatchRenorm TED_dice over seeds and test images, and its paired difference to BatchNorm (removed when "
+        f"the interval lies below {REMOVED_TED}, reduced when only the difference lies below 0): "
+        + ("; ".join(parts) or "no BatchRenorm model with TED"))
 
 
 def _renorm_accuracy(rows: list[Row]) -> tuple[str, str]:
-    compared, hits, gaps = 0, 0, []
-    for brn in _done(rows, ("dice",), kind="grid", norm="batchrenorm"):
-        peers = _done(rows, ("dice",), kind="grid", dataset=brn["dataset"], batch_size=brn["batch_size"],
-                      seed=brn["seed"])
-        best = max(r["dice"] for r in peers)  # brn is among its peers
-        compared += 1
-        gap = best - brn["dice"]
-        gaps.append(gap)
-        hits += gap <= ACCURACY_MARGIN
-    return _share(hits, compared), (
-        f"BatchRenorm's test Dice is within {ACCURACY_MARGIN} of the best norm (same dataset and batch size) in "
-        f"{hits} of {compared} cases; largest gap {_fmt(max(gaps, default=None))}")
+    """Non-inferiority per dataset and batch size: BatchRenorm − the best other norm (by mean Dice), paired."""
+    parts, outcomes = [], []
+    for (dataset, batch), renorm in _grid_groups(rows, "batchrenorm", "dice").items():
+        peers = [r for r in _done(rows, ("dice",), kind="grid", dataset=dataset, batch_size=batch)
+                 if r["norm"] != "batchrenorm"]
+        by_norm: dict[str, list[Row]] = {}
+        for row in peers:
+            by_norm.setdefault(row["norm"], []).append(row)
+        if not by_norm:
+            continue
+        best = max(sorted(by_norm, key=display_order),
+                   key=lambda n: sum(r["dice"] for r in by_norm[n]) / len(by_norm[n]))
+        a, b = paired_values(renorm, by_norm[best], "dice")
+        if not a:
+            continue
+        difference = paired_difference(a, b)
+        outcomes.append("holds" if difference.count >= 3 and difference.low > -ACCURACY_MARGIN else
+                        "fails" if difference.count >= 3 and difference.high < -ACCURACY_MARGIN else "inconclusive")
+        parts.append(f"{dataset} b{batch}: − {norm_spec(best).label} {difference}")
+    return _decide(outcomes), (
+        f"paired Dice of BatchRenorm − the best other norm of the same dataset and batch size, over seeds and test "
+        f"images (kept when the interval lies above −{ACCURACY_MARGIN}, lost when below): "
+        + ("; ".join(parts) or "no BatchRenorm model with a peer"))
 
 
 def _artifacts_grow(rows: list[Row]) -> tuple[str, str]:

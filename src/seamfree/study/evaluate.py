@@ -35,7 +35,7 @@ METRICS = ("dice", "dice_small", "tm_dice", "tm_abs", "tm_dice_small", "tm_abs_s
 # What an accuracy-only evaluation (adapted transfer models) measures.
 ACCURACY = ("dice", "msa", "sa50", "matched_iou")
 # Metrics also kept image by image, for confidence intervals and paired differences over images and seeds.
-PER_IMAGE = ("dice", "delta_dice", "msa")
+PER_IMAGE = ("dice", "delta_dice", "msa", "ted_dice")
 
 
 @dataclass(frozen=True)

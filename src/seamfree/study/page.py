@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from seamfree.errors import require
+from seamfree.study.claims import per_image_values
+from seamfree.study.statistics import Estimate, bootstrap_ci
 
-__all__ = ["NORM_COLOURS", "format_value", "markdown_table", "pyplot"]
+__all__ = ["NORM_COLOURS", "estimate", "format_value", "interval", "markdown_table", "pyplot"]
 
 NORM_COLOURS = {"batch": "#1f77b4", "batchrenorm": "#2ca02c", "instance": "#d62728", "instance_tracked": "#9467bd",
                 "group": "#ff7f0e", "none": "#7f7f7f", "layer": "#e377c2", "layer_spatial": "#8c564b"}
@@ -42,3 +44,17 @@ def markdown_table(headers: Sequence[str], lines: Sequence[Sequence[Any]]) -> st
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(format_value(v) for v in line) + " |" for line in lines]
     return "\n".join(out)
+
+
+def estimate(rows: Sequence[dict[str, Any]], key: str = "dice") -> Estimate | None:
+    """The mean of ``key`` over the rows' test images (every seed) with its 95 % bootstrap interval; None when no
+    row has it."""
+    rows = [r for r in rows if r.get(key) is not None]
+    return bootstrap_ci(per_image_values(rows, key)) if rows else None
+
+
+def interval(value: Estimate | None) -> str:
+    """A table cell for an estimate: "0.951 [0.940, 0.961]", or "–"."""
+    if value is None:
+        return "–"
+    return f"{value.mean:.3f} [{value.low:.3f}, {value.high:.3f}]"

@@ -22,7 +22,7 @@ from seamfree.errors import OutputExistsError
 from seamfree.layers.registry import NORMS, display_order
 from seamfree.study.claims import check_claims
 from seamfree.study.config import TransferConfig
-from seamfree.study.page import NORM_COLOURS, format_value, markdown_table, pyplot
+from seamfree.study.page import NORM_COLOURS, estimate, format_value, interval, markdown_table, pyplot
 from seamfree.study.transfer_report import transfer_section
 
 __all__ = ["Hardware", "describe_hardware", "write_results"]
@@ -75,15 +75,38 @@ def _done(rows: Sequence[Row], kind: str) -> list[Row]:
                   key=lambda r: (r["dataset"], _norm_key(r["norm"]), r["batch_size"], r["seed"]))
 
 
-IN_DISTRIBUTION = ("norm", "batch", "Dice", "Dice small tiles", "TM_dice", "TM_abs", "TM_abs small tiles",
+IN_DISTRIBUTION = ("norm", "batch", "seeds", "Dice", "Dice small tiles", "TM_dice", "TM_abs", "TM_abs small tiles",
                    "TED_dice", "ΔDice", "seam score", "seam score small", "max Δ tiled vs whole",
                    "instance TM small tiles", "mSA")
+TABLE_NOTE = ("Dice, TED_dice and ΔDice: mean over the test images of every seed, with its 95 % bootstrap interval; "
+              "the other columns: mean over seeds (max Δ tiled vs whole: the largest).")
+
+
+def _mean(rows: Sequence[Row], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _by_model(rows: Sequence[Row]) -> list[list[Row]]:
+    """The rows of each (norm, batch size), every seed together, in the rows' order."""
+    groups: dict[tuple[str, int], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row["norm"], row["batch_size"]), []).append(row)
+    return list(groups.values())
 
 
 def _in_distribution_lines(rows: Sequence[Row]) -> list[list[Any]]:
-    return [[NORM_LABELS.get(r["norm"], r["norm"]), r["batch_size"], r["dice"], r["dice_small"], r["tm_dice"],
-             r["tm_abs"], r["tm_abs_small"], r["ted_dice"], r["delta_dice"], r["seam_score"], r["seam_score_small"],
-             r["exact_max_abs"], r.get("instance_tm_small"), r.get("msa")] for r in rows]
+    lines = []
+    for group in _by_model(rows):
+        first = group[0]
+        largest = max((r["exact_max_abs"] for r in group if r.get("exact_max_abs") is not None), default=None)
+        lines.append([NORM_LABELS.get(first["norm"], first["norm"]), first["batch_size"], len(group),
+                      interval(estimate(group, "dice")), _mean(group, "dice_small"), _mean(group, "tm_dice"),
+                      _mean(group, "tm_abs"), _mean(group, "tm_abs_small"), interval(estimate(group, "ted_dice")),
+                      interval(estimate(group, "delta_dice")), _mean(group, "seam_score"),
+                      _mean(group, "seam_score_small"), largest, _mean(group, "instance_tm_small"),
+                      _mean(group, "msa")])
+    return lines
 
 
 def _grid_section(rows: Sequence[Row]) -> str:
@@ -92,7 +115,7 @@ def _grid_section(rows: Sequence[Row]) -> str:
     for dataset in sorted({r["dataset"] for r in grid}):
         selected = [r for r in grid if r["dataset"] == dataset]
         parts.append(f"### {dataset}\n\n{markdown_table(IN_DISTRIBUTION, _in_distribution_lines(selected))}")
-    return "\n\n".join(parts) if parts else "No grid run has finished."
+    return TABLE_NOTE + "\n\n" + "\n\n".join(parts) if parts else "No grid run has finished."
 
 
 def _dice_vs_tm(rows: Sequence[Row], path: Path) -> bool:
@@ -131,17 +154,20 @@ def _ted_vs_batch(rows: Sequence[Row], path: Path) -> bool:
     figure, axes = plt.subplots(1, len(datasets), figsize=(3.6 * len(datasets), 3.4), squeeze=False, sharey=True)
     for axis, dataset in zip(axes[0], datasets):
         for norm in sorted({r["norm"] for r in grid}, key=_norm_key):
-            points = sorted((r["batch_size"], r["ted_dice"]) for r in grid
-                             if r["dataset"] == dataset and r["norm"] == norm and r["ted_dice"] is not None)
+            selected = [r for r in grid if r["dataset"] == dataset and r["norm"] == norm]
+            points = [(batch, value) for batch in sorted({r["batch_size"] for r in selected})
+                      if (value := estimate([r for r in selected if r["batch_size"] == batch], "ted_dice"))]
             if points:
-                axis.plot(*zip(*points), marker="o", color=NORM_COLOURS.get(norm, "black"),
-                          label=NORM_LABELS.get(norm, norm))
+                values = [v for _, v in points]
+                axis.errorbar([b for b, _ in points], [v.mean for v in values], capsize=3, marker="o",
+                              yerr=[[v.mean - v.low for v in values], [v.high - v.mean for v in values]],
+                              color=NORM_COLOURS.get(norm, "black"), label=NORM_LABELS.get(norm, norm))
         axis.set_xscale("log", base=2)
         sizes = sorted({r["batch_size"] for r in grid})
         axis.set_xticks(sizes, [str(b) for b in sizes])
         axis.set_title(dataset, fontsize=9)
         axis.set_xlabel("training batch size")
-    axes[0][0].set_ylabel("TED_dice")
+    axes[0][0].set_ylabel("TED_dice (mean, 95 % interval over images and seeds)")
     axes[0][-1].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

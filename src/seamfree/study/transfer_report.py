@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from seamfree.layers.registry import display_order, norm_spec
-from seamfree.study.claims import paired_values, per_image_values
+from seamfree.study.claims import paired_values
 from seamfree.study.config import TransferConfig
-from seamfree.study.page import markdown_table, pyplot
-from seamfree.study.statistics import Estimate, bootstrap_ci, compare, paired_difference
+from seamfree.study.page import estimate, interval, markdown_table, pyplot
+from seamfree.study.statistics import compare, paired_difference
 
 __all__ = ["STAGES", "transfer_section"]
 
@@ -45,17 +45,6 @@ def _k(row: Row) -> int:
     return 0 if row["kind"] in ZERO_SHOT else int(row["images"])
 
 
-def _cell(estimate: Estimate | None) -> str:
-    if estimate is None:
-        return "–"
-    return f"{estimate.mean:.3f} [{estimate.low:.3f}, {estimate.high:.3f}]"
-
-
-def _estimate(rows: Sequence[Row], key: str = "dice") -> Estimate | None:
-    rows = [r for r in rows if r.get(key) is not None]
-    return bootstrap_ci(per_image_values(rows, key)) if rows else None
-
-
 def _groups(rows: Sequence[Row]) -> list[tuple[str, Any, str]]:
     """(norm, source batch size or None for scratch, kind) in display order."""
     keys = {(r["norm"], None if r["kind"] == "scratch" else r["batch_size"], r["kind"]) for r in rows}
@@ -71,7 +60,7 @@ def _select(rows: Sequence[Row], norm: str, batch: Any, kind: str, k: int | None
 def _metric_table(rows: Sequence[Row], ks: Sequence[int], key: str = "dice") -> str:
     lines = []
     for norm, batch, kind in _groups(rows):
-        cells = [_cell(_estimate(_select(rows, norm, batch, kind, k), key)) for k in ks]
+        cells = [interval(estimate(_select(rows, norm, batch, kind, k), key)) for k in ks]
         lines.append([norm_spec(norm).label, "–" if batch is None else str(batch), STAGES[kind], *cells])
     return markdown_table(("norm", "source batch", "stage", *(f"k={k}" for k in ks)), lines)
 
@@ -139,9 +128,9 @@ def _figure(rows: Sequence[Row], ks: Sequence[int], path: Path, title: str) -> b
                 dodge = 0.05 * (index - len(styles) / 2)  # side by side, so equal values stay visible
                 points = []
                 for k in ks:
-                    estimate = _estimate(_select(rows, norm, batch, kind, k))
-                    if estimate is not None:
-                        points.append((positions[k], estimate))
+                    value = estimate(_select(rows, norm, batch, kind, k))
+                    if value is not None:
+                        points.append((positions[k], value))
                 if not points:
                     continue
                 x = [p + dodge for p, _ in points]
