@@ -203,7 +203,8 @@ def test_cli_runs_lists_and_writes_the_results_page(tiny_config, tmp_path, capsy
     assert "2 run(s) trained and measured" in printed and "results:" in printed
     page = (out / "results.md").read_text()
     assert f"seamfree study {tiny_config} --profile quick --out {out} --results {out / 'results.md'}" in page
-    assert "## The paper's claims on this data" in page and "| InstanceNorm | 2 |" in page
+    assert "## The paper's claims on this data" in page and "| InstanceNorm | 2 | 1 |" in page
+    assert "This page is the **quick** profile" in page and "has not been run for this page" in page
     for figure in ("dice_vs_tm.png", "seams.png"):
         assert (out / "figures" / figure).stat().st_size > 10_000
     with np.load(next((out / "runs").glob("grid/synthetic/unet-instance-b2-*/example.npz"))) as example:
