@@ -202,7 +202,10 @@ def test_cli_runs_lists_and_writes_the_results_page(tiny_config, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "2 run(s) trained and measured" in printed and "results:" in printed
     page = (out / "results.md").read_text()
-    assert f"seamfree study {tiny_config} --profile quick --out {out} --results {out / 'results.md'}" in page
+    # the command that regenerates the page says which runs it selected; the page is of those runs
+    assert (f"seamfree study {tiny_config} --profile quick --out {out} --only 'grid/synthetic/*-b2-*' "
+            f"--results {out / 'results.md'}") in page
+    assert "2 of 2 runs finished" in page
     assert "## The paper's claims on this data" in page and "| InstanceNorm | 2 | 1 |" in page
     assert "This page is the **quick** profile" in page and "has not been run for this page" in page
     for figure in ("dice_vs_tm.png", "seams.png"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -338,6 +339,7 @@ def demo(args: argparse.Namespace) -> int:
 def study(args: argparse.Namespace) -> int:
     from seamfree.study import describe_hardware, load_study_config, plan_runs, run_directories, run_study
     from seamfree.study.results import write_results
+    from seamfree.study.runner import select_runs
 
     overrides = list(args.set or [])
     if args.device:
@@ -363,9 +365,14 @@ def study(args: argparse.Namespace) -> int:
         for name, logger in quieted.items():
             logger.setLevel(levels[name])
     results = args.results or args.out / "results.md"
-    command = (f"seamfree study {f'{args.config} ' if args.config else ''}--profile {config.profile} "
-               f"--out {args.out} --results {results}")
-    page = write_results(result.rows, results,
+    # the page is of the runs selected (and the command regenerating it says which, and with what settings)
+    selected = {run.name for run in select_runs(plan_runs(config), args.only)}
+    options = [*(f"--set {shlex.quote(item)}" for item in args.set or []),
+               *(f"--only {shlex.quote(pattern)}" for pattern in args.only or []),
+               *([f"--device {args.device}"] if args.device else [])]
+    command = " ".join([f"seamfree study {f'{args.config} ' if args.config else ''}--profile {config.profile} "
+                        f"--out {args.out}", *options, f"--results {results}"])
+    page = write_results([row for row in result.rows if row["name"] in selected], results,
                          run_dirs=run_directories(config, args.out), command=command, profile=config.profile,
                          hardware=describe_hardware(config.device), transfer=config.transfer)
     done = sum(row["status"] == "done" for row in result.rows)
