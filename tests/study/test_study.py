@@ -206,6 +206,7 @@ def test_cli_runs_lists_and_writes_the_results_page(tiny_config, tmp_path, capsy
     assert (f"seamfree study {tiny_config} --profile quick --out {out} --only 'grid/synthetic/*-b2-*' "
             f"--results {out / 'results.md'}") in page
     assert "2 of 2 runs finished" in page
+    assert "This page leaves out the ViT rows, the 3D rows and the transfer (not among its runs)" in page
     assert "## The paper's claims on this data" in page and "| InstanceNorm | 2 | 1 |" in page
     assert "This page is the **quick** profile" in page and "has not been run for this page" in page
     for figure in ("dice_vs_tm.png", "seams.png"):
