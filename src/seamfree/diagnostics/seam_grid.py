@@ -374,14 +374,14 @@ def small_period(standardized: np.ndarray) -> int:
     """The prediction's own texture period along an axis (a pooling network's stride), or 1.
 
     A texture raises *every* line of one phase modulo ``q``, a tile grid only some: a period of
-    :data:`SMALL_PERIODS` is the texture's when most lines of one of its phases rank above the rest (a sign
-    test, Bonferroni over the periods and phases tried); the most significant one wins."""
+    :data:`SMALL_PERIODS` is a texture's when most lines of one of its phases rank above the rest (a sign test,
+    Bonferroni over the periods and phases tried); the most significant one wins."""
     tried = [q for q in SMALL_PERIODS if q > 1 and 2 * MIN_LINES * q <= len(standardized)]
     if not tried:
         return 1
     best, best_z = 1, _normal_quantile(FALSE_ALARM_RATE / sum(tried))
+    signs = np.where(np.isnan(standardized), np.nan, np.sign(standardized))
     for q in tried:
-        signs = np.where(np.isnan(standardized), np.nan, np.sign(standardized))
         sums, counts = comb_statistic(signs, q)  # sum of signs over the root of their number: the sign test's z
         z = float(np.max(np.where(counts >= 2 * MIN_LINES, sums, -np.inf)))
         if z > best_z:

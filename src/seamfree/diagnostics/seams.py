@@ -86,9 +86,14 @@ class SeamScore:
         How many segments the statistic is made of.
     detected : bool or None
         Seams significantly visible along some axis: its ``z > Z_DETECTED`` and its ratio's interval above
-        ``MIN_RATIO``.
+        ``MIN_RATIO``; or that interval above ``MIN_RATIO`` and the known-grid test of
+        :func:`~seamfree.diagnostics.seam_grid.find_seams` (the statistic ``seamfree seams`` uses, at its stated
+        false-alarm rate) detecting the grid.
     paired : bool
         The baseline of some axis is a second prediction at the same segments (grid B), not the nearby lines.
+    grid_test : dict or None
+        ``find_seams(prediction, period=core, offset=first seam)``'s result (``SeamGrid.to_dict()``): the same
+        statistic as the model-free test, on the grid the prediction was made on.
     """
 
     score: float | None
@@ -102,12 +107,13 @@ class SeamScore:
     segments: int = 0
     detected: bool | None = None
     paired: bool = False
+    grid_test: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"score": self.score, "per_axis": self.per_axis, "seam_jump": self.seam_jump,
                 "interior_jump": self.interior_jump, "seams": self.seams, "z": self.z,
                 "ci": None if self.ci is None else list(self.ci), "segments": self.segments,
-                "detected": self.detected, "paired": self.paired}
+                "detected": self.detected, "paired": self.paired, "grid_test": self.grid_test}
 
     @property
     def faint(self) -> bool:
@@ -219,17 +225,38 @@ def seam_score(prediction: np.ndarray, grid: TileGrid, *,
             per_axis.append(_ratio(float(s.mean()), float(r.mean())))
         else:
             per_axis.append(None)
+    grid_test = _grid_test(prediction, grid)
+    grid_detected = grid_test is not None and grid_test["detected"] is True
     if not seam_segments:
-        return SeamScore(None, per_axis, 0.0, 0.0, seams, seam_map)
+        return SeamScore(None, per_axis, 0.0, 0.0, seams, seam_map, grid_test=grid_test)
     # an axis's seams can be visible while the other's are not: each axis is tested on its own, and any
     # significant one is a detection (at z > 4, three tests together still almost never fire by chance)
     tests = [(_z(a - b), _bootstrap(a, b, seed)) for a, b in zip(seam_segments, reference_segments)]
-    detected = any(z is not None and ci is not None and z > Z_DETECTED and ci[0] > MIN_RATIO for z, ci in tests)
+    # significant by the paired z, or by the model-free statistic on the known grid: either with a ratio whose
+    # interval lies above MIN_RATIO (the effect is there, not only its significance)
+    detected = any(ci is not None and ci[0] > MIN_RATIO and ((z is not None and z > Z_DETECTED) or grid_detected)
+                   for z, ci in tests)
     known_z = [z for z, _ in tests if z is not None]
     s, r = np.concatenate(seam_segments), np.concatenate(reference_segments)
     return SeamScore(_ratio(float(s.mean()), float(r.mean())), per_axis, float(s.mean()), float(r.mean()), seams,
                      seam_map, max(known_z) if known_z else None, _bootstrap(s, r, seed), len(s),
-                     None if not known_z else detected, paired=used_pairs > 0)
+                     None if not known_z else detected, paired=used_pairs > 0, grid_test=grid_test)
+
+
+def _grid_test(prediction: np.ndarray, grid: TileGrid) -> dict[str, Any] | None:
+    """The model-free test's statistic on the known grid (None where no axis has a seam)."""
+    from seamfree.diagnostics.seam_grid import find_seams
+
+    periods, offsets = [], []
+    for axis in range(len(prediction.shape) - 1):
+        starts = seam_positions(grid, axis)
+        core = grid.core[axis]
+        periods.append(int(core))
+        offsets.append(int(starts[0] % core) if starts else 0)
+    if not any(seam_positions(grid, axis) for axis in range(len(periods))):
+        return None
+    return find_seams(prediction, period=periods, offset=offsets, kind="values",
+                      spatial_dims=len(periods)).to_dict()
 
 
 def _paired_jumps(reference: tuple[np.ndarray, TileGrid] | None, axis: int, lines: list[int]) -> np.ndarray | None:
