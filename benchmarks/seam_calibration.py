@@ -35,8 +35,10 @@ def main() -> int:
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     for name in chosen:
         clock = time.perf_counter()
-        results = list(run_cases(sets[name], args.work, iterations=args.iterations,
-                                 progress=lambda line: print(line, flush=True)))
+        results = []
+        for result in run_cases(sets[name], args.work, iterations=args.iterations):
+            results.append(result)
+            print(json.dumps(result.to_dict()), flush=True)  # one line per case: a cut run still says what it saw
         summary = summarize(results)
         print(f"{name}: {json.dumps(summary)} ({time.perf_counter() - clock:.0f} s)", flush=True)
         report[name] = {"summary": summary, "cases": [r.to_dict() for r in results],
