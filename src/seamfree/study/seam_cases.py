@@ -191,13 +191,14 @@ def _image(name: str) -> np.ndarray:
 
 def _predict(model: Any, image: np.ndarray, case: SeamCase) -> np.ndarray:
     """The case's prediction (probabilities, one channel) of ``image``."""
-    import seamfree as sf
+    from seamfree.tiling.plan import PredictConfig
+    from seamfree.tiling.predict import predict, predict_whole
 
     if case.stitching == "whole":
-        return np.squeeze(sf.predict_whole(model, image, activation="sigmoid")).astype(np.float32)
+        return np.squeeze(predict_whole(model, image, activation="sigmoid")).astype(np.float32)
     if case.stitching == "crop":
-        config = sf.PredictConfig(core=case.core, activation="sigmoid", tile_timing=False)
-        return np.squeeze(sf.predict(model, image, config=config)).astype(np.float32)
+        config = PredictConfig(core=case.core, activation="sigmoid", tile_timing=False)
+        return np.squeeze(predict(model, image, config=config)).astype(np.float32)
     import torch
     from monai.inferers import sliding_window_inference
 
