@@ -450,34 +450,57 @@ def _aligned(values: np.ndarray, lag: int, lines: int) -> np.ndarray:
     return result
 
 
-def _best_comb(u: np.ndarray, periods: Sequence[int], offset: int | None) -> tuple[float, int, int, int, int]:
-    """(statistic, period, offset, lines, combs tried) of the best comb over ``periods``."""
-    best = (-math.inf, 0, 0, 0)
-    candidates = 0
-    for p in periods:
+@dataclass(frozen=True)
+class _Combs:
+    """Along one axis at one lag, per candidate period: the best comb's statistic, offset and line count."""
+
+    periods: np.ndarray
+    best: np.ndarray  # -inf where the period has no comb of enough lines
+    offsets: np.ndarray
+    lines: np.ndarray
+    tried: int
+
+
+def _combs(u: np.ndarray, periods: Sequence[int], offset: int | None = None) -> _Combs:
+    """The best comb of every period (at the given offset only, where one is given)."""
+    best = np.full(len(periods), -np.inf)
+    offsets = np.zeros(len(periods), dtype=np.int64)
+    lines = np.zeros(len(periods), dtype=np.int64)
+    tried = 0
+    for i, p in enumerate(periods):
         sums, counts = comb_statistic(u, p)
         valid = counts >= (1 if offset is not None else MIN_LINES)
         if offset is not None:
             valid &= np.arange(p) == offset % p
-        candidates += int(valid.sum())
+        tried += int(valid.sum())
         if valid.any():
             o = int(np.argmax(np.where(valid, sums, -np.inf)))
-            if sums[o] > best[0]:
-                best = (float(sums[o]), p, o, int(counts[o]))
-    return (*best, candidates)
+            best[i], offsets[i], lines[i] = sums[o], o, counts[o]
+    return _Combs(np.asarray(periods), best, offsets, lines, tried)
 
 
-def _permutation_p(u: np.ndarray, periods: Sequence[int], observed: float, seed: int) -> float:
-    """P(best comb ≥ ``observed``) for this axis's lines with the grid broken: the lines shuffled
-    (:data:`PERMUTATIONS` times), the maxima fitted by a Gumbel distribution (its tail beyond the draws)."""
-    rng = np.random.default_rng(seed)
+def _null(u: np.ndarray, periods: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """Per shuffle of the lines (the grid broken, every line kept), the best comb of every period."""
     known = np.flatnonzero(np.isfinite(u))
-    maxima = []
-    for _ in range(PERMUTATIONS):
+    rounds = _permutations(len(u), len(periods))
+    result = np.empty((rounds, len(periods)))
+    for r in range(rounds):
         shuffled = u.copy()
         shuffled[known] = u[rng.permutation(known)]
-        maxima.append(_best_comb(shuffled, periods, None)[0])
-    values = np.array([m for m in maxima if np.isfinite(m)])
+        result[r] = _combs(shuffled, periods).best
+    return result
+
+
+def _permutations(lines: int, periods: int) -> int:
+    """Shuffles per axis and lag: :data:`PERMUTATIONS`, fewer on very long axes (bounded cost, at least 20)."""
+    return int(max(20, min(PERMUTATIONS, 4e8 // max(1, lines * periods))))
+
+
+def _gumbel_tail(observed: float, maxima: np.ndarray) -> float:
+    """P(max ≥ ``observed``) under a Gumbel distribution fitted (by moments) to the null ``maxima``."""
+    values = maxima[np.isfinite(maxima)]
+    if not np.isfinite(observed):
+        return 1.0
     if len(values) < 2 or not values.std() > 0:
         return 1.0 if len(values) and observed <= values.max() else 0.0
     scale = float(values.std(ddof=1)) * math.sqrt(6) / math.pi
@@ -485,37 +508,89 @@ def _permutation_p(u: np.ndarray, periods: Sequence[int], observed: float, seed:
     return float(-math.expm1(-math.exp(-(observed - location) / scale)))
 
 
-def _search(lines: _AxisLines, periods: Sequence[int], offset: int | None = None, *, seed: int = 0) -> AxisGrid:
-    """The best comb over ``periods`` (every offset, or the given one) and its p-value: a single comb's normal
-    tail where the grid is given, else the permutation null of the best comb over all tried."""
-    u = lines.standardized
-    if u is None:
-        return AxisGrid(None, None, None, None, 0, 0, lines.small)
-    value, p, o, count, candidates = _best_comb(u, periods, offset)
-    if candidates == 0:
-        return AxisGrid(None, None, None, None, 0, 0, lines.small)
-    p_value = _normal_tail(value) if offset is not None else _permutation_p(u, periods, value, seed)
-    comb = np.arange(o - 1, u.shape[0], p)
+def _score(lines: _AxisLines, period: int, offset: int) -> float:
+    """Mean step at the comb's lines over the mean step of their reference lines."""
+    comb = np.arange(offset - 1, lines.steps.shape[0], period)
     comb = comb[comb >= 0]
     seam = float(np.nanmean(lines.steps[comb]))
     reference = float(np.nanmean(lines.steps[comb] - lines.excess[comb]))
-    score = seam / reference if reference > 0 else (1.0 if seam == 0 else math.inf)
-    return AxisGrid(p, o, value, p_value, candidates, count, lines.small, score=score)
+    return seam / reference if reference > 0 else (1.0 if seam == 0 else math.inf)
 
 
-def _best_lag(lags: list[_AxisLines], periods: Sequence[int], offset: int | None = None) -> AxisGrid:
+@dataclass(frozen=True)
+class _AxisTest:
+    """One axis at one lag: its lines, their combs and (searching) the shuffles' combs."""
+
+    lines: _AxisLines
+    combs: _Combs
+    null: np.ndarray | None
+
+
+def _axis_result(tests: list[_AxisTest], known: bool) -> AxisGrid:
     """The lag whose best comb is most significant, its p-value corrected for the lags tried."""
-    found = [_search(lines, periods, offset) for lines in lags]
-    tested = [g for g in found if g.p_value is not None]
-    if not tested:
-        return found[0]
-    best = min(tested, key=lambda g: (g.p_value, -(g.z or 0.0)))
-    return replace(best, p_value=min(1.0, best.p_value * len(tested)))  # type: ignore[operator]
+    found = []
+    for test in tests:
+        combs = test.combs
+        if test.lines.standardized is None or combs.tried == 0 or not np.isfinite(combs.best).any():
+            continue
+        i = int(np.argmax(combs.best))
+        value = float(combs.best[i])
+        p_value = (_normal_tail(value) if known or test.null is None
+                   else _gumbel_tail(value, test.null.max(axis=1)))
+        period, offset = int(combs.periods[i]), int(combs.offsets[i])
+        found.append(AxisGrid(period, offset, value, p_value, combs.tried, int(combs.lines[i]),
+                              test.lines.small, score=_score(test.lines, period, offset)))
+    if not found:
+        small = tests[0].lines.small if tests else 1
+        return AxisGrid(None, None, None, None, 0, 0, small)
+    best = min(found, key=lambda g: (g.p_value, -(g.z or 0.0)))
+    return replace(best, p_value=min(1.0, best.p_value * len(found)))  # type: ignore[operator]
+
+
+def _joint(axes: list[list[_AxisTest]], known: bool) -> tuple[float, int | None, int | None]:
+    """One grid over every axis: (p-value, period, lag). Square tiles, the usual case, show on every axis.
+
+    Searching: per lag and common period, the axes' best combs are summed over the root of their number, and the
+    best such sum is compared with the same sum over the shuffles (each axis shuffled on its own). With the grid
+    given: the axes' comb statistics summed likewise, a normal tail (period None)."""
+    results: list[tuple[float, int | None, int]] = []
+    for lag in range(len(axes[0])):
+        tests = [axis[lag] for axis in axes]
+        if any(t.lines.standardized is None or not np.isfinite(t.combs.best).any() for t in tests):
+            continue
+        if known:
+            total = sum(float(t.combs.best[0]) for t in tests) / math.sqrt(len(tests))
+            results.append((_normal_tail(total), None, lag))
+            continue
+        periods = sorted(set.intersection(*(set(t.combs.periods.tolist()) for t in tests)))
+        if not periods or any(t.null is None for t in tests):
+            continue
+        columns = [np.searchsorted(t.combs.periods, periods) for t in tests]
+        totals = np.sum([t.combs.best[c] for t, c in zip(tests, columns)], axis=0) / math.sqrt(len(tests))
+        rounds = min(len(t.null) for t in tests if t.null is not None)
+        null = np.sum([t.null[:rounds][:, c] for t, c in zip(tests, columns) if t.null is not None], axis=0)
+        i = int(np.argmax(totals))
+        p_value = _gumbel_tail(float(totals[i]), np.max(null / math.sqrt(len(tests)), axis=1))
+        results.append((p_value, int(periods[i]), lag))
+    if not results:
+        return 1.0, None, None
+    p_value, period, lag = min(results, key=lambda r: r[0])
+    return min(1.0, p_value * len(results)), period, lag
 
 
 def _periods(lines: int) -> range:
     """Candidate tile periods along an axis of ``lines`` + 1 voxels: at least :data:`MIN_LINES` seams each."""
     return range(MIN_PERIOD, min(MAX_PERIOD, (lines + 1) // MIN_LINES) + 1)
+
+
+def _tests(lags: list[_AxisLines], periods: Sequence[int], offset: int | None, search: bool,
+           rng: np.random.Generator) -> list[_AxisTest]:
+    return [_AxisTest(lines, _combs(lines.standardized, periods, offset) if lines.standardized is not None
+                      else _Combs(np.asarray(periods), np.full(len(periods), -np.inf), np.zeros(len(periods), int),
+                                  np.zeros(len(periods), int), 0),
+                      _null(lines.standardized, periods, rng) if search and lines.standardized is not None
+                      else None)
+            for lines in lags]
 
 
 def find_seams(prediction: Any, *, period: int | Sequence[int] | None = None,
@@ -558,28 +633,54 @@ def find_seams(prediction: Any, *, period: int | Sequence[int] | None = None,
     resolved = _kind(kind, source)
     measured = line_steps(source.read, shape, int(source.shape[0]), kind=resolved)
     lines = [_axis_lines({lag: steps[a] for lag, steps in measured.steps.items()}) for a in range(dims)]
-    if periods is not None:
-        axes = [_best_lag(axis, [p], o) for axis, p, o in zip(lines, periods, offsets)]
-    else:
-        axes = [_best_lag(axis, _periods(axis[0].steps.shape[0])) for axis in lines]
+    known = periods is not None
+    rng = np.random.default_rng(0)  # the shuffles are part of the answer: the same prediction, the same verdict
+    candidates = ([[p] for p in periods] if periods is not None
+                  else [list(_periods(axis[0].steps.shape[0])) for axis in lines])
+    tests = [_tests(axis, ps, offsets[a] if known else None, not known, rng)
+             for a, (axis, ps) in enumerate(zip(lines, candidates))]
+    axes = [_axis_result(t, known) for t in tests]
     tested = [a for a in axes if a.p_value is not None]
     objects = None if measured.objects is None else len(measured.objects)
     if not tested:
-        return SeamGrid("cannot tell", axes, FALSE_ALARM_RATE, periods is not None, resolved,
+        return SeamGrid("cannot tell", axes, FALSE_ALARM_RATE, known, resolved,
                         _why_untestable(shape, measured), segment=measured.segment, objects=objects)
-    level = FALSE_ALARM_RATE / len(tested)  # one false-alarm rate for the prediction, shared by its axes
+    # one false-alarm rate for the prediction: half for the axes alone, half for one grid over all of them
+    joint = len(tested) == dims >= 2
+    level = FALSE_ALARM_RATE / (2 * len(tested)) if joint else FALSE_ALARM_RATE / len(tested)
     axes = [_with_detection(a, level) for a in axes]
+    if joint:
+        axes = _with_joint(axes, tests, known)
     found = sorted({a.period for a in axes if a.detected and a.period is not None})
-    if found and periods is None:
-        # tiles are usually square: an axis whose own search fell short is tested at the periods found elsewhere
-        axes = [a if a.detected else _with_detection(_best_lag(axis, found), level) for a, axis in zip(axes, lines)]
+    if found and not known:
+        # an axis whose own search fell short is searched at the periods found on the others (non-square tiles)
+        axes = [a if a.detected else _with_detection(_axis_result(_tests(axis, found, None, True, rng), False), level)
+                for a, axis in zip(axes, lines)]
     detected = any(a.detected for a in axes)
     seam_map = _seam_map(axes, [axis[0].excess for axis in lines], measured) if detected else None
     cut = _objects_cut(source, axes) if detected and resolved == "labels" else None
     reason = ("a grid along axis " + ", ".join(str(i) for i, a in enumerate(axes) if a.detected) if detected
               else "no comb of lines stands out of the rest")
-    return SeamGrid(detected, axes, FALSE_ALARM_RATE, periods is not None, resolved, reason, seam_map,
+    return SeamGrid(detected, axes, FALSE_ALARM_RATE, known, resolved, reason, seam_map,
                     measured.segment, objects, cut)
+
+
+def _with_joint(axes: list[AxisGrid], tests: list[list[_AxisTest]], known: bool) -> list[AxisGrid]:
+    """Axes that one grid over all of them explains (at half the false-alarm rate), marked detected."""
+    p_value, period, lag = _joint(tests, known)
+    if p_value >= FALSE_ALARM_RATE / 2 or lag is None:
+        return axes
+    result = []
+    for axis, axis_tests in zip(axes, tests):
+        combs = axis_tests[lag].combs
+        i = 0 if period is None else int(np.searchsorted(combs.periods, period))
+        if axis.detected or not np.isfinite(combs.best[i]):
+            result.append(axis)
+            continue
+        p, o = int(combs.periods[i]), int(combs.offsets[i])
+        result.append(AxisGrid(p, o, float(combs.best[i]), p_value, axis.candidates, int(combs.lines[i]),
+                               axis.small_period, True, _score(axis_tests[lag].lines, p, o)))
+    return result
 
 
 def _with_detection(axis: AxisGrid, level: float) -> AxisGrid:
