@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from seamfree.data.synthetic import SyntheticSpec, synthetic_image  # noqa: E402
 from seamfree.diagnostics.seams import seam_positions  # noqa: E402
+from seamfree.errors import ShapeError  # noqa: E402
 from seamfree.models import UNet, load_model, save_model  # noqa: E402
 from seamfree.tiling import PredictConfig, TileGrid, predict  # noqa: E402
 from seamfree.training import load_config, train  # noqa: E402
@@ -359,3 +360,32 @@ def test_the_near_exact_halo_reports_its_measured_error(make_napari_viewer, qtbo
     assert check is not None and check.halo < check.exact_halo and "near-exact halo" in widget.status.value
     exact = predict(load_model(net2d), picture, config=PredictConfig(core=64))
     assert np.abs(_level0(_output(viewer)) - exact[0]).max() <= check.max_error
+
+
+def test_find_seams_on_a_layer_adds_the_seam_map(make_napari_viewer):
+    """The "Find seams" action: the grid of a stitched prediction, as a layer over it; nothing for a clean one."""
+    from scipy import ndimage
+
+    from seamfree.napari.seams import find_seams_in_layer
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    texture = ndimage.gaussian_filter(rng.normal(size=(320, 300)), 5) * 5
+    tiles = ((np.arange(320)[:, None] - 13) // 48 + 1) * 100 + (np.arange(300)[None] - 29) // 64 + 1
+    _, inverse = np.unique(tiles, return_inverse=True)
+    stitched = texture + rng.normal(0, 0.1, inverse.max() + 1)[inverse].reshape(tiles.shape)
+    stitched = (stitched + rng.normal(0, 0.1, stitched.shape)).astype(np.float32)
+    layer = viewer.add_image(stitched, scale=(0.5, 0.25), name="stitched")
+    added = find_seams_in_layer(layer)
+    assert len(added) == 1
+    data, options, kind = added[0]
+    assert kind == "image" and data.shape == (20, 19)  # one pixel per 16-voxel segment
+    assert options["metadata"]["seamfree_seams"]["period"] == [48, 64]
+    assert options["scale"] == (8.0, 4.0)  # segments in the layer's units
+    viewer._add_layer_from_data(*added[0])
+    assert viewer.layers[-1].name == "seams of stitched"
+    assert find_seams_in_layer(viewer.add_image(texture.astype(np.float32), name="clean")) == []
+    with pytest.raises(ShapeError, match="RGB"):
+        find_seams_in_layer(viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True))
+    _, widget = viewer.window.add_plugin_dock_widget("seamfree", "Find seams")
+    assert widget is not None
