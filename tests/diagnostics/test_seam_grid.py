@@ -97,6 +97,7 @@ def test_instance_labels_cut_along_the_grid_are_counted() -> None:
     assert found.axes[1].detected
     assert found.objects_cut and found.objects_cut > 0
     assert found.objects_cut <= found.objects
+    assert found.to_dict()["objects_cut_share"] == pytest.approx(found.objects_cut / found.objects)
     clean = find_seams(labels, period=(256, 64), offset=(0, 0))
     assert not clean.axes[1].detected
 
@@ -178,3 +179,17 @@ def test_cli_uses_the_grid_a_seamfree_output_records(tmp_path, capsys) -> None:
     result = json.loads(capsys.readouterr().out)
     assert result["known_grid"] is True
     assert all(a["period"] == 64 and a["offset"] == 0 for a in result["axes"])
+
+
+def test_block_by_block_equals_all_at_once(monkeypatch) -> None:
+    """The line statistics of a prediction read in many small blocks equal those of one read (any size)."""
+    from seamfree.diagnostics import seam_grid
+
+    prediction = _planted((2, 70, 90), (24, 32, 32), (5, 9, 0), amplitude=0.1, noise=0.1, seed=7)
+    read = lambda window: prediction[(slice(None), *window)]  # noqa: E731
+    whole = seam_grid.line_steps(read, prediction.shape[1:], 2)
+    monkeypatch.setattr(seam_grid, "BLOCK_VOXELS", 16 ** 3)
+    blocks = seam_grid.line_steps(read, prediction.shape[1:], 2)
+    for lag in whole.steps:
+        for a, b in zip(whole.steps[lag], blocks.steps[lag]):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

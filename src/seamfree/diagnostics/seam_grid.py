@@ -193,6 +193,8 @@ class SeamGrid:
                 "z": self.z, "false_alarm_rate": self.false_alarm_rate, "known_grid": self.known_grid,
                 "kind": self.kind, "reason": self.reason, "axes": [a.to_dict() for a in self.axes],
                 "segment": list(self.segment), "objects": self.objects, "objects_cut": self.objects_cut,
+                "objects_cut_share": (self.objects_cut / self.objects if self.objects and self.objects_cut is not None
+                                      else None),
                 "summary": self.summary}
 
 
