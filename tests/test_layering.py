@@ -40,7 +40,7 @@ HEAVY_OPTIONAL = ("dask", "distributed", "zarr", "tifffile", "h5py", "matplotlib
                   "skimage", "scipy", "imageio")
 
 # Modules that napari itself loads (through the plugin manifest) and that are the only place Qt may be imported.
-QT_MODULES = {Path("napari/widgets.py")}
+QT_MODULES = {Path("napari/widgets.py"), Path("napari/seams.py")}
 QT_LIBRARIES = ("napari", "magicgui", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "vispy")
 
 
