@@ -25,7 +25,7 @@ LAYERS = {
     "io": 4,
     "tiling": 5, "data": 5,
     "diagnostics": 6, "training": 6, "distributed": 6, "segment": 6,
-    "study": 7,
+    "study": 7, "fix": 7,
     "testing": 1,
     "cli": 9, "napari": 9,
 }

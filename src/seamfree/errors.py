@@ -36,6 +36,11 @@ class OutputExistsError(SeamfreeError, FileExistsError):
     """An output already exists and is incompatible with the requested one (never overwritten silently)."""
 
 
+class NotFixableError(SeamfreeError, ValueError):
+    """A model's tile dependence does not come from normalization layers a fix can replace (global pooling,
+    attention), or its layers cannot be replaced (a compiled TorchScript graph)."""
+
+
 class MissingDependencyError(SeamfreeError, ImportError):
     """An optional dependency is not installed; the message names the pip extra that provides it."""
 

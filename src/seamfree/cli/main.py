@@ -30,7 +30,9 @@ _STARTING = {"predict": "loading the model, describing it (receptive field, tile
              "convert": "loading the model", "export": "loading the model and describing it",
              "demo": "training two small U-Nets (about 30 s on 2 cores), then diagnosing both",
              "study": "planning the runs",
-             "segment": "labelling block by block, then joining the objects across block faces"}
+             "segment": "labelling block by block, then joining the objects across block faces",
+             "seams": "reading the prediction block by block, then searching its lines for a tile grid",
+             "fix": "loading the model, its predictions of your images (the teacher), then the fix"}
 
 
 def _first_line(args: argparse.Namespace) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from seamfree._version import __version__
-from seamfree.cli import commands, seams
+from seamfree.cli import commands, fix, seams
 
 __all__ = ["build_parser"]
 
@@ -392,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(subparsers)
     _add_segment(subparsers)
     seams.add_parser(subparsers, _int_tuple)
+    fix.add_parser(subparsers, _int_tuple)
     _add_diagnose(subparsers)
     _add_training(subparsers)
     _add_study(subparsers)

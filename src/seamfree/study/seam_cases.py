@@ -6,7 +6,7 @@ recipe (a depth-3 U-Net with 8 features, InstanceNorm and BatchRenorm, trained o
 synthetic nuclei images, cores 96 and 160. Its rates are measured on the **validation** set, which shares none
 of that: other architectures (a depth-4 InstanceNorm U-Net, a GroupNorm U-Net, MONAI's BasicUNet with instance
 norm, a BatchRenorm U-Net of another seed), other data (synthetic membranes and sparse nuclei, a real coelho2009
-and a real isbi2012 frame), other cores (128, 200), and other stitching (MONAI's Gaussian-blended sliding window).
+and a real isbi2012 frame), other cores (128, 192), and other stitching (MONAI's Gaussian-blended sliding window).
 :func:`check_disjoint` (run by the tests) fails if the two ever share a model, an image or a core.
 
 Truth of a case: *seamed* when it was stitched (crop or blend) from a tile-dependent model and differs from the
@@ -58,7 +58,7 @@ CALIBRATION: tuple[SeamCase, ...] = _grid(
 VALIDATION: tuple[SeamCase, ...] = _grid(
     ("unet4-instance", "unet-group", "monai-basicunet-instance", "unet4-batchrenorm"),
     ("synthetic-nuclei-sparse:21", "synthetic-membranes:23", "isbi2012:0", "coelho2009:0"),
-    (128, 200), ("crop", "gaussian"))
+    (128, 192), ("crop", "gaussian"))
 
 
 def check_disjoint(calibration: tuple[SeamCase, ...] = CALIBRATION,
