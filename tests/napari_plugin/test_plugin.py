@@ -389,3 +389,21 @@ def test_find_seams_on_a_layer_adds_the_seam_map(make_napari_viewer):
         find_seams_in_layer(viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True))
     _, widget = viewer.window.add_plugin_dock_widget("seamfree", "Find seams")
     assert widget is not None
+
+
+def test_fix_without_labels_runs_the_librarys_fix(make_napari_viewer, qtbot, models, image, tmp_path):
+    """The Fix widget's "fix without labels" is fix_model: an InstanceNorm model comes out seamless."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(image[0], name="nuclei")
+    widget = _dock(viewer, "Fix")
+    widget.reset_choices()
+    widget.model.value, widget.image.value = models["instance"], layer
+    widget.action.value, widget.patch.value, widget.steps.value = "fix without labels (seamfree fix)", 64, 60
+    widget.out.value = tmp_path / "fixed.pt"
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.error is None, widget.status.value
+    before, after = widget.diagnoses
+    assert before.recommendation.verdict != "seamless" and after.recommendation.verdict == "seamless"
+    fixed = load_model(tmp_path / "fixed.pt")
+    assert fixed.config["norm"] == "batchrenorm" and fixed.seamfree_metadata["fix"]["method"] == "distill"

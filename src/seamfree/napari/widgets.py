@@ -471,7 +471,8 @@ class FixWidget(_Panel):
     """Make a model seamless: convert its BatchNorm to BatchRenorm and/or recalibrate its running statistics on
     the current image; write the new model and diagnose it before and after."""
 
-    ACTIONS = ("convert to BatchRenorm", "recalibrate on the image", "convert, then recalibrate")
+    ACTIONS = ("convert to BatchRenorm", "recalibrate on the image", "convert, then recalibrate",
+               "fix without labels (seamfree fix)")
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer, "fix")
@@ -481,10 +482,12 @@ class FixWidget(_Panel):
         self.compare = CheckBox(value=True, text="diagnose before and after")
         self.batches = SpinBox(value=32, min=1, max=4096, label="recalibration batches")
         self.patch = SpinBox(value=0, min=0, max=4096, label="patch (0: the training patch)")
+        self.steps = SpinBox(value=600, min=1, max=100_000, label="fix: distillation steps")
         self.result = TextEdit(value="", label="before / after")
         self.result.read_only = True
         self.extend([self.model, self.action, self.image, self.out, self.compare, self.batches, self.patch,
-                     self.device, self.run_button, self.cancel_button, self.progress, self.status, self.result])
+                     self.steps, self.device, self.run_button, self.cancel_button, self.progress, self.status,
+                     self.result])
         self.written: Path | None = None
         self.diagnoses: tuple[Any, Any] | None = None
 
@@ -523,11 +526,22 @@ class FixWidget(_Panel):
             before = check("before", model, 0.0) if compare else None
             metadata = model_metadata(model)
             fixed = model
-            if action != self.ACTIONS[1]:
+            if action == self.ACTIONS[3]:  # the library's fix_model, as `seamfree fix` runs it
+                from seamfree.fix import FixConfig, fix_model
+
+                report("fixing (self-distillation)", 0.4)
+                result = fix_model(model, [data], config=FixConfig(iterations=self.steps.value, device=device,
+                                                                   patch_size=patch or None))
+                fixed, recalibrate_here = result.model, False
+                metadata = {**metadata, "fixed_from": str(source), "fix": {k: v for k, v in result.to_dict().items()
+                                                                           if k != "history"}}
+            else:
+                recalibrate_here = recalibrate
+            if action not in (self.ACTIONS[1], self.ACTIONS[3]):
                 report("converting", 0.4)
                 fixed = convert_norm(model, "batchrenorm")
                 metadata = {**metadata, "converted_from": str(source), "converted_norm": "batch"}
-            if recalibrate:
+            if recalibrate_here:
                 report("recalibrating", 0.45)
                 if fixed is model:
                     import copy
