@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from seamfree.data import SyntheticSpec, synthetic_image
     from seamfree.diagnostics import DiagnoseConfig, Diagnosis, diagnose
     from seamfree.diagnostics.report import write_report
+    from seamfree.diagnostics.seam_grid import SeamGrid, find_seams
     from seamfree.errors import SeamfreeError
+    from seamfree.fix import FixConfig, FixResult, fix_model
     from seamfree.io import open_image
     from seamfree.layers import audit_norms, convert_norm, create_norm_layer, get_norm_layer, recalibrate_norm
     from seamfree.models import ModelInfo, UNet, ViTSegmenter, describe_model, load_model, save_model
@@ -36,6 +38,11 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "DiagnoseConfig": "seamfree.diagnostics",
     "Diagnosis": "seamfree.diagnostics",
+    "FixConfig": "seamfree.fix",
+    "FixResult": "seamfree.fix",
+    "SeamGrid": "seamfree.diagnostics.seam_grid",
+    "find_seams": "seamfree.diagnostics.seam_grid",
+    "fix_model": "seamfree.fix",
     "IntensityNormalization": "seamfree.tiling",
     "ModelInfo": "seamfree.models",
     "PredictConfig": "seamfree.tiling",
@@ -69,9 +76,12 @@ _EXPORTS = {
 __all__ = [
     "DiagnoseConfig",
     "Diagnosis",
+    "FixConfig",
+    "FixResult",
     "IntensityNormalization",
     "ModelInfo",
     "PredictConfig",
+    "SeamGrid",
     "SeamfreeError",
     "SyntheticSpec",
     "TileGrid",
@@ -84,6 +94,8 @@ __all__ = [
     "create_norm_layer",
     "describe_model",
     "diagnose",
+    "find_seams",
+    "fix_model",
     "get_norm_layer",
     "load_config",
     "load_model",
