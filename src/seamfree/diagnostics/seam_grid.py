@@ -93,6 +93,8 @@ class AxisGrid:
         ``p_value`` below the false-alarm rate (shared by all axes).
     score : float or None
         Mean step at the comb's lines / mean step at their reference lines (about 1 without seams).
+    searched : tuple of int or None
+        The smallest and largest period tried (a grid of a larger period has too few lines here to be seen).
     """
 
     period: int | None
@@ -104,11 +106,13 @@ class AxisGrid:
     small_period: int
     detected: bool = False
     score: float | None = None
+    searched: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"period": self.period, "offset": self.offset, "z": self.z, "p_value": self.p_value,
                 "candidates": self.candidates, "lines": self.lines, "small_period": self.small_period,
-                "detected": self.detected, "score": self.score}
+                "detected": self.detected, "score": self.score,
+                "searched_periods": None if self.searched is None else list(self.searched)}
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,10 @@ class SeamGrid:
             return f"cannot tell: {self.reason}"
         if not self.detected:
             z = f"largest z {self.z:.1f}, " if self.z is not None else ""
-            return (f"no tile grid detected ({z}false-alarm rate {self.false_alarm_rate:g}"
+            ranges = sorted({a.searched for a in self.axes if a.searched is not None})
+            searched = "" if self.known_grid or not ranges else " among periods " + ", ".join(
+                f"{low}–{high}" for low, high in ranges)
+            return (f"no tile grid detected{searched} ({z}false-alarm rate {self.false_alarm_rate:g}"
                     + (", at the given grid)" if self.known_grid else ")"))
         axes = ", ".join("-" if p is None else str(p) for p in self.period)
         offsets = ", ".join("-" if o is None else str(o) for o in self.offset)
@@ -541,7 +548,8 @@ def _axis_result(tests: list[_AxisTest], known: bool) -> AxisGrid:
                    else _gumbel_tail(value, test.null.max(axis=1)))
         period, offset = int(combs.periods[i]), int(combs.offsets[i])
         found.append(AxisGrid(period, offset, value, p_value, combs.tried, int(combs.lines[i]),
-                              test.lines.small, score=_score(test.lines, period, offset)))
+                              test.lines.small, score=_score(test.lines, period, offset),
+                              searched=(int(combs.periods[0]), int(combs.periods[-1]))))
     if not found:
         small = tests[0].lines.small if tests else 1
         return AxisGrid(None, None, None, None, 0, 0, small)
@@ -681,15 +689,14 @@ def _with_joint(axes: list[AxisGrid], tests: list[list[_AxisTest]], known: bool)
             continue
         p, o = int(combs.periods[i]), int(combs.offsets[i])
         result.append(AxisGrid(p, o, float(combs.best[i]), p_value, axis.candidates, int(combs.lines[i]),
-                               axis.small_period, True, _score(axis_tests[lag].lines, p, o)))
+                               axis.small_period, True, _score(axis_tests[lag].lines, p, o), axis.searched))
     return result
 
 
 def _with_detection(axis: AxisGrid, level: float) -> AxisGrid:
     if axis.p_value is None:
         return axis
-    return AxisGrid(axis.period, axis.offset, axis.z, axis.p_value, axis.candidates, axis.lines,
-                    axis.small_period, axis.p_value < level, axis.score)
+    return replace(axis, detected=axis.p_value < level)
 
 
 def _why_untestable(shape: tuple[int, ...], measured: LineSteps) -> str:
