@@ -151,8 +151,9 @@ def test_the_cli_writes_the_fixed_model_and_its_report(instance_unet, tmp_path, 
     tifffile = pytest.importorskip("tifffile")
     model_path = save_model(instance_unet, tmp_path / "in.pt")
     images = []
+    (tmp_path / "unlabeled").mkdir()
     for i, image in enumerate(_images(2, 160, 800)):
-        images.append(str(tmp_path / f"u{i}.tif"))
+        images.append(str(tmp_path / "unlabeled" / f"u{i}.tif"))
         tifffile.imwrite(images[-1], image)
     out, report = tmp_path / "fixed.pt", tmp_path / "report"
     argv = ["fix", str(model_path), *images, "--out", str(out), "--iterations", "60", "--patch-size", "64",
@@ -170,6 +171,9 @@ def test_the_cli_writes_the_fixed_model_and_its_report(instance_unet, tmp_path, 
     assert main(["fix", str(model_path), str(tmp_path / "missing.tif"), "--out", str(tmp_path / "x.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
     # an agreement that cannot be reached: the best model is written, exit 3 when asked
-    strict = ["fix", str(model_path), *images, "--out", str(tmp_path / "strict.pt"), "--iterations", "20",
-              "--patch-size", "64", "--agreement", "1.0", "--require-agreement", "-q"]
+    # a folder of images; BatchNorm instead of BatchRenorm
+    strict = ["fix", str(model_path), str(tmp_path / "unlabeled"), "--out", str(tmp_path / "strict.pt"),
+              "--iterations", "20", "--patch-size", "64", "--agreement", "1.0", "--require-agreement", "--to",
+              "batch", "-q"]
     assert main(strict) == 3 and (tmp_path / "strict.pt").exists()
+    assert load_model(tmp_path / "strict.pt").config["norm"] == "batch"

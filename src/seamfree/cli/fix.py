@@ -25,6 +25,10 @@ def add_parser(subparsers: argparse._SubParsersAction, int_tuple: Any) -> None:
                                               ".h5 with --key); with two or more the last is held out to measure "
                                               "the agreement")
     f.add_argument("-o", "--out", type=Path, required=True, help="path of the fixed model")
+    f.add_argument("--to", choices=["batchrenorm", "batch"], default="batchrenorm",
+                   help="what per-tile norms become (batchrenorm: later training with small batches stays safe)")
+    f.add_argument("--bioimageio", type=Path, metavar="OUT.zip",
+                   help="also write the fixed model as a bioimage.io package (its measured halo and stride)")
     f.add_argument("--iterations", type=int, default=600, help="training steps of the self-distillation (600)")
     f.add_argument("--patch-size", type=int_tuple, help="training patch (default: the model's, at least 128 in 2D)")
     f.add_argument("--batch-size", type=int, default=8, help="patches per step (8)")
@@ -58,15 +62,14 @@ def run(args: argparse.Namespace) -> int:
         if taken:
             raise OutputExistsError(f"{str(args.report)!r} already holds {', '.join(taken)}; pass --overwrite to "
                                     "replace them, or choose another --report folder")
-    for image in args.images:
-        if "://" not in image and not Path(image).exists():
-            raise DataError(f"image {image!r} does not exist; check the path (relative paths start from "
-                            f"{str(Path.cwd())!r})")
+    if args.bioimageio is not None and args.bioimageio.exists() and not args.overwrite:
+        raise OutputExistsError(f"{str(args.bioimageio)!r} exists; pass --overwrite to replace it, or another path")
+    images = _images(args.images)
     config = FixConfig(iterations=args.iterations, patch_size=args.patch_size, batch_size=args.batch_size,
-                       agreement=args.agreement, seed=args.seed, device=args.device)
+                       agreement=args.agreement, seed=args.seed, device=args.device, to=args.to)
     model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
     ground_truth = None if args.gt is None else _mask(args.gt)
-    result = fix_model(model, list(args.images), config=config, ground_truth=ground_truth)
+    result = fix_model(model, images, config=config, ground_truth=ground_truth)
     if result.method == "none":
         print(f"{args.model}: {result.summary}; nothing written")
         return 0
@@ -80,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"the fixed model of {str(args.model)!r} is not a seamfree model and cannot be saved as "
                           "one; load a pickled module with --allow-pickle to write it the same way")
+    if args.bioimageio is not None:
+        from seamfree.models.bioimageio import export_bioimageio
+
+        export_bioimageio(result.model, args.bioimageio, name=f"{Path(args.model).stem} (fixed by seamfree)")
+        print(f"wrote {args.bioimageio}")
     if args.report is not None:
         write_fix_report(result, args.report, model=str(args.model), fixed=str(path), overwrite=args.overwrite)
     print(f"wrote {path}: {result.summary}")
@@ -88,6 +96,27 @@ def run(args: argparse.Namespace) -> int:
               f"below --agreement {args.agreement}; the best model was written", flush=True)
         return EXIT_NOT_REACHED
     return 0
+
+
+_IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".zarr", ".h5", ".hdf5")
+
+
+def _images(given: list[str]) -> list[str]:
+    """The image paths: files as given, folders expanded to the images inside them (sorted)."""
+    images: list[str] = []
+    for item in given:
+        path = Path(item)
+        if "://" in item or (path.exists() and (not path.is_dir() or path.suffix == ".zarr")):
+            images.append(item)
+        elif path.is_dir():
+            found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"folder {item!r} holds no image ({', '.join(_IMAGE_SUFFIXES)}); give image files")
+            images.extend(found)
+        else:
+            raise DataError(f"image {item!r} does not exist; check the path (relative paths start from "
+                            f"{str(Path.cwd())!r})")
+    return images
 
 
 def _mask(path: str) -> Any:

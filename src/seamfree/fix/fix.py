@@ -68,6 +68,9 @@ class FixConfig:
         Steps between agreement checks.
     seed : int
     device : str
+    to : {"batchrenorm", "batch"}
+        The layers a per-tile normalization becomes: BatchRenorm (default: training with small batches stays
+        safe afterwards) or plain BatchNorm. Both use running statistics at inference, so both are exact.
     activation : {"auto", "none", "sigmoid", "softmax"}
         What turns the model's output into probabilities (auto: as ``predict`` decides; foreign models output
         logits, so pass sigmoid or softmax for them). The masks and the distillation loss follow it.
@@ -83,8 +86,11 @@ class FixConfig:
     seed: int = 0
     device: str = "cpu"
     activation: str = "auto"
+    to: str = "batchrenorm"
 
     def __post_init__(self) -> None:
+        if self.to not in ("batchrenorm", "batch"):
+            raise ConfigError(f"to must be 'batchrenorm' or 'batch' (norms with running statistics), got {self.to!r}")
         if self.activation not in ("auto", "none", "sigmoid", "softmax"):
             raise ConfigError(f"activation must be 'auto', 'none', 'sigmoid' or 'softmax', got {self.activation!r}")
         for name in ("iterations", "batch_size", "check_every"):
@@ -188,14 +194,18 @@ def fix_model(model: nn.Module, images: Sequence[Any], *, config: FixConfig | No
         return FixResult(model, "none", found.reason, 0, None, config.agreement, True, 0, before, before,
                          time.perf_counter() - clock)
     if found.method == "convert":
-        student = _full_renorm(convert_norm(model, "batchrenorm"))
-        replaced = len(found.replaceable)
+        # BatchNorm → BatchNorm is only a recalibration
+        student = _full_renorm(convert_norm(model, "batchrenorm")) if config.to == "batchrenorm" \
+            else copy.deepcopy(model)
+        replaced = len(found.replaceable) if config.to == "batchrenorm" else 0
         history: list[dict[str, float]] = []
         iterations = 0
     else:
-        options = {"momentum": 0.05, "warmup_steps": config.iterations // 5,
-                   "ramp_steps": (3 * config.iterations) // 10}
-        student, replaced = replace_tile_dependent_norms(model, info.spatial_dims, found.replaceable, options=options)
+        options: dict[str, object] = {"momentum": 0.05}
+        if config.to == "batchrenorm":
+            options.update(warmup_steps=config.iterations // 5, ramp_steps=(3 * config.iterations) // 10)
+        student, replaced = replace_tile_dependent_norms(model, info.spatial_dims, found.replaceable, options=options,
+                                                         to=config.to)
         student, history, iterations = _distill(student, data, teacher, patch, activation, config, info.output,
                                                 progress)
     recalibrate_on_images(student, data.train_images(), patch_size=patch, batch_size=config.batch_size,

@@ -81,8 +81,10 @@ def fixability(model: nn.Module) -> Fixability:
 
 
 def replace_tile_dependent_norms(model: nn.Module, spatial_dims: int, names: tuple[str, ...], *,
-                                 options: Mapping[str, object] | None = None) -> tuple[nn.Module, int]:
-    """Return a copy of ``model`` with the per-tile normalizations ``names`` replaced by BatchRenorm, and how many.
+                                 options: Mapping[str, object] | None = None,
+                                 to: str = "batchrenorm") -> tuple[nn.Module, int]:
+    """Return a copy of ``model`` with the per-tile normalizations ``names`` replaced by ``to`` layers
+    (BatchRenorm, or BatchNorm with "batch"), and how many.
 
     The new layers keep the old affine parameters (scale 1, shift 0 where there were none) and start with zero
     mean, unit variance running statistics; a seamfree model's configuration says ``norm: batchrenorm`` after.
@@ -94,11 +96,11 @@ def replace_tile_dependent_norms(model: nn.Module, spatial_dims: int, names: tup
         parent = replaced.get_submodule(parent_name) if parent_name else replaced
         child = getattr(parent, child_name)
         if isinstance(child, _REPLACEABLE):
-            setattr(parent, child_name, _renorm_like(child, spatial_dims, dict(options or {})))
+            setattr(parent, child_name, _renorm_like(child, spatial_dims, dict(options or {}), to))
             count += 1
     config = getattr(replaced, "config", None)
     if count and isinstance(config, dict) and "norm" in config:
-        config["norm"] = "batchrenorm"
+        config["norm"] = to
         config["norm_options"] = dict(options or {})
     return replaced, count
 
@@ -109,9 +111,8 @@ def _width(layer: nn.Module) -> int:
     return int(getattr(layer, "num_features", 0) or getattr(layer, "normalized_shape", (0,))[0])
 
 
-def _renorm_like(layer: nn.Module, spatial_dims: int, options: dict[str, object]) -> nn.Module:
-    new = create_norm_layer("batchrenorm", _width(layer), spatial_dims, {"eps": getattr(layer, "eps", 1e-5),
-                                                                         **options})
+def _renorm_like(layer: nn.Module, spatial_dims: int, options: dict[str, object], to: str) -> nn.Module:
+    new = create_norm_layer(to, _width(layer), spatial_dims, {"eps": getattr(layer, "eps", 1e-5), **options})
     with torch.no_grad():
         for name in ("weight", "bias"):
             old, target = getattr(layer, name, None), getattr(new, name, None)
