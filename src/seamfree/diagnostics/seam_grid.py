@@ -172,8 +172,12 @@ class SeamGrid:
 
     @property
     def score(self) -> float | None:
-        """The seam/reference step ratio of the strongest axis (detected axes first)."""
-        ranked = sorted((a for a in self.axes if a.score is not None), key=lambda a: (a.detected, a.z or 0.0))
+        """The seam/reference step ratio of the strongest detected axis; at a known grid, of its strongest axis.
+
+        None when a search found nothing: the best of thousands of combs is elevated by its selection alone, so
+        its ratio says nothing about seams."""
+        ranked = sorted((a for a in self.axes if a.score is not None and (a.detected or self.known_grid)),
+                        key=lambda a: (a.detected, a.z or 0.0))
         return ranked[-1].score if ranked else None
 
     @property
