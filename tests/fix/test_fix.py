@@ -77,6 +77,7 @@ def test_an_instance_norm_unet_becomes_exact_and_agrees(instance_unet):
                        config=FixConfig(iterations=200, patch_size=64, check_every=50, agreement=0.9))
     assert result.method == "distill" and result.replaced == 10
     assert result.before["tile_error"] > 0.05 and result.after["tile_error"] <= 1e-5
+    assert result.after["seams_detected"] is False and "seams" in result.before
     assert result.agreement is not None and result.agreement.dice >= 0.9 and result.reached
     assert fixability(result.model).method == "none"
     assert result.model.config["norm"] == "batchrenorm"

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from seamfree.data.patches import foreground_points, patch_origin
+from seamfree.diagnostics.seam_grid import find_seams
 from seamfree.errors import ConfigError, NotFixableError
 from seamfree.fix.replace import Fixability, fixability, replace_tile_dependent_norms
 from seamfree.io.readers import open_image
@@ -208,8 +210,10 @@ def fix_model(model: nn.Module, images: Sequence[Any], *, config: FixConfig | No
                                                          to=config.to)
         student, history, iterations = _distill(student, data, teacher, patch, activation, config, info.output,
                                                 progress)
+    masks = [_masks(_probabilities(t, activation), activation, config.threshold) for _, t in data.train_pairs(teacher)]
     recalibrate_on_images(student, data.train_images(), patch_size=patch, batch_size=config.batch_size,
-                          batches=32, seed=config.seed, device=config.device, output=info.output)
+                          batches=32, seed=config.seed, device=config.device, output=info.output, masks=masks,
+                          foreground_fraction=_foreground_fraction(model))
     student.eval()
     agreement = _agreement(student, data, teacher, activation, config, info.output)
     after = _measures(student, data, teacher, activation, config, ground_truth, patch, info.output)
@@ -327,6 +331,9 @@ def _distill(student: nn.Module, data: _Data, teacher: list[np.ndarray], patch: 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     pairs = data.train_pairs(teacher)
+    # patches drawn as the model was trained to see them: this share centred on what the teacher calls foreground
+    fraction = _foreground_fraction(student)
+    points = [foreground_points(_masks(_probabilities(t, activation), activation, config.threshold)) for _, t in pairs]
     margin = tuple(p // 8 for p in patch)  # the student sees no context beyond the patch: its rim is not judged
     interior = (slice(None), slice(None), *[slice(m, p - m) for m, p in zip(margin, patch)])
     optimizer = torch.optim.Adam(student.parameters(), lr=config.learning_rate)
@@ -336,7 +343,7 @@ def _distill(student: nn.Module, data: _Data, teacher: list[np.ndarray], patch: 
     best_state, best_dice, history = copy.deepcopy(student.state_dict()), -1.0, []
     step = 0
     for step in range(1, config.iterations + 1):
-        inputs, targets = _batch(pairs, patch, config.batch_size, rng)
+        inputs, targets = _batch(pairs, patch, config.batch_size, rng, points, fraction)
         student.train()
         out = select_output(student(torch.from_numpy(inputs).to(device)), output)
         loss = _loss(out[interior], torch.from_numpy(targets).to(device)[interior], activation)
@@ -361,12 +368,22 @@ def _distill(student: nn.Module, data: _Data, teacher: list[np.ndarray], patch: 
     return student.eval(), history, step
 
 
+def _foreground_fraction(model: nn.Module) -> float:
+    """The share of foreground-centred patches the model was trained with (its recorded value, else 0.5)."""
+    training = ((getattr(model, "seamfree_metadata", {}) or {}).get("train_config") or {}).get("training") or {}
+    value = training.get("foreground_fraction")
+    return float(value) if isinstance(value, int | float) else 0.5
+
+
 def _batch(pairs: list[tuple[np.ndarray, np.ndarray]], patch: tuple[int, ...], size: int,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+           rng: np.random.Generator, points: list[np.ndarray] | None = None,
+           fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     inputs, targets = [], []
     for _ in range(size):
-        image, target = pairs[int(rng.integers(len(pairs)))]
-        origin = [int(rng.integers(0, n - p + 1)) for n, p in zip(image.shape[1:], patch)]
+        k = int(rng.integers(len(pairs)))
+        image, target = pairs[k]
+        origin = patch_origin(rng, image.shape[1:], patch, points[k] if points else np.zeros((0, len(patch))),
+                              fraction)
         window = (slice(None), *[slice(o, o + p) for o, p in zip(origin, patch)])
         inputs.append(image[window])
         targets.append(target[window])
@@ -413,8 +430,10 @@ def _measures(model: nn.Module, data: _Data, teacher: list[np.ndarray], activati
     core = tuple(max(16, min(p, n // 2)) for p, n in zip(patch, raw.shape[1:]))
     tiled = np.asarray(predict(model, raw, config=PredictConfig(core=core, activation=cast(Any, activation),
                                                                 model_output=output, tile_timing=False)))
+    seams = find_seams(tiled, period=core, offset=0, kind="values", spatial_dims=len(core))
     result: dict[str, Any] = {"tile_error": float(np.abs(tiled - whole).max()), "tile_core": list(core),
-                              "ted_dice": _train_eval_gap(model, normalized, patch, activation, config, output)}
+                              "ted_dice": _train_eval_gap(model, normalized, patch, activation, config, output),
+                              "seams": seams.summary, "seams_detected": seams.detected, "seams_z": seams.z}
     if ground_truth is not None:
         mask = np.asarray(ground_truth) > 0
         mask = mask.reshape(mask.shape[-len(patch):])

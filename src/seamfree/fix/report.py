@@ -15,6 +15,7 @@ __all__ = ["REPORT_FILES", "write_fix_report"]
 REPORT_FILES = ("fix.json", "fix.html")
 
 _ROWS = (("tile_error", "max |tiled − whole| (held-out data, core {core})"),
+         ("seams", "seams in the tiled prediction (seamfree seams at its grid)"),
          ("ted_dice", "train/eval disparity TED_dice (batches of 2)"),
          ("dice_ground_truth", "Dice against the ground truth"))
 
