@@ -183,13 +183,13 @@ def test_cli_uses_the_grid_a_seamfree_output_records(tmp_path, capsys) -> None:
 
 def test_block_by_block_equals_all_at_once(monkeypatch) -> None:
     """The line statistics of a prediction read in many small blocks equal those of one read (any size)."""
-    from seamfree.diagnostics import seam_grid
+    from seamfree.diagnostics import seam_lines
 
     prediction = _planted((2, 70, 90), (24, 32, 32), (5, 9, 0), amplitude=0.1, noise=0.1, seed=7)
     read = lambda window: prediction[(slice(None), *window)]  # noqa: E731
-    whole = seam_grid.line_steps(read, prediction.shape[1:], 2)
-    monkeypatch.setattr(seam_grid, "BLOCK_VOXELS", 16 ** 3)
-    blocks = seam_grid.line_steps(read, prediction.shape[1:], 2)
+    whole = seam_lines.line_steps(read, prediction.shape[1:], 2)
+    monkeypatch.setattr(seam_lines, "BLOCK_VOXELS", 16 ** 3)
+    blocks = seam_lines.line_steps(read, prediction.shape[1:], 2)
     for lag in whole.steps:
         for a, b in zip(whole.steps[lag], blocks.steps[lag]):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -33,86 +33,32 @@ from typing import Any, Literal
 
 import numpy as np
 
+from seamfree.diagnostics.seam_lines import (
+    CLIP,
+    FALSE_ALARM_RATE,
+    MIN_LINES,
+    MIN_PERIOD,
+    MIN_SEGMENTS,
+    SEGMENT,
+    LineSteps,
+    comb_statistic,
+    line_steps,
+    line_z,
+)
+from seamfree.diagnostics.seam_search import (
+    AxisGrid,
+    axis_lines,
+    axis_result,
+    axis_tests,
+    candidate_periods,
+    with_joint,
+)
 from seamfree.errors import ConfigError, ShapeError
 
 __all__ = ["CLIP", "FALSE_ALARM_RATE", "MIN_LINES", "MIN_PERIOD", "AxisGrid", "SeamGrid", "comb_statistic",
            "find_seams", "line_steps", "line_z", "recorded_grid"]
 
-# voxels per segment along a line (per orthogonal axis); larger for planes that would have too many segments
-SEGMENT = 16
-# the most segments one line (plane) is cut into: bounds the statistics' memory for any volume
-MAX_SEGMENTS = 4096
-# same-phase lines on each side of a line that form its baseline
-REFERENCE_LINES = 3
-# candidate periods of a prediction's own texture (a pooling network's stride); the smallest that explains it wins
-SMALL_PERIODS = (1, 2, 4, 8, 16)
-# the smallest tile core looked for, and the fewest seam lines a grid must have along an axis
-MIN_PERIOD = 24
-MIN_LINES = 3
-# the largest tile core looked for (bounds the search's cost on very long axes)
-MAX_PERIOD = 8192
-# at most this many standard deviations per line enter a comb: one odd line cannot make a grid
-CLIP = 4.0
-# the stated false-alarm rate of a detection (per prediction, all axes and candidate grids together)
-FALSE_ALARM_RATE = 0.01
-# lines this close to the image's faces are left out of every comb (padding effects of the whole image)
-BORDER = 4
-# shuffles of an axis's lines that give the null distribution of its best comb
-PERMUTATIONS = 100
-# voxels between the two sides of a step: 1 finds crop-stitched seams; 8 finds blended ones, whose step is
-# spread over the overlap (MONAI's Gaussian sliding window); the better p-value counts, doubled
-LAGS = (1, 8)
-# the fewest segments a line needs for its t-statistic
-MIN_SEGMENTS = 4
-# voxels read at once (per block), for predictions of any size
-BLOCK_VOXELS = 1 << 24
-
 Kind = Literal["auto", "values", "labels"]
-
-
-@dataclass(frozen=True)
-class AxisGrid:
-    """What one spatial axis shows.
-
-    Attributes
-    ----------
-    period, offset : int or None
-        The best comb's period and offset (the first core start, in ``[0, period)``); None when the axis
-        could not be tested.
-    z : float or None
-        The comb statistic (about standard normal without a grid).
-    p_value : float or None
-        One-sided p-value of ``z`` corrected for the ``candidates`` combs tried (Bonferroni, at most 1).
-    candidates : int
-        Combs tried along this axis (1 for a known grid).
-    lines : int
-        Seam lines of the best comb.
-    small_period : int
-        The prediction's own texture period along this axis (the reference lines' spacing).
-    detected : bool
-        ``p_value`` below the false-alarm rate (shared by all axes).
-    score : float or None
-        Mean step at the comb's lines / mean step at their reference lines (about 1 without seams).
-    searched : tuple of int or None
-        The smallest and largest period tried (a grid of a larger period has too few lines here to be seen).
-    """
-
-    period: int | None
-    offset: int | None
-    z: float | None
-    p_value: float | None
-    candidates: int
-    lines: int
-    small_period: int
-    detected: bool = False
-    score: float | None = None
-    searched: tuple[int, int] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"period": self.period, "offset": self.offset, "z": self.z, "p_value": self.p_value,
-                "candidates": self.candidates, "lines": self.lines, "small_period": self.small_period,
-                "detected": self.detected, "score": self.score,
-                "searched_periods": None if self.searched is None else list(self.searched)}
 
 
 @dataclass(frozen=True)
@@ -209,404 +155,6 @@ class SeamGrid:
                 "summary": self.summary}
 
 
-@dataclass(frozen=True)
-class LineSteps:
-    """Per lag and axis, the step of every line in every segment: ``steps[lag][axis]`` has shape
-    ``(lines, segments)``; line ``k`` of lag ``L`` spans voxels ``k .. k + L``."""
-
-    steps: dict[int, list[np.ndarray]]
-    segment: tuple[int, ...]
-    shape: tuple[int, ...]
-    objects: set[int] | None = None
-
-
-def segment_sizes(shape: Sequence[int]) -> tuple[int, ...]:
-    """Voxels per segment along each axis: :data:`SEGMENT`, larger where a plane would exceed the cap."""
-    dims = len(shape)
-    per_axis = MAX_SEGMENTS ** (1.0 / max(dims - 1, 1))
-    return tuple(max(SEGMENT, math.ceil(int(n) / per_axis)) for n in shape)
-
-
-def _blocks(shape: tuple[int, ...], segment: tuple[int, ...]) -> list[tuple[slice, ...]]:
-    """Windows of about :data:`BLOCK_VOXELS` voxels, aligned to whole segments along every axis."""
-    side = BLOCK_VOXELS ** (1.0 / len(shape))
-    extents = [min(n, max(s, int(side // s) * s)) for n, s in zip(shape, segment)]
-    starts = np.stack(np.meshgrid(*[np.arange(0, n, e) for n, e in zip(shape, extents)], indexing="ij"), -1)
-    return [tuple(slice(int(a), min(int(a) + e, n)) for a, e, n in zip(start, extents, shape))
-            for start in starts.reshape(-1, len(shape))]
-
-
-def _segment_sums(values: np.ndarray, starts: Sequence[int], segment: Sequence[int]) -> np.ndarray:
-    """Sums of ``values`` (..., *plane) over segment cells; plane axes start at the global ``starts``."""
-    result = values
-    lead = values.ndim - len(starts)
-    for i, (start, size) in enumerate(zip(starts, segment)):
-        axis = lead + i
-        n = result.shape[axis]
-        first = (-start) % size  # the block is segment-aligned: 0
-        edges = np.unique(np.concatenate([[0], np.arange(first, n, size)]))
-        result = np.add.reduceat(result, edges, axis=axis)
-    return result
-
-
-def line_steps(read: Any, shape: Sequence[int], channels: int, *, kind: str = "values") -> LineSteps:
-    """Return the step of every line in every segment, per axis, reading the prediction block by block.
-
-    Parameters
-    ----------
-    read : callable
-        ``read(window)`` gives the region ``window`` (spatial slices) as ``(C, *window)``.
-    shape : tuple of int
-        Spatial shape.
-    channels : int
-        ``C``.
-    kind : {"values", "labels"}
-        Probabilities/logits/masks (signed steps), or instance labels (share of the segment where two objects
-        touch across the line).
-    """
-    shape = tuple(int(n) for n in shape)
-    dims = len(shape)
-    segment = segment_sizes(shape)
-    cells = [math.ceil(n / s) for n, s in zip(shape, segment)]
-    lags = (1,) if kind == "labels" else LAGS
-    channels = 1 if kind == "labels" else channels
-    sums = {(lag, a): np.zeros((channels, max(shape[a] - lag, 0), *[cells[b] for b in range(dims) if b != a]))
-            for lag in lags for a in range(dims)}
-    sizes = [np.minimum(s, n - np.arange(c) * s) for n, s, c in zip(shape, segment, cells)]
-    counts = [_outer([sizes[b] for b in range(dims) if b != a]) for a in range(dims)]
-    objects: set[int] | None = set() if kind == "labels" else None
-    for window in _blocks(shape, segment):
-        grown = tuple(slice(w.start, min(w.stop + max(lags), n)) for w, n in zip(window, shape))
-        data = read(grown)
-        own = tuple(slice(0, w.stop - w.start) for w in window)
-        if objects is not None:
-            objects.update(int(v) for v in np.unique(data[(slice(None), *own)]) if v != 0)
-        for lag, a in sums:
-            stop = min(window[a].stop, shape[a] - lag)
-            if stop <= window[a].start:
-                continue
-            index = list(own)
-            index[a] = slice(0, stop - window[a].start + lag)
-            jumps = _jumps(data[(slice(None), *index)], a + 1, kind, lag)
-            plane_starts = [window[b].start for b in range(dims) if b != a]
-            plane_segments = [segment[b] for b in range(dims) if b != a]
-            block_sums = _segment_sums(jumps, plane_starts, plane_segments)
-            target = tuple(slice(s // g, s // g + n) for s, g, n in
-                           zip(plane_starts, plane_segments, block_sums.shape[2:]))
-            sums[(lag, a)][(slice(None), slice(window[a].start, stop), *target)] += block_sums
-    steps: dict[int, list[np.ndarray]] = {lag: [] for lag in lags}
-    for (lag, a), total in sums.items():
-        mean = total / np.maximum(counts[a], 1)[np.newaxis, np.newaxis]
-        per_line = np.abs(mean).mean(axis=0) if kind == "values" else mean[0]
-        steps[lag].append(per_line.reshape(per_line.shape[0], -1))
-    return LineSteps(steps, segment, shape, objects)
-
-
-def _outer(factors: list[np.ndarray]) -> np.ndarray:
-    result = np.ones(())
-    for factor in factors:
-        result = np.multiply.outer(result, factor.astype(np.float64))
-    return result
-
-
-def _jumps(region: np.ndarray, axis: int, kind: str, lag: int = 1) -> np.ndarray:
-    """Signed differences ``lag`` voxels apart along ``axis`` (values), or where two objects touch across it
-    (labels, lag 1)."""
-    if kind == "labels":
-        labels = region[0]
-        ahead = np.take(labels, np.arange(1, labels.shape[axis - 1]), axis=axis - 1)
-        behind = np.take(labels, np.arange(0, labels.shape[axis - 1] - 1), axis=axis - 1)
-        touch = (ahead != behind) & (ahead != 0) & (behind != 0)
-        return np.moveaxis(touch.astype(np.float64)[np.newaxis], axis, 1)
-    values = region.astype(np.float64)
-    n = values.shape[axis]
-    ahead = np.take(values, np.arange(lag, n), axis=axis)
-    return np.moveaxis(ahead - np.take(values, np.arange(0, n - lag), axis=axis), axis, 1)
-
-
-def _references(lines: int, small_period: int) -> np.ndarray:
-    """Per line, the indices of its same-phase reference lines (-1 where outside the axis)."""
-    offsets = np.array([j * small_period for j in range(-REFERENCE_LINES, REFERENCE_LINES + 1) if j != 0])
-    indices = np.arange(lines)[:, np.newaxis] + offsets[np.newaxis]
-    return np.where((indices >= 0) & (indices < lines), indices, -1)
-
-
-def _baseline(steps: np.ndarray, small_period: int) -> np.ndarray:
-    """Per line and segment, the median step of the reference lines (NaN where a line has fewer than two)."""
-    refs = _references(steps.shape[0], small_period)
-    gathered = np.where(refs[..., np.newaxis] >= 0, steps[np.maximum(refs, 0)], np.nan)  # (lines, refs, seg)
-    enough = np.sum(refs >= 0, axis=1) >= 2
-    with np.errstate(all="ignore"):
-        baseline = np.nanmedian(np.where(enough[:, None, None], gathered, 0.0), axis=1)
-    baseline[~enough] = np.nan
-    return baseline
-
-
-def line_z(steps: np.ndarray, small: int) -> np.ndarray:
-    """Per line: how far its steps rank above those of its reference lines, segment by segment (a rank-sum z).
-
-    Each segment's step is ranked among the same segment's steps on the line and its reference lines; without a
-    seam the line's rank is uniform whatever the texture's strength in that segment, so that a seam through
-    empty background (where tile-wise normalization leaves its steps) counts as much as one through objects."""
-    lines, segments = steps.shape
-    z = np.full(lines, np.nan)
-    if segments < MIN_SEGMENTS:
-        return z
-    refs = _references(lines, small)
-    chunk = max(1, (1 << 22) // max(1, refs.shape[1] * segments))
-    for first in range(0, lines, chunk):
-        rows = slice(first, min(first + chunk, lines))
-        own, valid = steps[rows][:, np.newaxis], (refs[rows] >= 0)[..., np.newaxis]
-        gathered = steps[np.maximum(refs[rows], 0)]
-        below = np.sum((gathered < own) & valid, axis=1)
-        equal = np.sum((gathered == own) & valid, axis=1)
-        n = valid[..., 0].sum(axis=1) + 1
-        centred = below + 0.5 * equal + 1 - (n[:, np.newaxis] + 1) / 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values = centred.sum(axis=1) / np.sqrt((n * n - 1) / 12 * segments)
-        z[rows] = np.where(n >= 3, values, np.nan)
-    return z
-
-
-def _standardized(z: np.ndarray) -> np.ndarray | None:
-    """Lines' z centred and scaled by their median and spread, clipped at ±:data:`CLIP` (None: no spread)."""
-    known = z[np.isfinite(z)]
-    if len(known) < 2 * MIN_LINES:
-        return None
-    centre = float(np.median(known))
-    spread = 1.4826 * float(np.median(np.abs(known - centre)))
-    if not spread > 0:
-        spread = float(np.std(known))
-    if not spread > 0:
-        return None
-    with np.errstate(invalid="ignore"):
-        return np.clip((z - centre) / spread, -CLIP, CLIP)
-
-
-def small_period(standardized: np.ndarray) -> int:
-    """The prediction's own texture period along an axis (a pooling network's stride), or 1.
-
-    A texture raises *every* line of one phase modulo ``q``, a tile grid only some: a period of
-    :data:`SMALL_PERIODS` is a texture's when most lines of one of its phases rank above the rest (a sign test,
-    Bonferroni over the periods and phases tried); the most significant one wins."""
-    tried = [q for q in SMALL_PERIODS if q > 1 and 2 * MIN_LINES * q <= len(standardized)]
-    if not tried:
-        return 1
-    best, best_z = 1, _normal_quantile(FALSE_ALARM_RATE / sum(tried))
-    signs = np.where(np.isnan(standardized), np.nan, np.sign(standardized))
-    for q in tried:
-        sums, counts = comb_statistic(signs, q)  # sum of signs over the root of their number: the sign test's z
-        z = float(np.max(np.where(counts >= 2 * MIN_LINES, sums, -np.inf)))
-        if z > best_z:
-            best, best_z = q, z
-    return best
-
-
-def comb_statistic(values: np.ndarray, period: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per offset ``o`` in ``[0, period)``: the sum of ``values`` at the lines before ``o + j·period`` over the
-    square root of their number, and that number. ``values[k]`` belongs to the line between voxels k and k + 1."""
-    boundaries = np.full(math.ceil((len(values) + 1) / period) * period, np.nan)
-    boundaries[1:len(values) + 1] = values  # boundary b = a core starts at b: its line is b - 1
-    # the lines nearest the image's faces carry its padding, not tiles
-    boundaries[:BORDER + 1] = np.nan
-    boundaries[max(0, len(values) + 1 - BORDER):] = np.nan
-    table = boundaries.reshape(-1, period)
-    count = np.sum(~np.isnan(table), axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nansum(table, axis=0) / np.sqrt(count), count
-
-
-def _normal_tail(z: float) -> float:
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
-
-
-def _normal_quantile(tail: float) -> float:
-    """The z whose one-sided tail is ``tail`` (bisection on :func:`_normal_tail`; no scipy needed)."""
-    low, high = -10.0, 40.0
-    for _ in range(200):
-        middle = (low + high) / 2
-        low, high = (middle, high) if _normal_tail(middle) > tail else (low, middle)
-    return (low + high) / 2
-
-
-@dataclass(frozen=True)
-class _AxisLines:
-    """One axis's lines: their steps, standardized z (None: untestable), texture period and excess steps."""
-
-    steps: np.ndarray
-    standardized: np.ndarray | None
-    small: int
-    excess: np.ndarray
-
-
-def _axis_lines(steps: dict[int, np.ndarray]) -> list[_AxisLines]:
-    """One axis's lines at every lag, each aligned on the lag-1 lines (a lag-L line sits at its middle)."""
-    first = _standardized(line_z(steps[1], 1))
-    small = 1 if first is None else small_period(first)
-    result = []
-    for lag, lag_steps in steps.items():
-        spacing = small * math.ceil(lag / small)  # references beyond the line's own span
-        standardized = first if spacing == 1 else _standardized(line_z(lag_steps, spacing))
-        excess = lag_steps - _baseline(lag_steps, spacing)
-        lines = steps[1].shape[0]
-        result.append(_AxisLines(_aligned(lag_steps, lag, lines), None if standardized is None else
-                                 _aligned(standardized, lag, lines), small, _aligned(excess, lag, lines)))
-    return result
-
-
-def _aligned(values: np.ndarray, lag: int, lines: int) -> np.ndarray:
-    """``values`` of lag-``lag`` lines moved to the lag-1 line at their middle (NaN where none lies)."""
-    if lag == 1:
-        return values
-    result = np.full((lines, *values.shape[1:]), np.nan)
-    result[lag // 2:lag // 2 + values.shape[0]] = values
-    return result
-
-
-@dataclass(frozen=True)
-class _Combs:
-    """Along one axis at one lag, per candidate period: the best comb's statistic, offset and line count."""
-
-    periods: np.ndarray
-    best: np.ndarray  # -inf where the period has no comb of enough lines
-    offsets: np.ndarray
-    lines: np.ndarray
-    tried: int
-
-
-def _combs(u: np.ndarray, periods: Sequence[int], offset: int | None = None) -> _Combs:
-    """The best comb of every period (at the given offset only, where one is given)."""
-    best = np.full(len(periods), -np.inf)
-    offsets = np.zeros(len(periods), dtype=np.int64)
-    lines = np.zeros(len(periods), dtype=np.int64)
-    tried = 0
-    for i, p in enumerate(periods):
-        sums, counts = comb_statistic(u, p)
-        valid = counts >= (1 if offset is not None else MIN_LINES)
-        if offset is not None:
-            valid &= np.arange(p) == offset % p
-        tried += int(valid.sum())
-        if valid.any():
-            o = int(np.argmax(np.where(valid, sums, -np.inf)))
-            best[i], offsets[i], lines[i] = sums[o], o, counts[o]
-    return _Combs(np.asarray(periods), best, offsets, lines, tried)
-
-
-def _null(u: np.ndarray, periods: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-    """Per shuffle of the lines (the grid broken, every line kept), the best comb of every period."""
-    known = np.flatnonzero(np.isfinite(u))
-    rounds = _permutations(len(u), len(periods))
-    result = np.empty((rounds, len(periods)))
-    for r in range(rounds):
-        shuffled = u.copy()
-        shuffled[known] = u[rng.permutation(known)]
-        result[r] = _combs(shuffled, periods).best
-    return result
-
-
-def _permutations(lines: int, periods: int) -> int:
-    """Shuffles per axis and lag: :data:`PERMUTATIONS`, fewer on very long axes (bounded cost, at least 20)."""
-    return int(max(20, min(PERMUTATIONS, 4e8 // max(1, lines * periods))))
-
-
-def _gumbel_tail(observed: float, maxima: np.ndarray) -> float:
-    """P(max ≥ ``observed``) under a Gumbel distribution fitted (by moments) to the null ``maxima``."""
-    values = maxima[np.isfinite(maxima)]
-    if not np.isfinite(observed):
-        return 1.0
-    if len(values) < 2 or not values.std() > 0:
-        return 1.0 if len(values) and observed <= values.max() else 0.0
-    scale = float(values.std(ddof=1)) * math.sqrt(6) / math.pi
-    location = float(values.mean()) - 0.5772156649 * scale
-    return float(-math.expm1(-math.exp(-(observed - location) / scale)))
-
-
-def _score(lines: _AxisLines, period: int, offset: int) -> float:
-    """Mean step at the comb's lines over the mean step of their reference lines."""
-    comb = np.arange(offset - 1, lines.steps.shape[0], period)
-    comb = comb[comb >= 0]
-    seam = float(np.nanmean(lines.steps[comb]))
-    reference = float(np.nanmean(lines.steps[comb] - lines.excess[comb]))
-    return seam / reference if reference > 0 else (1.0 if seam == 0 else math.inf)
-
-
-@dataclass(frozen=True)
-class _AxisTest:
-    """One axis at one lag: its lines, their combs and (searching) the shuffles' combs."""
-
-    lines: _AxisLines
-    combs: _Combs
-    null: np.ndarray | None
-
-
-def _axis_result(tests: list[_AxisTest], known: bool) -> AxisGrid:
-    """The lag whose best comb is most significant, its p-value corrected for the lags tried."""
-    found = []
-    for test in tests:
-        combs = test.combs
-        if test.lines.standardized is None or combs.tried == 0 or not np.isfinite(combs.best).any():
-            continue
-        i = int(np.argmax(combs.best))
-        value = float(combs.best[i])
-        p_value = (_normal_tail(value) if known or test.null is None
-                   else _gumbel_tail(value, test.null.max(axis=1)))
-        period, offset = int(combs.periods[i]), int(combs.offsets[i])
-        found.append(AxisGrid(period, offset, value, p_value, combs.tried, int(combs.lines[i]),
-                              test.lines.small, score=_score(test.lines, period, offset),
-                              searched=(int(combs.periods[0]), int(combs.periods[-1]))))
-    if not found:
-        small = tests[0].lines.small if tests else 1
-        return AxisGrid(None, None, None, None, 0, 0, small)
-    best = min(found, key=lambda g: (g.p_value, -(g.z or 0.0)))
-    return replace(best, p_value=min(1.0, best.p_value * len(found)))  # type: ignore[operator]
-
-
-def _joint(axes: list[list[_AxisTest]], known: bool) -> tuple[float, int | None, int | None]:
-    """One grid over every axis: (p-value, period, lag). Square tiles, the usual case, show on every axis.
-
-    Searching: per lag and common period, the axes' best combs are summed over the root of their number, and the
-    best such sum is compared with the same sum over the shuffles (each axis shuffled on its own). With the grid
-    given: the axes' comb statistics summed likewise, a normal tail (period None)."""
-    results: list[tuple[float, int | None, int]] = []
-    for lag in range(len(axes[0])):
-        tests = [axis[lag] for axis in axes]
-        if any(t.lines.standardized is None or not np.isfinite(t.combs.best).any() for t in tests):
-            continue
-        if known:
-            total = sum(float(t.combs.best[0]) for t in tests) / math.sqrt(len(tests))
-            results.append((_normal_tail(total), None, lag))
-            continue
-        periods = sorted(set.intersection(*(set(t.combs.periods.tolist()) for t in tests)))
-        if not periods or any(t.null is None for t in tests):
-            continue
-        columns = [np.searchsorted(t.combs.periods, periods) for t in tests]
-        totals = np.sum([t.combs.best[c] for t, c in zip(tests, columns)], axis=0) / math.sqrt(len(tests))
-        rounds = min(len(t.null) for t in tests if t.null is not None)
-        null = np.sum([t.null[:rounds][:, c] for t, c in zip(tests, columns) if t.null is not None], axis=0)
-        i = int(np.argmax(totals))
-        p_value = _gumbel_tail(float(totals[i]), np.max(null / math.sqrt(len(tests)), axis=1))
-        results.append((p_value, int(periods[i]), lag))
-    if not results:
-        return 1.0, None, None
-    p_value, period, lag = min(results, key=lambda r: r[0])
-    return min(1.0, p_value * len(results)), period, lag
-
-
-def _periods(lines: int) -> range:
-    """Candidate tile periods along an axis of ``lines`` + 1 voxels: at least :data:`MIN_LINES` seams each."""
-    return range(MIN_PERIOD, min(MAX_PERIOD, (lines + 1) // MIN_LINES) + 1)
-
-
-def _tests(lags: list[_AxisLines], periods: Sequence[int], offset: int | None, search: bool,
-           rng: np.random.Generator) -> list[_AxisTest]:
-    return [_AxisTest(lines, _combs(lines.standardized, periods, offset) if lines.standardized is not None
-                      else _Combs(np.asarray(periods), np.full(len(periods), -np.inf), np.zeros(len(periods), int),
-                                  np.zeros(len(periods), int), 0),
-                      _null(lines.standardized, periods, rng) if search and lines.standardized is not None
-                      else None)
-            for lines in lags]
-
-
 def find_seams(prediction: Any, *, period: int | Sequence[int] | None = None,
                offset: int | Sequence[int] | None = None, kind: Kind = "auto",
                spatial_dims: int | None = None) -> SeamGrid:
@@ -646,14 +194,14 @@ def find_seams(prediction: Any, *, period: int | Sequence[int] | None = None,
         raise ConfigError(f"period {period} must be at least 2 voxels per axis")
     resolved = _kind(kind, source)
     measured = line_steps(source.read, shape, int(source.shape[0]), kind=resolved)
-    lines = [_axis_lines({lag: steps[a] for lag, steps in measured.steps.items()}) for a in range(dims)]
+    lines = [axis_lines({lag: steps[a] for lag, steps in measured.steps.items()}) for a in range(dims)]
     known = periods is not None
     rng = np.random.default_rng(0)  # the shuffles are part of the answer: the same prediction, the same verdict
     candidates = ([[p] for p in periods] if periods is not None
-                  else [list(_periods(axis[0].steps.shape[0])) for axis in lines])
-    tests = [_tests(axis, ps, offsets[a] if known else None, not known, rng)
+                  else [list(candidate_periods(axis[0].steps.shape[0])) for axis in lines])
+    tests = [axis_tests(axis, ps, offsets[a] if known else None, not known, rng)
              for a, (axis, ps) in enumerate(zip(lines, candidates))]
-    axes = [_axis_result(t, known) for t in tests]
+    axes = [axis_result(t, known) for t in tests]
     tested = [a for a in axes if a.p_value is not None]
     objects = None if measured.objects is None else len(measured.objects)
     if not tested:
@@ -664,11 +212,12 @@ def find_seams(prediction: Any, *, period: int | Sequence[int] | None = None,
     level = FALSE_ALARM_RATE / (2 * len(tested)) if joint else FALSE_ALARM_RATE / len(tested)
     axes = [_with_detection(a, level) for a in axes]
     if joint:
-        axes = _with_joint(axes, tests, known)
+        axes = with_joint(axes, tests, known)
     found = sorted({a.period for a in axes if a.detected and a.period is not None})
     if found and not known:
         # an axis whose own search fell short is searched at the periods found on the others (non-square tiles)
-        axes = [a if a.detected else _with_detection(_axis_result(_tests(axis, found, None, True, rng), False), level)
+        axes = [a if a.detected else _with_detection(axis_result(axis_tests(axis, found, None, True, rng), False),
+                                                     level)
                 for a, axis in zip(axes, lines)]
     detected = any(a.detected for a in axes)
     seam_map = _seam_map(axes, [axis[0].excess for axis in lines], measured) if detected else None
@@ -677,24 +226,6 @@ def find_seams(prediction: Any, *, period: int | Sequence[int] | None = None,
               else "no comb of lines stands out of the rest")
     return SeamGrid(detected, axes, FALSE_ALARM_RATE, known, resolved, reason, seam_map,
                     measured.segment, objects, cut)
-
-
-def _with_joint(axes: list[AxisGrid], tests: list[list[_AxisTest]], known: bool) -> list[AxisGrid]:
-    """Axes that one grid over all of them explains (at half the false-alarm rate), marked detected."""
-    p_value, period, lag = _joint(tests, known)
-    if p_value >= FALSE_ALARM_RATE / 2 or lag is None:
-        return axes
-    result = []
-    for axis, axis_tests in zip(axes, tests):
-        combs = axis_tests[lag].combs
-        i = 0 if period is None else int(np.searchsorted(combs.periods, period))
-        if axis.detected or not np.isfinite(combs.best[i]):
-            result.append(axis)
-            continue
-        p, o = int(combs.periods[i]), int(combs.offsets[i])
-        result.append(AxisGrid(p, o, float(combs.best[i]), p_value, axis.candidates, int(combs.lines[i]),
-                               axis.small_period, True, _score(axis_tests[lag].lines, p, o), axis.searched))
-    return result
 
 
 def _with_detection(axis: AxisGrid, level: float) -> AxisGrid:
