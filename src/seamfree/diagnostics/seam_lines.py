@@ -133,7 +133,7 @@ def line_steps(read: Any, shape: Sequence[int], channels: int, *, kind: str = "v
     for (lag, a), total in sums.items():
         mean = total / np.maximum(counts[a], 1)[np.newaxis, np.newaxis]
         per_line = np.abs(mean).mean(axis=0) if kind == "values" else mean[0]
-        steps[lag].append(per_line.reshape(per_line.shape[0], -1))
+        steps[lag].append(per_line.reshape(per_line.shape[0], int(np.prod(per_line.shape[1:]))))
     return LineSteps(steps, segment, shape, objects)
 
 
