@@ -250,8 +250,9 @@ def _grid_test(prediction: np.ndarray, grid: TileGrid) -> dict[str, Any] | None:
     periods, offsets = [], []
     for axis in range(len(prediction.shape) - 1):
         starts = seam_positions(grid, axis)
-        core = grid.core[axis]
-        periods.append(int(core))
+        core = int(grid.core[axis])
+        # an axis without seams is given a period no line of it reaches (it is then not tested)
+        periods.append(core if starts else max(2, int(prediction.shape[axis + 1]) + 1))
         offsets.append(int(starts[0] % core) if starts else 0)
     if not any(seam_positions(grid, axis) for axis in range(len(periods))):
         return None
