@@ -17,6 +17,7 @@ from seamfree.fix.config import FixConfig
 from seamfree.io.readers import open_image
 from seamfree.tiling.grid import as_axis_tuple
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
+from seamfree.training.recalibrate import recorded_foreground_fraction as foreground_fraction
 
 __all__ = ["MAX_VOXELS", "FixData", "central_region", "draw_batch", "foreground_fraction", "training_patch"]
 
@@ -100,13 +101,6 @@ def training_patch(model: nn.Module, config: FixConfig, dims: int, stride: tuple
         raise ConfigError(f"patch_size {patch} must be a multiple of the network stride {stride} and fit the "
                           f"images (the smallest training region is {smallest}); pass another patch_size")
     return patch
-
-
-def foreground_fraction(model: nn.Module) -> float:
-    """The share of foreground-centred patches the model was trained with (its recorded value, else 0.5)."""
-    training = ((getattr(model, "seamfree_metadata", {}) or {}).get("train_config") or {}).get("training") or {}
-    value = training.get("foreground_fraction")
-    return float(value) if isinstance(value, int | float) else 0.5
 
 
 def draw_batch(pairs: list[tuple[np.ndarray, np.ndarray]], patch: tuple[int, ...], size: int,

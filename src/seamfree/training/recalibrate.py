@@ -21,7 +21,7 @@ from seamfree.tiling.grid import as_axis_tuple
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
 from seamfree.tiling.plan import check_model_input
 
-__all__ = ["recalibrate_on_images"]
+__all__ = ["recalibrate_on_images", "recorded_foreground_fraction"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def recalibrate_on_images(
         raise ConfigError("recalibration needs at least one image, got none")
     if masks is not None and len(masks) != len(images):
         raise ConfigError(f"recalibration takes one mask per image, got {len(masks)} masks for {len(images)} images")
-    fraction = _foreground_fraction(model) if foreground_fraction is None else foreground_fraction
+    fraction = recorded_foreground_fraction(model) if foreground_fraction is None else foreground_fraction
     if not 0.0 <= fraction <= 1.0:
         raise ConfigError(f"foreground_fraction must be between 0 and 1, got {fraction}")
     info = describe_model(model, spatial_dims=spatial_dims, in_channels=in_channels, output=output, probe=False)
@@ -94,7 +94,7 @@ def recalibrate_on_images(
     return model
 
 
-def _foreground_fraction(model: nn.Module) -> float:
+def recorded_foreground_fraction(model: nn.Module) -> float:
     """The training's share of foreground-centred patches, as the model's metadata records it (else 0.5)."""
     training = (model_metadata(model).get("train_config") or {}).get("training") or {}
     value = training.get("foreground_fraction")
