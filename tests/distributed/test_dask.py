@@ -240,7 +240,7 @@ def test_only_a_window_of_tasks_is_on_the_cluster_at_a_time(inputs, tmp_path, mo
     np.testing.assert_array_equal(_output(tmp_path / "out.zarr")[1], reference)
 
 
-def test_allow_pickle_reaches_the_workers(inputs, cluster, tmp_path):
+def test_trust_code_reaches_the_workers(inputs, cluster, tmp_path):
     """A torch.export program loads only with consent, on the driver and on every worker."""
     from seamfree.errors import CheckpointError
     from seamfree.models import load_model
@@ -251,13 +251,13 @@ def test_allow_pickle_reaches_the_workers(inputs, cluster, tmp_path):
     program = torch.export.export(net, (torch.zeros(1, 1, 8, 32, 32),), dynamic_shapes={"x": dims})
     exported = tmp_path / "model.pt2"
     torch.export.save(program, str(exported))
-    with pytest.raises(CheckpointError, match="allow_pickle"):
+    with pytest.raises(CheckpointError, match="trust_code"):
         predict_distributed(exported, folder / "volume.zarr", tmp_path / "refused.zarr", config=CONFIG,
                             cluster=cluster)
     # an exported program outputs logits and does not say so: the softmax a seamfree model gets is asked for
     config = dataclasses.replace(CONFIG, activation="softmax")
     predict_distributed(exported, folder / "volume.zarr", tmp_path / "out.zarr", config=config, cluster=cluster,
-                        allow_pickle=True)
+                        trust_code=True)
     status, result = _output(tmp_path / "out.zarr")
     assert status == "complete" and np.abs(result - reference).max() <= 1e-5
 

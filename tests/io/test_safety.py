@@ -133,14 +133,14 @@ class _Payload:
 
 
 @pytest.mark.parametrize("name", ["model.pt", "model.pt2", "model.pth"])
-def test_model_files_never_run_code_without_allow_pickle(tmp_path, name, capsys):
+def test_model_files_never_run_code_without_trust_code(tmp_path, name, capsys):
     marker = tmp_path / "payload-ran"
     path = tmp_path / name
     torch.save({"model": _Payload(marker)}, path)
-    with pytest.raises(CheckpointError, match="allow_pickle=True"):
+    with pytest.raises(CheckpointError, match="trust_code=True"):
         load_model(path)
     assert main(["audit", str(path)]) == 2
-    assert "--allow-pickle" in capsys.readouterr().err
+    assert "--trust-code" in capsys.readouterr().err
     assert not marker.exists()
 
 
@@ -168,7 +168,7 @@ def test_devices_are_checked_before_the_model_loads(tmp_path, net, capsys):
         assert main(["predict", str(model), str(tmp_path / "x.npy"), str(tmp_path / "o.zarr"),
                      "--device", "cuda"]) == 2
         err = capsys.readouterr().err
-        assert "CUDA requested" in err and "allow_pickle" not in err
+        assert "CUDA requested" in err and "trust_code" not in err
 
 
 @pytest.mark.parametrize("name", ["pred.png", "pred.npy", "pred.h5"])
@@ -427,12 +427,12 @@ def test_no_entry_point_runs_a_planted_payload(tmp_path, rng, entry, how, capsys
     assert not marker.exists()
 
 
-def test_the_payload_is_real_it_runs_with_allow_pickle(tmp_path):
+def test_the_payload_is_real_it_runs_with_trust_code(tmp_path):
     """The control: with consent the same file does run its code (so the test above proves something)."""
     marker = tmp_path / "payload-ran"
     path = _plant(tmp_path / "model.pt", marker, "torch.save")
     with pytest.raises(CheckpointError):
-        load_model(path, allow_pickle=True)  # it unpickles (running the payload) to a dict, not a module
+        load_model(path, trust_code=True)  # it unpickles (running the payload) to a dict, not a module
     assert marker.exists()
 
 

@@ -215,9 +215,9 @@ def test_a_torch_export_program_is_described_and_predicts_exactly(tmp_path):
                                   dynamic_shapes={"x": {2: 4 * height, 3: 4 * width}})
     path = tmp_path / "unet.pt2"
     torch.export.save(program, str(path))
-    with pytest.raises(Exception, match="allow_pickle=True"):
+    with pytest.raises(Exception, match="trust_code=True"):
         load_model(path)  # unpickling runs code from the file: only with consent
-    exported = load_model(path, allow_pickle=True)
+    exported = load_model(path, trust_code=True)
     info = describe_model(exported)
     assert (info.kind, info.network_stride, info.verdict) == ("export", (4, 4), "tile-independent")
     # the module refuses mode switches and its batch size is fixed at 1: both are handled

@@ -94,9 +94,9 @@ def test_foreign_models_load_as_torchscript_or_trusted_pickle(tmp_path):
     torch.testing.assert_close(load_model(scripted)(x), module(x))
     pickled = tmp_path / "pickled.pt"
     torch.save(module, pickled)
-    with pytest.raises(CheckpointError, match="allow_pickle=True"):
+    with pytest.raises(CheckpointError, match="trust_code=True"):
         load_model(pickled)
-    torch.testing.assert_close(load_model(pickled, allow_pickle=True)(x), module(x))
+    torch.testing.assert_close(load_model(pickled, trust_code=True)(x), module(x))
 
 
 def test_unloadable_checkpoints_are_reported(tmp_path):

@@ -55,7 +55,7 @@ def export(args: argparse.Namespace) -> int:
 
     if args.bioimageio.exists() and not args.overwrite:
         raise SeamfreeError(f"{str(args.bioimageio)!r} exists; pass --overwrite to replace it, or another path")
-    model = load_model(args.model, allow_pickle=args.allow_pickle)
+    model = load_model(args.model, trust_code=args.trust_code)
     info = describe_model(model, spatial_dims=args.spatial_dims, in_channels=args.in_channels,
                           output=args.model_output)
     path = export_bioimageio(model, args.bioimageio, name=args.name or f"{Path(args.model).stem} (seamfree)")
@@ -67,7 +67,7 @@ def audit(args: argparse.Namespace) -> int:
     from seamfree.layers import audit_norms
     from seamfree.models import describe_model, load_model
 
-    model = load_model(args.model, allow_pickle=args.allow_pickle)
+    model = load_model(args.model, trust_code=args.trust_code)
     if args.static:
         audit = audit_norms(model)
         info = None
@@ -114,7 +114,7 @@ def convert(args: argparse.Namespace) -> int:
     from seamfree.models import load_model, model_metadata, save_model
 
     _new_model_file(args)
-    model = load_model(args.model, allow_pickle=args.allow_pickle)
+    model = load_model(args.model, trust_code=args.trust_code)
     converted = convert_norm(model, args.to, from_=args.from_)
     metadata = {**model_metadata(model), "converted_from": str(args.model), "converted_norm": args.from_}
     path = save_model(converted, args.out, metadata=metadata)
@@ -132,7 +132,7 @@ def predict(args: argparse.Namespace) -> int:
     _check_input_exists(args.image)
     if args.core is not None:
         PredictConfig(core=args.core)  # the same check as below, before the slow part
-    model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    model = load_model(args.model, device=args.device, trust_code=args.trust_code)
     if (args.intensity_offset is None) != (args.intensity_scale is None):
         given = "--intensity-offset" if args.intensity_offset is not None else "--intensity-scale"
         raise SeamfreeError(f"{given} was given alone; pass both --intensity-offset and --intensity-scale (the "
@@ -166,7 +166,7 @@ def predict(args: argparse.Namespace) -> int:
 
         cluster = _cluster(args)
         summary = predict_distributed(args.model, args.image, args.out, config=config, cluster=cluster,
-                                      axes=args.axes, progress=not args.quiet, allow_pickle=args.allow_pickle,
+                                      axes=args.axes, progress=not args.quiet, trust_code=args.trust_code,
                                       key=_key(args), channels=args.channels, gray=args.gray)
         print(f"wrote {args.out}: {summary.tiles_computed} of {summary.tiles_total} tiles in {summary.tasks} tasks on "
               f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.voxels_per_second:.3g} voxels/s)")
@@ -262,7 +262,7 @@ def diagnose(args: argparse.Namespace) -> int:
     from seamfree.diagnostics.report import write_report
     from seamfree.models import load_model
 
-    model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    model = load_model(args.model, device=args.device, trust_code=args.trust_code)
     config = DiagnoseConfig(
         core=args.core, halo=args.halo if args.halo is not None else "auto", grid_offset=args.grid_offset,
         normalization=_normalization(args, model), patch_size=args.patch_size,
@@ -310,7 +310,7 @@ def recalibrate(args: argparse.Namespace) -> int:
     from seamfree.training.recalibrate import recalibrate_on_images
 
     _new_model_file(args)
-    model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    model = load_model(args.model, device=args.device, trust_code=args.trust_code)
     metadata = model_metadata(model)
     patch = args.patch_size or metadata.get("patch_size") or 128
     recalibrate_on_images(model, args.images, patch_size=patch, batch_size=args.batch_size, batches=args.batches,

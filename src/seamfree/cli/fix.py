@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from seamfree.cli.options import add_trust_code
 from seamfree.errors import ConfigError, DataError, OutputExistsError
 
 __all__ = ["EXIT_NOT_REACHED", "add_parser", "run"]
@@ -20,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction, int_tuple: Any) -> None:
         "fix", help="make a model seamless with your unlabeled images: BatchNorm converted and recalibrated, "
                     "per-tile norms replaced by BatchRenorm and trained to match the original")
     f.add_argument("model", type=Path, help="the model to fix (seamfree checkpoint, or a pickled module with "
-                                           "--allow-pickle)")
+                                           "--trust-code)")
     f.add_argument("images", nargs="+", help="unlabeled images of the kind the model is used on (.tif, .npy, .zarr, "
                                               ".h5 with --key); with two or more the last is held out to measure "
                                               "the agreement")
@@ -41,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction, int_tuple: Any) -> None:
     f.add_argument("--report", type=Path, help="folder for the before/after report (fix.html, fix.json)")
     f.add_argument("--device", default="cpu")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--allow-pickle", action="store_true", help="load a pickled nn.Module you trust")
+    add_trust_code(f)
     f.add_argument("--overwrite", action="store_true",
                    help="replace an existing file at --out and the report's own files (never anything else)")
     f.add_argument("-q", "--quiet", action="store_true")
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     images = _images(args.images)
     config = FixConfig(iterations=args.iterations, patch_size=args.patch_size, batch_size=args.batch_size,
                        agreement=args.agreement, seed=args.seed, device=args.device, to=args.to)
-    model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    model = load_model(args.model, device=args.device, trust_code=args.trust_code)
     ground_truth = None if args.gt is None else _mask(args.gt)
     result = fix_model(model, images, config=config, ground_truth=ground_truth)
     if result.method == "none":
@@ -77,12 +78,12 @@ def run(args: argparse.Namespace) -> int:
     metadata["fix"].pop("history", None)
     if getattr(result.model, "architecture", None) is not None:
         path = save_model(result.model, args.out, metadata=metadata)
-    elif args.allow_pickle:  # a pickled module stays a pickled module
+    elif args.trust_code:  # a pickled module stays a pickled module
         torch.save(result.model, args.out)
         path = args.out
     else:
         raise ConfigError(f"the fixed model of {str(args.model)!r} is not a seamfree model and cannot be saved as "
-                          "one; load a pickled module with --allow-pickle to write it the same way")
+                          "one; load a pickled module with --trust-code to write it the same way")
     if args.bioimageio is not None:
         from seamfree.models.bioimageio import export_bioimageio
 

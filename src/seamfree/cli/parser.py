@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 from seamfree._version import __version__
 from seamfree.cli import commands, fix, seams
+from seamfree.cli.options import add_trust_code
 
 __all__ = ["build_parser"]
 
@@ -171,7 +172,7 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="model name in the report (default: the file name)")
-    p.add_argument("--allow-pickle", action="store_true")
+    add_trust_code(p)
     _add_model_options(p)
     p.set_defaults(handler=commands.diagnose)
 
@@ -199,7 +200,7 @@ def _add_training(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--batches", type=int, default=32)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cpu")
-    r.add_argument("--allow-pickle", action="store_true")
+    add_trust_code(r)
     r.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     _add_model_options(r, activation=False)
     r.set_defaults(handler=commands.recalibrate)
@@ -291,7 +292,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing seamfree output instead of resuming (never data seamfree did not write)")
-    p.add_argument("--allow-pickle", action="store_true")
+    add_trust_code(p)
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar and no informational lines (warnings and errors still show)")
     p.add_argument("--workers", type=int, help="run on a dask LocalCluster with this many worker processes")
@@ -365,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "predictions depend on the tile")
     audit.add_argument("model", type=Path, help="checkpoint (seamfree, TorchScript or pickled module)")
     audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    audit.add_argument("--allow-pickle", action="store_true", help="load a pickled nn.Module you trust")
+    add_trust_code(audit)
     audit.add_argument("--static", action="store_true",
                        help="only the static audit of the layers (no receptive field, no tile probe)")
     _add_model_options(audit, activation=False)
@@ -376,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", default="batchrenorm", choices=["batchrenorm", "batch"])
     convert.add_argument("--from", dest="from_", default="batch", choices=["batch", "batchrenorm"])
     convert.add_argument("--out", type=Path, required=True, help="path of the converted checkpoint")
-    convert.add_argument("--allow-pickle", action="store_true")
+    add_trust_code(convert)
     convert.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     convert.set_defaults(handler=commands.convert)
 
@@ -384,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", type=Path)
     export.add_argument("--bioimageio", type=Path, required=True, metavar="OUT.zip", help="package to write")
     export.add_argument("--name", help="model name in the package (default: the file name)")
-    export.add_argument("--allow-pickle", action="store_true")
+    add_trust_code(export)
     export.add_argument("--overwrite", action="store_true", help="replace an existing package")
     _add_model_options(export, activation=False)
     export.set_defaults(handler=commands.export)

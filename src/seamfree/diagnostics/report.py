@@ -28,6 +28,7 @@ import numpy as np
 from seamfree.diagnostics.diagnose import Diagnosis
 from seamfree.diagnostics.figures import Crops, bars_figure, crops, crops_figure, overview_figures, pyplot
 from seamfree.errors import DataError
+from seamfree.io.owned import write_owned
 
 __all__ = ["RenderCheck", "check_rendering", "write_report"]
 
@@ -144,13 +145,15 @@ def _evidence(diagnosis: Diagnosis) -> str:
 def write_report(diagnoses: Diagnosis | Sequence[Diagnosis], out_dir: str | os.PathLike[str]) -> Path:
     """Write ``report.json``, ``report.html`` and ``figures/*.png`` to ``out_dir``; return the HTML path.
 
-    The page is written to a temporary name and renamed last, so a ``report.html`` that exists is complete.
+    The page is written to a temporary name and renamed last, so a ``report.html`` that exists is complete. A
+    ``report.html``, ``report.json`` or figure of the same name that seamfree did not write is never replaced:
+    OutputExistsError, before anything is written (:mod:`seamfree.io.owned`).
     """
     items = [diagnoses] if isinstance(diagnoses, Diagnosis) else list(diagnoses)
     if not items:
         raise DataError("write_report needs at least one diagnosis, got none")
     out = Path(out_dir)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    files: dict[str, bytes | str] = {}
     same_region = len({(tuple(d.prediction.shape[1:]), json.dumps(d.geometry["core"])) for d in items}) == 1
     cut = crops(items) if same_region else None
     sections, slugs = [], _slugs(items)
@@ -158,28 +161,42 @@ def write_report(diagnoses: Diagnosis | Sequence[Diagnosis], out_dir: str | os.P
         own = cut if cut is not None else crops([d])
         figures = overview_figures(d, own.window)
         for key, (png, _) in figures.items():
-            (out / "figures" / f"{slug}_{key}.png").write_bytes(png)
+            files[f"figures/{slug}_{key}.png"] = png
         for key, png in own.images[k if cut is not None else 0].items():
-            (out / "figures" / f"{slug}_crop_{key}.png").write_bytes(png)
+            files[f"figures/{slug}_crop_{key}.png"] = png
         sections.append(_model_section(d, figures, None if cut is not None else own))
     bars = bars_figure(items)
-    (out / "figures" / "indicators.png").write_bytes(bars)
+    files["figures/indicators.png"] = bars
     if cut is not None:  # the crops of all models in one picture, for a README or a slide (not in the page)
-        (out / "figures" / "crops.png").write_bytes(crops_figure(items, cut))
+        files["figures/crops.png"] = crops_figure(items, cut)
     document = {"schema_version": items[0].to_dict()["schema_version"], "diagnoses": [d.to_dict() for d in items]}
-    (out / "report.json").write_text(json.dumps(_strict_json(document), indent=2, allow_nan=False))
+    files["report.json"] = json.dumps(_strict_json(document), indent=2, allow_nan=False)
     title = "seamfree diagnosis: " + ", ".join(d.name for d in items)
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style><script>{_LOADED_SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
-            f"{_comparison_table(items)}{_dice_note(items)}"
-            f"{_crops_section(items, cut) if cut is not None else ''}{_HOW_TO_READ}"
-            f"<figure><img alt='indicators' src='{_data_uri(bars)}'><figcaption>TM and TED per model; the dotted "
-            f"line is the noise level of TM_abs (1e-4)</figcaption></figure>"
-            f"<div class='models'>{''.join(sections)}</div></body></html>")
-    partial = out / "report.html.partial"
-    partial.write_text(page, encoding="utf-8")
-    partial.replace(out / "report.html")
+    files["report.html"] = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style><script>{_LOADED_SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
+        f"{_comparison_table(items)}{_dice_note(items)}"
+        f"{_crops_section(items, cut) if cut is not None else ''}{_HOW_TO_READ}"
+        f"<figure><img alt='indicators' src='{_data_uri(bars)}'><figcaption>TM and TED per model; the dotted "
+        f"line is the noise level of TM_abs (1e-4)</figcaption></figure>"
+        f"<div class='models'>{''.join(sections)}</div></body></html>")
+    write_owned(out, files, what="the diagnosis report", legacy=_legacy_report, last="report.html",
+                fix="choose another report folder (--out), or move those files away")
     return out / "report.html"
+
+
+def _legacy_report(path: Path) -> bool:
+    """Whether ``path`` is a report file written by seamfree before its folders recorded what they wrote."""
+    try:
+        if path.name == "report.html":
+            return "<title>seamfree diagnosis" in path.read_text(encoding="utf-8", errors="replace")[:4096]
+        if path.name == "report.json":
+            return "diagnoses" in json.loads(path.read_text())
+        if path.parent.name == "figures" and path.suffix == ".png":
+            return _legacy_report(path.parent.parent / "report.json")
+    except (OSError, ValueError, TypeError):
+        return False
+    return False
 
 
 def _slugs(items: Sequence[Diagnosis]) -> list[str]:

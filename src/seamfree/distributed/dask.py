@@ -141,14 +141,14 @@ _MODELS: dict[tuple[str, str], torch.nn.Module] = {}
 _SOURCES: dict[tuple[Any, ...], ImageSource] = {}
 
 
-def _worker_model(path: str, digest: str, threads: int, allow_pickle: bool) -> torch.nn.Module:
+def _worker_model(path: str, digest: str, threads: int, trust_code: bool) -> torch.nn.Module:
     key = (path, digest)
     if key not in _MODELS:
         torch.set_num_threads(threads)
         if file_sha256(Path(path)) != digest:
             raise DataError(f"the model file {path} seen by this worker differs from the driver's; the workers "
                             "must see the same file (shared storage)")
-        _MODELS[key] = load_model(path, allow_pickle=allow_pickle)  # in eval mode
+        _MODELS[key] = load_model(path, trust_code=trust_code)  # in eval mode
     return _MODELS[key]
 
 
@@ -161,11 +161,11 @@ def _worker_source(image: str, axes: str | None, dims: int, key: str | None = No
 
 
 def _run_task(tiles: list[Tile], *, model: str, digest: str, image: str, axes: str | None, output: str,
-              plan: PredictionPlan, threads: int, allow_pickle: bool = False, dataset: str | None = None,
+              plan: PredictionPlan, threads: int, trust_code: bool = False, dataset: str | None = None,
               channels: tuple[int, ...] | None = None, gray: bool = False) -> int:
     """Worker task: predict and write a group of tiles (each owning its output chunk); return how many ran.
     (``dataset`` is the ``key`` of :func:`open_image`: dask's submit and map keep ``key`` for the task's name.)"""
-    net = _worker_model(model, digest, threads, allow_pickle)
+    net = _worker_model(model, digest, threads, trust_code)
     source = _worker_source(image, axes, plan.grid.spatial_dims, dataset, channels, gray)
     return run_tiles(net, plan, source, tiles, CropSink(ZarrBlockWriter(output), plan.output))
 
@@ -268,7 +268,7 @@ def predict_distributed(
     cluster: ClusterConfig | None = None,
     axes: str | None = None,
     progress: bool | Callable[[int, int], None] = False,
-    allow_pickle: bool = False,
+    trust_code: bool = False,
     key: str | None = None,
     channels: Sequence[int] | None = None,
     gray: bool = False,
@@ -276,7 +276,7 @@ def predict_distributed(
     """Predict ``image`` with the model at ``model`` into the OME-Zarr ``output`` on a dask cluster.
 
     Same parameters and same result as :func:`seamfree.predict` (crop stitching); rerun to resume. Returns a
-    summary (tiles, tasks, time, throughput). ``allow_pickle`` lets the driver and every worker load a
+    summary (tiles, tasks, time, throughput). ``trust_code`` lets the driver and every worker load a
     ``torch.export`` program or a pickled module (code from the file runs on each of them). ``key`` names the
     dataset of an HDF5 file or the array of a zarr group, as in :func:`seamfree.predict`; ``channels`` and
     ``gray`` select or merge the input's channels, as in :func:`~seamfree.io.readers.open_image`.
@@ -295,7 +295,7 @@ def predict_distributed(
     if not model_path.is_file():
         raise DataError(f"model file {str(model_path)!r} not found; workers load the model from a file")
     started = time.perf_counter()
-    net = load_model(model_path, allow_pickle=allow_pickle)
+    net = load_model(model_path, trust_code=trust_code)
     info = describe(net, config)
     dims = info.spatial_dims
     image_path = os.fspath(image)
@@ -315,7 +315,7 @@ def predict_distributed(
                                    **zarr_options(config, plan.out_channels, net))
             todo = [t for t in plan.grid.tiles() if not target.is_done(t.index)]
             computed, tasks = _submit(client, todo, model_path, str(image_path), axes, Path(output), plan,
-                                      cluster, progress, len(plan.grid), allow_pickle, watchdog,
+                                      cluster, progress, len(plan.grid), trust_code, watchdog,
                                       {"dataset": key, "channels": source.channels, "gray": source.gray})
             assert isinstance(target, ZarrOutput)
             target.finalize(run=_on_cluster(client, watchdog))  # pyramid and labels: blocks spread as tasks
@@ -358,7 +358,7 @@ def _on_cluster(client: Any, watchdog: WorkerWatchdog) -> Runner:
 
 def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
             axes: str | None, output: Path, plan: PredictionPlan, cluster: ClusterConfig,
-            progress: bool | Callable[[int, int], None], total: int, allow_pickle: bool,
+            progress: bool | Callable[[int, int], None], total: int, trust_code: bool,
             watchdog: WorkerWatchdog, reading: dict[str, Any]) -> tuple[int, int]:
     """Run the tasks of ``todo`` with at most a window of them known to the scheduler at any time (``reading``:
     what each worker reads of the input: dataset, channels, gray).
@@ -373,7 +373,7 @@ def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
     window = max(TASKS_IN_FLIGHT, 4 * threads)
     kwargs = {"model": str(model_path.resolve()), "digest": file_sha256(model_path), "image": image, "axes": axes,
               "output": str(output.resolve()), "plan": plan, "threads": cluster.threads_per_worker,
-              "allow_pickle": allow_pickle, **reading}
+              "trust_code": trust_code, **reading}
     sizes: dict[str, int] = {}
 
     def submit(group: list[Tile]) -> Any:

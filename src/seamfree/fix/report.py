@@ -9,6 +9,7 @@ from typing import Any
 
 from seamfree.errors import OutputExistsError
 from seamfree.fix.fix import FixResult
+from seamfree.io.owned import write_owned
 
 __all__ = ["REPORT_FILES", "write_fix_report"]
 
@@ -24,18 +25,28 @@ def write_fix_report(result: FixResult, folder: str | Path, *, model: str, fixed
                      overwrite: bool = False) -> Path:
     """Write ``fix.json`` and ``fix.html`` into ``folder``; return the HTML path.
 
-    Files of those names are replaced only with ``overwrite`` (nothing else in the folder is touched)."""
+    Files of those names are replaced only with ``overwrite``, and only when seamfree wrote them (nothing else in
+    the folder is touched)."""
     folder = Path(folder)
     existing = [name for name in REPORT_FILES if (folder / name).exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{str(folder)!r} already holds {', '.join(existing)}; pass --overwrite to replace "
                                 "them, or choose another --report folder")
-    folder.mkdir(parents=True, exist_ok=True)
     payload = {"model": model, "fixed": fixed, **result.to_dict()}
-    (folder / "fix.json").write_text(json.dumps(payload, indent=1, default=str))
-    page = folder / "fix.html"
-    page.write_text(_html(payload))
-    return page
+    write_owned(folder, {"fix.json": json.dumps(payload, indent=1, default=str), "fix.html": _html(payload)},
+                what="the fix report", legacy=_legacy, last="fix.html",
+                fix="choose another --report folder, or move those files away")
+    return folder / "fix.html"
+
+
+def _legacy(path: Path) -> bool:
+    """A fix report written before report folders recorded what seamfree wrote into them."""
+    try:
+        if path.name == "fix.json":
+            return {"before", "after"} <= set(json.loads(path.read_text()))
+        return path.name == "fix.html" and _legacy(path.with_name("fix.json"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _value(value: Any) -> str:

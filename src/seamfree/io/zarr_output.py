@@ -36,7 +36,8 @@ from seamfree.io.ome import Calibration, TimeCalibration, dimension_names, label
 from seamfree.io.pyramid import Downsampling, Runner, block_key, blocks, local_path, write_pyramid
 from seamfree.io.safety import remove_own_output
 
-__all__ = ["VIEWER_CHUNK", "ZarrBlockWriter", "ZarrOutput", "is_seamfree_zarr", "viewer_chunks", "zarr_markers"]
+__all__ = ["VIEWER_CHUNK", "ZarrBlockWriter", "ZarrOutput", "foreign_entries", "is_seamfree_zarr",
+           "refuse_foreign_entries", "viewer_chunks", "zarr_markers"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,44 @@ def is_seamfree_zarr(path: Path) -> bool:
     return (mark is not None and "fingerprint" in mark) or (path / MARKER_DIR / "fingerprint.json").is_file()
 
 
+_METADATA = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"})
+
+
+def _own_group(path: Path, own_children: Callable[[Path], bool]) -> list[str]:
+    """The entries of the zarr group ``path`` that are neither metadata nor children ``own_children`` accepts."""
+    return [entry.name for entry in sorted(path.iterdir())
+            if entry.name not in _METADATA and not (entry.is_dir() and own_children(entry))]
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """What a user added inside the seamfree OME-Zarr ``path``: entries that are not its metadata, its pyramid
+    levels (``0``, ``1``, ...), its legacy markers, ``labels/mask`` of ``--labels`` or a label image that
+    ``seamfree segment`` wrote (each of those carries seamfree's mark). ``--overwrite`` refuses while any exist."""
+    if not path.is_dir() or path.is_symlink():
+        return []
+
+    def level(entry: Path) -> bool:
+        return entry.name.isdigit() and not entry.is_symlink()
+
+    found = [name for name in _own_group(path, lambda e: level(e) or e.name in (MARKER_DIR, "labels"))]
+    labels = path / "labels"
+    if labels.is_dir() and not labels.is_symlink():
+        found += [f"labels/{name}" for name in _own_group(labels, lambda e: not e.is_symlink() and (
+            is_seamfree_zarr(e) or (e.name == LABELS_NAME and not _own_group(e, level))))]
+    return found
+
+
+def refuse_foreign_entries(path: Path) -> None:
+    """OutputExistsError naming what a user added inside the seamfree output ``path`` (see :func:`foreign_entries`)."""
+    found = foreign_entries(path)
+    if found:
+        shown = ", ".join(repr(n) for n in found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+        raise OutputExistsError(
+            f"output {str(path)!r} is a seamfree prediction that also holds {shown}, which seamfree did not write; "
+            "--overwrite replaces only what seamfree wrote: move those entries out (or write to another path) "
+            "and run again")
+
+
 class ZarrOutput(MarkedOutput):
     """An OME-Zarr image written block by block (one block = one tile core = one shard), resumable.
 
@@ -133,6 +172,8 @@ class ZarrOutput(MarkedOutput):
         self.fingerprint = fingerprint
         self.marker_root = markers or zarr_markers(path)
         if overwrite and (path.exists() or path.is_symlink()):
+            if is_seamfree_zarr(path):
+                refuse_foreign_entries(path)
             remove_own_output(path, written_by_seamfree=is_seamfree_zarr(path))
         if overwrite and (self.marker_root / "fingerprint.json").is_file():
             shutil.rmtree(self.marker_root)  # the markers of a run of ours into that output

@@ -2,8 +2,10 @@
 
 Loading (``rdf.yaml``, a package folder or its ``.zip``) prefers ``pytorch_state_dict`` weights, whose
 architecture is a real ``nn.Module`` the audit can see layer by layer, and falls back to ``torchscript``. An
-architecture imported from an installed library (``import_from``) is ordinary code; one shipped as a Python file
-inside the package runs code from the file, so it needs ``allow_pickle`` like any other file-borne code.
+architecture is built without consent only when it is one of the network classes of
+:data:`~seamfree.models.consent.TRUSTED_ARCHITECTURES`; any other ``import_from`` callable, an architecture
+shipped as a Python file inside the package, and TorchScript whose code fails the static check need
+``trust_code`` like any other file-borne code (:mod:`seamfree.models.consent`).
 
 The package's processing maps onto seamfree's: ``scale_range`` → percentile normalization with its
 percentiles, ``zero_mean_unit_variance`` → mean/std, ``fixed_zero_mean_unit_variance`` → fixed statistics,
@@ -34,6 +36,7 @@ from torch import nn
 
 from seamfree.errors import CheckpointError, ConfigError
 from seamfree.layers.modes import eval_mode
+from seamfree.models.consent import check_architecture, check_torchscript
 
 __all__ = ["PackageInfo", "export_bioimageio", "is_package", "load_package", "package_info"]
 
@@ -110,9 +113,12 @@ def _load_description(path: Path) -> Any:
     from bioimageio.spec.model.v0_5 import ModelDescr
 
     source = path / next(n for n in _RDF_NAMES if (path / n).is_file()) if path.is_dir() else path
+    if path.suffix == ".zip":
+        _check_members(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        descr = load_description(source, format_version="latest")
+        # no I/O checks: they fetch the cite and documentation URLs, which seamfree does not read
+        descr = load_description(source, format_version="latest", perform_io_checks=False)
         gc.collect()  # bioimageio.spec leaves zip file handles to the collector: close them here, quietly
     if not isinstance(descr, ModelDescr):
         summary = getattr(descr, "validation_summary", None)
@@ -125,6 +131,22 @@ def _load_description(path: Path) -> Any:
         raise CheckpointError(f"{str(path)!r} is not a valid bioimage.io model package: {reason[:200]}; check it "
                               "with `bioimageio validate` or re-export it")
     return descr
+
+
+_MAX_DESCRIPTION = 16 * 2**20  # an rdf.yaml is kilobytes; megabytes of YAML is an attack, not a model
+_MAX_MEMBER = 64 * 2**30
+
+
+def _check_members(path: Path) -> None:
+    """CheckpointError for a package zip whose members claim absurd sizes (checked before anything inflates)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            limit = _MAX_DESCRIPTION if Path(info.filename).suffix in (".yaml", ".yml", ".md") else _MAX_MEMBER
+            if info.file_size > limit:
+                raise CheckpointError(
+                    f"{str(path)!r}: member {info.filename!r} inflates to {info.file_size} bytes "
+                    f"({info.compress_size} stored), above the {limit}-byte limit for such a file; this is not a "
+                    "model package seamfree will open (re-export it, or unpack it and check the file)")
 
 
 def _normalization(descr: Any) -> dict[str, Any] | None:
@@ -168,17 +190,14 @@ def _declared(descr: Any) -> tuple[tuple[int, ...] | None, str]:
     return (halo if axes else None), spatial
 
 
-def _weights(descr: Any, device: torch.device, allow_pickle: bool, path: Path) -> tuple[nn.Module, str]:
+def _weights(descr: Any, device: torch.device, trust_code: bool, path: Path) -> tuple[nn.Module, str]:
     weights = descr.weights
     state = weights.pytorch_state_dict
     if state is not None:
-        from_file = getattr(state.architecture, "source", None) is not None
-        if from_file and not allow_pickle and weights.torchscript is None:
-            raise CheckpointError(
-                f"{str(path)!r} holds pytorch_state_dict weights whose architecture is a Python file inside the "
-                "package, and no torchscript weights; loading it runs that code: pass allow_pickle=True (CLI "
-                "--allow-pickle) if you trust the package")
-        if not from_file or allow_pickle:
+        refusal = None if trust_code else _architecture_refusal(state.architecture, path)
+        if refusal is not None and weights.torchscript is None:
+            raise refusal
+        if refusal is None:
             from bioimageio.core.backends.pytorch_backend import load_torch_model
 
             try:
@@ -188,8 +207,12 @@ def _weights(descr: Any, device: torch.device, allow_pickle: bool, path: Path) -
                     raise CheckpointError(f"cannot build the architecture of {str(path)!r}: "
                                           f"{type(exc).__name__}: {exc}") from exc
                 logger.warning("the package's pytorch_state_dict weights did not load (%s); using torchscript", exc)
+        else:
+            logger.warning("%s; using the package's torchscript weights", refusal)
     if weights.torchscript is not None:
         data = weights.torchscript.get_reader().read()
+        if not trust_code:
+            check_torchscript(data, f"{path}: torchscript weights")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(io.BytesIO(data), map_location=device)
@@ -199,12 +222,25 @@ def _weights(descr: Any, device: torch.device, allow_pickle: bool, path: Path) -
                           "pytorch_state_dict or torchscript weights")
 
 
-def load_package(path: str | os.PathLike[str], *, device: torch.device, allow_pickle: bool = False) -> nn.Module:
+def _architecture_refusal(architecture: Any, path: Path) -> CheckpointError | None:
+    """Why building ``architecture`` needs consent (None: it is a trusted network class)."""
+    if getattr(architecture, "source", None) is not None:
+        return CheckpointError(
+            f"{str(path)!r} holds pytorch_state_dict weights whose architecture is a Python file inside the "
+            "package; loading it runs that code: pass trust_code=True (CLI --trust-code) if you trust the package")
+    try:
+        check_architecture(str(getattr(architecture, "import_from", "")), str(architecture.callable), str(path))
+    except CheckpointError as exc:
+        return exc
+    return None
+
+
+def load_package(path: str | os.PathLike[str], *, device: torch.device, trust_code: bool = False) -> nn.Module:
     """Return the model of a bioimage.io package, in eval mode, with its declarations attached
     (:func:`package_info`; ``seamfree_activation`` for the "auto" activation)."""
     path = Path(path)
     descr = _load_description(path)
-    model, kind = _weights(descr, device, allow_pickle, path)
+    model, kind = _weights(descr, device, trust_code, path)
     halo, spatial = _declared(descr)
     info = PackageInfo(str(descr.name), kind, _normalization(descr), _activation(descr), halo, spatial,
                        _channel_names(descr))
@@ -234,7 +270,7 @@ def export_bioimageio(
     ``torchscript`` weights (traced) for every model. ``declared_halo`` overrides the halo written (tests).
     """
     _require()
-    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec import ValidationContext, save_bioimageio_package
     from bioimageio.spec.model import v0_5 as spec
 
     from seamfree.models.describe import describe_model
@@ -299,16 +335,18 @@ def export_bioimageio(
         description = (f"Exported by seamfree. Tiling verdict: {info.verdict} ({info.evidence}). Measured "
                        f"receptive-field radius {list(rf.radius)}, halo {list(rf.halo)}, network stride "
                        f"{list(info.network_stride)}.")
-        descr = spec.ModelDescr(
-            name=name, description=description, authors=[spec.Author(name="seamfree export")],
-            cite=[spec.CiteEntry(text="seamfree: segmentation free of tiling artifacts",
-                                 url=spec.HttpUrl("https://pypi.org/project/seamfree/"))],
-            license=spec.LicenseId("MIT"), documentation=None, inputs=[inputs], outputs=[outputs],
-            weights=spec.WeightsDescr(**entries), tags=["seamfree", f"tiling-{info.verdict}"])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(out.name + ".partial.zip")
-        with warnings.catch_warnings():
+        # no I/O checks: they fetch every URL of the description (the cite entry's page), which needs a network
+        # and can hang; the files written here are checked by their hashes
+        with ValidationContext(perform_io_checks=False), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            descr = spec.ModelDescr(
+                name=name, description=description, authors=[spec.Author(name="seamfree export")],
+                cite=[spec.CiteEntry(text="seamfree: segmentation free of tiling artifacts",
+                                     url=spec.HttpUrl("https://pypi.org/project/seamfree/"))],
+                license=spec.LicenseId("MIT"), documentation=None, inputs=[inputs], outputs=[outputs],
+                weights=spec.WeightsDescr(**entries), tags=["seamfree", f"tiling-{info.verdict}"])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            partial = out.with_name(out.name + ".partial.zip")
             save_bioimageio_package(descr, output_path=partial)
         os.replace(partial, out)
     return out

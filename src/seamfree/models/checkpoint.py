@@ -16,6 +16,7 @@ from torch import nn
 from seamfree.errors import CheckpointError, ConfigError
 from seamfree.layers.batchrenorm import BatchRenormNd
 from seamfree.models.bioimageio import is_package, load_package
+from seamfree.models.consent import check_torchscript, is_torchscript_archive
 from seamfree.models.unet import UNet
 from seamfree.models.vit import ViTSegmenter
 
@@ -117,22 +118,25 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 def load_model(
-    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", allow_pickle: bool = False
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", trust_code: bool = False
 ) -> nn.Module:
     """Return the model stored at ``path``, in eval mode, on ``device``.
 
     Reads seamfree checkpoints (rebuilt from their configuration), TorchScript files and bioimage.io model
-    packages (``rdf.yaml``, its folder or ``.zip``; see :mod:`seamfree.models.bioimageio`); only with
-    ``allow_pickle=True``, ``torch.export`` programs (``.pt2``; their input shapes are fixed at export) and
+    packages (``rdf.yaml``, its folder or ``.zip``; see :mod:`seamfree.models.bioimageio`). TorchScript is code:
+    without consent it loads only when its archive passes :func:`~seamfree.models.consent.check_torchscript`. Only with
+    ``trust_code=True``, ``torch.export`` programs (``.pt2``; their input shapes are fixed at export) and
     pickled full ``nn.Module`` objects (both unpickle, which runs code from the file: only for files you trust).
     The device is checked first: a CUDA device on a torch build without CUDA is a ConfigError.
     """
     device = check_device(device)
     path = Path(path)
     if is_package(path):
-        return load_package(path, device=device, allow_pickle=allow_pickle)
+        return load_package(path, device=device, trust_code=trust_code)
     if not path.is_file():
         raise CheckpointError(f"model file {str(path)!r} does not exist; pass the path of a checkpoint")
+    if not trust_code and is_torchscript_archive(path):
+        check_torchscript(path, str(path))  # TorchScript is code: its __setstate__ runs inside torch.load
     try:
         with warnings.catch_warnings():
             # torch.load hands TorchScript archives to torch.jit.load, warning twice; that is what we want.
@@ -141,7 +145,7 @@ def load_model(
             payload = torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, KeyError, IndexError, ValueError,
             zipfile.BadZipFile) as exc:  # what the weights-only unpickler raises on a file that is no checkpoint
-        return _load_foreign(path, device, allow_pickle, exc)
+        return _load_foreign(path, device, trust_code, exc)
     if isinstance(payload, torch.jit.ScriptModule):
         logger.info("loaded TorchScript model from %s", path)
         return payload.eval()
@@ -171,7 +175,7 @@ def _rebuild(path: Path, payload: dict[str, Any], device: str | torch.device) ->
     return model.to(device).eval()
 
 
-def _load_foreign(path: Path, device: str | torch.device, allow_pickle: bool, cause: Exception) -> nn.Module:
+def _load_foreign(path: Path, device: str | torch.device, trust_code: bool, cause: Exception) -> nn.Module:
     try:
         # Deprecated in recent torch, but users' existing models are TorchScript files: keep reading them.
         with warnings.catch_warnings():
@@ -181,12 +185,12 @@ def _load_foreign(path: Path, device: str | torch.device, allow_pickle: bool, ca
         return module.eval()
     except (RuntimeError, ValueError):
         pass
-    if not allow_pickle:
+    if not trust_code:
         # torch.export archives and pickled modules both unpickle code from the file: never without consent
         raise CheckpointError(
             f"{str(path)!r} is neither a seamfree checkpoint nor TorchScript ({type(cause).__name__}); if it is a "
-            "torch.export program (.pt2) or a pickled nn.Module from a source you trust, pass allow_pickle=True "
-            "(CLI: --allow-pickle): loading either runs code stored in the file"
+            "torch.export program (.pt2) or a pickled nn.Module from a source you trust, pass trust_code=True "
+            "(CLI: --trust-code): loading either runs code stored in the file"
         ) from cause
     try:
         program = torch.export.load(str(path))

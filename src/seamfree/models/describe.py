@@ -27,6 +27,7 @@ from seamfree.errors import ConfigError, ShapeError
 from seamfree.layers.audit import NormAudit, audit_norms
 from seamfree.models.field_cache import load_field, load_probe, store_field, store_probe
 from seamfree.models.geometry import infer_geometry, model_device, model_dtype, odd_multiple
+from seamfree.models.identity import static_reach, structure_digest
 from seamfree.models.probe import TileProbe, probe_tiles
 from seamfree.models.receptive import ReceptiveField, measure_receptive_field
 
@@ -302,9 +303,10 @@ def describe_model(
 
 
 def _identity(model: nn.Module, digest: str) -> tuple[str, ...]:
-    """What tells one model from another: its parameters' digest, kind, class, compiled code and package (the key
-    of the in-memory cache, and of the measurements kept on disk)."""
-    return (digest, _kind(model), type(model).__qualname__, str(getattr(model, "code", "")),
+    """What tells one model from another: its parameters' digest, its structure (module tree with the arguments
+    that shape the computation, forward code, TorchScript graph), kind, class and package (the key of the
+    in-memory cache, and of the measurements kept on disk)."""
+    return (digest, structure_digest(model), _kind(model), type(model).__qualname__,
             repr(getattr(model, "seamfree_package", None)))
 
 
@@ -348,6 +350,11 @@ def _describe(model: nn.Module, digest: str, spatial_dims: int | None, in_channe
 
     cache_key = (*_identity(model, digest), dims, channels, None if output is None else str(output), audit.verdict)
     rf = load_field(cache_key, dims)
+    floor = static_reach(model, dims)
+    if rf is not None and any(r < f for r, f in zip(rf.radius, floor)):
+        logger.warning("ignoring a cached receptive field of radius %s: the model's own convolutions reach %s; "
+                       "measuring it again", rf.radius, floor)
+        rf = None
     if rf is None or rf.network_stride != stride:
         rf = measure_receptive_field(model, spatial_dims=dims, in_channels=channels, network_stride=stride,
                                      select=pick, audit=audit)

@@ -3,15 +3,18 @@
 tile).
 
 One small JSON file per model and option set, named by a sha256 of the model's identity (its parameters' digest,
-its kind, class and compiled code), the options that change the measurement and seamfree's version, in
-``$SEAMFREE_CACHE/receptive-fields`` (default ``~/.cache/seamfree``). Only numbers are read back, validated: a
-file that does not parse or does not describe a receptive field is ignored and measured again, never trusted,
-and nothing in it can run code. ``SEAMFREE_CACHE=off`` disables the cache.
+its structure, kind and class: :mod:`seamfree.models.identity`), the options that change the measurement and
+seamfree's version, in ``$SEAMFREE_CACHE/receptive-fields`` (default ``~/.cache/seamfree``). Each file is signed
+with an HMAC under a key private to the user (``~/.config/seamfree/cache-key``, mode 600): a file edited or
+written by anyone else (a shared cache folder) is ignored and measured again. Only numbers are read back,
+validated: a file that does not parse, is not signed, or does not describe a receptive field is ignored, never
+trusted, and nothing in it can run code. ``SEAMFREE_CACHE=off`` disables the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -35,6 +38,32 @@ def cache_folder() -> Path | None:
         return None
     base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seamfree"
     return base / "receptive-fields"
+
+
+def _secret() -> bytes | None:
+    """The user's private signing key, created on first use (None: it cannot be read or created)."""
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "seamfree"
+    path = base / "cache-key"
+    try:
+        if not path.is_file():
+            base.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path.with_suffix(f".{os.getpid()}.tmp"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(os.urandom(32))
+            os.replace(path.with_suffix(f".{os.getpid()}.tmp"), path)
+        if path.stat().st_mode & 0o077:
+            logger.warning("the cache signing key %s is readable by others; not using the cache", path)
+            return None
+        secret = path.read_bytes()
+    except OSError as exc:
+        logger.debug("no cache signing key (%s): not caching", exc)
+        return None
+    return secret if len(secret) >= 16 else None
+
+
+def _signature(secret: bytes, name: str, data: dict[str, Any]) -> str:
+    payload = json.dumps([name, data], sort_keys=True).encode()
+    return hmac.new(secret, payload, hashlib.sha256).hexdigest()
 
 
 def _path(key: tuple[Any, ...]) -> Path | None:
@@ -98,11 +127,23 @@ def store_probe(key: tuple[Any, ...], probe: TileProbe) -> None:
 def load_record(key: tuple[Any, ...]) -> dict[str, Any] | None:
     """The measurement stored for ``key`` as a JSON object (the caller validates its fields)."""
     path = _path(key)
+    secret = _secret() if path is not None else None
+    if path is None or secret is None:
+        return None
     try:
-        data = json.loads(path.read_text()) if path is not None else None
+        stored = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    data = stored.get("data") if isinstance(stored, dict) else None
+    signature = stored.get("signature") if isinstance(stored, dict) else None
+    if not isinstance(data, dict) or not isinstance(signature, str):
+        logger.debug("ignoring the unsigned cache file %s (written by seamfree < 0.4)", path)
+        return None
+    if not hmac.compare_digest(signature, _signature(secret, path.name, data)):
+        logger.warning("ignoring the cache file %s: it is not signed by this user's key (edited, or written by "
+                       "someone else); measuring again", path)
+        return None
+    return data
 
 
 def store_record(key: tuple[Any, ...], data: dict[str, Any]) -> None:
@@ -112,12 +153,13 @@ def store_record(key: tuple[Any, ...], data: dict[str, Any]) -> None:
 
 def _store(key: tuple[Any, ...], data: dict[str, Any]) -> None:
     path = _path(key)
-    if path is None:
+    secret = _secret() if path is not None else None
+    if path is None or secret is None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-            json.dump(data, handle)
+            json.dump({"data": data, "signature": _signature(secret, path.name, data)}, handle)
         os.replace(handle.name, path)
     except OSError as exc:
         logger.debug("receptive field not cached (%s)", exc)

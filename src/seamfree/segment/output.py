@@ -20,7 +20,14 @@ from seamfree.io.markers import ArrayOutput, atomic_write_text, block_digest, ch
 from seamfree.io.ome import labels_group_attrs
 from seamfree.io.pyramid import Runner
 from seamfree.io.safety import check_not_input, remove_own_output
-from seamfree.io.zarr_output import ZarrBlockWriter, ZarrOutput, is_seamfree_zarr, seamfree_attrs, zarr_markers
+from seamfree.io.zarr_output import (
+    ZarrBlockWriter,
+    ZarrOutput,
+    is_seamfree_zarr,
+    refuse_foreign_entries,
+    seamfree_attrs,
+    zarr_markers,
+)
 
 __all__ = ["BlockWriter", "LabelTarget", "LabelWriter", "put_block"]
 
@@ -170,6 +177,8 @@ class LabelTarget:
     def _remove(self) -> None:
         assert self.path is not None
         if self.path.exists() or self.path.is_symlink():
+            if is_seamfree_zarr(self.path):
+                refuse_foreign_entries(self.path)
             remove_own_output(self.path, written_by_seamfree=is_seamfree_zarr(self.path))
         markers = Path(self.markers_path) if self.markers_path else None
         if markers is not None and markers.is_dir():

@@ -20,6 +20,7 @@ from typing import Any
 from seamfree.data.synthetic import SyntheticSpec, synthetic_image
 from seamfree.diagnostics.diagnose import DiagnoseConfig, Diagnosis, diagnose
 from seamfree.diagnostics.report import write_report
+from seamfree.io.owned import claim, record
 from seamfree.models.checkpoint import load_model
 from seamfree.training.config import load_config
 from seamfree.training.loop import train
@@ -71,10 +72,15 @@ def run_demo(out_dir: str | Path = "seamfree-demo", *, iterations: int = 300, im
 
 
 def _run(out: Path, iterations: int, image_size: int, core: int, seed: int, progress: bool) -> DemoResult:
+    folders = [f"train-{norm}" for norm in _NORMS]
+    claim(out, [*folders, "report"], what="seamfree demo", legacy=_legacy_demo,
+          fix="choose another demo folder (--out), or move those folders away")
     diagnoses = []
     image, mask = synthetic_image((image_size, image_size), SyntheticSpec("nuclei", **DEMO_CONDITIONS),
                                   seed=seed + 10_000)
-    for norm in ("instance", "batchrenorm"):
+    for norm in _NORMS:
+        out.mkdir(parents=True, exist_ok=True)
+        record(out, {f"train-{norm}": "folder"})
         config = load_config(base={
             "data": {"source": "synthetic", "synthetic_kind": "nuclei", "synthetic_shape": [256, 256],
                      "synthetic_train": 6, "synthetic_val": 1, "synthetic_options": DEMO_CONDITIONS, "seed": seed},
@@ -92,5 +98,18 @@ def _run(out: Path, iterations: int, image_size: int, core: int, seed: int, prog
         logger.info("diagnosing the %s U-Net on a %d² image", norm, image_size)
         diagnoses.append(diagnose(model, image, ground_truth=mask, name=f"{norm} U-Net",
                                   config=DiagnoseConfig(core=core, patch_size=64, batch_size=4, seed=seed)))
+    record(out, {"report": "folder"})
     report = write_report(diagnoses, out / "report")
     return DemoResult(report, tuple(diagnoses))
+
+
+_NORMS = ("instance", "batchrenorm")
+
+
+def _legacy_demo(path: Path) -> bool:
+    """A folder of a demo run before demo folders recorded what seamfree wrote: its report is seamfree's."""
+    page = path.parent / "report" / "report.html"
+    try:
+        return page.is_file() and "<title>seamfree diagnosis" in page.read_text(errors="replace")[:4096]
+    except OSError:
+        return False

@@ -275,6 +275,13 @@ def _check_output_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
             f"the training output folder {str(out)!r} is not empty ({shown}); pass resume (CLI --resume) to continue "
             "that run, overwrite (CLI --overwrite) to replace its checkpoints and logs, or choose another output"
         )
+    if entries and resume and not overwrite and "state.pt" not in entries:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise ConfigError(
+            f"cannot resume in {str(out)!r}: it holds {shown} but no state.pt, the training state a resume "
+            "continues from (a run that never saved one, or not a seamfree training folder); nothing was changed. "
+            "Train into another folder, or pass overwrite (CLI --overwrite) to start a new run there that replaces "
+            "its checkpoints and logs")
 
 
 def train(
