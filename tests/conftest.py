@@ -20,6 +20,7 @@ if "SEAMFREE_TEST_KEEP_CACHE" not in os.environ:
     import tempfile
 
     os.environ["SEAMFREE_CACHE"] = tempfile.mkdtemp(prefix="seamfree-test-cache-")
+    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="seamfree-test-config-")  # the cache's signing key
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ def test_a_second_description_reads_the_receptive_field_and_a_bad_file_is_measur
     clear_model_cache()
     first = describe_model(net, probe=False)
     files = list(cache_folder().glob("*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text())["radius"] == list(first.receptive_field.radius)
+    assert len(files) == 1 and json.loads(files[0].read_text())["data"]["radius"] == list(first.receptive_field.radius)
     clear_model_cache()  # a new process, as far as the in-memory cache goes
     second = describe_model(net, probe=False)
     assert second.receptive_field == first.receptive_field

@@ -19,6 +19,7 @@ level 0 is resumable through its own markers.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -177,6 +178,11 @@ class ZarrOutput(MarkedOutput):
             remove_own_output(path, written_by_seamfree=is_seamfree_zarr(path))
         if overwrite and (self.marker_root / "fingerprint.json").is_file():
             shutil.rmtree(self.marker_root)  # the markers of a run of ours into that output
+        if overwrite:  # the labels' markers of segment runs on the prediction replaced: stale with it
+            for labels in path.parent.glob(f"{glob.escape(path.name)}.seamfree-labels-*"):
+                if labels.is_dir() and not labels.is_symlink() and any(
+                        (labels / sub / "fingerprint.json").is_file() for sub in (".", "segment")):
+                    shutil.rmtree(labels)
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()  # an empty folder: a creation killed before its first file (nothing to lose)
         legacy = path / MARKER_DIR

@@ -133,8 +133,8 @@ class LabelTarget:
     def lock(self) -> Path | None:
         if self.path is None:
             return None
-        if self.prediction_root is not None:  # the lock file stays outside the prediction's hierarchy
-            return self.prediction_root.with_name(f"{self.prediction_root.name}.labels-{self.name}")
+        if self.prediction_root is not None:  # the prediction's own lock: predict --overwrite and segment of one
+            return self.prediction_root    # prediction never interleave
         return self.path
 
     @property

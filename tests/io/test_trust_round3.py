@@ -1,0 +1,194 @@
+"""Trust, round three (issue 36), for outputs: nothing the user added is destroyed (inside a prediction, in a
+report folder, in a training folder), and locks a cluster can live with (atomic, with heartbeat, taken over when
+stale from any host, shared by predict and segment of one output)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from seamfree.errors import ConfigError, OutputExistsError
+from seamfree.io.lock import lock_path, output_lock
+from seamfree.models import UNet
+from seamfree.tiling import PredictConfig, predict
+
+zarr = pytest.importorskip("zarr")
+
+CONFIG = PredictConfig(core=32, halo=0, allow_small_halo=True)
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return UNet(2, 1, 1, depth=1, features=2, norm="batchrenorm").eval()
+
+
+def test_overwrite_refuses_and_names_what_the_user_added_inside_a_prediction(net, tmp_path, rng):
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    out = tmp_path / "pred.zarr"
+    predict(net, image, out, config=CONFIG)
+    predict(net, image, out, config=PredictConfig(core=32, halo=0, allow_small_halo=True, overwrite=True))
+    group = zarr.open_group(str(out), mode="r+")
+    group.require_group("labels").create_array("proofread", shape=(64, 64), dtype="u2", chunks=(32, 32))[:] = 7
+    (out / "NOTES.txt").write_text("hours of proofreading")
+    with pytest.raises(OutputExistsError, match=r"'NOTES.txt', 'labels/proofread'.*did not write"):
+        predict(net, image, out, config=PredictConfig(core=32, halo=0, allow_small_halo=True, overwrite=True))
+    assert (out / "NOTES.txt").read_text() == "hours of proofreading"
+    assert (zarr.open_array(str(out / "labels" / "proofread"))[:] == 7).all()
+
+
+def test_overwrite_replaces_a_prediction_with_seamfrees_own_labels_and_drops_their_stale_markers(net, tmp_path, rng):
+    from seamfree.segment import SegmentConfig, segment
+
+    image = (rng.random((64, 64)) > 0.5).astype(np.float32)
+    out = tmp_path / "pred.zarr"
+    predict(net, image, out, config=CONFIG)
+    segment(str(out), config=SegmentConfig(block=32))
+    stale = tmp_path / "pred.zarr.seamfree-labels-stale"  # markers of a segment run killed half-way
+    (stale / "segment").mkdir(parents=True)
+    (stale / "segment" / "fingerprint.json").write_text("{}")
+    predict(net, image, out, config=PredictConfig(core=32, halo=0, allow_small_halo=True, overwrite=True))
+    assert not (out / "labels").exists() and not stale.exists()
+
+
+def test_train_resume_into_a_folder_without_state_refuses_and_changes_nothing(tmp_path):
+    from seamfree.training import load_config, train
+
+    run = tmp_path / "old-run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"the earlier run's model")
+    (run / "log.csv").write_text("the earlier run's log")
+    config = load_config(base={
+        "data": {"source": "synthetic", "synthetic_kind": "nuclei", "synthetic_shape": [64, 64],
+                 "synthetic_train": 2, "synthetic_val": 1},
+        "model": {"depth": 2, "features": 4, "norm": "batchrenorm"},
+        "training": {"iterations": 2, "batch_size": 2, "patch_size": [32, 32], "validate_every": 2},
+        "output": str(run)})
+    with pytest.raises(ConfigError, match=r"no state\.pt.*nothing was changed"):
+        train(config, resume=True)
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "log.csv"]
+    assert (run / "best.pt").read_bytes() == b"the earlier run's model"
+
+
+def test_a_report_never_replaces_a_file_seamfree_did_not_write(tmp_path, rng):
+    from seamfree.diagnostics import DiagnoseConfig, diagnose
+    from seamfree.diagnostics.report import write_report
+
+    torch.manual_seed(0)
+    model = UNet(2, 1, 1, depth=2, features=4, norm="instance").eval()
+    diagnosis = diagnose(model, rng.random((128, 128)).astype(np.float32),
+                         config=DiagnoseConfig(core=64, patch_size=32, batch_size=2))
+    folder = tmp_path / "report"
+    write_report(diagnosis, folder)
+    write_report(diagnosis, folder)  # its own files: replaced
+    (folder / "report.html").write_text("<p>my notes</p>")  # the user's page now
+    before = sorted(p.name for p in (folder / "figures").iterdir())
+    with pytest.raises(OutputExistsError, match=r"'report.html'.*did not write"):
+        write_report(diagnosis, folder)
+    assert (folder / "report.html").read_text() == "<p>my notes</p>"
+    assert sorted(p.name for p in (folder / "figures").iterdir()) == before
+    other = tmp_path / "mine"
+    (other / "figures").mkdir(parents=True)
+    (other / "figures" / "indicators.png").write_bytes(b"my figure")
+    with pytest.raises(OutputExistsError, match=r"indicators\.png"):
+        write_report(diagnosis, other)
+    assert not (other / "report.json").exists()
+
+
+def test_demo_refuses_a_folder_with_the_users_training_run(tmp_path):
+    from seamfree.study.demo import run_demo
+
+    mine = tmp_path / "demo" / "train-instance"
+    mine.mkdir(parents=True)
+    (mine / "best.pt").write_bytes(b"mine")
+    with pytest.raises(OutputExistsError, match="'train-instance'"):
+        run_demo(tmp_path / "demo", iterations=1, image_size=128)
+    assert (mine / "best.pt").read_bytes() == b"mine"
+
+
+def _old(path, seconds: float = 3600) -> None:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_locks_that_are_empty_unreadable_or_without_heartbeat_are_taken_over_when_old(tmp_path):
+    out = tmp_path / "pred.zarr"
+    lock = lock_path(out)
+    lock.write_text("")  # a disk full at the start of an older seamfree left it empty
+    # young: it may be a writer starting right now
+    with pytest.raises(OutputExistsError, match="cannot be read"), output_lock(out):
+        pass
+    _old(lock)
+    with output_lock(out):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    lock.write_text(json.dumps({"host": "node-17", "pid": 4242, "started": "yesterday"}))
+    # another host, heartbeat fresh
+    with pytest.raises(OutputExistsError, match="process 4242 on node-17"), output_lock(out):
+        pass
+    _old(lock)  # that node stopped touching its lock an hour ago
+    with output_lock(out):
+        pass
+    assert not lock.exists()
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_lock_from_another_host(tmp_path, monkeypatch):
+    out = tmp_path / "pred.zarr"
+    lock_path(out).write_text(json.dumps({"host": "node-3", "pid": 99, "job": "777_4", "started": "x"}))
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
+    with output_lock(out):
+        assert json.loads(lock_path(out).read_text())["job"] == "777_4"
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")  # another task of the array: not its lock
+    lock_path(out).write_text(json.dumps({"host": "node-3", "pid": 99, "job": "777_4", "started": "x"}))
+    with pytest.raises(OutputExistsError, match="SLURM job 777_4"), output_lock(out):
+        pass
+
+
+def test_a_non_numeric_pid_or_a_zombie_on_this_host_is_a_stale_lock(tmp_path):
+    out = tmp_path / "pred.zarr"
+    lock_path(out).write_text(json.dumps({"host": socket.gethostname(), "pid": "not-a-pid", "started": "x"}))
+    with output_lock(out):
+        pass
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits; not waited for: a zombie
+    stat = Path(f"/proc/{zombie.pid}/stat")
+    deadline = time.time() + 30
+    while time.time() < deadline and "Z" not in stat.read_text().rsplit(")", 1)[-1][:3]:
+        time.sleep(0.05)
+    lock_path(out).write_text(json.dumps({"host": socket.gethostname(), "pid": zombie.pid, "started": "x"}))
+    with output_lock(out):
+        pass
+    zombie.wait()
+
+
+def test_a_full_disk_at_start_leaves_no_lock(small_disk):
+    (small_disk / "filler").write_bytes(b"\0" * (1536 * 1024 - 4096))  # fill the tmpfs to its last page
+    try:
+        while True:
+            with open(small_disk / "more", "ab") as handle:
+                handle.write(b"\0" * 512)
+    except OSError:
+        pass
+    out = small_disk / "pred.zarr"
+    with output_lock(out) as held:
+        assert held is None
+    assert not lock_path(out).exists() and not list(small_disk.glob("*.tmp"))
+
+
+def test_predict_and_segment_of_one_prediction_take_the_same_lock(net, tmp_path, rng):
+    from seamfree.segment import SegmentConfig, segment
+
+    out = tmp_path / "pred.zarr"
+    predict(net, (rng.random((64, 64)) > 0.5).astype(np.float32), out, config=CONFIG)
+    # a predict --overwrite of that prediction is running
+    with output_lock(out), pytest.raises(OutputExistsError, match="being written by"):
+        segment(str(out), config=SegmentConfig(block=32))
+    assert not (out / "labels").exists()
