@@ -125,3 +125,29 @@ def test_a_missing_input_chunk_is_reported(image, caplog):
     with caplog.at_level(logging.WARNING):
         open_image(str(source), spatial_dims=2)
     assert "1 of 16 chunks of the input" in caplog.text and "not stored" in caplog.text
+
+
+def test_a_blend_output_resumed_over_a_changed_input_predicts_the_changed_cells_again(net, image, tmp_path, caplog):
+    source, data = image
+    blend = PredictConfig(core=64, stitching="blend", tiles_per_batch=1, normalization=CONFIG.normalization)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(Interrupted):
+        predict(net, str(source), out, config=blend, progress=_stop_after(10))
+    changed = data.copy()
+    changed[100:140, 100:140] = 255 - changed[100:140, 100:140]  # far from the first 64² voxels
+    zarr.open_array(str(source), mode="r+")[:] = changed
+    with caplog.at_level(logging.WARNING):
+        predict(net, str(source), out, config=blend)
+    assert "changed under the blended cell" in caplog.text
+    np.testing.assert_array_equal(_read(out), predict(net, changed, config=blend))
+
+
+def test_an_empty_done_marker_is_not_trusted(net, image, tmp_path, caplog):
+    source, data = image
+    out = tmp_path / "out.zarr"
+    with pytest.raises(Interrupted):
+        predict(net, str(source), out, config=CONFIG, progress=_stop_after(8))
+    (_markers(out) / "0_0").write_text("")  # truncated by a crash or a full disk ...
+    zarr.open_array(str(out / "0"), mode="r+")[..., :64, :64] = 0  # ... and its block never reached the disk
+    predict(net, str(source), out, config=CONFIG)
+    np.testing.assert_array_equal(_read(out), predict(net, data, config=CONFIG))

@@ -146,13 +146,14 @@ class MarkedOutput(OutputTarget):
         return self.marker_root / "done" / _block_name(block)
 
     def _record(self, block: Sequence[int]) -> dict[str, Any] | None:
-        """The marker's record; {} for the empty markers of earlier versions; None without a marker."""
+        """The marker's record; None without a marker, or for an empty one: a marker truncated by a crash or a full
+        disk (or an unverifiable one of seamfree < 0.3) proves nothing, so its block is predicted again."""
         try:
             text = self._marker(block).read_text()
         except FileNotFoundError:
             return None
-        if not text:
-            return {}
+        if not text.strip():
+            return None
         try:
             record = json.loads(text)
         except json.JSONDecodeError:  # a marker cut short: its block is not trusted
@@ -169,17 +170,20 @@ class MarkedOutput(OutputTarget):
         record = self._record(block)
         if record is None:
             return False
-        if "sha256" in record and "window" in record:
+        if not ("sha256" in record and "window" in record):
+            logger.warning("the done marker of block %s of %s records no digest (truncated, or edited): predicting "
+                           "it again", _block_name(block), self.location)
+            return False
+        try:
             window = tuple(slice(int(a), int(b)) for a, b in record["window"])
-            try:
-                present = block_digest(np.asarray(self.array[(slice(None), *window)]))
-            except Exception:  # an unreadable (corrupt) chunk is data that is not there
-                present = None
-            if present != record["sha256"]:
-                logger.warning("block %s of %s does not hold the data its marker records (corrupt, or lost before "
-                               "it reached the disk): predicting it again", _block_name(block), self.location)
-                self._marker(block).unlink(missing_ok=True)
-                return False
+            present = block_digest(np.asarray(self.array[(slice(None), *window)]))
+        except Exception:  # an unreadable (corrupt) chunk, or a window that is no window: not there
+            present = None
+        if present != record["sha256"]:
+            logger.warning("block %s of %s does not hold the data its marker records (corrupt, or lost before "
+                           "it reached the disk): predicting it again", _block_name(block), self.location)
+            self._marker(block).unlink(missing_ok=True)
+            return False
         verified.add(key)
         return True
 

@@ -107,6 +107,10 @@ class BlendAccumulator:
     def _cell_window(self, cell: tuple[int, ...]) -> tuple[slice, ...]:
         return tuple(self._cells_per_axis[axis][i] for axis, i in enumerate(cell))
 
+    def cell_windows(self, tile: Tile) -> list[tuple[slice, ...]]:
+        """The windows of the cells ``tile`` contributes to."""
+        return [self._cell_window(cell) for cell in self._cells_of(tile)]
+
     def skip_done(self, is_done: Callable[[tuple[slice, ...]], bool]) -> int:
         """Forget the cells for which ``is_done(cell_window)`` is true (resume); return how many."""
         done = [cell for cell in self._pending if is_done(self._cell_window(cell))]

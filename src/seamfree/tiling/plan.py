@@ -500,8 +500,9 @@ def _check_halo_vs_rf(grid: TileGrid, measured: ReceptiveField, tiling: TilingSp
 
 def _input_entry(source: ImageSource, stitching: str) -> dict[str, Any]:
     """The input as the fingerprint records it: its resolved path, shape and dtype. Its content is checked block by
-    block (each crop block's marker holds the digest of the input it was predicted from, compared on resume); a
-    blend cell depends on several tiles, so blend outputs keep the digest of a sample of the input instead."""
+    block: each crop block's marker holds the digest of the input it was predicted from, each blend cell's the
+    digest of the inputs of its tiles, compared on resume. Blend outputs also keep the digest of a sample (kept so
+    that outputs written before cells recorded their inputs still resume)."""
     entry: dict[str, Any] = {"path": resolved_path(source.path), "shape": list(source.shape),
                              "dtype": str(source.dtype)}
     if source.channels is not None or source.gray:  # recorded only when used: older outputs still resume

@@ -153,7 +153,8 @@ def predict(
                                    calibration=output_calibration(source, config), input_path=source.path,
                                    **zarr_options(config, plan.out_channels, model))
             tiles = list(plan.grid.tiles())
-            computed = run_tiles(model, plan, source, tiles, sink_for(plan, target), progress=_progress(progress))
+            computed = run_tiles(model, plan, source, tiles, sink_for(plan, target, source),
+                                 progress=_progress(progress))
             result = target.finalize()
     finally:
         if source is not image:
@@ -205,7 +206,7 @@ def _predict_series(model: nn.Module, image: Any, series: FrameSeries, output: A
                         update(before + done, series.frames * tiles_per_frame)
 
                 computed += run_tiles(model, plan, frame, list(plan.grid.tiles()),
-                                      sink_for(plan, frame_target(target, t)), progress=frame_progress)
+                                      sink_for(plan, frame_target(target, t), frame), progress=frame_progress)
             result = target.finalize()
     finally:
         if series is not image:

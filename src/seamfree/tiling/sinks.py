@@ -8,18 +8,24 @@ in crop stitching, a blend cell (a region between core boundaries) in blend stit
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
 
+from seamfree.io.readers import ImageSource
 from seamfree.io.writers import OutputTarget, block_digest
 from seamfree.tiling.blend import BlendAccumulator, BlendWindow
+from seamfree.tiling.engine import input_digest, read_window
 from seamfree.tiling.grid import Tile, TileGrid
 from seamfree.tiling.plan import PredictionPlan
 from seamfree.tiling.specs import OutputSpec
 
 __all__ = ["BlendSink", "CropSink", "TileSink", "sink_for"]
+
+logger = logging.getLogger(__name__)
 
 
 class TileSink(ABC):
@@ -73,25 +79,63 @@ class CropSink(TileSink):
 class BlendSink(TileSink):
     """Blend stitching: weighted cores summed per cell; a cell is written and marked done when complete.
 
-    The done marker of a cell is its origin, so blend outputs never mix with crop outputs' tile-index markers.
+    The done marker of a cell is its origin, so blend outputs never mix with crop outputs' tile-index markers. It
+    records the digest of the inputs of every tile that contributes to the cell; with ``source``, a resume
+    compares them with the input as it is now and predicts again the cells whose input changed (and the tiles
+    they need), as crop outputs do per block.
     """
 
     def __init__(self, grid: TileGrid, target: OutputTarget, output: OutputSpec, channels: int,
-                 window: BlendWindow) -> None:
+                 window: BlendWindow, source: ImageSource | None = None) -> None:
         self.target = target
         self.output = output
+        self.source = source
+        self.records_inputs = target.records_inputs
         self.accumulator = BlendAccumulator(grid, channels, window, self._emit)
-        self.accumulator.skip_done(lambda cell: target.is_done(_cell_id(cell)))
+        self._tiles_of: dict[tuple[int, ...], list[Tile]] = {}
+        for tile in grid.tiles():
+            for cell in self.accumulator.cell_windows(tile):
+                self._tiles_of.setdefault(_cell_id(cell), []).append(tile)
+        self._digests: dict[tuple[int, ...], str | None] = {}
+        self.accumulator.skip_done(self._is_done)
+
+    def _cell_inputs(self, cell: tuple[slice, ...], read: bool) -> str | None:
+        """The digest of the inputs of the tiles of ``cell``: as predicted (``read`` False), or as they are now."""
+        digest = hashlib.sha256()
+        for tile in self._tiles_of.get(_cell_id(cell), []):
+            if read and tile.index not in self._digests:
+                assert self.source is not None
+                self._digests[tile.index] = input_digest(read_window(self.source, tile.read))
+            value = self._digests.get(tile.index)
+            if value is None:
+                return None
+            digest.update(f"{tile.index}:{value};".encode())
+        return digest.hexdigest()
+
+    def _is_done(self, cell: tuple[slice, ...]) -> bool:
+        if not self.target.is_done(_cell_id(cell)):
+            return False
+        recorded = self.target.input_digest(_cell_id(cell))
+        if recorded is None or self.source is None:
+            return True
+        if recorded == self._cell_inputs(cell, read=True):
+            return True
+        logger.warning("the input %s changed under the blended cell at %s already written: predicting it again",
+                       self.source.where, _cell_id(cell))
+        self.target.forget(_cell_id(cell))
+        return False
 
     def _emit(self, cell: tuple[slice, ...], values: np.ndarray) -> None:
         data = self.output.convert(values)
         self.target.write(cell, data)
-        self.target.mark_done(_cell_id(cell), _record(cell, data, None))
+        inputs = self._cell_inputs(cell, read=False) if self.records_inputs else None
+        self.target.mark_done(_cell_id(cell), _record(cell, data, inputs))
 
     def pending(self, tiles: Sequence[Tile]) -> list[Tile]:
         return [tile for tile in tiles if self.accumulator.needs(tile)]
 
     def add(self, tile: Tile, prediction: np.ndarray, input_digest: str | None = None) -> None:
+        self._digests[tile.index] = input_digest
         self.accumulator.add(tile, prediction)
 
 
@@ -107,8 +151,9 @@ def _cell_id(cell: tuple[slice, ...]) -> tuple[int, ...]:
     return tuple(w.start for w in cell)
 
 
-def sink_for(plan: PredictionPlan, target: OutputTarget) -> TileSink:
-    """Return the sink of ``plan``'s stitching writing to ``target``."""
+def sink_for(plan: PredictionPlan, target: OutputTarget, source: ImageSource | None = None) -> TileSink:
+    """Return the sink of ``plan``'s stitching writing to ``target`` (``source``: the input, whose blocks a resume
+    of a blend output checks)."""
     if plan.stitching == "blend":
-        return BlendSink(plan.grid, target, plan.output, plan.out_channels, plan.blend_window)
+        return BlendSink(plan.grid, target, plan.output, plan.out_channels, plan.blend_window, source)
     return CropSink(target, plan.output)
