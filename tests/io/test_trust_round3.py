@@ -192,3 +192,105 @@ def test_predict_and_segment_of_one_prediction_take_the_same_lock(net, tmp_path,
     with output_lock(out), pytest.raises(OutputExistsError, match="being written by"):
         segment(str(out), config=SegmentConfig(block=32))
     assert not (out / "labels").exists()
+
+
+def test_a_dask_worker_reopens_an_input_replaced_at_the_same_path(tmp_path):
+    from seamfree.distributed.dask import _worker_source
+
+    path = tmp_path / "image.npy"
+    np.save(path, np.zeros((32, 32), np.float32))
+    first = _worker_source(str(path), None, 2)
+    assert first.read((slice(0, 4), slice(0, 4))).max() == 0
+    os.unlink(path)  # replaced between two runs on a persistent cluster
+    np.save(path, np.ones((32, 32), np.float32))
+    assert _worker_source(str(path), None, 2).read((slice(0, 4), slice(0, 4))).min() == 1
+
+
+def test_a_scheduler_that_accepts_and_never_answers_is_an_error_within_the_timeout(tmp_path, capsys):
+    import threading
+
+    from seamfree.cli.main import main
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    torch.manual_seed(0)
+    from seamfree.models import save_model
+
+    save_model(UNet(2, 1, 1, depth=1, features=2).eval(), tmp_path / "m.pt")
+    np.save(tmp_path / "img.npy", np.zeros((64, 64), np.float32))
+    started = time.monotonic()
+    try:
+        code = main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "img.npy"), str(tmp_path / "o.zarr"),
+                     "--scheduler", f"tcp://127.0.0.1:{server.getsockname()[1]}", "--timeout", "3", "-q"])
+    finally:
+        stop.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        server.close()
+    assert code == 2 and time.monotonic() - started < 60
+    assert "did not answer within 3 s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("image", "says"), [(np.full((64, 64), 1e39), "up to 1e\\+39"),
+                                             (np.where(np.eye(64) > 0, 1e300, 1.0), "up to 1e\\+300")])
+def test_values_beyond_float32_are_one_clear_error(net, image, says, tmp_path):
+    from seamfree.errors import DataError
+
+    with pytest.raises(DataError, match=rf"{says}, beyond float32's range.*rescale"):
+        predict(net, image, tmp_path / "o.zarr", config=PredictConfig(core=32))
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize(("options", "says"), [({"core": 32.5}, "whole voxels"), ({"core": "32"}, "whole voxels"),
+                                               ({"halo": [8, 8.5]}, "whole voxels"), ({"overlap": True}, "whole")])
+def test_malformed_predict_options_are_config_errors(options, says):
+    with pytest.raises(ConfigError, match=says):
+        PredictConfig(**({"stitching": "blend"} if "overlap" in options else {}), **options)
+    assert PredictConfig(normalization="meanstd").normalization.method == "meanstd"
+
+
+@pytest.mark.parametrize("output", [b"out.zarr", ".", "/", "", "..", "folder/"])
+def test_outputs_that_are_no_output_are_config_errors(net, output):
+    with pytest.raises(ConfigError, match="output"):
+        predict(net, np.zeros((64, 64), np.float32), output, config=CONFIG)
+
+
+def test_a_read_only_output_array_is_a_config_error(net):
+    out = np.zeros((1, 64, 64), np.float32)
+    out.flags.writeable = False
+    with pytest.raises(ConfigError, match="read-only"):
+        predict(net, np.zeros((64, 64), np.float32), out, config=CONFIG)
+
+
+def test_segment_asks_whether_a_short_first_axis_is_channels_and_refuses_nan(tmp_path, capsys):
+    from seamfree.cli.main import main
+    from seamfree.errors import DataError
+    from seamfree.segment import SegmentConfig, segment
+
+    foreground = np.zeros((64, 64), np.float32)
+    foreground[5:20, 5:20] = foreground[30:50, 30:50] = 1
+    np.save(tmp_path / "fb.npy", np.stack([foreground, np.zeros_like(foreground)]))
+    assert main(["segment", str(tmp_path / "fb.npy"), str(tmp_path / "a.zarr"), "-q"]) == 2
+    assert "--spatial-dims 2" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "fb.npy"), str(tmp_path / "b.zarr"), "--spatial-dims", "2",
+                 "--method", "watershed", "-q"]) == 0
+    assert int(zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["0"][:].max()) == 2
+    foreground[40, 40] = np.nan
+    np.save(tmp_path / "nan.npy", foreground)
+    with pytest.raises(DataError, match="NaN or Inf"):
+        segment(str(tmp_path / "nan.npy"), tmp_path / "nan.zarr", config=SegmentConfig(spatial_dims=2))

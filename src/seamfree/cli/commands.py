@@ -213,7 +213,7 @@ def segment(args: argparse.Namespace) -> int:
     options = {name: getattr(args, name) for name in (
         "method", "foreground_channel", "boundary_channel", "threshold", "seed_threshold", "min_size",
         "min_distance", "min_radius", "connectivity", "block", "halo", "max_halo", "name", "key", "pyramid",
-        "overwrite") if getattr(args, name) is not None}
+        "overwrite", "spatial_dims", "axes") if getattr(args, name, None) is not None}
     return _run_segment(args, args.prediction, args.out, options)
 
 

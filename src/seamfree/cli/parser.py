@@ -338,6 +338,9 @@ def _add_segment(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--max-halo", type=_int_tuple, help="cap of the automatic halo (default: half the block)")
     s.add_argument("--name", help="name of the label image next to the prediction (default: the method)")
     s.add_argument("--key", help="array inside a zarr group or dataset of an HDF5 file")
+    s.add_argument("--spatial-dims", type=int, choices=[2, 3],
+                   help="2 or 3: how many axes of a prediction without axis metadata are spatial")
+    s.add_argument("--axes", help="axis order of a prediction without axis metadata, e.g. CYX or ZYX")
     s.add_argument("--no-pyramid", dest="pyramid", action="store_false", default=None,
                    help="write level 0 only (default: a pyramid, every second voxel)")
     s.add_argument("--overwrite", action="store_true", default=None,

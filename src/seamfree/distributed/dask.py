@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from seamfree.io.files import file_sha256
 from seamfree.io.lock import output_lock
 from seamfree.io.pyramid import Runner
 from seamfree.io.readers import ImageSource, open_image
+from seamfree.io.safety import file_identity
 from seamfree.io.writers import ZarrBlockWriter, ZarrOutput, create_output, output_format, recorded_fingerprint
 from seamfree.models.checkpoint import load_model
 from seamfree.tiling.engine import run_tiles
@@ -154,8 +156,12 @@ def _worker_model(path: str, digest: str, threads: int, trust_code: bool) -> tor
 
 def _worker_source(image: str, axes: str | None, dims: int, key: str | None = None,
                    channels: tuple[int, ...] | None = None, gray: bool = False) -> ImageSource:
-    known = (image, axes, dims, key, channels, gray)
+    # keyed by the file's identity as this worker sees it now: an input replaced at the same path between two
+    # runs on a persistent cluster is opened again, never read from the handle of the old file
+    known = (image, file_identity(image), axes, dims, key, channels, gray)
     if known not in _SOURCES:
+        for stale in [k for k in _SOURCES if k[0] == image]:
+            _SOURCES.pop(stale).close()
         _SOURCES[known] = open_image(image, spatial_dims=dims, axes=axes, key=key, channels=channels, gray=gray)
     return _SOURCES[known]
 
@@ -224,11 +230,30 @@ def _client(cluster: ClusterConfig) -> tuple[Any, Any]:
     if cluster.scheduler is None:
         local = start_local_cluster(cluster)
         return Client(local), local
-    try:
-        return Client(cluster.scheduler, timeout=cluster.timeout), None
-    except (OSError, TimeoutError) as exc:
+    # Client's own timeout covers the TCP connect, not a peer that accepts and never answers the handshake: the
+    # connection is made in a thread given a deadline, so that nothing waits without a word
+    box: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            box["client"] = Client(cluster.scheduler, timeout=cluster.timeout)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=connect, name="seamfree-connect", daemon=True)
+    thread.start()
+    thread.join(cluster.timeout + 2.0)
+    if thread.is_alive():
+        raise DataError(f"the dask scheduler at {cluster.scheduler!r} accepted the connection but did not answer "
+                        f"within {cluster.timeout:.0f} s (--timeout): it is not a dask scheduler, or it is "
+                        "overloaded; check the address (the scheduler prints it at start), or raise --timeout")
+    error = box.get("error")
+    if isinstance(error, OSError | TimeoutError):
         raise DataError(f"could not reach the dask scheduler at {cluster.scheduler!r} within {cluster.timeout:.0f} s "
-                        f"({exc}); check the address and that the scheduler is running") from exc
+                        f"({error}); check the address and that the scheduler is running") from error
+    if error is not None:
+        raise error
+    return box["client"], None
 
 
 def _check_input(source: ImageSource, plan: PredictionPlan) -> None:

@@ -9,6 +9,7 @@ a symbolic link.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,8 +19,8 @@ from typing import Any
 
 from seamfree.errors import OutputExistsError, require
 
-__all__ = ["SIGNATURE_TAG", "TIFF_SIGNATURE", "check_not_input", "fingerprint_digest", "is_seamfree_tiff",
-           "remove_own_output", "resolved_path", "tiff_signature"]
+__all__ = ["SIGNATURE_TAG", "TIFF_SIGNATURE", "check_not_input", "file_identity", "fingerprint_digest",
+           "is_seamfree_tiff", "remove_own_output", "resolved_path", "tiff_signature"]
 
 # How --overwrite knows a TIFF is its own: a private tag of the first page holding "seamfree:" and the digest of
 # the run's fingerprint (OME-TIFF outputs), or this key in the shaped metadata (TIFFs of seamfree < 0.3).
@@ -32,6 +33,34 @@ def resolved_path(path: str | None) -> str | None:
     if path is None or "://" in path:
         return path
     return os.path.realpath(path)
+
+
+_METADATA_DOCUMENTS = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
+
+
+def file_identity(path: str | os.PathLike[str] | None) -> tuple[Any, ...] | None:
+    """What tells one file at ``path`` from another that replaced it: device, inode, size and modification time
+    of the file, or for a folder (a zarr store) of the folder and of the metadata documents at its top and one
+    level down. None for URLs, arrays and paths that do not exist. Caches of opened inputs are keyed by it."""
+    if path is None or "://" in str(path):
+        return None
+    root = Path(path)
+
+    def stamp(item: Path) -> tuple[Any, ...] | None:
+        try:
+            stat = item.stat()
+        except OSError:
+            return None
+        return (str(item.relative_to(root)) if item != root else ".", stat.st_dev, stat.st_ino, stat.st_size,
+                stat.st_mtime_ns)
+
+    top = stamp(root)
+    if top is None or not root.is_dir():
+        return top
+    documents = [root / name for name in _METADATA_DOCUMENTS]
+    with contextlib.suppress(OSError):
+        documents += [child / name for child in root.iterdir() if child.is_dir() for name in _METADATA_DOCUMENTS]
+    return (top, *(s for s in map(stamp, documents) if s is not None))
 
 
 def fingerprint_digest(fingerprint: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ __all__ = [
     "ZarrOutput",
     "block_digest",
     "check_not_input",
+    "check_target",
     "create_output",
     "frame_target",
     "output_format",
@@ -200,6 +201,32 @@ def output_format(path: str | os.PathLike[str]) -> str:
                       "(OME-Zarr, resumable, the default) or .tif/.tiff")
 
 
+def check_target(target: Any) -> None:
+    """ConfigError for an output that cannot be one, said before any work: bytes, an empty name, a folder such
+    as ``.`` or ``/``, a read-only array or an object that is no array."""
+    if target is None:
+        return
+    if isinstance(target, bytes | bytearray):
+        raise ConfigError(f"the output must be a path (str or pathlib.Path) or an array, got bytes {target[:60]!r}; "
+                          "decode it first, e.g. output.decode()")
+    if isinstance(target, str | os.PathLike):
+        text = os.fspath(target)
+        name = Path(text).name
+        if isinstance(text, bytes) or not name or name in (".", "..") or text.endswith(("/", os.sep)):
+            raise ConfigError(f"the output {text!r} names a folder, not an output: pass a new path inside it, "
+                              "e.g. prediction.zarr or prediction.tif")
+        return
+    if not hasattr(target, "shape") or not hasattr(target, "dtype"):
+        raise ConfigError(f"the output must be a path or an array (numpy, zarr), got a {type(target).__name__}")
+    flags = getattr(target, "flags", None)
+    if flags is not None and not getattr(flags, "writeable", True):
+        raise ConfigError("the output array is read-only (its flags.writeable is False); pass a writable array, "
+                          "e.g. numpy.zeros(shape, dtype), or a path")
+    read_only = getattr(target, "read_only", None)
+    if read_only is True:
+        raise ConfigError("the output array is read-only (opened with mode 'r'); open it with mode 'r+' or 'a'")
+
+
 def create_output(
     target: str | os.PathLike[str] | np.ndarray | Any | None,
     *,
@@ -225,6 +252,7 @@ def create_output(
     """
     if target is None:
         return ArrayOutput(np.zeros(shape, dtype=dtype))
+    check_target(target)
     if not isinstance(target, str | os.PathLike):
         if tuple(target.shape) != tuple(shape) or np.dtype(target.dtype) != np.dtype(dtype):
             raise ShapeError(

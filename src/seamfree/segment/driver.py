@@ -83,8 +83,9 @@ class SegmentConfig:
     name : str, optional
         Name of the label image when the labels go next to the prediction (``PRED.zarr/labels/NAME``; default the
         method).
-    key, spatial_dims
-        What to read of the input (as in ``predict``).
+    key, spatial_dims, axes
+        What to read of the input (as in ``predict``). A stored 3-axis array without axis metadata whose first
+        axis is short (``(2, Y, X)``: channels, or a volume of 2 sections?) needs ``spatial_dims`` or ``axes``.
     pyramid : bool
         A multiscale pyramid of the labels (every second voxel).
     overwrite : bool
@@ -106,6 +107,7 @@ class SegmentConfig:
     name: str | None = None
     key: str | None = None
     spatial_dims: int | None = None
+    axes: str | None = None
     pyramid: bool = True
     overwrite: bool = False
 
@@ -129,7 +131,9 @@ class SegmentConfig:
 
     def fingerprinted(self) -> dict[str, Any]:
         """The settings that decide the labels (not where they go, nor ``overwrite``)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("overwrite", "name", "pyramid")}
+        # axes only when given: the fingerprints of earlier segmentations stay valid
+        return {k: v for k, v in asdict(self).items() if k not in ("overwrite", "name", "pyramid")
+                and not (k == "axes" and v is None)}
 
 
 @dataclass(frozen=True)
@@ -313,12 +317,22 @@ def _open(prediction: Any, config: SegmentConfig) -> Any:
         if prediction.ndim == dims:
             prediction = prediction[np.newaxis]  # spatial only: one channel
     try:
-        return open_image(prediction, key=config.key, spatial_dims=dims)
+        source = open_image(prediction, key=config.key, spatial_dims=dims, axes=config.axes)
     except ShapeError:
-        if dims is not None:
+        if dims is not None or config.axes is not None:
             raise
         # a stored (C, Z, Y, X) array without axis metadata: four axes can only be channels and a volume
         return open_image(prediction, key=config.key, spatial_dims=3)
+    if dims is None and config.axes is None and source.channel_axis is None and len(source.shape) == 4 \
+            and source.shape[1] <= _FEW_SECTIONS:
+        raise ConfigError(
+            f"{source.where} has shape {tuple(source.data.shape)} and no axis metadata: is it {source.shape[1]} "
+            f"channels of a 2D image (e.g. foreground and boundary) or a volume of {source.shape[1]} sections? "
+            "Pass spatial_dims=2 (CLI --spatial-dims 2) or axes='CYX' for channels, spatial_dims=3 for a volume")
+    return source
+
+
+_FEW_SECTIONS = 4  # a stored (N, Y, X) array with N at most this is ambiguous: channels or sections
 
 
 def _input_entry(source: Any, prediction: Any) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from seamfree.errors import ConfigError, require
+from seamfree.errors import ConfigError, DataError, require
+from seamfree.io.safety import file_identity
 from seamfree.segment.blocks import BlockGrid, Window, cut_face_labels
 
 __all__ = ["METHODS", "Method", "Prediction", "ranked"]
@@ -28,7 +29,7 @@ __all__ = ["METHODS", "Method", "Prediction", "ranked"]
 METHODS = ("components", "watershed", "distance")
 
 # open sources per process (a dask worker reads many blocks of one prediction)
-_SOURCES: dict[tuple[str, str | None, int], Any] = {}
+_SOURCES: dict[tuple[Any, ...], Any] = {}
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,21 @@ class Prediction:
     def _source(self) -> Any:
         if self.source is not None:
             return self.source
-        key = (str(self.path), self.key, self.spatial_dims)
+        key = (str(self.path), file_identity(self.path), self.key, self.spatial_dims)
         if key not in _SOURCES:
             from seamfree.io.readers import open_image
 
+            for stale in [k for k in _SOURCES if k[0] == str(self.path)]:  # replaced at the same path
+                _SOURCES.pop(stale).close()
             _SOURCES[key] = open_image(self.path, key=self.key, spatial_dims=self.spatial_dims)
         return _SOURCES[key]
 
     def read(self, window: Window) -> np.ndarray:
         values = self._source().read(window).astype(np.float32)
+        if not np.isfinite(values).all():
+            raise DataError(f"the prediction {self.path or 'array'} holds NaN or Inf values in the block {window}; "
+                            "a segmentation of them would be arbitrary: check the model's output (or clean it, "
+                            "e.g. numpy.nan_to_num) and segment again")
         return values / self.divisor if self.divisor != 1 else values
 
 

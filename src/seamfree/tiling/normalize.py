@@ -67,6 +67,7 @@ class IntensityNormalization:
 
     def apply(self, tile: np.ndarray) -> np.ndarray:
         """Return ``tile`` (C, *spatial) normalized as float32."""
+        check_float32_range(tile, "the input tile")
         x = tile.astype(np.float32, copy=False)
         if self.method == "none":
             return x
@@ -82,6 +83,21 @@ class IntensityNormalization:
         return {"method": self.method, "low": self.low, "high": self.high,
                 "offset": list(self.offset) if self.offset else None,
                 "scale": list(self.scale) if self.scale else None}
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(values: np.ndarray, where: str) -> None:
+    """DataError when finite ``values`` lie beyond float32's range (networks compute in float32: they would
+    become Inf, then NaN): the message gives the largest magnitude and how to rescale."""
+    if values.dtype.kind != "f" or values.dtype.itemsize <= 4 or not values.size:
+        return
+    largest = float(np.abs(values).max())
+    if largest > _FLOAT32_MAX:
+        raise DataError(f"{where} holds values up to {largest:.3g}, beyond float32's range (±{_FLOAT32_MAX:.3g}) "
+                        "in which networks compute; rescale the image (e.g. divide it by its maximum) and save it "
+                        "as float32")
 
 
 def _affine(x: np.ndarray, offset: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -156,6 +172,7 @@ class SlabStatistics:
                 f"the input {source.where} contains NaN or Inf values in the region {window}; "
                 "clean or mask them before prediction (e.g. numpy.nan_to_num)"
             )
+        check_float32_range(slab, f"{source.where} in the region {window}")
         values = slab.astype(np.float64)
         self.sums += values.sum(axis=1)
         self.squares += np.square(values).sum(axis=1)

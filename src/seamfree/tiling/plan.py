@@ -85,6 +85,14 @@ def _as_tuple(value: int | tuple[int, ...]) -> tuple[int, ...]:
     return (value,) if isinstance(value, int) else tuple(value)
 
 
+def _check_voxels(name: str, value: Any, flag: str) -> None:
+    """ConfigError unless ``value`` is an int or a sequence of ints (bools and floats are no voxel counts)."""
+    items = value if isinstance(value, tuple | list) else (value,)
+    if not items or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in items):
+        raise ConfigError(f"{name} must be whole voxels, an int or one int per spatial axis (CLI {flag}), got "
+                          f"{value!r}; e.g. {name}=128 or {name}=(64, 128, 128)")
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     """Options of :func:`~seamfree.predict`.
@@ -210,6 +218,15 @@ class PredictConfig:
         if self.tiles_per_batch is not None and self.tiles_per_batch < 1:
             raise ConfigError(f"tiles_per_batch must be >= 1, got {self.tiles_per_batch}")
         # checked here, before any model is described or any image read: a typo fails in a second, not minutes
+        if isinstance(self.normalization, str):  # a method name: its statistics computed from the image
+            object.__setattr__(self, "normalization", IntensityNormalization(self.normalization))
+        if not isinstance(self.normalization, IntensityNormalization):
+            raise ConfigError(f"normalization must be an IntensityNormalization or a method name, got "
+                              f"{self.normalization!r}; e.g. normalization='percentile'")
+        for name, flag in (("core", "--core"), ("overlap", "--overlap")) + (
+                (("halo", "--halo"),) if not isinstance(self.halo, str) else ()):
+            if getattr(self, name) is not None:
+                _check_voxels(name, getattr(self, name), flag)
         if self.core is not None and min(_as_tuple(self.core)) < 1:
             raise ConfigError(f"core must be positive voxels per axis (CLI --core), got {self.core}; leave it out "
                               "to let seamfree choose")

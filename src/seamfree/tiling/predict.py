@@ -23,7 +23,7 @@ from torch import nn
 from seamfree.io.lock import output_lock
 from seamfree.io.readers import FrameSeries, ImageSource, open_image
 from seamfree.io.safety import fingerprint_digest
-from seamfree.io.writers import create_output, frame_target, recorded_fingerprint
+from seamfree.io.writers import check_target, create_output, frame_target, recorded_fingerprint
 from seamfree.models.describe import describe_model
 from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.engine import eval_mode, forward_batch, predict_batches, read_window, resolve_activation, run_tiles
@@ -140,6 +140,7 @@ def predict(
     (1, 70, 50)
     """
     config = config or PredictConfig()
+    check_target(output)
     info = describe(model, config)
     source = open_image(image, spatial_dims=info.spatial_dims, axes=axes, key=key, frames=True)
     if isinstance(source, FrameSeries):
