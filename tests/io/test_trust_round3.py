@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -294,3 +295,74 @@ def test_segment_asks_whether_a_short_first_axis_is_channels_and_refuses_nan(tmp
     np.save(tmp_path / "nan.npy", foreground)
     with pytest.raises(DataError, match="NaN or Inf"):
         segment(str(tmp_path / "nan.npy"), tmp_path / "nan.zarr", config=SegmentConfig(spatial_dims=2))
+
+
+def _malformed(meta: dict, case: str) -> None:
+    image = meta["attributes"]["ome"]["multiscales"][0]
+    if case == "missing":
+        image["datasets"][0]["path"] = "nope"
+    elif case == "absolute":
+        image["datasets"][0]["path"] = "/etc"
+    elif case == "dotdot":
+        image["datasets"][0]["path"] = "../x"
+    elif case == "not-a-list":
+        meta["attributes"]["ome"]["multiscales"] = {"a": 1}
+    elif case == "no-datasets":
+        del image["datasets"]
+    elif case == "axes-not-a-list":
+        image["axes"] = "yx"
+
+
+@pytest.mark.parametrize("case", ["missing", "absolute", "dotdot", "not-a-list", "no-datasets", "axes-not-a-list"])
+def test_malformed_ome_metadata_is_a_data_error_for_the_reader_and_napari(net, tmp_path, rng, case):
+    from seamfree.errors import DataError
+    from seamfree.io.readers import open_image
+    from seamfree.napari.reader import get_reader
+
+    store = tmp_path / "pred.zarr"
+    predict(net, rng.normal(size=(64, 64)).astype(np.float32), store, config=CONFIG)
+    meta = json.loads((store / "zarr.json").read_text())
+    _malformed(meta, case)
+    (store / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"OME-Zarr|no level"):
+        open_image(store)
+    reader = get_reader(str(store))
+    assert reader is not None
+    with pytest.raises(DataError):
+        reader(str(store))
+
+
+def test_a_package_whose_description_inflates_to_gigabytes_is_refused_before_inflating(tmp_path):
+    from seamfree.errors import CheckpointError
+    from seamfree.models import load_model
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive, \
+            archive.open("rdf.yaml", "w", force_zip64=True) as member:
+        for _ in range(40):  # 40 MB of YAML comments, a few KB stored
+            member.write(b"#" * (1 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(CheckpointError, match=r"rdf\.yaml.*inflates to 41943040 bytes"):
+        load_model(bomb)
+
+
+def test_a_checkpoint_with_a_nan_weight_and_a_model_that_outputs_inf_are_clear_errors(tmp_path, capsys):
+    from seamfree.cli.main import main
+    from seamfree.errors import DataError
+    from seamfree.models import save_model
+
+    torch.manual_seed(0)
+    broken = UNet(2, 1, 1, depth=1, features=2).eval()
+    with torch.no_grad():
+        broken.head.weight[0, 0, 0, 0] = float("nan")
+    save_model(broken, tmp_path / "nan.pt")
+    np.save(tmp_path / "img.npy", np.zeros((64, 64), np.float32))
+    assert main(["predict", str(tmp_path / "nan.pt"), str(tmp_path / "img.npy"), str(tmp_path / "o.zarr"), "-q"]) == 2
+    assert "NaN or Inf in 1 parameter(s)/buffer(s): head.weight" in capsys.readouterr().err
+    overflowing = torch.nn.Conv2d(1, 1, 1).eval()  # finite weights whose products overflow float32
+    with torch.no_grad():
+        overflowing.weight.fill_(3e38)
+        overflowing.bias.fill_(3e38)
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    with pytest.raises(DataError, match="infinite values"):
+        predict(overflowing, image, config=PredictConfig(core=32, activation="none"))

@@ -28,8 +28,8 @@ from seamfree.io.source import (
     split_time,
 )
 
-__all__ = ["SUPPORTED_DTYPES", "FrameSeries", "ImageSource", "TimeCalibration", "TimeSeries", "open_image",
-           "parse_axes", "split_time"]
+__all__ = ["SUPPORTED_DTYPES", "FrameSeries", "ImageSource", "TimeCalibration", "TimeSeries", "ome_datasets",
+           "ome_multiscales", "open_image", "parse_axes", "split_time"]
 
 logger = logging.getLogger(__name__)
 
@@ -296,16 +296,16 @@ def _zarr_group(group: Any, key: str | None, where: str) -> tuple[Any, int | Non
             raise DataError(f"{where} has no series {key}: it holds {len(series)} series "
                             f"({', '.join(series[:8])}{', ...' if len(series) > 8 else ''}); choose one with "
                             "--series N")
-    multiscales = _ome_multiscales(attrs)
+    multiscales = ome_multiscales(attrs)
     if key is None and multiscales:
         return _open_ome_level0(group, multiscales, where)
     arrays = [name for name, _ in group.arrays()]
-    images = [name for name, sub in group.groups() if _ome_multiscales(dict(sub.attrs))]
+    images = [name for name, sub in group.groups() if ome_multiscales(dict(sub.attrs))]
     if key is None and len(arrays) + len(images) == 1:
         key = (arrays or images)[0]
     if key in images:
         sub = group[key]
-        return _open_ome_level0(sub, _ome_multiscales(dict(sub.attrs)), f"{where}/{key}")
+        return _open_ome_level0(sub, ome_multiscales(dict(sub.attrs)), f"{where}/{key}")
     if key is None or key not in arrays:
         found = arrays + [f"{name}/ (image)" for name in images]
         raise DataError(f"{where} is a zarr group holding {found}; choose one with key=... (CLI --key)")
@@ -327,18 +327,50 @@ def _warn_missing_chunks(array: Any, where: str) -> None:
                        total, where, getattr(array, "fill_value", 0))
 
 
-def _ome_multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]]:
+def ome_multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]]:
     ome = attrs.get("ome", attrs)  # OME-Zarr 0.5 nests under "ome"; 0.4 has it at the top level
-    return list(ome.get("multiscales", []))
+    multiscales = ome.get("multiscales", []) if isinstance(ome, dict) else []
+    if not isinstance(multiscales, list):
+        raise DataError(f"the OME-Zarr metadata 'multiscales' is a {type(multiscales).__name__}, not a list; the "
+                        "store's zarr.json (or .zattrs) is malformed: rewrite it, or open the array by --key")
+    return multiscales
+
+
+def ome_datasets(image: Any, path: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The datasets (levels) of an OME-Zarr image and its axis names, checked: every dataset a path inside the
+    store (relative, without ``..``), axes a list; DataError naming what is malformed."""
+    datasets = image.get("datasets") if isinstance(image, dict) else None
+    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, dict) for d in datasets):
+        raise DataError(f"{path!r}: its OME-Zarr multiscales list no datasets (got {datasets!r:.80}); the "
+                        "metadata is malformed: rewrite it, or open the array by --key")
+    for level in datasets:
+        name = level.get("path")
+        if not isinstance(name, str) or not name or name.startswith("/") or ".." in name.split("/") \
+                or "." in name.split("/"):
+            raise DataError(f"{path!r}: the OME-Zarr dataset path {name!r} is not a path inside the store "
+                            "(absolute, empty or with '..'); seamfree reads only arrays inside the store: fix the "
+                            "metadata")
+    raw_axes = image.get("axes", [])
+    if not isinstance(raw_axes, list):
+        raise DataError(f"{path!r}: the OME-Zarr axes are {raw_axes!r:.80}, not a list; fix the metadata")
+    return datasets, [str(a.get("name")) if isinstance(a, dict) else str(a) for a in raw_axes]
+
+
+def _level0(image: Any, path: str) -> tuple[dict[str, Any], list[str]]:
+    datasets, axes = ome_datasets(image, path)
+    return datasets[0], axes
 
 
 def _open_ome_level0(
     group: Any, multiscales: list[dict[str, Any]], path: str
 ) -> tuple[Any, int | None, str, Calibration]:
     image = multiscales[0]
-    level0 = image["datasets"][0]
-    axes = [a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])]
-    array = group[level0["path"]]
+    level0, axes = _level0(image, path)
+    try:
+        array = group[level0["path"]]
+    except KeyError as exc:
+        raise DataError(f"{path!r}: its OME-Zarr metadata names the dataset {level0['path']!r}, which the store does "
+                        "not hold (a partial copy?); copy the whole store, or fix the metadata") from exc
     calibration = read_calibration(image, level0)
     if "t" in axes:
         if axes.index("t") != 0:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from seamfree.config import did_you_mean
-from seamfree.errors import ConfigError, ShapeError
+from seamfree.errors import CheckpointError, ConfigError, ShapeError
 from seamfree.layers.audit import NormAudit, audit_norms
 from seamfree.models.field_cache import load_field, load_probe, store_field, store_probe
 from seamfree.models.geometry import infer_geometry, model_device, model_dtype, odd_multiple
@@ -328,8 +328,20 @@ def _with_probe(model: nn.Module, info: ModelInfo, probe_limit: int | None) -> M
     return replace(info, probe=tiles)
 
 
+def _check_finite(model: nn.Module) -> None:
+    """CheckpointError naming the parameters or buffers that hold NaN or Inf (nothing such a model computes is
+    meaningful, and its receptive field cannot be measured)."""
+    bad = [name for name, value in model.state_dict().items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise CheckpointError(f"the model holds NaN or Inf in {len(bad)} parameter(s)/buffer(s): "
+                              f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}; its training diverged or the "
+                              "file is damaged: use an earlier checkpoint")
+
+
 def _describe(model: nn.Module, digest: str, spatial_dims: int | None, in_channels: int | None, output: OutputKey,
               probe_limit: int | None) -> ModelInfo:
+    _check_finite(model)
     dims, channels, stride, out, source = infer_geometry(model, spatial_dims, in_channels)
     selected = select_output(out, output)
     if isinstance(out, tuple | list) and isinstance(output, str):

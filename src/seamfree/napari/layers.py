@@ -20,6 +20,7 @@ import numpy as np
 from seamfree.diagnostics.seams import seam_positions
 from seamfree.errors import DataError
 from seamfree.io.ome import read_calibration
+from seamfree.io.readers import ome_datasets, ome_multiscales
 from seamfree.tiling.grid import TileGrid
 
 __all__ = ["ChannelView", "LayerData", "audit_rows", "diagnosis_layers", "grid_lines", "output_layers", "verdict_text"]
@@ -185,12 +186,12 @@ def output_layers(path: str | Path, name: str | None = None) -> list[LayerData]:
 def _image_layers(group: Any, label: str, *, labels: bool) -> list[LayerData]:
     attrs = dict(group.attrs)
     ome = attrs.get("ome", attrs)
-    multiscales = ome.get("multiscales", [])
+    multiscales = ome_multiscales(attrs)
     if not multiscales:
         raise DataError(f"{label!r} has no OME-NGFF multiscales metadata: not an OME-Zarr image")
     image = multiscales[0]
-    axes = [a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])]
-    levels = [level for level in image["datasets"] if level["path"] in group]
+    datasets, axes = ome_datasets(image, label)
+    levels = [level for level in datasets if level["path"] in group]
     if not levels:
         raise DataError(f"{label!r} lists no level that is stored yet")
     channel_axis = axes.index("c") if "c" in axes else None

@@ -103,7 +103,13 @@ def forward_batch(model: nn.Module, batch: np.ndarray | DeviceBatch, runtime: Ru
             y = torch.flip(y, dims) if dims else y
             total = y if total is None else total + y
     assert total is not None  # at least one flip (the identity) always runs
-    return (total / len(flips)).cpu().numpy()
+    result = (total / len(flips)).cpu().numpy()
+    if not np.isfinite(result).all():
+        raise DataError(f"the model's output holds {int(np.isnan(result).sum())} NaN and "
+                        f"{int(np.isinf(result).sum())} infinite values for a batch of finite inputs: the network "
+                        "overflows (weights or activations beyond float32), or holds NaN weights; check the model "
+                        "(e.g. seamfree audit) or its training")
+    return result
 
 
 def input_digest(raw: np.ndarray) -> str:
