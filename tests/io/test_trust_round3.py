@@ -366,3 +366,15 @@ def test_a_checkpoint_with_a_nan_weight_and_a_model_that_outputs_inf_are_clear_e
     image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     with pytest.raises(DataError, match="infinite values"):
         predict(overflowing, image, config=PredictConfig(core=32, activation="none"))
+
+
+def test_a_small_store_claiming_absurd_size_is_refused_at_once(net, tmp_path):
+    from seamfree.errors import DataError
+    from seamfree.io.readers import open_image
+
+    huge = zarr.create_array(str(tmp_path / "huge.zarr"), shape=(10**7, 10**7), chunks=(1000, 1000), dtype="u1")
+    huge[:1000, :1000] = 1  # one chunk of 10^8 stored: 20 KB on disk
+    started = time.monotonic()
+    with pytest.raises(DataError, match=r"claims shape \(10000000, 10000000\).*stores 1 of them"):
+        open_image(tmp_path / "huge.zarr")
+    assert time.monotonic() - started < 30

@@ -9,6 +9,7 @@ boundary, and nowhere else.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -312,15 +313,42 @@ def _zarr_group(group: Any, key: str | None, where: str) -> tuple[Any, int | Non
     return group[key], None, f"{where}/{key}", None
 
 
-def _warn_missing_chunks(array: Any, where: str) -> None:
-    """Say so when chunks of a zarr input are not stored: zarr reads them as the fill value, without a word.
+_LISTING_CAP = 2_000_000  # files counted at most (beyond: "many", never a hang)
 
-    (A writer may leave out chunks that hold only the fill value; a lost chunk looks the same.)
+
+def _stored_files(folder: Path) -> int:
+    """How many chunk (or shard) files the local array folder holds, metadata excluded, counted up to a cap."""
+    count = 0
+    for _, _, files in os.walk(folder):
+        count += sum(1 for name in files if name not in ("zarr.json", ".zarray", ".zattrs", ".zgroup"))
+        if count >= _LISTING_CAP:
+            break
+    return count
+
+
+def _warn_missing_chunks(array: Any, where: str) -> None:
+    """Say so when chunks of a zarr input are not stored: zarr reads them as the fill value, without a word; and
+    refuse metadata that claims far more than the store holds (a 60 KB store claiming 10^14 voxels).
+
+    (A writer may leave out chunks that hold only the fill value; a lost chunk looks the same.) Stored chunks are
+    counted by listing the local folder (asking zarr would try every possible chunk key: hours for such claims).
     """
+    folder = Path(where)
     try:
-        stored, total = int(array.nchunks_initialized), int(array.nchunks)
-    except Exception:  # stores that cannot be listed: nothing to say
+        unit = getattr(array, "shards", None) or array.chunks
+        total = math.prod(-(-int(n) // int(c)) for n, c in zip(array.shape, unit))
+    except Exception:  # not a chunked array as zarr describes one: nothing to say
         return
+    if not folder.is_dir() or total == 0:
+        return
+    stored = _stored_files(folder)
+    if total >= 1_000_000 and stored * 10_000 < total:
+        voxels = math.prod(int(n) for n in array.shape)
+        raise DataError(
+            f"the input {where} claims shape {tuple(array.shape)} ({voxels:.3g} voxels, {total} chunk files) but "
+            f"stores {stored} of them: its metadata claims far more than the store holds (a damaged or partial "
+            "copy, or wrong metadata); check the shape in its zarr.json, or crop the stored region into an image "
+            "of its own")
     if stored < total:
         logger.warning("%d of %d chunks of the input %s are not stored: they are read as the fill value %s "
                        "(regions never written, or chunks lost); check the input if that is unexpected", total - stored,
