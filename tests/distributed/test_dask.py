@@ -359,3 +359,17 @@ def test_a_scheduler_whose_only_worker_died_is_a_clear_error_not_an_endless_wait
             worker.wait()
     status, _ = _output(tmp_path / "out.zarr")
     assert status == "incomplete"  # and a rerun with workers resumes it
+
+
+def test_a_worker_of_another_seamfree_version_is_refused(monkeypatch):
+    from distributed import Client, LocalCluster
+
+    from seamfree.distributed import dask as dask_module
+    from seamfree.errors import DataError
+
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as local, \
+            Client(local) as client:
+        dask_module._check_worker_versions(client, local.scheduler_address)  # the same version: fine
+        monkeypatch.setattr(dask_module, "_worker_version", lambda: "0.0.1-elsewhere")  # a worker of another install
+        with pytest.raises(DataError, match=r"1 worker\(s\).*another seamfree version.*0\.0\.1-elsewhere"):
+            dask_module._check_worker_versions(client, local.scheduler_address)

@@ -378,3 +378,23 @@ def test_a_small_store_claiming_absurd_size_is_refused_at_once(net, tmp_path):
     with pytest.raises(DataError, match=r"claims shape \(10000000, 10000000\).*stores 1 of them"):
         open_image(tmp_path / "huge.zarr")
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif"])
+def test_names_derived_from_the_output_never_clobber_the_users_files(net, tmp_path, rng, suffix):
+    pytest.importorskip("tifffile")
+    out = tmp_path / f"out{suffix}"
+    side = out.with_name(out.name + ".seamfree")
+    side.mkdir()
+    (side / "my-notes.txt").write_text("mine")
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    with pytest.raises(OutputExistsError, match=r"out\..*\.seamfree' exists and was not written by seamfree"):
+        predict(net, image, out, config=CONFIG)
+    assert (side / "my-notes.txt").read_text() == "mine"
+    if suffix == ".tif":
+        side.rename(tmp_path / "elsewhere")
+        partial = tmp_path / "out.partial.tif"
+        partial.write_bytes(b"my own file")
+        with pytest.raises(OutputExistsError, match=r"out\.partial\.tif"):
+            predict(net, image, out, config=CONFIG)
+        assert partial.read_bytes() == b"my own file"

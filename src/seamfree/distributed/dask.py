@@ -253,7 +253,36 @@ def _client(cluster: ClusterConfig) -> tuple[Any, Any]:
                         f"({error}); check the address and that the scheduler is running") from error
     if error is not None:
         raise error
-    return box["client"], None
+    client = box["client"]
+    try:
+        _check_worker_versions(client, cluster.scheduler)
+    except BaseException:
+        client.close()
+        raise
+    return client, None
+
+
+def _worker_version() -> str:
+    from seamfree._version import __version__ as version
+
+    return str(version)
+
+
+def _check_worker_versions(client: Any, address: str) -> None:
+    """DataError when a worker of the cluster runs another seamfree version (its tiles might differ in the last
+    bit, or its tasks fail in ways that say nothing): one version on every worker, said by address."""
+    from seamfree._version import __version__ as version
+
+    try:
+        seen = client.run(_worker_version)
+    except Exception as exc:
+        raise DataError(f"the workers of the dask scheduler at {address!r} cannot run seamfree ({exc}); install "
+                        f"seamfree {version} in the workers' environment") from exc
+    other = {worker: v for worker, v in seen.items() if v != version}
+    if other:
+        shown = ", ".join(f"{w} has {v}" for w, v in list(other.items())[:3])
+        raise DataError(f"{len(other)} worker(s) of the dask scheduler at {address!r} run another seamfree version "
+                        f"than this {version} ({shown}); install the same version on every worker and the driver")
 
 
 def _check_input(source: ImageSource, plan: PredictionPlan) -> None:

@@ -23,7 +23,7 @@ from seamfree.errors import OutputExistsError, ShapeError
 from seamfree.io.safety import resolved_path
 
 __all__ = ["ADDED_KEYS", "MARKER_DIR", "ArrayOutput", "MarkedOutput", "OutputTarget", "atomic_write_text",
-           "block_digest", "check_fingerprint"]
+           "block_digest", "check_fingerprint", "refuse_foreign_side_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,8 @@ class MarkedOutput(OutputTarget):
     records_inputs = True
 
     def _init_markers(self, fingerprint: dict[str, Any]) -> None:
+        refuse_foreign_side_path(self.marker_root, ours=any(  # segment keeps its passes' tables there first
+            (self.marker_root / sub / "fingerprint.json").is_file() for sub in (".", "segment")))
         (self.marker_root / "done").mkdir(parents=True, exist_ok=True)
         path = self.marker_root / "fingerprint.json"
         if path.exists():
@@ -198,6 +200,18 @@ class MarkedOutput(OutputTarget):
     def forget(self, block: Sequence[int]) -> None:
         self._marker(block).unlink(missing_ok=True)
         self.__dict__.setdefault("_verified", set()).discard(tuple(int(i) for i in block))
+
+
+def refuse_foreign_side_path(path: Path, *, ours: bool) -> None:
+    """OutputExistsError when ``path``, a name seamfree derives from an output (``NAME.seamfree`` markers,
+    ``NAME.partial.tif``), holds something seamfree did not write: it would be written into, then deleted."""
+    if ours or not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        return  # an empty folder: nothing to lose
+    raise OutputExistsError(
+        f"{str(path)!r} exists and was not written by seamfree, but seamfree keeps its own files under that name "
+        "while writing the output beside it; move it away (or choose another output name) and run again")
 
 
 def _differences(stored: dict[str, Any], now: dict[str, Any]) -> str:

@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from seamfree.errors import ConfigError, OutputExistsError, ShapeError, require
-from seamfree.io.markers import MARKER_DIR, ArrayOutput, MarkedOutput, OutputTarget, block_digest
+from seamfree.io.markers import (
+    MARKER_DIR,
+    ArrayOutput,
+    MarkedOutput,
+    OutputTarget,
+    block_digest,
+    refuse_foreign_side_path,
+)
 from seamfree.io.ome import Calibration, TimeCalibration, ome_tiff_metadata
 from seamfree.io.safety import (
     SIGNATURE_TAG,
@@ -92,6 +99,8 @@ class TiffOutput(MarkedOutput):
                 raise OutputExistsError(f"partial output {str(self.partial)!r} has another shape or dtype; "
                                         "delete it or pass --overwrite")
         else:
+            refuse_foreign_side_path(self.partial, ours=is_seamfree_tiff(self.partial))
+            refuse_foreign_side_path(self.marker_root, ours=(self.marker_root / "fingerprint.json").is_file())
             shutil.rmtree(self.marker_root, ignore_errors=True)
             try:
                 self.array = tifffile.memmap(  # type: ignore[attr-defined]
