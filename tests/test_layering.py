@@ -18,7 +18,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "seamfree"
 
 # Layer of every top-level unit (a subpackage or a module of seamfree); higher layers may import lower ones.
 LAYERS = {
-    "_version": 0, "errors": 0, "allocator": 0,
+    "_version": 0, "_lazy": 0, "errors": 0, "allocator": 0,
     "config": 1, "metrics": 1,
     "layers": 2,
     "models": 3,
@@ -150,10 +150,10 @@ def test_qt_is_imported_only_by_the_napari_widgets():
     assert not violations, "\n".join(violations)
 
 
-def test_the_napari_reader_and_layer_builders_load_without_qt():
+def test_the_napari_reader_and_layer_builders_load_without_qt_or_torch():
     code = ("import sys\nimport seamfree.napari.reader, seamfree.napari.layers\n"
             "loaded = sorted(name for name in sys.modules if name.split('.')[0] in "
-            f"{QT_LIBRARIES!r})\nassert not loaded, loaded\n")
+            f"{(*QT_LIBRARIES, 'torch')!r})\nassert not loaded, loaded\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
@@ -165,3 +165,31 @@ def test_the_cli_answers_help_and_version_without_importing_torch(argv):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "seamfree" in result.stdout
+
+
+def _imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_no_cycle_inside_models_and_the_engine_does_not_import_the_plan():
+    models = {p.stem: _imports_of(p) for p in (SOURCE / "models").glob("*.py")}
+    edges = {(a, b.rsplit(".", 1)[-1]) for a, found in models.items() for b in found
+             if b.startswith("seamfree.models.") and b.rsplit(".", 1)[-1] in models}
+    cycles = sorted((a, b) for a, b in edges if (b, a) in edges)
+    assert not cycles, f"modules of seamfree.models importing each other: {cycles}"
+    assert "seamfree.tiling.plan" not in _imports_of(SOURCE / "tiling" / "engine.py")
+
+
+def test_lazy_packages_give_functions_not_submodules():
+    code = ("import seamfree.tiling.predict, seamfree.diagnostics.diagnose\n"
+            "from seamfree.tiling import predict\nfrom seamfree.diagnostics import diagnose\n"
+            "assert callable(predict) and callable(diagnose), (predict, diagnose)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

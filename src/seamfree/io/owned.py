@@ -98,7 +98,7 @@ def write_owned(folder: Path, files: Mapping[str, bytes | str], *, what: str, fi
     ``last`` (one of the names) is written last, through a temporary name, so that it exists only when the rest
     is complete (a report's page)."""
     claim(folder, files, what=what, fix=fix, legacy=legacy)
-    order: list[str] = [n for n in files if n != last] + ([last] if last in files else [])
+    order: list[str] = [n for n in files if n != last] + ([last] if last is not None and last in files else [])
     data = {name: (c.encode("utf-8") if isinstance(c := files[name], str) else bytes(c)) for name in order}
     # recorded before writing (the old digest is kept beside the new): a writer killed half-way leaves files
     # that are all still known as seamfree's

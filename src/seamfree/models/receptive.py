@@ -31,7 +31,7 @@ from torch import nn
 from seamfree.errors import ShapeError
 from seamfree.layers.audit import NormAudit, audit_norms, classify_layer
 from seamfree.layers.modes import eval_mode
-from seamfree.models.geometry import round_up
+from seamfree.models.geometry import infer_geometry, round_up
 
 __all__ = ["ReceptiveField", "measure_receptive_field"]
 
@@ -278,7 +278,7 @@ def measure_receptive_field(
     model : nn.Module
         A segmentation model with same-size output. Not modified.
     spatial_dims, in_channels, network_stride : optional
-        The model's geometry; what is not given is found by :func:`~seamfree.models.describe_model`.
+        The model's geometry; what is not given is inferred from the model (:mod:`seamfree.models.geometry`).
     select : callable, optional
         Picks the segmentation tensor from the model's output (models returning tuples or dicts).
     tolerance : float
@@ -295,10 +295,11 @@ def measure_receptive_field(
     (9, 9)
     """
     if spatial_dims is None or in_channels is None or network_stride is None:
-        from seamfree.models.describe import describe_model  # describe_model measures with its geometry
-
-        info = describe_model(model, spatial_dims=spatial_dims, in_channels=in_channels, probe=False)
-        return info.receptive_field
+        # the missing geometry from the model itself (never through describe_model: its cached measurement would
+        # answer with its own tolerance)
+        dims, channels, stride_found, _, _ = infer_geometry(model, spatial_dims, in_channels)
+        spatial_dims, in_channels = dims, channels
+        network_stride = network_stride or stride_found
     select = select or _tensor
     tile_dependent = (audit or audit_norms(model)).verdict == "tile-dependent"
     stride = tuple(network_stride)

@@ -1,4 +1,5 @@
-"""napari reader for seamfree's outputs, and the plugin's sample data (no Qt, no napari import).
+"""napari reader for seamfree's outputs, and the plugin's sample data (no Qt, no napari, no torch import: opening
+a file is fast).
 
 The reader claims only OME-Zarr folders that seamfree wrote (``seamfree`` in the group's attributes) and opens
 them lazily, every level and every label image (:func:`~seamfree.napari.layers.output_layers`); other OME-Zarr
@@ -13,11 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from seamfree.data.datasets import load_dataset
-from seamfree.data.synthetic import SyntheticSpec, synthetic_image
 from seamfree.io.zarr_output import is_seamfree_zarr
 from seamfree.napari.layers import LayerData, output_layers
-from seamfree.study.demo import DEMO_CONDITIONS
 
 __all__ = ["em_sample", "get_reader", "nuclei_sample"]
 
@@ -45,6 +43,9 @@ def read_outputs(path: str | list[str]) -> list[LayerData]:
 
 def nuclei_sample(size: int = 512) -> list[LayerData]:
     """The demo's synthetic nuclei (uneven illumination, empty regions, debris) and their mask."""
+    from seamfree.data.synthetic import SyntheticSpec, synthetic_image  # the samples import torch; the reader not
+    from seamfree.study.demo import DEMO_CONDITIONS
+
     image, mask = synthetic_image((size, size), SyntheticSpec("nuclei", **DEMO_CONDITIONS), seed=10_000)
     image, mask = np.asarray(image), np.asarray(mask)
     image = image[0] if image.ndim == 3 else image
@@ -56,6 +57,8 @@ def nuclei_sample(size: int = 512) -> list[LayerData]:
 def em_sample(size: int = 512) -> list[LayerData]:
     """A section of the ISBI 2012 EM challenge (membranes) with its labels, from the local dataset cache
     (``seamfree data fetch isbi2012``, or ``SEAMFREE_DATA``); a DataError naming the fetch command when absent."""
+    from seamfree.data.datasets import load_dataset
+
     image, mask = load_dataset("isbi2012", "test")[0]
     image, mask = image[0][:size, :size], mask[0][:size, :size]
     return [(image, {"name": "ISBI 2012 EM section"}, "image"),

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -29,8 +29,21 @@ from seamfree.tiling.normalize import IntensityNormalization
 from seamfree.tiling.specs import RuntimeSpec
 
 if TYPE_CHECKING:
-    from seamfree.tiling.plan import PredictionPlan
     from seamfree.tiling.sinks import TileSink
+
+
+class TileRun(Protocol):
+    """What running tiles needs of a plan (a :class:`~seamfree.tiling.plan.PredictionPlan` is one): the engine
+    depends on these three fields, not on the plan."""
+
+    @property
+    def normalization(self) -> IntensityNormalization: ...
+
+    @property
+    def runtime(self) -> RuntimeSpec: ...
+
+    @property
+    def tiles_per_batch(self) -> int: ...
 
 __all__ = [
     "eval_mode",
@@ -200,7 +213,7 @@ def _changed_inputs(source: ImageSource, done: Sequence[Tile], sink: TileSink) -
     return changed
 
 
-def run_tiles(model: nn.Module, plan: PredictionPlan, source: ImageSource, tiles: Sequence[Tile],
+def run_tiles(model: nn.Module, plan: TileRun, source: ImageSource, tiles: Sequence[Tile],
               sink: TileSink, *, progress: Callable[[int, int], None] | None = None) -> int:
     """Predict the ``tiles`` the sink still needs and hand each prediction to it; return how many ran.
 

@@ -218,8 +218,9 @@ class PredictConfig:
         if self.tiles_per_batch is not None and self.tiles_per_batch < 1:
             raise ConfigError(f"tiles_per_batch must be >= 1, got {self.tiles_per_batch}")
         # checked here, before any model is described or any image read: a typo fails in a second, not minutes
-        if isinstance(self.normalization, str):  # a method name: its statistics computed from the image
-            object.__setattr__(self, "normalization", IntensityNormalization(self.normalization))
+        given: Any = self.normalization
+        if isinstance(given, str):  # a method name: its statistics computed from the image
+            object.__setattr__(self, "normalization", IntensityNormalization(given))  # type: ignore[arg-type]  # checked by it
         if not isinstance(self.normalization, IntensityNormalization):
             raise ConfigError(f"normalization must be an IntensityNormalization or a method name, got "
                               f"{self.normalization!r}; e.g. normalization='percentile'")
