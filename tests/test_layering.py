@@ -31,8 +31,8 @@ LAYERS = {
 }
 
 # Modules of seamfree.tiling in the order of the engine's data flow (later ones may import earlier ones).
-TILING_ORDER = ["specs", "device", "grid", "normalize", "blend", "engine", "memory", "throughput", "suggest",
-                "near_exact",
+TILING_ORDER = ["specs", "stitching", "device", "grid", "normalize", "blend", "engine", "memory", "throughput",
+                "suggest", "near_exact",
                 "plan", "sinks", "predict", "receptive", "allocator", "__init__"]
 
 HEAVY_OPTIONAL = ("dask", "distributed", "zarr", "tifffile", "h5py", "matplotlib", "monai", "bioimageio", "napari",

@@ -363,7 +363,7 @@ def test_a_scheduler_whose_only_worker_died_is_a_clear_error_not_an_endless_wait
 
 def test_a_worker_of_another_seamfree_version_is_refused(monkeypatch):
     from distributed import Client, LocalCluster
-    from seamfree.distributed import dask as dask_module
+    from seamfree.distributed import cluster as dask_module
     from seamfree.errors import DataError
 
     with LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as local, \

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 from seamfree._version import __version__
 from seamfree.cli import commands, fix, seams
 from seamfree.cli.options import add_trust_code
+from seamfree.tiling.stitching import CROP, STITCHINGS
 
 __all__ = ["build_parser"]
 
@@ -250,7 +251,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
                    help="near-exact mode: the largest max |Δ| against exact prediction accepted; a wider halo is "
                    "used until the measured error is below it (default 1e-3)")
     p.add_argument("--allow-small-halo", action="store_true", help="accept a halo below the receptive field")
-    p.add_argument("--stitching", choices=["crop", "blend"], default="crop")
+    p.add_argument("--stitching", choices=list(STITCHINGS), default=CROP.name,
+                   help="; ".join(f"{m.name}: {m.summary}" for m in STITCHINGS.values()))
     p.add_argument("--overlap", type=_int_tuple, help="core overlap for --stitching blend")
     p.add_argument("--blend-window", choices=["linear", "gaussian"], default="linear")
     _add_renamed(p, "--tiles-per-batch", "--batch-size", type=int,

@@ -54,6 +54,7 @@ from seamfree.diagnostics.seam_search import (
     with_joint,
 )
 from seamfree.errors import ConfigError, ShapeError
+from seamfree.tiling.stitching import BLEND, CROP, STITCHINGS
 
 __all__ = ["CLIP", "FALSE_ALARM_RATE", "MIN_LINES", "MIN_PERIOD", "AxisGrid", "SeamGrid", "comb_statistic",
            "find_seams", "line_steps", "line_z", "recorded_grid"]
@@ -348,7 +349,7 @@ def recorded_grid(prediction: Any) -> tuple[tuple[int, ...] | None, tuple[int, .
     fingerprint = (seamfree_attrs(Path(prediction)) or {}).get("fingerprint") or {}
     core = (fingerprint.get("grid") or {}).get("core")
     settings = fingerprint.get("settings") or {}
-    if not isinstance(core, list) or settings.get("stitching", "crop") != "crop":
+    if not isinstance(core, list) or not STITCHINGS.get(settings.get("stitching", CROP.name), BLEND).exact:
         return None, None
     shift = settings.get("grid_offset") or 0
     shifts = [int(shift)] * len(core) if isinstance(shift, int | float) else [int(s) for s in shift]

@@ -22,8 +22,6 @@ import itertools
 import logging
 import math
 import os
-import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,9 +30,9 @@ from typing import Any
 
 import torch
 
-from seamfree.allocator import allocator_environment
+from seamfree.distributed.cluster import ClusterConfig, connect
 from seamfree.distributed.watchdog import WorkerWatchdog, completed, gathered
-from seamfree.errors import ConfigError, DataError, require
+from seamfree.errors import ConfigError, DataError
 from seamfree.io.files import file_sha256
 from seamfree.io.lock import output_lock
 from seamfree.io.pyramid import Runner
@@ -55,73 +53,17 @@ from seamfree.tiling.plan import (
     zarr_options,
 )
 from seamfree.tiling.sinks import CropSink
+from seamfree.tiling.stitching import stitching
 
-__all__ = ["ClusterConfig", "DistributedReport", "predict_distributed", "start_local_cluster"]
+__all__ = ["DistributedReport", "cluster_runner", "predict_distributed"]
 
 logger = logging.getLogger(__name__)
 
-_MEMORY = re.compile(r"\d+(\.\d+)?\s*([kKMGTP]i?B|[kKMGTP]|B)?")
-_ADDRESS = re.compile(r"([a-z]+://)?[\w.\-\[\]:]+:\d+")
 # An input chunk this many times larger than a tile makes every task decompress far more than it reads.
 MAX_CHUNK_TO_TILE_RATIO = 16
 # Tasks submitted ahead of the finished ones (at least 4 per worker thread): enough to keep every thread busy,
 # few enough that the scheduler's state stays small whatever the volume.
 TASKS_IN_FLIGHT = 256
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Where and how to run.
-
-    Attributes
-    ----------
-    scheduler : str, optional
-        Address of a running dask scheduler (``tcp://host:8786``; any deployment: dask-jobqueue,
-        dask-kubernetes, manual). None starts a LocalCluster.
-    workers : int
-        LocalCluster worker processes.
-    threads_per_worker : int
-        Torch threads per worker (and dask threads; one task runs per thread).
-    memory_limit : str or int
-        LocalCluster memory limit per worker ("auto", "1GiB", bytes).
-    tiles_per_task : int
-        Tiles (= output chunks) per task: more amortizes scheduling, fewer spreads work and loses less on failure.
-    timeout : float
-        Seconds to wait for the scheduler.
-    worker_timeout : float
-        Seconds the scheduler may be without any worker while tasks wait, before the run stops with an error
-        (the workers died, or none were started); a rerun resumes.
-    tune_allocator : bool
-        Spawn LocalCluster workers with seamfree's glibc settings (:mod:`seamfree.allocator`): faster
-        3D forward passes, but a worker then keeps its high-water mark of memory, which dask counts as unmanaged
-        memory. Give such workers room: at 1 GiB per worker, dask paused them (80 % of the limit) and the run
-        stalled. Off by default; for other deployments set :data:`~seamfree.allocator.ALLOCATOR_ENVIRONMENT`
-        in the workers' environment.
-    """
-
-    scheduler: str | None = None
-    workers: int = 2
-    threads_per_worker: int = 1
-    memory_limit: str | int = "auto"
-    tiles_per_task: int = 4
-    timeout: float = 30.0
-    tune_allocator: bool = False
-    worker_timeout: float = 120.0
-
-    def __post_init__(self) -> None:
-        if not self.worker_timeout > 0:
-            raise ConfigError(f"worker_timeout (CLI --worker-timeout) must be a positive number of seconds, got "
-                              f"{self.worker_timeout}")
-        if self.workers < 1 or self.threads_per_worker < 1 or self.tiles_per_task < 1:
-            raise ConfigError(f"workers, threads_per_worker and tiles_per_task must be >= 1, got {self.workers}, "
-                              f"{self.threads_per_worker}, {self.tiles_per_task}")
-        if isinstance(self.memory_limit, str) and self.memory_limit != "auto" and not _MEMORY.fullmatch(
-                self.memory_limit.strip()):
-            raise ConfigError(f"memory_limit (CLI --memory-limit) must be 'auto', bytes or a size like '2GiB' or "
-                              f"'1.5 GB', got {self.memory_limit!r}")
-        if self.scheduler is not None and not _ADDRESS.fullmatch(self.scheduler):
-            raise ConfigError(f"scheduler (CLI --scheduler) must be an address like tcp://host:8786, got "
-                              f"{self.scheduler!r}")
 
 
 @dataclass(frozen=True)
@@ -191,100 +133,6 @@ def _slab_statistics(windows: list[tuple[slice, ...]], *, image: str, axes: str 
     return result
 
 
-def start_local_cluster(cluster: ClusterConfig) -> Any:
-    """Start the LocalCluster ``cluster`` describes (worker processes, threads, memory limit).
-
-    With ``cluster.tune_allocator``, workers are spawned with
-    :func:`~seamfree.allocator.allocator_environment` (glibc reads it at process start), replacing dask's
-    own default, which trims everything above 64 KiB and makes every tile fault its memory back in.
-    """
-    require("distributed", "dask")
-    import dask
-
-    from distributed import LocalCluster
-
-    tuned = allocator_environment() if cluster.tune_allocator else {}
-    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **tuned}
-    # the nanny takes a variable from this process's os.environ before dask's configuration, writes it there
-    # before each spawn and leaves it there (distributed 2026.8): set ours, then restore the environment, or a
-    # later cluster and every later subprocess would inherit them
-    saved = {name: os.environ.get(name) for name in environ}
-    os.environ.update(tuned)
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            return LocalCluster(n_workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
-                                memory_limit=cluster.memory_limit, processes=True,
-                                dashboard_address=":0")  # a free port: never collide with a running cluster
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _client(cluster: ClusterConfig) -> tuple[Any, Any]:
-    require("distributed", "dask")
-    from distributed import Client
-
-    if cluster.scheduler is None:
-        local = start_local_cluster(cluster)
-        return Client(local), local
-    # Client's own timeout covers the TCP connect, not a peer that accepts and never answers the handshake: the
-    # connection is made in a thread given a deadline, so that nothing waits without a word
-    box: dict[str, Any] = {}
-
-    def connect() -> None:
-        try:
-            box["client"] = Client(cluster.scheduler, timeout=cluster.timeout)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=connect, name="seamfree-connect", daemon=True)
-    thread.start()
-    thread.join(cluster.timeout + 2.0)
-    if thread.is_alive():
-        raise DataError(f"the dask scheduler at {cluster.scheduler!r} accepted the connection but did not answer "
-                        f"within {cluster.timeout:.0f} s (--timeout): it is not a dask scheduler, or it is "
-                        "overloaded; check the address (the scheduler prints it at start), or raise --timeout")
-    error = box.get("error")
-    if isinstance(error, OSError | TimeoutError):
-        raise DataError(f"could not reach the dask scheduler at {cluster.scheduler!r} within {cluster.timeout:.0f} s "
-                        f"({error}); check the address and that the scheduler is running") from error
-    if error is not None:
-        raise error
-    client = box["client"]
-    try:
-        _check_worker_versions(client, cluster.scheduler)
-    except BaseException:
-        client.close()
-        raise
-    return client, None
-
-
-def _worker_version() -> str:
-    from seamfree._version import __version__ as version
-
-    return str(version)
-
-
-def _check_worker_versions(client: Any, address: str) -> None:
-    """DataError when a worker of the cluster runs another seamfree version (its tiles might differ in the last
-    bit, or its tasks fail in ways that say nothing): one version on every worker, said by address."""
-    from seamfree._version import __version__ as version
-
-    try:
-        seen = client.run(_worker_version)
-    except Exception as exc:
-        raise DataError(f"the workers of the dask scheduler at {address!r} cannot run seamfree ({exc}); install "
-                        f"seamfree {version} in the workers' environment") from exc
-    other = {worker: v for worker, v in seen.items() if v != version}
-    if other:
-        shown = ", ".join(f"{w} has {v}" for w, v in list(other.items())[:3])
-        raise DataError(f"{len(other)} worker(s) of the dask scheduler at {address!r} run another seamfree version "
-                        f"than this {version} ({shown}); install the same version on every worker and the driver")
-
-
 def _check_input(source: ImageSource, plan: PredictionPlan) -> None:
     if source.spatial_chunks:
         chunk, tile = math.prod(source.spatial_chunks), math.prod(plan.grid.tile_shape)
@@ -340,7 +188,7 @@ def predict_distributed(
     if not isinstance(image, str | os.PathLike):
         raise ConfigError(f"distributed prediction reads the input from a path every worker can open, got a "
                           f"{type(image).__name__}; save it first (e.g. as .zarr) or use seamfree.predict")
-    if config.stitching != "crop":
+    if not stitching(config.stitching).distributed:
         raise ConfigError("distributed prediction uses crop stitching (exact, chunk-owning tasks); "
                           f"got stitching={config.stitching!r}")
     if output_format(output) != "zarr":
@@ -355,7 +203,7 @@ def predict_distributed(
     image_path = os.fspath(image)
     with output_lock(output), open_image(image_path, spatial_dims=dims, axes=axes, key=key, channels=channels,
                                                  gray=gray) as source:
-        client, local = _client(cluster)
+        client, local = connect(cluster)
         watchdog = WorkerWatchdog(client, cluster.worker_timeout)
         try:
             normalization = _normalization(client, str(image_path), axes, source, dims, config.normalization,
@@ -393,7 +241,7 @@ def cluster_runner(cluster: ClusterConfig | None = None) -> Iterator[Runner]:
     """A :data:`~seamfree.io.pyramid.Runner` on the dask cluster ``cluster`` describes (a LocalCluster started
     for the duration of the block, or the scheduler at ``cluster.scheduler``), for blockwise passes whose tasks
     write to storage every worker shares: ``seamfree.segment(..., run=runner)``."""
-    client, local = _client(cluster or ClusterConfig())
+    client, local = connect(cluster or ClusterConfig())
     try:
         yield _on_cluster(client, WorkerWatchdog(client, (cluster or ClusterConfig()).worker_timeout))
     finally:

@@ -40,6 +40,7 @@ from qtpy.QtCore import QObject, Signal
 
 from seamfree.errors import SeamfreeError
 from seamfree.napari.layers import LayerData, audit_rows, diagnosis_layers, output_layers, verdict_text
+from seamfree.tiling.stitching import CROP, STITCHINGS
 
 if TYPE_CHECKING:
     import napari
@@ -344,7 +345,7 @@ class PredictWidget(_Panel):
         super().__init__(napari_viewer, "predict")
         self.image = ComboBox(choices=self._layers(Image), label="image")
         self.output = FileEdit(mode=FileDialogMode.OPTIONAL_FILE, filter="*.zarr", label="output (.zarr)")
-        self.stitching = ComboBox(choices=["crop", "blend"], value="crop", label="stitching",
+        self.stitching = ComboBox(choices=list(STITCHINGS), value=CROP.name, label="stitching",
                                   tooltip="crop: exact (equal to the whole-image prediction); blend: weighted")
         self.halo = ComboBox(choices=["exact", "near-exact"], value="exact", label="halo",
                              tooltip="exact: the receptive field's halo; near-exact: the effective receptive field, "

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from seamfree.tiling.stitching import CROP
+
 __all__ = ["CALIBRATION", "VALIDATION", "CaseResult", "SeamCase", "check_disjoint", "clopper_pearson",
            "run_cases", "summarize"]
 
@@ -196,7 +198,7 @@ def _predict(model: Any, image: np.ndarray, case: SeamCase) -> np.ndarray:
 
     if case.stitching == "whole":
         return np.squeeze(predict_whole(model, image, activation="sigmoid")).astype(np.float32)
-    if case.stitching == "crop":
+    if case.stitching == CROP.name:
         config = PredictConfig(core=case.core, activation="sigmoid", tile_timing=False)
         return np.squeeze(predict(model, image, config=config)).astype(np.float32)
     import torch
@@ -219,7 +221,7 @@ def _expected_offset(case: SeamCase, shape: tuple[int, ...]) -> list[int | None]
     """Where the first seam lies per axis: seamfree's cores start at 0; MONAI's windows step by 0.75 roi."""
     if case.core is None:
         return [None] * len(shape)
-    if case.stitching == "crop":
+    if case.stitching == CROP.name:
         return [0 for _ in shape]
     step = max(1, math.floor(case.core * 0.75))  # where two Gaussian weights are equal: mid-overlap
     return [((step + case.core) // 2) % step for _ in shape]
@@ -256,7 +258,7 @@ def _truth(case: SeamCase, difference: float) -> str:
     """Seamed, clean or neither, from how the case was made and how far it is from the whole-image prediction."""
     if case.stitching == "whole":
         return "clean"
-    if case.stitching == "crop" and ("batchrenorm" in case.model or difference == 0.0):
+    if case.stitching == CROP.name and ("batchrenorm" in case.model or difference == 0.0):
         return "clean"  # exact: a tile-independent model, or one tile covered the image
     return "seamed" if difference >= VISIBLE else "neither"
 
@@ -277,9 +279,9 @@ def summarize(results: list[CaseResult]) -> dict[str, Any]:
     clean = [r for r in results if r.truth == "clean"]
     hits = sum(r.detected is True for r in seamed)
     alarms = sum(r.detected is True for r in clean)
-    right_grid = sum(r.detected is True and r.case.stitching == "crop" and all(
+    right_grid = sum(r.detected is True and r.case.stitching == CROP.name and all(
         p is not None and p == r.case.core for p in r.period) for r in seamed)
-    crop_hits = sum(r.detected is True and r.case.stitching == "crop" for r in seamed)
+    crop_hits = sum(r.detected is True and r.case.stitching == CROP.name for r in seamed)
     undecided = sum(r.detected == "cannot tell" for r in results)
     return {
         "seamed": len(seamed), "detected": hits,
@@ -292,5 +294,5 @@ def summarize(results: list[CaseResult]) -> dict[str, Any]:
         "cannot_tell": undecided,
         "by_stitching": {s: {"seamed": sum(r.case.stitching == s for r in seamed),
                              "detected": sum(r.case.stitching == s and r.detected is True for r in seamed)}
-                         for s in ("crop", "gaussian")},
+                         for s in sorted({r.case.stitching for r in seamed})},
     }

@@ -35,6 +35,7 @@ from seamfree.tiling.grid import TileGrid, as_axis_tuple, round_up
 from seamfree.tiling.near_exact import HaloCheck, check_halo, effective_tolerance
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
 from seamfree.tiling.specs import Activation, OutputKind, OutputSpec, RuntimeSpec, Stitching
+from seamfree.tiling.stitching import STITCHINGS, stitching
 from seamfree.tiling.suggest import suggest_tiling
 
 __all__ = [
@@ -213,8 +214,7 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         apply_renamed(self, "batch_size", "tiles_per_batch")
-        if self.stitching not in ("crop", "blend"):
-            raise ConfigError(f"stitching must be 'crop' or 'blend', got {self.stitching!r}")
+        mode = stitching(self.stitching)
         if self.tiles_per_batch is not None and self.tiles_per_batch < 1:
             raise ConfigError(f"tiles_per_batch must be >= 1, got {self.tiles_per_batch}")
         # checked here, before any model is described or any image read: a typo fails in a second, not minutes
@@ -234,7 +234,7 @@ class PredictConfig:
         if not isinstance(self.halo, str) and min(_as_tuple(self.halo)) < 0:
             raise ConfigError(f"halo must be non-negative voxels per side (CLI --halo), got {self.halo}; leave it "
                               "out for 'auto' (the measured receptive field)")
-        if self.overlap is not None and self.stitching != "blend":
+        if self.overlap is not None and not mode.overlap:
             raise ConfigError(f"overlap={self.overlap} (CLI --overlap) is the core overlap of stitching='blend'; "
                               "crop stitching has none: pass stitching='blend' (CLI --stitching blend) or drop it")
         if self.overlap is not None and min(_as_tuple(self.overlap)) < 0:
@@ -247,7 +247,7 @@ class PredictConfig:
         if isinstance(self.halo, str) and self.halo != "auto" and effective_tolerance(self.halo) is None:
             raise ConfigError(f"halo must be 'auto', 'effective', 'effective:TOL' or voxels per side, got "
                               f"{self.halo!r}")
-        if effective_tolerance(self.halo) is not None and self.stitching != "crop":
+        if effective_tolerance(self.halo) is not None and not mode.exact:
             raise ConfigError(f"halo {self.halo!r} (the near-exact mode) measures its error against exact crop "
                               "stitching; use it with stitching='crop'")
         if not 0.0 < self.max_error < math.inf:
@@ -495,7 +495,7 @@ def _resolve_grid(model: nn.Module, info: ModelInfo, source: ImageSource, tiling
         tiles_per_batch = suggestion.tiles_per_batch if tiles_per_batch is None else tiles_per_batch
     core_t = as_axis_tuple(core, dims, "core")
     overlap: int | tuple[int, ...] = 0
-    if tiling.stitching == "blend":
+    if stitching(tiling.stitching).overlap:
         overlap = tiling.overlap if tiling.overlap is not None else tuple(
             round_up(c // 4, s) for c, s in zip(core_t, stride))
     grid = TileGrid.create(source.spatial_shape, core_t, halo, network_stride=stride, overlap=overlap,
@@ -504,7 +504,7 @@ def _resolve_grid(model: nn.Module, info: ModelInfo, source: ImageSource, tiling
 
 
 def _check_halo_vs_rf(grid: TileGrid, measured: ReceptiveField, tiling: TilingSpec) -> None:
-    if tiling.stitching != "crop" or tiling.allow_small_halo or isinstance(tiling.halo, str):
+    if not stitching(tiling.stitching).exact or tiling.allow_small_halo or isinstance(tiling.halo, str):
         return  # "auto" is the exact halo; "effective" has its error measured (near_exact)
     small = [h < r and c + 2 * h < p for h, r, c, p in zip(grid.halo, measured.halo, grid.core,
                                                             grid.padded_shape)]
@@ -526,7 +526,7 @@ def _input_entry(source: ImageSource, stitching: str) -> dict[str, Any]:
     if source.channels is not None or source.gray:  # recorded only when used: older outputs still resume
         entry["channels"] = {"selected": None if source.channels is None else list(source.channels),
                              "gray": source.gray}
-    if stitching == "blend":
+    if STITCHINGS[stitching].overlap:
         sample = source.read(tuple(slice(0, min(s, 64)) for s in source.spatial_shape))
         entry["sample_sha256"] = hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest()
     return entry

@@ -22,6 +22,7 @@ from seamfree.tiling.engine import input_digest, read_window
 from seamfree.tiling.grid import Tile, TileGrid
 from seamfree.tiling.plan import PredictionPlan
 from seamfree.tiling.specs import OutputSpec
+from seamfree.tiling.stitching import stitching
 
 __all__ = ["BlendSink", "CropSink", "TileSink", "sink_for"]
 
@@ -154,6 +155,6 @@ def _cell_id(cell: tuple[slice, ...]) -> tuple[int, ...]:
 def sink_for(plan: PredictionPlan, target: OutputTarget, source: ImageSource | None = None) -> TileSink:
     """Return the sink of ``plan``'s stitching writing to ``target`` (``source``: the input, whose blocks a resume
     of a blend output checks)."""
-    if plan.stitching == "blend":
+    if stitching(plan.stitching).overlap:
         return BlendSink(plan.grid, target, plan.output, plan.out_channels, plan.blend_window, source)
     return CropSink(target, plan.output)
