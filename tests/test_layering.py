@@ -32,7 +32,7 @@ LAYERS = {
 
 # Modules of seamfree.tiling in the order of the engine's data flow (later ones may import earlier ones).
 TILING_ORDER = ["specs", "stitching", "device", "grid", "normalize", "blend", "engine", "memory", "throughput",
-                "suggest", "near_exact",
+                "suggest", "near_exact", "options",
                 "plan", "sinks", "predict", "receptive", "allocator", "__init__"]
 
 HEAVY_OPTIONAL = ("dask", "distributed", "zarr", "tifffile", "h5py", "matplotlib", "monai", "bioimageio", "napari",
@@ -40,7 +40,7 @@ HEAVY_OPTIONAL = ("dask", "distributed", "zarr", "tifffile", "h5py", "matplotlib
                   "skimage", "scipy", "imageio")
 
 # Modules that napari itself loads (through the plugin manifest) and that are the only place Qt may be imported.
-QT_MODULES = {Path("napari/widgets.py"), Path("napari/seams.py")}
+QT_MODULES = {Path("napari/widgets.py"), Path("napari/fix_widget.py"), Path("napari/panel.py"), Path("napari/seams.py")}
 QT_LIBRARIES = ("napari", "magicgui", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "vispy")
 
 

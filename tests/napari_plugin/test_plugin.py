@@ -269,7 +269,7 @@ def test_masks_and_instances_arrive_as_labels(make_napari_viewer, qtbot, net2d, 
 
 def test_cancel_stops_the_worker_and_the_output_resumes(make_napari_viewer, qtbot, net2d, tmp_path):
     from seamfree.io.zarr_output import seamfree_attrs
-    from seamfree.napari.widgets import Cancelled
+    from seamfree.napari.panel import Cancelled
 
     picture = np.random.default_rng(2).normal(size=(512, 512)).astype(np.float32)
     out = tmp_path / "noise.zarr"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import threading
 import time
 import webbrowser
 from collections.abc import Callable
@@ -24,29 +23,24 @@ from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
-    Label,
     LineEdit,
-    ProgressBar,
     PushButton,
     SpinBox,
     Table,
     TextEdit,
 )
 from napari.layers import Image, Labels, Layer, Shapes
-from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, Signal
 
 from seamfree.errors import SeamfreeError
-from seamfree.napari.layers import LayerData, audit_rows, diagnosis_layers, output_layers, verdict_text
+from seamfree.napari.layers import audit_rows, diagnosis_layers, output_layers, verdict_text
+from seamfree.napari.panel import Panel, edit_path, level0
 from seamfree.tiling.stitching import CROP, STITCHINGS
 
 if TYPE_CHECKING:
     import napari
-    from torch import nn
 
-__all__ = ["Cancelled", "DiagnoseWidget", "FixWidget", "PredictWidget"]
+__all__ = ["DiagnoseWidget", "PredictWidget"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,165 +51,11 @@ REFRESH_SECONDS = 0.5  # how often, at most, a filling output layer is redrawn
 REFRESH_SHARE = 0.1  # redrawing may take at most this share of the time (it reads the file in the GUI thread)
 
 
-class Cancelled(SeamfreeError):
-    """The user pressed cancel; the work stopped at its next progress report."""
-
-
-class _Relay(QObject):
-    """Carries progress from the worker thread to the widget (a queued Qt signal)."""
-
-    progressed = Signal(str, float)
-
-
-class _Job:
-    """``work(report)`` in a worker thread; ``report(stage, fraction)`` raises :class:`Cancelled` once cancelled."""
-
-    def __init__(self, work: Callable[[Callable[[str, float], None]], Any], *,
-                 progress: Callable[[str, float], None], done: Callable[[Any], None],
-                 failed: Callable[[BaseException], None]) -> None:
-        self._stop = threading.Event()
-        self._relay = _Relay()
-        self._relay.progressed.connect(progress)
-
-        def report(stage: str, fraction: float) -> None:
-            if self._stop.is_set():
-                raise Cancelled(f"cancelled during {stage}")
-            self._relay.progressed.emit(stage, float(fraction))
-
-        self.worker = create_worker(work, report, _start_thread=False,
-                                    _connect={"returned": done, "errored": failed})
-        self.worker.start()
-
-    def cancel(self) -> None:
-        self._stop.set()
-
-
-def _devices() -> list[str]:
-    import torch
-
-    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        found.append("mps")
-    return found
-
-
-def _path(edit: FileEdit) -> Path | None:
-    """The path in a file field, None when empty."""
-    value = str(edit.value or "").strip()
-    return None if value in ("", ".") else Path(value)
-
-
-def level0(layer: Layer) -> Any:
-    """The full-resolution data of a layer, as stored (a dask or zarr array stays lazy)."""
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
-class _Panel(Container):
-    """What the three widgets share: the viewer, a model field, run/cancel, progress and a status line."""
-
-    def __init__(self, napari_viewer: napari.Viewer, run_text: str) -> None:
-        super().__init__(labels=True)
-        self.viewer = napari_viewer
-        self.model = FileEdit(mode=FileDialogMode.EXISTING_FILE, label="model",
-                              filter="*.pt *.pth *.ts *.pt2 *.zip *.yaml",
-                              tooltip="seamfree checkpoint, TorchScript file or bioimage.io package")
-        self.device = ComboBox(choices=_devices(), value="cpu", label="device")
-        self.run_button = PushButton(text=run_text)
-        self.cancel_button = PushButton(text="cancel", enabled=False)
-        self.progress = ProgressBar(min=0, max=100, value=0, label="progress")
-        self.status = Label(value="", label="")
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.cancel)
-        self.job: _Job | None = None
-        self.error: BaseException | None = None
-        self.own: list[Layer] = []  # the layers this widget added
-        self._models: dict[tuple[str, float, str], nn.Module] = {}
-
-    @property
-    def busy(self) -> bool:
-        """Whether a job is running (tests wait on this)."""
-        return self.job is not None
-
-    def _layers(self, kind: type[Layer]) -> Callable[[Any], list[tuple[str, Any]]]:
-        def choices(_: Any) -> list[tuple[str, Any]]:
-            found: list[Layer] = [layer for layer in self.viewer.layers if isinstance(layer, kind)]
-            return [(layer.name, layer) for layer in found]
-        return choices
-
-    def load(self, device: str) -> nn.Module:
-        """The model in the model field (loaded once per file version and device)."""
-        from seamfree.models import load_model
-
-        path = _path(self.model)
-        if path is None:
-            raise SeamfreeError("choose a model file first (a seamfree checkpoint, TorchScript or bioimage.io "
-                                "package)")
-        key = (str(path.resolve()), path.stat().st_mtime if path.exists() else 0.0, device)
-        if key not in self._models:
-            self._models = {key: load_model(path, device=device)}
-        return self._models[key]
-
-    def start(self, work: Callable[[Callable[[str, float], None]], Any], done: Callable[[Any], None]) -> None:
-        if self.job is not None:
-            return
-        self.error = None
-        self.progress.value = 0
-        self.status.value = "starting"
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-
-        def finished(result: Any) -> None:
-            self._idle()
-            try:
-                done(result)
-            except Exception as exc:  # showing the result failed: say so rather than crash the viewer
-                self._failed(exc)
-
-        self.job = _Job(work, progress=self._progressed, done=finished, failed=self._failed)
-
-    def cancel(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
-            self.status.value = "cancelling at the next progress step"
-
-    def _idle(self) -> None:
-        self.job = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-
-    def _progressed(self, stage: str, fraction: float) -> None:
-        self.progress.value = round(100 * min(max(fraction, 0.0), 1.0))
-        self.status.value = stage
-
-    def _failed(self, error: BaseException) -> None:
-        self._idle()
-        self.error = error
-        if isinstance(error, Cancelled):
-            self.status.value = f"{error}. {self.cancel_note()}"
-        else:
-            logger.error("seamfree: %s", error, exc_info=not isinstance(error, SeamfreeError))
-            self.status.value = f"error: {error}"
-
-    def cancel_note(self) -> str:
-        return "Nothing was written."
-
-    def replace_layers(self, layers: list[LayerData]) -> list[Layer]:
-        """Add ``layers``, replacing the layers of the same names that this widget added before (a rerun updates
-        them); a user's layer of the same name stays (napari numbers the new one)."""
-        added = []
-        for data, meta, kind in layers:
-            for old in [layer for layer in self.own if layer.name == meta["name"]]:
-                self.own.remove(old)
-                if old in self.viewer.layers:
-                    self.viewer.layers.remove(old)
-            added.append(self.viewer.add_layer(Layer.create(data, meta, kind)))
-        self.own += added
-        return added
-
-
 def _image_axes(layer: Image) -> str | None:
     return "YXC" if getattr(layer, "rgb", False) else None
 
 
-class DiagnoseWidget(_Panel):
+class DiagnoseWidget(Panel):
     """Diagnose a model on an image layer: the tiled prediction, its seam map, the tile-mismatch map of two
     grids and the core grid as layers; the verdict, the norm audit and TM/TED/seam score here."""
 
@@ -293,7 +133,7 @@ class DiagnoseWidget(_Panel):
         truth = self.ground_truth.value
         device, core, batches = self.device.value, self.core.value or None, self.ted_batches.value or None
         data, gt = level0(layer), None if truth is None else level0(truth)
-        axes, name = _image_axes(layer), Path(str(_path(self.model) or "model")).stem
+        axes, name = _image_axes(layer), Path(str(edit_path(self.model) or "model")).stem
         try:
             model = self.load(device)
             dims = describe_model(model).spatial_dims
@@ -337,7 +177,7 @@ class DiagnoseWidget(_Panel):
         return page
 
 
-class PredictWidget(_Panel):
+class PredictWidget(Panel):
     """Predict an image layer of any size into a resumable OME-Zarr file, shown as a lazy layer while it fills
     in; masks and instance labels arrive as Labels layers."""
 
@@ -380,7 +220,7 @@ class PredictWidget(_Panel):
                              memory_budget=int(self.budget.value * 1e6) or None)  # MB, as the CLI
 
     def run(self) -> None:
-        layer, out = self.image.value, _path(self.output)
+        layer, out = self.image.value, edit_path(self.output)
         if layer is None or out is None:
             self.status.value = "error: choose an image layer and an output .zarr path"
             return
@@ -400,7 +240,7 @@ class PredictWidget(_Panel):
 
             config = replace(config, voxel_size=scale[-min(3, len(scale)):])
         method, address, source = self.segment.value, self.scheduler.value.strip(), layer.source.path
-        model_path = _path(self.model)
+        model_path = edit_path(self.model)
         self._target, self.live = out, []
 
         def work(report: Callable[[str, float], None]) -> Any:
@@ -466,108 +306,3 @@ class PredictWidget(_Panel):
 
     def cancel_note(self) -> str:
         return f"The output {self._target} is incomplete: press predict again to resume it."
-
-
-class FixWidget(_Panel):
-    """Make a model seamless: convert its BatchNorm to BatchRenorm and/or recalibrate its running statistics on
-    the current image; write the new model and diagnose it before and after."""
-
-    ACTIONS = ("convert to BatchRenorm", "recalibrate on the image", "convert, then recalibrate",
-               "fix without labels (seamfree fix)")
-
-    def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__(napari_viewer, "fix")
-        self.action = ComboBox(choices=list(self.ACTIONS), value=self.ACTIONS[0], label="fix")
-        self.image = ComboBox(choices=self._layers(Image), nullable=True, label="image")
-        self.out = FileEdit(mode=FileDialogMode.OPTIONAL_FILE, filter="*.pt", label="new model (.pt)")
-        self.compare = CheckBox(value=True, text="diagnose before and after")
-        self.batches = SpinBox(value=32, min=1, max=4096, label="recalibration batches")
-        self.patch = SpinBox(value=0, min=0, max=4096, label="patch (0: the training patch)")
-        self.steps = SpinBox(value=600, min=1, max=100_000, label="fix: distillation steps")
-        self.result = TextEdit(value="", label="before / after")
-        self.result.read_only = True
-        self.extend([self.model, self.action, self.image, self.out, self.compare, self.batches, self.patch,
-                     self.steps, self.device, self.run_button, self.cancel_button, self.progress, self.status,
-                     self.result])
-        self.written: Path | None = None
-        self.diagnoses: tuple[Any, Any] | None = None
-
-    def run(self) -> None:
-        from seamfree.diagnostics import DiagnoseConfig, diagnose
-        from seamfree.layers import convert_norm
-        from seamfree.models import model_metadata, save_model
-        from seamfree.training.recalibrate import recalibrate_on_images
-
-        action, layer, out, source = self.action.value, self.image.value, _path(self.out), _path(self.model)
-        device, batches, patch = self.device.value, self.batches.value, self.patch.value
-        recalibrate = action != self.ACTIONS[0]
-        try:
-            if out is None:
-                raise SeamfreeError("choose the path of the new model file")
-            if source is not None and out.exists() and out.resolve() == source.resolve():
-                raise SeamfreeError(f"the new model {str(out)!r} is the input model itself; choose another path "
-                                    "(the input stays as it was)")
-            if out.exists():
-                raise SeamfreeError(f"{str(out)!r} already exists; choose another path (nothing is overwritten)")
-            if (recalibrate or self.compare.value) and layer is None:
-                raise SeamfreeError(f"{action!r}{' and the comparison' if self.compare.value else ''} need an "
-                                    "image layer")
-            model = self.load(device)
-        except Exception as exc:
-            self._failed(exc)
-            return
-        data = None if layer is None else level0(layer)
-        compare = self.compare.value
-
-        def work(report: Callable[[str, float], None]) -> Any:
-            def check(label: str, net: nn.Module, start: float) -> Any:
-                return diagnose(net, data, config=DiagnoseConfig(device=device), name=label,
-                                progress=lambda stage, f: report(f"{label}: {stage}", start + 0.4 * f))
-
-            before = check("before", model, 0.0) if compare else None
-            metadata = model_metadata(model)
-            fixed = model
-            if action == self.ACTIONS[3]:  # the library's fix_model, as `seamfree fix` runs it
-                from seamfree.fix import FixConfig, fix_model
-
-                report("fixing (self-distillation)", 0.4)
-                result = fix_model(model, [data], config=FixConfig(iterations=self.steps.value, device=device,
-                                                                   patch_size=patch or None))
-                fixed, recalibrate_here = result.model, False
-                metadata = {**metadata, "fixed_from": str(source), "fix": {k: v for k, v in result.to_dict().items()
-                                                                           if k != "history"}}
-            else:
-                recalibrate_here = recalibrate
-            if action not in (self.ACTIONS[1], self.ACTIONS[3]):
-                report("converting", 0.4)
-                fixed = convert_norm(model, "batchrenorm")
-                metadata = {**metadata, "converted_from": str(source), "converted_norm": "batch"}
-            if recalibrate_here:
-                report("recalibrating", 0.45)
-                if fixed is model:
-                    import copy
-
-                    fixed = copy.deepcopy(model)  # the loaded model stays as the file has it
-                size = patch or metadata.get("patch_size") or 128
-                recalibrate_on_images(fixed, [data], patch_size=size, batches=batches, device=device)
-                metadata = {**metadata, "recalibrated_on": "the napari layer"}
-            report("writing", 0.55)
-            path = save_model(fixed, out, metadata=metadata)
-            after = check("after", fixed, 0.6) if compare else None
-            return path, before, after
-
-        self.start(work, self.finished)
-
-    def finished(self, result: tuple[Path, Any, Any]) -> None:
-        path, before, after = result
-        self.written = Path(path)
-        self.diagnoses = (before, after) if before is not None else None
-        lines = [f"wrote {path}"]
-        for label, diagnosis in (("before", before), ("after", after)):
-            if diagnosis is not None:
-                tm = diagnosis.tile_mismatch
-                lines.append(f"{label}: {diagnosis.recommendation.verdict}; TM_dice {tm.tm_dice:.3g}, TM_abs "
-                             f"{tm.tm_abs:.2g}, seams {diagnosis.seams.summary}")
-        self.result.value = "\n".join(lines)
-        self.progress.value = 100
-        self.status.value = f"wrote {path}"
