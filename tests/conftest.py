@@ -38,3 +38,10 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"real datasets not found at {DATA_DIR}; set SEAMFREE_DATA=../shared/data")
     return DATA_DIR
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """An integration test is also slow: the inner loop ``-m "not slow"`` leaves both out, CI runs both."""
+    for item in items:
+        if item.get_closest_marker("integration") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)

@@ -23,6 +23,8 @@ from seamfree.models import UNet, load_model, save_model  # noqa: E402
 from seamfree.testing import randomize_norm_statistics  # noqa: E402
 from seamfree.tiling import IntensityNormalization, PredictConfig, predict  # noqa: E402
 
+pytestmark = pytest.mark.integration  # end to end: runs in CI, not in the inner loop
+
 CONFIG = PredictConfig(core=(8, 32, 32), tiles_per_batch=1)
 
 

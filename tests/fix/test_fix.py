@@ -70,6 +70,7 @@ def instance_unet() -> nn.Module:
     return _trained(lambda: UNet(2, 1, 1, depth=2, features=8, norm="instance"))
 
 
+@pytest.mark.integration
 def test_an_instance_norm_unet_becomes_exact_and_agrees(instance_unet):
     before = fixability(instance_unet)
     assert before.method == "distill" and len(before.replaceable) == 10

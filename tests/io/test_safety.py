@@ -208,6 +208,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(net, tmp_path, rng):
     assert zarr.open_group(str(out), mode="r").attrs["seamfree"]["status"] == "complete"
 
 
+@pytest.mark.integration
 def test_two_concurrent_cli_predictions_one_proceeds_and_the_result_is_the_reference(tmp_path, rng):
     import subprocess
     import sys
@@ -412,6 +413,7 @@ ENTRY_POINTS = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("how", ["torch.save", "pickle", "package"])
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 def test_no_entry_point_runs_a_planted_payload(tmp_path, rng, entry, how, capsys):

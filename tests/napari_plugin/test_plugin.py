@@ -35,6 +35,7 @@ from seamfree.training import load_config, train  # noqa: E402
 from seamfree.training.recalibrate import recalibrate_on_images  # noqa: E402
 
 pytestmark = [
+    pytest.mark.integration,
     # napari under Qt5 says that its theme detection needs Qt6, and vispy/napari deprecations are theirs
     pytest.mark.filterwarnings("ignore:System theme detection:UserWarning"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),

@@ -40,6 +40,7 @@ def _whole(mask, connectivity):
     return ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, connectivity))
 
 
+@pytest.mark.integration
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_blockwise_components_equal_whole_image_labelling(data):

@@ -17,6 +17,8 @@ from segment_helpers import nuclei, write_prediction
 from seamfree.segment import SegmentConfig
 from seamfree.segment import segment as _segment
 
+pytestmark = pytest.mark.integration  # end to end: runs in CI, not in the inner loop
+
 zarr = pytest.importorskip("zarr")
 
 

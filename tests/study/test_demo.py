@@ -9,6 +9,8 @@ import pytest
 from seamfree.cli.main import main
 from seamfree.diagnostics.report import check_rendering, find_chromium
 
+pytestmark = pytest.mark.integration  # end to end: runs in CI, not in the inner loop
+
 
 def test_demo_writes_a_report_contrasting_instance_norm_and_batch_renorm(tmp_path, capsys):
     code = main(["demo", "--out", str(tmp_path), "--iterations", "60", "--image-size", "512", "-q"])

@@ -22,6 +22,8 @@ from seamfree.study import (
 )
 from seamfree.study.runner import COLUMNS
 
+pytestmark = pytest.mark.integration  # end to end: runs in CI, not in the inner loop
+
 TINY = {
     "grid": {"datasets": [{"name": "synthetic"}], "norms": ["batch", "instance"], "batch_sizes": [1, 2]},
     "training": {"iterations": 12, "patch_size": [64, 64], "features": 4, "checkpoint_every": 4},

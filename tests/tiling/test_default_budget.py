@@ -88,6 +88,7 @@ def test_a_resume_uses_the_plan_recorded_in_the_output_whatever_the_memory_now(m
     np.testing.assert_array_equal(np.asarray(zarr.open_group(str(out), mode="r")["0"][...]), reference)
 
 
+@pytest.mark.integration
 def test_the_measured_peak_of_the_suggested_tile_stays_under_the_budget(tmp_path):
     """The memory model is measured (torch's allocation records); checked here by an independent measure, the
     kernel's peak resident memory of a fresh process running one forward on the suggested tile."""
