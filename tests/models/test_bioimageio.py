@@ -137,3 +137,31 @@ def load_description_names(path):
         del descr
         gc.collect()
     return names
+
+
+def test_the_packages_declared_normalization_is_the_default_of_every_front_end(package, tmp_path, rng):
+    """One policy in the library: a package declaring zero_mean_unit_variance gives the same prediction from
+    Python's predict (default "auto") as from the CLI, and not the percentile one."""
+    import yaml
+
+    declared = tmp_path / "meanstd.zip"
+    with zipfile.ZipFile(package) as zin, zipfile.ZipFile(declared, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith(("rdf.yaml", "bioimageio.yaml")):
+                rdf = yaml.safe_load(data)
+                rdf["inputs"][0]["preprocessing"] = [{"id": "zero_mean_unit_variance", "kwargs": {"axes": ["y", "x"]}}]
+                data = yaml.safe_dump(rdf, sort_keys=False).encode()
+            zout.writestr(info, data)
+    image = (rng.gamma(2.0, 30.0, size=(96, 96)) + 20).astype(np.float32)  # skewed: the two methods differ
+    np.save(tmp_path / "image.npy", image)
+    model = load_model(declared)
+    python = predict(model, image, config=PredictConfig(core=48))
+    assert main(["predict", str(declared), str(tmp_path / "image.npy"), str(tmp_path / "cli.zarr"), "--core", "48",
+                 "-q"]) == 0
+    import zarr
+
+    cli = zarr.open_group(str(tmp_path / "cli.zarr"), mode="r")["0"][...]
+    np.testing.assert_array_equal(cli, python)
+    percentile = predict(model, image, config=PredictConfig(core=48, normalization="percentile"))
+    assert np.abs(percentile - python).max() > 1e-3

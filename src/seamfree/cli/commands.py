@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from seamfree.errors import DataError, SeamfreeError
 
 if TYPE_CHECKING:
-    from torch import nn
 
     from seamfree.tiling import IntensityNormalization
 
@@ -38,15 +37,12 @@ def _check_input_exists(image: Any) -> None:
                         f"{str(Path.cwd())!r})")
 
 
-def _normalization(args: argparse.Namespace, model: nn.Module) -> IntensityNormalization:
-    """``--normalization``, else what a bioimage.io package declares, else percentiles (1, 99.8)."""
-    from seamfree.models.bioimageio import package_info
+def _normalization(args: argparse.Namespace) -> IntensityNormalization:
+    """``--normalization``, else "auto" (the library resolves it: what a bioimage.io package declares, else
+    percentiles), the same as Python and napari."""
     from seamfree.tiling import IntensityNormalization
 
-    declared = package_info(model)
-    if args.normalization is None and declared is not None and declared.normalization is not None:
-        return IntensityNormalization(**declared.normalization)
-    return IntensityNormalization(args.normalization or "percentile")
+    return IntensityNormalization(args.normalization or "auto")
 
 
 def export(args: argparse.Namespace) -> int:
@@ -144,7 +140,7 @@ def predict(args: argparse.Namespace) -> int:
         normalization = IntensityNormalization(args.normalization or "percentile", offset=(args.intensity_offset,),
                                                scale=(args.intensity_scale,))
     else:
-        normalization = _normalization(args, model)
+        normalization = _normalization(args)
     config = PredictConfig(
         core=args.core, halo=args.halo if args.halo is not None else "auto", stitching=args.stitching,
         overlap=args.overlap, blend_window=args.blend_window, tiles_per_batch=args.tiles_per_batch,
@@ -265,7 +261,7 @@ def diagnose(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, trust_code=args.trust_code)
     config = DiagnoseConfig(
         core=args.core, halo=args.halo if args.halo is not None else "auto", grid_offset=args.grid_offset,
-        normalization=_normalization(args, model), patch_size=args.patch_size,
+        normalization=_normalization(args), patch_size=args.patch_size,
         batch_size=args.batch_size, ted_batches=args.ted_batches, ted_sampling=args.ted_sampling,
         threshold=args.threshold, device=args.device,
         seed=args.seed, activation=args.activation, **_model_options(args),  # type: ignore[arg-type]

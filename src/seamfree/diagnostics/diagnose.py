@@ -36,7 +36,7 @@ from seamfree.models.describe import ModelInfo, describe_model
 from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.engine import read_window, run_tiles
 from seamfree.tiling.grid import TileGrid, as_axis_tuple
-from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
+from seamfree.tiling.normalize import IntensityNormalization, compute_normalization, resolve_normalization
 from seamfree.tiling.plan import PredictConfig, check_model_input, plan_prediction
 from seamfree.tiling.sinks import CropSink
 from seamfree.tiling.suggest import TilingSuggestion, default_memory_budget, suggest_tiling
@@ -101,7 +101,7 @@ class DiagnoseConfig:
     core: int | tuple[int, ...] | None = None
     halo: Literal["auto"] | int | tuple[int, ...] = "auto"
     grid_offset: int | tuple[int, ...] | None = None
-    normalization: IntensityNormalization = field(default_factory=IntensityNormalization)
+    normalization: IntensityNormalization = field(default_factory=lambda: IntensityNormalization("auto"))
     patch_size: int | tuple[int, ...] | None = None
     batch_size: int | None = None
     ted_batches: int | None = None
@@ -230,7 +230,7 @@ def diagnose(
     dims = info.spatial_dims
     with open_image(image, spatial_dims=dims, axes=axes, key=key) as source:
         check_model_input(source, info.in_channels, dims)
-        normalization = compute_normalization(source, config.normalization)
+        normalization = compute_normalization(source, resolve_normalization(config.normalization, model))
         window = _region(source.spatial_shape, config)
         region = read_window(source, window)
         full_shape = source.spatial_shape

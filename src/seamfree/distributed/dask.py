@@ -43,7 +43,7 @@ from seamfree.models.checkpoint import load_model
 from seamfree.tiling.engine import run_tiles
 from seamfree.tiling.grid import Tile
 from seamfree.tiling.near_exact import HaloCheck
-from seamfree.tiling.normalize import IntensityNormalization, SlabStatistics, iter_slabs
+from seamfree.tiling.normalize import IntensityNormalization, SlabStatistics, iter_slabs, resolve_normalization
 from seamfree.tiling.plan import (
     PredictConfig,
     PredictionPlan,
@@ -206,8 +206,8 @@ def predict_distributed(
         client, local = connect(cluster)
         watchdog = WorkerWatchdog(client, cluster.worker_timeout)
         try:
-            normalization = _normalization(client, str(image_path), axes, source, dims, config.normalization,
-                                           watchdog, key)
+            normalization = _normalization(client, str(image_path), axes, source, dims,
+                                           resolve_normalization(config.normalization, net), watchdog, key)
             plan = plan_prediction(net, source, config, normalization, info=info,
                                    recorded=None if config.overwrite else recorded_fingerprint(output))
             _check_input(source, plan)

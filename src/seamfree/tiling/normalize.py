@@ -15,7 +15,7 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -24,8 +24,8 @@ from seamfree.io.readers import ImageSource
 
 __all__ = ["IntensityNormalization", "SlabStatistics", "compute_normalization", "iter_slabs"]
 
-Method = Literal["percentile", "meanstd", "none", "per_tile"]
-METHODS = ("percentile", "meanstd", "none", "per_tile")
+Method = Literal["auto", "percentile", "meanstd", "none", "per_tile"]
+METHODS = ("auto", "percentile", "meanstd", "none", "per_tile")
 DEFAULT_SLAB_VOXELS = 1 << 22
 
 
@@ -35,9 +35,11 @@ class IntensityNormalization:
 
     Attributes
     ----------
-    method : {"percentile", "meanstd", "none", "per_tile"}
-        ``percentile``: offset = low percentile, scale = high − low percentile; ``meanstd``: mean and std;
-        ``none``: raw values as float32; ``per_tile``: percentiles of each tile (shows the artifact).
+    method : {"auto", "percentile", "meanstd", "none", "per_tile"}
+        ``auto`` (the default of predict and diagnose): what the model declares (a bioimage.io package's
+        preprocessing), else ``percentile``; resolved by :func:`resolve_normalization`, the same for the CLI,
+        napari and Python. ``percentile``: offset = low percentile, scale = high − low percentile; ``meanstd``:
+        mean and std; ``none``: raw values as float32; ``per_tile``: percentiles of each tile (shows the artifact).
     low, high : float
         Percentiles for the percentile method.
     offset, scale : tuple of float, optional
@@ -124,6 +126,20 @@ def iter_slabs(source: ImageSource, slab_voxels: int = DEFAULT_SLAB_VOXELS) -> I
         yield tuple(slice(o, min(o + b, s)) for o, b, s in zip(origin, slab, shape))
 
 
+def resolve_normalization(normalization: IntensityNormalization, model: Any = None) -> IntensityNormalization:
+    """``normalization`` with ``auto`` replaced by what ``model`` declares (a bioimage.io package's
+    preprocessing), else by percentiles with its ``low``/``high``; other methods as they are."""
+    if normalization.method != "auto":
+        return normalization
+    from seamfree.models.bioimageio import package_info  # models import torch; this module does not
+
+    declared = package_info(model) if model is not None else None
+    if declared is not None and declared.normalization is not None:
+        return IntensityNormalization(**declared.normalization)
+    return IntensityNormalization("percentile", normalization.low, normalization.high, normalization.offset,
+                                  normalization.scale)
+
+
 def compute_normalization(
     source: ImageSource,
     normalization: IntensityNormalization | None = None,
@@ -134,7 +150,7 @@ def compute_normalization(
 
     Also the place where NaN/Inf inputs are found: a non-finite voxel raises DataError naming its slab.
     """
-    normalization = normalization or IntensityNormalization()
+    normalization = resolve_normalization(normalization or IntensityNormalization())  # "auto" without a model
     if normalization.resolved:
         return normalization
     statistics = SlabStatistics.for_source(source, max_samples)

@@ -103,7 +103,8 @@ class PredictConfig:
     compile : bool
         Run ``torch.compile`` of the model; the first batch of each shape compiles (CLI ``--compile``).
     normalization : IntensityNormalization
-        Input intensity normalization; statistics computed once from the whole image unless given.
+        Input intensity normalization; statistics computed once from the whole image unless given. The default,
+        ``"auto"``, is what a bioimage.io package declares, else percentiles (1, 99.8).
     activation : {"auto", "none", "sigmoid", "softmax"}
         Applied to the model output; "auto": sigmoid/softmax for seamfree models that output logits,
         none for other models.
@@ -160,7 +161,7 @@ class PredictConfig:
     device: str = "cpu"
     amp: bool = False
     tta: bool = False
-    normalization: IntensityNormalization = field(default_factory=IntensityNormalization)
+    normalization: IntensityNormalization = field(default_factory=lambda: IntensityNormalization("auto"))
     activation: Activation = "auto"
     output_kind: OutputKind = "float32"
     threshold: float = 0.5

@@ -31,7 +31,7 @@ from seamfree.models.receptive import ReceptiveField, measure_receptive_field
 from seamfree.tiling.blend import BlendWindow
 from seamfree.tiling.grid import TileGrid, as_axis_tuple, round_up
 from seamfree.tiling.near_exact import HaloCheck, check_halo, effective_tolerance
-from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
+from seamfree.tiling.normalize import IntensityNormalization, compute_normalization, resolve_normalization
 from seamfree.tiling.options import (
     FINGERPRINTED_IF_SET,
     NOT_FINGERPRINTED,
@@ -155,7 +155,7 @@ def plan_prediction(model: nn.Module, source: ImageSource, config: PredictConfig
     check_device(config.device)
     info = info or describe(model, config)
     check_model_input(source, info.in_channels, info.spatial_dims)
-    normalization = normalization or compute_normalization(source, config.normalization)
+    normalization = normalization or compute_normalization(source, resolve_normalization(config.normalization, model))
     runtime = config.runtime.resolved(info.activation, info.output)
     effective = _effective_halo(model, info, config.tiling, recorded)
     grid, rf, tiles_per_batch = _resolve_grid(model, info, source, config.tiling, config.device, recorded, effective,

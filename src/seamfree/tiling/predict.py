@@ -29,7 +29,7 @@ from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.engine import eval_mode, forward_batch, predict_batches, read_window, resolve_activation, run_tiles
 from seamfree.tiling.grid import Tile, TileGrid, round_up
 from seamfree.tiling.near_exact import HaloCheck
-from seamfree.tiling.normalize import IntensityNormalization, compute_normalization
+from seamfree.tiling.normalize import IntensityNormalization, compute_normalization, resolve_normalization
 from seamfree.tiling.plan import (
     PredictConfig,
     PredictionPlan,
@@ -300,7 +300,8 @@ def predict_whole(
     dims, in_channels, stride = info.spatial_dims, info.in_channels, info.network_stride
     with open_image(image, spatial_dims=dims, axes=axes) as source:
         check_model_input(source, in_channels, dims)
-        normalization = compute_normalization(source, normalization or IntensityNormalization())
+        normalization = compute_normalization(
+            source, resolve_normalization(normalization or IntensityNormalization("auto"), model))
         padded = tuple(slice(0, round_up(n, s)) for n, s in zip(source.spatial_shape, stride))
         x = normalization.apply(read_window(source, padded))[np.newaxis]
     with eval_mode(model):
