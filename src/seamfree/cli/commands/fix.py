@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from seamfree.cli.options import add_trust_code
+from seamfree.cli.options import add_trust_code, int_tuple
 from seamfree.errors import ConfigError, DataError, OutputExistsError
 
 __all__ = ["EXIT_NOT_REACHED", "add_parser", "run"]
@@ -15,7 +15,7 @@ __all__ = ["EXIT_NOT_REACHED", "add_parser", "run"]
 EXIT_NOT_REACHED = 3
 
 
-def add_parser(subparsers: argparse._SubParsersAction, int_tuple: Any) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fix`` to the command's subparsers."""
     f = subparsers.add_parser(
         "fix", help="make a model seamless with your unlabeled images: BatchNorm converted and recalibrated, "

@@ -1,6 +1,6 @@
 """``seamfree seams PRED``: was this prediction stitched from tiles that disagree? No model needed.
 
-Its parser and its run live together (the first command in the one-module-per-command layout).
+Its parser and its run live together, as for every command (:mod:`seamfree.cli.commands`).
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from seamfree.cli.options import int_tuple
 from seamfree.errors import OutputExistsError
 
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(subparsers: argparse._SubParsersAction, int_tuple: Any) -> None:
-    """Add ``seams`` to the command's subparsers (``int_tuple`` parses ``160`` or ``160,160``)."""
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``seams`` to the command's subparsers."""
     s = subparsers.add_parser(
         "seams", help="find the tile grid of any prediction (seams without the model): period, offset, verdict")
     s.add_argument("prediction", help="a prediction: OME-Zarr, .zarr, .tif, .npy, .h5 (probabilities, logits, "
