@@ -35,6 +35,7 @@ from napari.layers import Image, Labels, Layer, Shapes
 from seamfree.errors import SeamfreeError
 from seamfree.napari.layers import audit_rows, diagnosis_layers, output_layers, verdict_text
 from seamfree.napari.panel import Panel, edit_path, level0
+from seamfree.segment.methods import METHODS
 from seamfree.tiling.stitching import CROP, STITCHINGS
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ class PredictWidget(Panel):
         self.tta = CheckBox(value=False, text="test-time augmentation (flips)")
         self.kind = ComboBox(choices=["probabilities", "mask"], value="probabilities", label="output")
         self.mask_labels = CheckBox(value=True, text="masks as Labels (labels/mask)")
-        self.segment = ComboBox(choices=["none", "components", "watershed", "distance"], value="none",
+        self.segment = ComboBox(choices=["none", *METHODS], value="none",
                                 label="instances")
         self.core = SpinBox(value=0, min=0, max=1 << 16, label="core (0: from the memory budget)")
         self.budget = SpinBox(value=0, min=0, max=1 << 20, label="memory budget MB (0: default)")

@@ -39,7 +39,7 @@ from seamfree.io.safety import fingerprint_digest, resolved_path
 from seamfree.io.zarr_output import is_seamfree_zarr, seamfree_attrs
 from seamfree.segment.blocks import BlockGrid
 from seamfree.segment.components import blockwise_components, global_labels, run_here
-from seamfree.segment.methods import METHODS, Method, Prediction
+from seamfree.segment.methods import METHOD_KINDS, METHODS, Method, Prediction
 from seamfree.segment.output import BlockWriter, LabelTarget
 
 __all__ = ["SegmentConfig", "SegmentResult", "segment"]
@@ -228,7 +228,7 @@ def _segment(method: Method, config: SegmentConfig, spatial: tuple[int, ...], bl
     dims = len(spatial)
     flat = BlockGrid(spatial, block, (0,) * dims)
     notes: list[str] = []
-    if method.name == "components":
+    if not method.kind.seeded:
         objects = blockwise_components(scratch / "objects", flat, method.mask_of_block,
                                        connectivity=config.connectivity, min_size=config.min_size, run=run)
         halo = needed = (0,) * dims
@@ -363,7 +363,7 @@ def _method(source: Any, config: SegmentConfig, given: Any) -> Method:
         if value is not None and not 0 <= value < channels:
             raise ConfigError(f"{name} (CLI --{name.replace('_', '-')}) {value} does not exist: the prediction "
                               f"{source.where} has {channels} channel(s) (0..{channels - 1})")
-    if config.method in ("components", "distance"):
+    if not METHOD_KINDS[config.method].boundary:
         if foreground is None and channels != 1:
             raise ConfigError(f"method {config.method!r} reads one foreground channel, and the prediction "
                               f"{source.where} has {channels}; choose it with foreground_channel (CLI "
@@ -384,7 +384,7 @@ def _method(source: Any, config: SegmentConfig, given: Any) -> Method:
     prediction = Prediction(path, config.key, len(source.spatial_shape), channels, divisor, source)
     # anisotropic voxels: distances in units of the finest axis' voxel (min_radius stays in voxels)
     sampling = (tuple(float(v) / min(source.scale) for v in source.scale)
-                if source.scale and min(source.scale) > 0 and config.method == "distance" else None)
+                if source.scale and min(source.scale) > 0 and METHOD_KINDS[config.method].distance else None)
     return Method(config.method, prediction, foreground, boundary, config.threshold, config.seed_threshold,
                   config.min_distance, config.min_radius, sampling, config.connectivity)
 

@@ -24,9 +24,44 @@ from seamfree.errors import ConfigError, DataError, require
 from seamfree.io.safety import file_identity
 from seamfree.segment.blocks import BlockGrid, Window, cut_face_labels
 
-__all__ = ["METHODS", "Method", "Prediction", "ranked"]
+__all__ = ["METHODS", "METHOD_KINDS", "Method", "MethodKind", "Prediction", "ranked"]
 
-METHODS = ("components", "watershed", "distance")
+
+@dataclass(frozen=True)
+class MethodKind:
+    """What a segmentation method is, declared once (the driver, the CLI and napari read it).
+
+    Attributes
+    ----------
+    name : str
+    seeded : bool
+        Seeds flooded within each block's crop (a halo of the largest object's extent); else connected
+        components of the mask, exact without a halo.
+    boundary : bool
+        Reads a boundary channel (a one-channel prediction is a boundary map).
+    distance : bool
+        Seeds and relief from the distance transform of the mask (voxel size aware).
+    summary : str
+        One line for ``--help`` and napari.
+    """
+
+    name: str
+    seeded: bool
+    boundary: bool
+    distance: bool
+    summary: str
+
+
+METHOD_KINDS: dict[str, MethodKind] = {kind.name: kind for kind in (
+    MethodKind("components", seeded=False, boundary=False, distance=False,
+               summary="connected components of foreground > threshold"),
+    MethodKind("watershed", seeded=True, boundary=True, distance=False,
+               summary="seeds foreground - boundary > seed threshold flood the boundary map within the mask (a "
+                       "one-channel prediction is a boundary map)"),
+    MethodKind("distance", seeded=True, boundary=False, distance=True,
+               summary="distance-transform watershed of the foreground"),
+)}
+METHODS = tuple(METHOD_KINDS)
 
 # open sources per process (a dask worker reads many blocks of one prediction)
 _SOURCES: dict[tuple[Any, ...], Any] = {}
@@ -90,9 +125,14 @@ class Method:
     connectivity: int = 1
 
     @property
+    def kind(self) -> MethodKind:
+        """What this method is (:data:`METHOD_KINDS`)."""
+        return METHOD_KINDS[self.name]
+
+    @property
     def reach(self) -> int:
         """Voxels beyond an object that its seeds depend on (the distance method's maximum filter)."""
-        return self.min_distance if self.name == "distance" else 0
+        return self.min_distance if self.kind.distance else 0
 
     def mask(self, values: np.ndarray) -> np.ndarray:
         if self.foreground is None:
@@ -105,7 +145,7 @@ class Method:
 
     def seeds_of_block(self, grid: BlockGrid, index: tuple[int, ...]) -> np.ndarray:
         """The seed voxels of a block's window, computed on its crop."""
-        if self.name == "watershed":
+        if self.kind.boundary:
             values = self.prediction.read(grid.window(index))
             foreground = values[self.foreground] if self.foreground is not None else 1.0
             return (foreground - values[self.boundary] > self.seed_threshold) & self.mask(values)
@@ -130,7 +170,7 @@ class Method:
         crop = grid.crop(index)
         values = self.prediction.read(crop)
         mask = self.mask(values)
-        relief = values[self.boundary] if self.name == "watershed" else -self._distance(mask)
+        relief = values[self.boundary] if self.kind.boundary else -self._distance(mask)
         neighbourhood = structure(len(crop), self.connectivity)
         labels = skimage.watershed(ranked(relief, crop, grid.shape), markers=markers, mask=mask,
                                    connectivity=neighbourhood)

@@ -26,6 +26,7 @@ from seamfree.cli.options import (
     positive_float,
 )
 from seamfree.errors import SeamfreeError
+from seamfree.segment.methods import METHODS
 from seamfree.tiling.stitching import CROP, STITCHINGS
 
 __all__ = ["add_parser", "run"]
@@ -106,7 +107,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tune-allocator", action="store_true",
                    help="spawn LocalCluster workers with seamfree's glibc settings: faster 3D tiles, but each worker "
                         "keeps its peak memory (give it more than --memory-limit 1GiB)")
-    p.add_argument("--segment", choices=["components", "watershed", "distance"], metavar="METHOD",
+    p.add_argument("--segment", choices=list(METHODS), metavar="METHOD",
                    help="then segment the prediction into instance labels next to it (labels/METHOD; see seamfree "
                         "segment)")
     add_model_options(p)

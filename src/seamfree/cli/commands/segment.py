@@ -7,6 +7,7 @@ from pathlib import Path
 
 from seamfree.cli.commands.common import run_segment
 from seamfree.cli.options import int_tuple
+from seamfree.segment.methods import METHOD_KINDS, METHODS
 
 __all__ = ["add_parser", "run"]
 
@@ -18,11 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("prediction", help="a prediction (OME-Zarr from seamfree predict, or .zarr/.tif/.h5/.npy)")
     s.add_argument("out", type=Path, nargs="?",
                    help="OME-Zarr label image to write (default: next to an OME-Zarr prediction, PRED/labels/METHOD)")
-    s.add_argument("--method", choices=["components", "watershed", "distance"], default="components",
-                   help="components: connected components of foreground > threshold; watershed: seeds "
-                        "foreground - boundary > seed threshold flood the boundary map within the mask (a "
-                        "one-channel prediction is a boundary map); distance: distance-transform watershed of the "
-                        "foreground")
+    s.add_argument("--method", choices=list(METHODS), default=METHODS[0],
+                   help="; ".join(f"{kind.name}: {kind.summary}" for kind in METHOD_KINDS.values()))
     s.add_argument("--foreground-channel", type=int, help="channel of the foreground probability")
     s.add_argument("--boundary-channel", type=int, help="channel of the boundary probability (watershed)")
     s.add_argument("--threshold", type=float, help="foreground threshold of the mask (default 0.5)")
