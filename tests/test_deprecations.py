@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +78,20 @@ def test_new_cli_options_parse_silently(capsys):
     assert (args.tiles_per_batch, args.intensity_offset, args.intensity_scale) == (4, 1.0, 2.0)
     assert capsys.readouterr().err == ""
     assert np.isfinite(args.intensity_scale)
+
+
+def test_deprecated_names_are_deleted_before_the_version_that_removes_them():
+    """Every deprecation names the version that removes it; reaching that version with any left is a failure."""
+    from seamfree._version import REMOVED_IN, __version__
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+    source = Path(__file__).resolve().parents[1] / "src" / "seamfree"
+    left = sorted(str(p.relative_to(source)) for p in source.rglob("*.py")
+                  if "is deprecated" in p.read_text() or "Deprecated" in p.read_text())
+    assert version(__version__) < version(REMOVED_IN), (
+        f"seamfree {__version__} reached {REMOVED_IN}, the version that removes the deprecated names; delete them "
+        f"(in {left}) and this check's REMOVED_IN")
+    with pytest.warns(DeprecationWarning, match=rf"removed in seamfree {REMOVED_IN}"):
+        PredictConfig(batch_size=2)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from seamfree._version import REMOVED_IN
 from seamfree.errors import ConfigError
 
 __all__ = ["apply_overrides", "apply_renamed", "config_to_dict", "deprecated_alias", "did_you_mean", "from_mapping",
@@ -155,7 +156,8 @@ def apply_renamed(instance: Any, old: str, new: str) -> None:
     value = getattr(instance, old)
     if value is None:
         return
-    warnings.warn(f"{type(instance).__name__}({old}=...) is deprecated and will be removed; use {new}=...",
+    warnings.warn(f"{type(instance).__name__}({old}=...) is deprecated and will be removed in seamfree "
+                  f"{REMOVED_IN}; use {new}=...",
                   DeprecationWarning, stacklevel=4)
     object.__setattr__(instance, new, value)
     object.__setattr__(instance, old, None)
@@ -164,7 +166,8 @@ def apply_renamed(instance: Any, old: str, new: str) -> None:
 def deprecated_alias(old: str, new: str) -> property:
     """Return a read-only property ``old`` that warns and gives the attribute ``new`` (a renamed field)."""
     def getter(self: Any) -> Any:
-        warnings.warn(f"{type(self).__name__}.{old} is deprecated and will be removed; use .{new}",
+        warnings.warn(f"{type(self).__name__}.{old} is deprecated and will be removed in seamfree {REMOVED_IN}; "
+                      f"use .{new}",
                       DeprecationWarning, stacklevel=2)
         return getattr(self, new)
     return property(getter, doc=f"Deprecated name of ``{new}``.")

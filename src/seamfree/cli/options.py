@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from seamfree._version import REMOVED_IN
+
 __all__ = ["RenamedOption", "add_input_options", "add_model_options", "add_renamed", "add_trust_code", "channel_list",
            "float_tuple", "halo_value", "int_tuple", "name_list", "output_key", "positive_float", "series_index"]
 
@@ -28,7 +30,8 @@ class RenamedOption(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        print(f"seamfree: {option_string} is deprecated and will be removed; use {self.new}", file=sys.stderr)
+        print(f"seamfree: {option_string} is deprecated and will be removed in seamfree {REMOVED_IN}; use "
+              f"{self.new}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 

@@ -250,5 +250,5 @@ def set_renorm_schedule(
     return count
 
 
-# Deprecated private name of BatchRenormNd (kept for one release).
+# Deprecated private name of BatchRenormNd (deleted in seamfree 0.2.0, _version.REMOVED_IN).
 _BatchRenorm = BatchRenormNd

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seamfree._version import REMOVED_IN
 from seamfree.errors import ConfigError, ShapeError
 from seamfree.models.unet import ConvBlock, check_divisible
 
@@ -108,7 +109,8 @@ class ViTSegmenter(nn.Module):
     ) -> None:
         super().__init__()
         if patch_size is not None:
-            warnings.warn("ViTSegmenter(patch_size=...) is deprecated and will be removed; use token_size=...",
+            warnings.warn(f"ViTSegmenter(patch_size=...) is deprecated and will be removed in seamfree "
+                          f"{REMOVED_IN}; use token_size=...",
                           DeprecationWarning, stacklevel=2)
             token_size = patch_size
         if token_size < 2 or token_size & (token_size - 1):

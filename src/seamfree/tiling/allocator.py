@@ -1,4 +1,4 @@
-"""Deprecated location of :mod:`seamfree.allocator` (kept for one release)."""
+"""Deprecated location of :mod:`seamfree.allocator` (deleted in seamfree 0.2.0, ``_version.REMOVED_IN``)."""
 
 from seamfree.allocator import ALLOCATOR_ENVIRONMENT, allocator_environment, tune_cpu_allocator
 

@@ -237,6 +237,7 @@ def _histogram_percentile(histogram: np.ndarray, q: float) -> float:
     return v_below + (v_above - v_below) * (rank - below)
 
 
-# Deprecated names (kept for one release): a *block* is a region of the output; statistics are read in slabs.
+# Deprecated names (deleted in seamfree 0.2.0, _version.REMOVED_IN): a *block* is a region of the output;
+# statistics are read in slabs.
 BlockStatistics = SlabStatistics
 iter_blocks = iter_slabs
