@@ -55,7 +55,7 @@ from seamfree.tiling.plan import (
 from seamfree.tiling.sinks import CropSink
 from seamfree.tiling.stitching import stitching
 
-__all__ = ["DistributedReport", "cluster_runner", "predict_distributed"]
+__all__ = ["DistributedReport", "TaskSpec", "cluster_runner", "predict_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +108,45 @@ def _worker_source(image: str, axes: str | None, dims: int, key: str | None = No
     return _SOURCES[known]
 
 
-def _run_task(tiles: list[Tile], *, model: str, digest: str, image: str, axes: str | None, output: str,
-              plan: PredictionPlan, threads: int, trust_code: bool = False, dataset: str | None = None,
-              channels: tuple[int, ...] | None = None, gray: bool = False) -> int:
-    """Worker task: predict and write a group of tiles (each owning its output chunk); return how many ran.
-    (``dataset`` is the ``key`` of :func:`open_image`: dask's submit and map keep ``key`` for the task's name.)"""
-    net = _worker_model(model, digest, threads, trust_code)
-    source = _worker_source(image, axes, plan.grid.spatial_dims, dataset, channels, gray)
-    return run_tiles(net, plan, source, tiles, CropSink(ZarrBlockWriter(output), plan.output))
+@dataclass(frozen=True)
+class TaskSpec:
+    """What every prediction task of one run shares (shipped once per task, small: the plan holds no model).
+
+    Attributes
+    ----------
+    model, digest : str
+        The model file every worker loads (once per process) and its sha256, checked against the driver's.
+    image, axes, dataset, channels, gray : ...
+        The input as :func:`~seamfree.io.readers.open_image` reads it (``dataset`` is its ``key``: dask keeps
+        ``key`` for a task's name).
+    output : str
+        The OME-Zarr output; each task writes only the chunks of its tiles.
+    plan : PredictionPlan
+    threads : int
+        torch threads per worker process.
+    trust_code : bool
+        The consent of ``--trust-code``, for the workers' loading too.
+    """
+
+    model: str
+    digest: str
+    image: str
+    axes: str | None
+    output: str
+    plan: PredictionPlan
+    threads: int
+    trust_code: bool = False
+    dataset: str | None = None
+    channels: tuple[int, ...] | None = None
+    gray: bool = False
+
+
+def _run_task(tiles: list[Tile], spec: TaskSpec) -> int:
+    """Worker task: predict and write a group of tiles (each owning its output chunk); return how many ran."""
+    net = _worker_model(spec.model, spec.digest, spec.threads, spec.trust_code)
+    source = _worker_source(spec.image, spec.axes, spec.plan.grid.spatial_dims, spec.dataset, spec.channels,
+                            spec.gray)
+    return run_tiles(net, spec.plan, source, tiles, CropSink(ZarrBlockWriter(spec.output), spec.plan.output))
 
 
 def _slab_statistics(windows: list[tuple[slice, ...]], *, image: str, axes: str | None, dims: int,
@@ -216,9 +247,10 @@ def predict_distributed(
                                    calibration=output_calibration(source, config), input_path=source.path,
                                    **zarr_options(config, plan.out_channels, net))
             todo = [t for t in plan.grid.tiles() if not target.is_done(t.index)]
-            computed, tasks = _submit(client, todo, model_path, str(image_path), axes, Path(output), plan,
-                                      cluster, progress, len(plan.grid), trust_code, watchdog,
-                                      {"dataset": key, "channels": source.channels, "gray": source.gray})
+            spec = TaskSpec(str(model_path.resolve()), file_sha256(model_path), str(image_path), axes,
+                            str(Path(output).resolve()), plan, cluster.threads_per_worker, trust_code, key,
+                            source.channels, source.gray)
+            computed, tasks = _submit(client, todo, spec, cluster, progress, len(plan.grid), watchdog)
             assert isinstance(target, ZarrOutput)
             target.finalize(run=_on_cluster(client, watchdog))  # pyramid and labels: blocks spread as tasks
             workers = len(client.scheduler_info().get("workers", {}))
@@ -258,12 +290,9 @@ def _on_cluster(client: Any, watchdog: WorkerWatchdog) -> Runner:
     return run
 
 
-def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
-            axes: str | None, output: Path, plan: PredictionPlan, cluster: ClusterConfig,
-            progress: bool | Callable[[int, int], None], total: int, trust_code: bool,
-            watchdog: WorkerWatchdog, reading: dict[str, Any]) -> tuple[int, int]:
-    """Run the tasks of ``todo`` with at most a window of them known to the scheduler at any time (``reading``:
-    what each worker reads of the input: dataset, channels, gray).
+def _submit(client: Any, todo: Sequence[Tile], spec: TaskSpec, cluster: ClusterConfig,
+            progress: bool | Callable[[int, int], None], total: int, watchdog: WorkerWatchdog) -> tuple[int, int]:
+    """Run the tasks of ``todo`` with at most a window of them known to the scheduler at any time.
 
     A finished task is released at once (the scheduler and the worker forget it) and the next one submitted, so the
     cluster's bookkeeping does not grow with the volume: a terabyte at 4 tiles per task is ~10⁶ tasks.
@@ -273,13 +302,10 @@ def _submit(client: Any, todo: Sequence[Tile], model_path: Path, image: str,
     groups = [list(todo[i:i + cluster.tiles_per_task]) for i in range(0, len(todo), cluster.tiles_per_task)]
     threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
     window = max(TASKS_IN_FLIGHT, 4 * threads)
-    kwargs = {"model": str(model_path.resolve()), "digest": file_sha256(model_path), "image": image, "axes": axes,
-              "output": str(output.resolve()), "plan": plan, "threads": cluster.threads_per_worker,
-              "trust_code": trust_code, **reading}
     sizes: dict[str, int] = {}
 
     def submit(group: list[Tile]) -> Any:
-        future = client.submit(_run_task, group, pure=False, **kwargs)
+        future = client.submit(_run_task, group, spec, pure=False)
         sizes[future.key] = len(group)
         return future
 
