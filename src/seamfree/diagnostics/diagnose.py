@@ -31,7 +31,7 @@ from seamfree.io.readers import open_image
 from seamfree.io.writers import ArrayOutput
 from seamfree.layers.audit import NormAudit
 from seamfree.metrics import binarize, dice, masks_from_ground_truth
-from seamfree.models.checkpoint import model_metadata
+from seamfree.models.checkpoint import auto_device, model_metadata
 from seamfree.models.describe import ModelInfo, describe_model
 from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.engine import read_window, run_tiles
@@ -121,6 +121,8 @@ class DiagnoseConfig:
 
     def __post_init__(self) -> None:
         apply_renamed(self, "offset", "grid_offset")
+        if self.device == "auto":  # CUDA, then MPS, then the CPU
+            object.__setattr__(self, "device", auto_device())
         if self.ted_batches is not None and self.ted_batches < 1:
             raise ConfigError(f"ted_batches must be >= 1, got {self.ted_batches}")
         if self.ted_sampling not in ("training", "uniform"):

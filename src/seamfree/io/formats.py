@@ -25,8 +25,12 @@ def open_tiff(path: Path) -> tuple[Any, Any]:
         raise _unreadable_tiff(path, exc) from exc
     zarr = require("zarr", "zarr")
     try:
-        store = tifffile.imread(str(path), aszarr=True)  # type: ignore[attr-defined]
-        return zarr.open(store, mode="r"), store  # type: ignore[attr-defined]
+        # level 0 of a pyramid (whole-slide images, QuPath/bfconvert exports: SubIFDs or reduced pages)
+        store = tifffile.imread(str(path), aszarr=True, level=0)  # type: ignore[attr-defined]
+        node = zarr.open(store, mode="r")  # type: ignore[attr-defined]
+        if not hasattr(node, "ndim"):  # a group of levels (an older tifffile ignoring level=): its first array
+            node = node[sorted(name for name, _ in node.arrays())[0]]
+        return node, store
     except Exception as exc:
         raise _unreadable_tiff(path, exc) from exc
 

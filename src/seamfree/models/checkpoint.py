@@ -20,7 +20,7 @@ from seamfree.models.consent import check_torchscript, is_torchscript_archive
 from seamfree.models.unet import UNet
 from seamfree.models.vit import ViTSegmenter
 
-__all__ = ["ARCHITECTURES", "build_model", "check_device", "load_model", "model_metadata", "save_model"]
+__all__ = ["ARCHITECTURES", "auto_device", "build_model", "check_device", "load_model", "model_metadata", "save_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,21 @@ def model_metadata(model: nn.Module) -> dict[str, Any]:
     return dict(getattr(model, "seamfree_metadata", {}) or {})
 
 
+def auto_device() -> str:
+    """The device ``"auto"`` means: the first CUDA GPU, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def check_device(device: str | torch.device) -> torch.device:
-    """Return ``device`` as a torch device; ConfigError for a malformed name or a GPU this torch cannot use."""
+    """Return ``device`` as a torch device (``"auto"``: :func:`auto_device`); ConfigError for a malformed name or a
+    GPU this torch cannot use."""
+    if device == "auto":
+        device = auto_device()
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as exc:

@@ -92,7 +92,7 @@ class PredictConfig:
     tiles_per_batch : int, optional
         Tiles per forward pass (default from :func:`suggest_tiling`).
     device : str
-        "cpu", "cuda", "cuda:1", ...
+        "cpu", "cuda", "cuda:1", "mps", or "auto" (CUDA, then MPS, then the CPU; resolved when the config is made).
     amp : bool
         Mixed precision (bfloat16) on CUDA; ignored on CPU.
     tta : bool
@@ -192,6 +192,10 @@ class PredictConfig:
         if self.tiles_per_batch is not None and self.tiles_per_batch < 1:
             raise ConfigError(f"tiles_per_batch must be >= 1, got {self.tiles_per_batch}")
         # checked here, before any model is described or any image read: a typo fails in a second, not minutes
+        if self.device == "auto":  # CUDA, then MPS, then the CPU: resolved once, here
+            from seamfree.models.checkpoint import auto_device
+
+            object.__setattr__(self, "device", auto_device())
         given: Any = self.normalization
         if isinstance(given, str):  # a method name: its statistics computed from the image
             object.__setattr__(self, "normalization", IntensityNormalization(given))  # type: ignore[arg-type]  # checked by it

@@ -62,7 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-tile-timing", dest="tile_timing", action="store_false",
                    help="choose the automatic core by the fewest computed voxels alone, without timing a few "
                    "candidate tiles once per model and device")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, or auto (CUDA, then MPS, then the CPU)")
     p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision on CUDA")
     p.add_argument("--tta", action="store_true", help="average over flips of the spatial axes")
     p.add_argument("--channels-last", action="store_true",

@@ -1,0 +1,58 @@
+"""CLI habits of the field: ``--device auto``, ``-v`` after the command, and inputs as people have them
+(a pyramidal OME-TIFF, read at level 0)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from seamfree.cli.main import main
+from seamfree.models import UNet, save_model
+
+tifffile = pytest.importorskip("tifffile")
+zarr = pytest.importorskip("zarr")
+
+
+@pytest.fixture
+def files(tmp_path):
+    torch.manual_seed(0)
+    save_model(UNet(2, 1, 1, depth=1, features=2).eval(), tmp_path / "m.pt")
+    image = np.random.default_rng(0).gamma(2.0, 300.0, (128, 128)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    return tmp_path, image
+
+
+def test_device_auto_runs_on_this_machine(files):
+    folder, _ = files
+    assert main(["predict", str(folder / "m.pt"), str(folder / "img.tif"), str(folder / "a.zarr"), "--device", "auto",
+                 "-q"]) == 0
+    from seamfree.models.checkpoint import auto_device
+    from seamfree.tiling import PredictConfig
+
+    expected = "cuda" if torch.cuda.is_available() else auto_device()
+    assert PredictConfig(device="auto").device == auto_device() == expected
+    assert auto_device() in ("cuda", "mps", "cpu")
+
+
+def test_verbose_is_accepted_after_the_command(files, caplog):
+    folder, _ = files
+    with caplog.at_level(logging.DEBUG):
+        assert main(["predict", str(folder / "m.pt"), str(folder / "img.tif"), str(folder / "v.zarr"), "-v"]) == 0
+    assert any(record.levelno == logging.DEBUG for record in caplog.records)
+    assert main(["-v", "predict", str(folder / "m.pt"), str(folder / "img.tif"), str(folder / "w.zarr")]) == 0
+
+
+def test_a_pyramidal_ome_tiff_is_read_at_level_0(files):
+    folder, image = files
+    with tifffile.TiffWriter(folder / "pyr.ome.tif") as tif:
+        tif.write(image, subifds=2, metadata={"axes": "YX"}, tile=(64, 64))
+        tif.write(image[::2, ::2], subfiletype=1, tile=(64, 64))
+        tif.write(image[::4, ::4], subfiletype=1, tile=(64, 64))
+    assert main(["predict", str(folder / "m.pt"), str(folder / "pyr.ome.tif"), str(folder / "p.zarr"), "-q"]) == 0
+    assert main(["predict", str(folder / "m.pt"), str(folder / "img.tif"), str(folder / "i.zarr"), "-q"]) == 0
+    level0 = np.asarray(zarr.open_group(str(folder / "p.zarr"), mode="r")["0"])
+    assert level0.shape[-2:] == image.shape
+    np.testing.assert_array_equal(level0, np.asarray(zarr.open_group(str(folder / "i.zarr"), mode="r")["0"]))
