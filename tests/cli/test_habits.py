@@ -56,3 +56,28 @@ def test_a_pyramidal_ome_tiff_is_read_at_level_0(files):
     level0 = np.asarray(zarr.open_group(str(folder / "p.zarr"), mode="r")["0"])
     assert level0.shape[-2:] == image.shape
     np.testing.assert_array_equal(level0, np.asarray(zarr.open_group(str(folder / "i.zarr"), mode="r")["0"]))
+
+
+def test_messages_name_the_flags_that_fix_them_and_a_batch_axis_is_accepted(files, capsys):
+    folder, _ = files
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)).save(folder / "rgb.png")
+    assert main(["predict", str(folder / "m.pt"), str(folder / "rgb.png"), str(folder / "r.zarr"), "-q"]) == 2
+    error = capsys.readouterr().err
+    assert "--gray" in error and "--channels" in error
+    np.save(folder / "batch.npy", np.random.default_rng(2).random((1, 1, 64, 64)).astype(np.float32))
+    assert main(["predict", str(folder / "m.pt"), str(folder / "batch.npy"), str(folder / "b.zarr"), "-q"]) == 2
+    assert "--axes TCYX" in capsys.readouterr().err
+    assert main(["predict", str(folder / "m.pt"), str(folder / "batch.npy"), str(folder / "b.zarr"), "--axes", "BCYX",
+                 "-q"]) == 0
+
+
+def test_audit_json_has_one_verdict(files, capsys):
+    import json
+
+    folder, _ = files
+    capsys.readouterr()
+    assert main(["audit", str(folder / "m.pt"), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["verdict"] == document["model"]["verdict"] and "static_verdict" in document

@@ -45,9 +45,12 @@ def _default_channel_axis(ndim: int, spatial_dims: int | None, where: str) -> in
         return None
     if ndim == spatial_dims + 1:
         return 0
+    extra = ndim - spatial_dims - 1
+    example = "T" * max(extra, 0) + "C" + "ZYX"[3 - spatial_dims:]
     raise ShapeError(
         f"{where} has {ndim} dimensions but the model expects {spatial_dims} spatial dimensions "
-        f"(with an optional channel axis first); pass axes=... (CLI --axes) to say which axis is which"
+        f"(with an optional channel axis first); pass axes=... (CLI --axes) to say which axis is which, e.g. "
+        f"--axes {example} for a leading axis of length 1 (a bioimage.io test tensor is (1, C, ...): BCYX)"
     )
 
 

@@ -45,14 +45,17 @@ def parse_axes(axes: str, ndim: int) -> tuple[int | None, int]:
 
 
 def split_time(axes: str | None) -> tuple[bool, str | None]:
-    """``(has_time, frame_axes)``: whether ``axes`` starts with T, and the axes of one frame.
+    """``(has_time, frame_axes)``: whether ``axes`` starts with T (or B, a batch of independent images, as
+    bioimage.io tensors have it: predicted one by one like frames), and the axes of one frame.
 
     >>> split_time("TCYX")
+    (True, 'CYX')
+    >>> split_time("BCYX")
     (True, 'CYX')
     >>> split_time("ZYX")
     (False, 'ZYX')
     """
-    if axes is None or not axes.upper().startswith("T"):
+    if axes is None or not axes.upper().startswith(("T", "B")):
         return False, axes
     return True, axes[1:]
 

@@ -100,7 +100,9 @@ def check_model_input(source: ImageSource, in_channels: int, spatial_dims: int) 
     if source.shape[0] != in_channels:
         raise ShapeError(
             f"the image has {source.shape[0]} channel(s) (shape {source.shape}), the model expects "
-            f"{in_channels}; select or stack channels, or pass axes=... if the channel axis was misread"
+            f"{in_channels}; choose channels with channels=[...] (CLI --channels 0 or 0,2), read their mean with "
+            "gray=True (CLI --gray, e.g. an RGB image for a one-channel model), or pass axes=... (CLI --axes) if "
+            "the channel axis was misread"
         )
 
 

@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
                               output=args.model_output)
         audit = info.audit
     if args.json:
-        print(json.dumps({**audit.to_dict(), "model": None if info is None else info.to_dict()}, indent=2))
+        document = {**audit.to_dict(), "model": None if info is None else info.to_dict()}
+        if info is not None:  # the verdict is the model's (static audit and probe); the static one kept beside it
+            document = {**document, "verdict": info.verdict, "static_verdict": audit.verdict}
+        print(json.dumps(document, indent=2))
         return 0
     print(f"verdict: {audit.verdict if info is None else info.verdict}")
     if info is not None:
