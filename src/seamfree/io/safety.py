@@ -9,7 +9,6 @@ a symbolic link.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -40,8 +39,8 @@ _METADATA_DOCUMENTS = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata
 
 def file_identity(path: str | os.PathLike[str] | None) -> tuple[Any, ...] | None:
     """What tells one file at ``path`` from another that replaced it: device, inode, size and modification time
-    of the file, or for a folder (a zarr store) of the folder and of the metadata documents at its top and one
-    level down. None for URLs, arrays and paths that do not exist. Caches of opened inputs are keyed by it."""
+    of the file, or for a folder (a zarr store) of the folder and of the metadata documents at its top. None for
+    URLs, arrays and paths that do not exist. Caches of opened inputs are keyed by it."""
     if path is None or "://" in str(path):
         return None
     root = Path(path)
@@ -57,10 +56,9 @@ def file_identity(path: str | os.PathLike[str] | None) -> tuple[Any, ...] | None
     top = stamp(root)
     if top is None or not root.is_dir():
         return top
-    documents = [root / name for name in _METADATA_DOCUMENTS]
-    with contextlib.suppress(OSError):
-        documents += [child / name for child in root.iterdir() if child.is_dir() for name in _METADATA_DOCUMENTS]
-    return (top, *(s for s in map(stamp, documents) if s is not None))
+    # the folder's own stamp changes when an entry in it is replaced; its documents when they are rewritten. Never a
+    # listing: the folder of a zarr v2 array holds every chunk file, and this runs once per task
+    return (top, *(s for s in (stamp(root / name) for name in _METADATA_DOCUMENTS) if s is not None))
 
 
 def fingerprint_digest(fingerprint: dict[str, Any]) -> str:

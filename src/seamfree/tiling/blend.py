@@ -82,6 +82,7 @@ class BlendAccumulator:
         channels: int,
         window: BlendWindow,
         emit: Callable[[tuple[slice, ...], np.ndarray], None],
+        keep_contributors: bool = False,
     ) -> None:
         self.grid = grid
         self.channels = channels
@@ -89,10 +90,14 @@ class BlendAccumulator:
         self.emit = emit
         cuts = [_cuts(grid, axis) for axis in range(grid.spatial_dims)]
         self._cells_per_axis = [[slice(a, b) for a, b in itertools.pairwise(c)] for c in cuts]
+        self._index_of_start = [{cell.start: i for i, cell in enumerate(cells)} for cells in self._cells_per_axis]
         self._pending: dict[tuple[int, ...], int] = {}
+        self._contributors: dict[tuple[int, ...], list[Tile]] = {}
         for tile in grid.tiles():
             for cell in self._cells_of(tile):
                 self._pending[cell] = self._pending.get(cell, 0) + 1
+                if keep_contributors:
+                    self._contributors.setdefault(cell, []).append(tile)
         self._sums: dict[tuple[int, ...], np.ndarray] = {}
         self._weight_sums: dict[tuple[int, ...], np.ndarray] = {}
         self.peak_buffered_voxels = 0
@@ -107,9 +112,10 @@ class BlendAccumulator:
     def _cell_window(self, cell: tuple[int, ...]) -> tuple[slice, ...]:
         return tuple(self._cells_per_axis[axis][i] for axis, i in enumerate(cell))
 
-    def cell_windows(self, tile: Tile) -> list[tuple[slice, ...]]:
-        """The windows of the cells ``tile`` contributes to."""
-        return [self._cell_window(cell) for cell in self._cells_of(tile)]
+    def contributors(self, window: tuple[slice, ...]) -> list[Tile]:
+        """The tiles that contribute to the cell ``window`` (kept with ``keep_contributors``; else empty)."""
+        cell = tuple(self._index_of_start[axis][w.start] for axis, w in enumerate(window))
+        return self._contributors.get(cell, [])
 
     def skip_done(self, is_done: Callable[[tuple[slice, ...]], bool]) -> int:
         """Forget the cells for which ``is_done(cell_window)`` is true (resume); return how many."""

@@ -92,18 +92,14 @@ class BlendSink(TileSink):
         self.output = output
         self.source = source
         self.records_inputs = target.records_inputs
-        self.accumulator = BlendAccumulator(grid, channels, window, self._emit)
-        self._tiles_of: dict[tuple[int, ...], list[Tile]] = {}
-        for tile in grid.tiles():
-            for cell in self.accumulator.cell_windows(tile):
-                self._tiles_of.setdefault(_cell_id(cell), []).append(tile)
+        self.accumulator = BlendAccumulator(grid, channels, window, self._emit, keep_contributors=self.records_inputs)
         self._digests: dict[tuple[int, ...], str | None] = {}
         self.accumulator.skip_done(self._is_done)
 
     def _cell_inputs(self, cell: tuple[slice, ...], read: bool) -> str | None:
         """The digest of the inputs of the tiles of ``cell``: as predicted (``read`` False), or as they are now."""
         digest = hashlib.sha256()
-        for tile in self._tiles_of.get(_cell_id(cell), []):
+        for tile in self.accumulator.contributors(cell):
             if read and tile.index not in self._digests:
                 assert self.source is not None
                 self._digests[tile.index] = input_digest(read_window(self.source, tile.read))
