@@ -31,9 +31,9 @@ LAYERS = {
 }
 
 # Modules of seamfree.tiling in the order of the engine's data flow (later ones may import earlier ones).
-TILING_ORDER = ["specs", "stitching", "device", "grid", "normalize", "blend", "engine", "memory", "throughput",
-                "suggest", "near_exact", "options",
-                "plan", "sinks", "predict", "receptive", "allocator", "__init__"]
+TILING_ORDER = ["specs", "stitching", "device", "grid", "shards", "normalize", "blend", "engine", "memory",
+                "throughput", "suggest", "near_exact", "options",
+                "plan", "sinks", "sharded", "predict", "receptive", "allocator", "__init__"]
 
 HEAVY_OPTIONAL = ("dask", "distributed", "zarr", "tifffile", "h5py", "matplotlib", "monai", "bioimageio", "napari",
                   "ome_zarr_models",

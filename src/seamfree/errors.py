@@ -45,6 +45,15 @@ class MissingDependencyError(SeamfreeError, ImportError):
     """An optional dependency is not installed; the message names the pip extra that provides it."""
 
 
+class Paused(SeamfreeError):
+    """A run stopped on request (SIGTERM, SIGINT, SIGUSR1: a walltime or a preemption) after writing the batch in
+    flight and recording its progress; rerunning the same command resumes it. ``done``/``total``: its units."""
+
+    def __init__(self, message: str, done: int = 0, total: int = 0) -> None:
+        super().__init__(message)
+        self.done, self.total = done, total
+
+
 def require(module: str, extra: str) -> object:
     """Return the imported optional ``module`` or raise MissingDependencyError naming the pip ``extra``."""
     import importlib

@@ -1,7 +1,8 @@
 """The ``seamfree`` command line: parse, run one command, and turn errors into one line and exit status 2.
 
 Errors raised on purpose (``SeamfreeError``) and bad arguments print one line and exit with status 2;
-tracebacks appear only with ``--verbose``. Arguments are in :mod:`seamfree.cli.parser`, the commands in
+tracebacks appear only with ``--verbose``. A run paused by a signal (a walltime, a preemption) says where it
+stopped and exits with status 75 (rerun to resume). Arguments are in :mod:`seamfree.cli.parser`, the commands in
 :mod:`seamfree.cli.commands`.
 """
 
@@ -16,10 +17,13 @@ from collections.abc import Sequence
 
 from seamfree.allocator import tune_cpu_allocator
 from seamfree.cli.parser import build_parser
-from seamfree.errors import SeamfreeError
+from seamfree.errors import Paused, SeamfreeError
 
 EXIT_BAD_INPUT = 2
 EXIT_UNEXPECTED = 1
+# stopped on request (SIGTERM, SIGINT, SIGUSR1) after writing its work: rerun to resume (EX_TEMPFAIL; the sbatch
+# script of `seamfree submit` requeues a task that exits with it)
+EXIT_PAUSED = 75
 
 
 # what a command does first, said before torch is imported (a second or two) so that the user sees it started
@@ -63,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `seamfree audit m.pt | head`: the reader left; not an error of ours
         _silence_stdout()
         return 0
+    except Paused as exc:  # a stop signal (walltime, preemption): the batch in flight written, progress recorded
+        print(f"seamfree {args.command}: {exc}", file=sys.stderr)
+        return EXIT_PAUSED
     except KeyboardInterrupt:
         print(f"seamfree {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

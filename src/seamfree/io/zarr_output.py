@@ -171,6 +171,7 @@ class ZarrOutput(MarkedOutput):
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.fingerprint = fingerprint
+        self.summary: dict[str, Any] | None = None
         self.marker_root = markers or zarr_markers(path)
         if overwrite and (path.exists() or path.is_symlink()):
             if is_seamfree_zarr(path):
@@ -222,7 +223,9 @@ class ZarrOutput(MarkedOutput):
         ome = ome_image_attrs(self.spatial_dims, self.calibration, levels=levels, downsampling=self.downsampling,
                               channel_names=self.channel_names, label_values=self.label_values, version=self.ngff,
                               time=self.time)
-        mark = {"seamfree": {"status": status, "fingerprint": self.fingerprint}}
+        mark: dict[str, Any] = {"seamfree": {"status": status, "fingerprint": self.fingerprint}}
+        if self.summary is not None:
+            mark["seamfree"]["run"] = self.summary
         return {**ome, **mark} if self.ngff == "0.4" else {"ome": ome, **mark}
 
     @property
@@ -256,10 +259,12 @@ class ZarrOutput(MarkedOutput):
             )
         return group
 
-    def finalize(self, run: Runner | None = None) -> Any:
+    def finalize(self, run: Runner | None = None, summary: dict[str, Any] | None = None) -> Any:
         """Write the pyramid and the labels (both resumable), then the metadata of every level and the complete
-        status at once. ``run`` spreads their blocks over workers that see the same storage (the dask driver's)."""
+        status at once. ``run`` spreads their blocks over workers that see the same storage (the dask driver's);
+        ``summary`` (a sharded run's shares, units, times) is kept in the attributes for ``seamfree status``."""
         if not self.finished:
+            self.summary = summary
             levels = (write_pyramid(self.group, self.marker_root, self.downsampling, run=run, lead=self.lead)
                       if self.pyramid else 1)
             if self.labels_from is not None:

@@ -11,14 +11,14 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from seamfree.errors import ConfigError, DataError
+from seamfree.errors import ConfigError, DataError, Paused
 from seamfree.io.markers import block_digest
 from seamfree.io.readers import ImageSource
 from seamfree.layers.modes import eval_mode
@@ -186,7 +186,7 @@ def predict_batches(model: nn.Module, source: ImageSource, tiles: Iterable[Tile]
 
 def _predict(model: nn.Module, source: ImageSource, tiles: Iterable[Tile], normalization: IntensityNormalization,
              runtime: RuntimeSpec, tiles_per_batch: int,
-             digests_wanted: bool = False) -> Iterator[tuple[list[Tile], np.ndarray, list[str | None]]]:
+             digests_wanted: bool = False) -> Generator[tuple[list[Tile], np.ndarray, list[str | None]], None, None]:
     if not normalization.resolved:
         raise ConfigError(f"tiles need resolved intensity statistics, got {normalization}; "
                           "call compute_normalization(source, normalization) first")
@@ -214,11 +214,14 @@ def _changed_inputs(source: ImageSource, done: Sequence[Tile], sink: TileSink) -
 
 
 def run_tiles(model: nn.Module, plan: TileRun, source: ImageSource, tiles: Sequence[Tile],
-              sink: TileSink, *, progress: Callable[[int, int], None] | None = None) -> int:
+              sink: TileSink, *, progress: Callable[[int, int], None] | None = None,
+              stop: Callable[[], bool] | None = None) -> int:
     """Predict the ``tiles`` the sink still needs and hand each prediction to it; return how many ran.
 
     ``progress(done, total)`` is called once before the first batch (tiles already done, e.g. on resume) and after
-    every batch. The sink is finished at the end, so a rerun with the same sink resumes.
+    every batch. The sink is finished at the end, so a rerun with the same sink resumes. ``stop()`` is asked
+    before every batch: once it says True, no batch starts, the batch in flight is written, and
+    :class:`~seamfree.errors.Paused` is raised (a rerun resumes).
     """
     todo = sink.pending(tiles)
     pending = {t.index for t in todo}
@@ -226,12 +229,21 @@ def run_tiles(model: nn.Module, plan: TileRun, source: ImageSource, tiles: Seque
     done = len(tiles) - len(todo)
     if progress is not None:
         progress(done, len(tiles))
-    for batch_tiles, predictions, digests in _predict(model, source, todo, plan.normalization, plan.runtime,
-                                                      plan.tiles_per_batch, sink.records_inputs):
-        for tile, prediction, digest in zip(batch_tiles, predictions, digests):
-            sink.add(tile, prediction, digest)
-        done += len(batch_tiles)
-        if progress is not None:
-            progress(done, len(tiles))
+    batches = _predict(model, source, todo if stop is None or not stop() else [], plan.normalization,
+                       plan.runtime, plan.tiles_per_batch, sink.records_inputs)
+    try:
+        for batch_tiles, predictions, digests in batches:
+            for tile, prediction, digest in zip(batch_tiles, predictions, digests):
+                sink.add(tile, prediction, digest)
+            done += len(batch_tiles)
+            if progress is not None:
+                progress(done, len(tiles))
+            if stop is not None and stop() and done < len(tiles):
+                break
+    finally:
+        batches.close()
     sink.finish()
+    if done < len(tiles):
+        raise Paused(f"paused at {100 * done / max(len(tiles), 1):.0f} % ({done} of {len(tiles)} tiles)",
+                     done, len(tiles))
     return len(todo)

@@ -13,6 +13,7 @@ neighbouring cores overlap by at least ``overlap`` voxels and the last core is s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -198,18 +199,25 @@ class TileGrid:
             result.append((slice(start, start + t), slice(a - start, b - start), slice(a, b), slice(a, end)))
         return result
 
+    @functools.cached_property
+    def _per_axis(self) -> list[list[tuple[slice, slice, slice, slice]]]:
+        return [self.axis_tiles(axis) for axis in range(self.spatial_dims)]
+
+    def tile_at(self, index: Sequence[int]) -> Tile:
+        """The tile at grid position ``index`` (one position per axis)."""
+        parts = [self._per_axis[axis][i] for axis, i in enumerate(index)]
+        return Tile(
+            index=tuple(int(i) for i in index),
+            read=tuple(p[0] for p in parts),
+            crop=tuple(p[1] for p in parts),
+            write=tuple(p[2] for p in parts),
+            core=tuple(p[3] for p in parts),
+        )
+
     def tiles(self) -> Iterator[Tile]:
         """Yield every tile in raster order (last axis fastest)."""
-        per_axis = [self.axis_tiles(axis) for axis in range(self.spatial_dims)]
-        for index in itertools.product(*(range(len(a)) for a in per_axis)):
-            parts = [per_axis[axis][i] for axis, i in enumerate(index)]
-            yield Tile(
-                index=tuple(index),
-                read=tuple(p[0] for p in parts),
-                crop=tuple(p[1] for p in parts),
-                write=tuple(p[2] for p in parts),
-                core=tuple(p[3] for p in parts),
-            )
+        for index in itertools.product(*(range(n) for n in self.grid_shape)):
+            yield self.tile_at(index)
 
 
 def _align_core(core: tuple[int, ...], stride: tuple[int, ...], pinned: bool) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seamfree.errors import ConfigError, OutputExistsError
 from seamfree.io.lock import output_lock
 from seamfree.io.readers import FrameSeries, ImageSource, open_image
 from seamfree.io.safety import fingerprint_digest
@@ -39,6 +41,8 @@ from seamfree.tiling.plan import (
     plan_prediction,
     zarr_options,
 )
+from seamfree.tiling.sharded import predict_shard, running_shards
+from seamfree.tiling.shards import Shard
 from seamfree.tiling.sinks import sink_for
 from seamfree.tiling.specs import Activation, RuntimeSpec
 
@@ -99,6 +103,8 @@ def predict(
     progress: ProgressOption = False,
     report: list[PredictionReport] | None = None,
     key: str | None = None,
+    shard: Shard | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Any:
     """Return the tiled prediction of ``model`` on ``image``, written to ``output``.
 
@@ -126,6 +132,14 @@ def predict(
 
     key : str, optional
         Dataset inside an HDF5 file or array inside a zarr group (CLI ``--key``).
+    shard : Shard, optional
+        Write only share ``I`` of ``N`` of an OME-Zarr output (CLI ``--shard I/N``): the tasks of a job array
+        each run one share, at once, on shared storage; the last to finish completes the output (see
+        :mod:`seamfree.tiling.sharded`). Returns the output path.
+    stop : callable, optional
+        Asked before every batch; once it returns True the batch in flight is written and
+        :class:`~seamfree.errors.Paused` raised (a rerun resumes). The CLI sets it on SIGTERM, SIGINT and SIGUSR1.
+
     Returns
     -------
     ndarray, zarr array or path
@@ -143,11 +157,14 @@ def predict(
     check_target(output)
     info = describe(model, config)
     source = open_image(image, spatial_dims=info.spatial_dims, axes=axes, key=key, frames=True)
+    if shard is not None:
+        return _predict_shard(model, image, source, output, config, info, shard, progress, report, stop)
     if isinstance(source, FrameSeries):
-        return _predict_series(model, image, source, output, config, info, progress, report)
+        return _predict_series(model, image, source, output, config, info, progress, report, stop)
     try:
         started = time.perf_counter()
         with output_lock(output):  # one writer per output path, taken before any work
+            _refuse_running_shards(output)
             plan = plan_prediction(model, source, config, info=info, recorded=_recorded(output, config))
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
                                    fingerprint=plan.fingerprint, overwrite=config.overwrite,
@@ -155,7 +172,7 @@ def predict(
                                    **zarr_options(config, plan.out_channels, model))
             tiles = list(plan.grid.tiles())
             computed = run_tiles(model, plan, source, tiles, sink_for(plan, target, source),
-                                 progress=_progress(progress))
+                                 progress=_progress(progress), stop=stop)
             result = target.finalize()
     finally:
         if source is not image:
@@ -169,6 +186,35 @@ def predict(
     return result
 
 
+def _predict_shard(model: nn.Module, image: Any, source: ImageSource | FrameSeries, output: Any,
+                   config: PredictConfig, info: Any, shard: Shard, progress: ProgressOption,
+                   report: list[PredictionReport] | None, stop: Callable[[], bool] | None) -> Any:
+    try:
+        if isinstance(source, FrameSeries):
+            raise ConfigError("--shard splits one image; a time series is predicted in one process (or give each "
+                              "task a frame of its own, e.g. with --axes and a frame's array)")
+        done = predict_shard(model, source, output, config, shard, info=info, progress=_progress(progress),
+                             stop=stop)
+    finally:
+        if source is not image:
+            source.close()
+    if report is not None:
+        plan = done.plan
+        report.append(PredictionReport(plan.grid, plan.receptive_field, plan.normalization, done.units,
+                                       done.computed, done.seconds, plan.tiles_per_batch, plan.activation,
+                                       halo_check=plan.halo_check))
+    return output
+
+
+def _refuse_running_shards(output: Any) -> None:
+    """OutputExistsError while tasks of a job array write ``output`` (a whole run would write their units too)."""
+    running = running_shards(output) if isinstance(output, str | os.PathLike) else []
+    if running:
+        raise OutputExistsError(
+            f"output {str(output)!r} is being written by the tasks of a job array (shares {', '.join(running[:4])} "
+            "running); wait for them (seamfree status), or run this command with --shard as one of them")
+
+
 def _recorded(output: Any, config: PredictConfig) -> dict[str, Any] | None:
     """The fingerprint of the output being resumed (None when overwriting it: a fresh start plans afresh)."""
     return None if config.overwrite else recorded_fingerprint(output)
@@ -176,7 +222,7 @@ def _recorded(output: Any, config: PredictConfig) -> dict[str, Any] | None:
 
 def _predict_series(model: nn.Module, image: Any, series: FrameSeries, output: Any, config: PredictConfig,
                     info: Any, progress: ProgressOption,
-                    report: list[PredictionReport] | None) -> Any:
+                    report: list[PredictionReport] | None, stop: Callable[[], bool] | None) -> Any:
     """Predict every frame of ``series`` as an image of its own (its own intensity statistics: what ``predict``
     gives for that frame alone, exactly) into one output ``(T, C_out, *spatial)``, frame after frame; resumable
     like one image (done markers per frame), complete only after the last frame."""
@@ -207,7 +253,8 @@ def _predict_series(model: nn.Module, image: Any, series: FrameSeries, output: A
                         update(before + done, series.frames * tiles_per_frame)
 
                 computed += run_tiles(model, plan, frame, list(plan.grid.tiles()),
-                                      sink_for(plan, frame_target(target, t), frame), progress=frame_progress)
+                                      sink_for(plan, frame_target(target, t), frame), progress=frame_progress,
+                                      stop=stop)
             result = target.finalize()
     finally:
         if series is not image:

@@ -14,10 +14,13 @@ from seamfree.cli.commands import (
     recalibrate,
     seams,
     segment,
+    status,
     study,
+    submit,
     train,
 )
 
-COMMANDS = (audit, convert, export, predict, segment, seams, fix, diagnose, train, recalibrate, demo, study, data)
+COMMANDS = (audit, convert, export, predict, segment, submit, status, seams, fix, diagnose, train, recalibrate, demo,
+            study, data)
 
 __all__ = ["COMMANDS"]

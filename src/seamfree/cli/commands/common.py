@@ -4,6 +4,12 @@ segmentation, reach a cluster."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,8 +19,46 @@ if TYPE_CHECKING:
     from seamfree.tiling import IntensityNormalization
 
 
-__all__ = ["check_input_exists", "cluster_of", "input_of", "key_of", "model_options", "new_model_file",
-           "normalization_option", "run_segment"]
+__all__ = ["STOP_SIGNALS", "check_input_exists", "cluster_of", "input_of", "key_of", "model_options",
+           "new_model_file", "normalization_option", "run_segment", "stop_on_signals"]
+
+# A walltime's warning (SLURM's --signal), a preemption, Ctrl-C: the run stops taking batches, writes the one in
+# flight, records its progress and exits with EXIT_PAUSED; a second one stops it at once.
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+SAME_SIGNAL_S = 5.0
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by the first of :data:`STOP_SIGNALS` while the block runs (the run pauses after its batch in
+    flight); the second raises KeyboardInterrupt at once. Handlers are restored afterwards."""
+    stop = threading.Event()
+    numbers = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signals reach the main thread only: nothing to install
+        return
+
+    first: list[float] = []
+
+    def handle(number: int, frame: Any) -> None:
+        # the same stop delivered twice (a scheduler signals both the job's shell, which passes it on, and its
+        # processes) is one request; a second one later stops at once
+        if first and time.monotonic() - first[0] > SAME_SIGNAL_S:
+            raise KeyboardInterrupt
+        if first:
+            return
+        first.append(time.monotonic())
+        stop.set()
+        logging.getLogger("seamfree.cli").warning(
+            "%s received: finishing the batch in flight, recording progress, then stopping (rerun to resume; a "
+            "second signal stops at once)", signal.Signals(number).name)
+
+    previous = {number: signal.signal(number, handle) for number in numbers}
+    try:
+        yield stop
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def model_options(args: argparse.Namespace) -> dict[str, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from seamfree.cli.commands.common import (
     check_input_exists,
@@ -13,6 +14,7 @@ from seamfree.cli.commands.common import (
     model_options,
     normalization_option,
     run_segment,
+    stop_on_signals,
 )
 from seamfree.cli.options import (
     add_input_options,
@@ -107,6 +109,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tune-allocator", action="store_true",
                    help="spawn LocalCluster workers with seamfree's glibc settings: faster 3D tiles, but each worker "
                         "keeps its peak memory (give it more than --memory-limit 1GiB)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="write only share I (from 0) of N of a .zarr output: the tasks of a job array each run one "
+                        "(e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; auto reads SLURM, LSF, PBS, "
+                        "SGE or Kubernetes' index); the last to finish completes the output (seamfree status OUT)")
     p.add_argument("--segment", choices=list(METHODS), metavar="METHOD",
                    help="then segment the prediction into instance labels next to it (labels/METHOD; see seamfree "
                         "segment)")
@@ -153,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if args.segment is not None and Path(args.out).suffix.lower() not in ("", ".zarr"):
         raise SeamfreeError(f"--segment writes the labels next to an OME-Zarr prediction; the output {str(args.out)!r} "
                             "is not one: pass a .zarr output")
+    shard = shard_of(args)
     if args.workers or args.scheduler:
         from seamfree.distributed import predict_distributed
 
@@ -168,12 +175,23 @@ def run(args: argparse.Namespace) -> int:
     report: list[PredictionReport] = []
     image = input_of(args, model)
     try:
-        predict(model, image, args.out, config=config, axes=args.axes, progress=not args.quiet, report=report,
-                key=key_of(args))
+        with stop_on_signals() as stop:
+            predict(model, image, args.out, config=config, axes=args.axes, progress=not args.quiet, report=report,
+                    key=key_of(args), shard=shard, stop=stop.is_set)
     finally:
         if image is not args.image:
             image.close()
     done = report[0]
+    if shard is not None:
+        from seamfree.io.progress import output_status
+
+        status = output_status(args.out)
+        left = sum(s.get("state") != "done" for s in status["shards"])
+        after = ("the output is complete" if status["complete"] else
+                 f"{left} of {shard.count} shares left: the last task to finish completes the output")
+        print(f"shard {shard} of {args.out}: {done.tiles_computed} of its {done.tiles_total} tiles computed in "
+              f"{done.seconds:.1f} s; {after}")
+        return 0
     frames = f" in {done.frames} frames" if done.frames is not None else ""
     print(f"wrote {args.out}: {done.tiles_computed} of {done.tiles_total} tiles{frames} computed in "
           f"{done.seconds:.1f} s (core {done.grid.core}, halo {done.grid.halo}, "
@@ -181,6 +199,23 @@ def run(args: argparse.Namespace) -> int:
     if done.halo_check is not None:
         print(done.halo_check.summary())
     return _segment_after(args)
+
+
+def shard_of(args: argparse.Namespace) -> Any:
+    """The share ``--shard`` names (None without it), refused with the options it cannot go with."""
+    if args.shard is None:
+        return None
+    from seamfree.tiling.shards import parse_shard
+
+    shard = parse_shard(args.shard)
+    clash = [flag for flag, given in (("--workers", args.workers), ("--scheduler", args.scheduler),
+                                      ("--segment", args.segment), ("--overwrite", args.overwrite)) if given]
+    if clash:
+        raise SeamfreeError(f"--shard {args.shard} runs one task of a job array and cannot go with {clash[0]}: "
+                            "--workers/--scheduler split the work on dask instead; segment the complete output "
+                            "afterwards (seamfree submit segment chains it); remove an old output before the tasks "
+                            "start instead of --overwrite")
+    return shard
 
 
 def _segment_after(args: argparse.Namespace) -> int:
