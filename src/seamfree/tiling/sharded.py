@@ -154,7 +154,8 @@ def predict_shard(model: nn.Module, source: ImageSource, output: Any, config: Pr
             assert isinstance(target, ZarrOutput)
             if target.finished:
                 logger.info("output %s is complete: share %s has nothing to do", output, shard)
-                return ShardReport(shard, plan, 0, 0, time.perf_counter() - started, False)
+                units = len(range(*partition(plan.grid, shard.count)[shard.index:shard.index + 2]))
+                return ShardReport(shard, plan, units, 0, time.perf_counter() - started, False)
             bounds = _record_shares(output, shard, plan)
             held.enter_context(output_lock(output, part=shard_lock_part(shard.index, shard.count), role="shard"))
         tiles = list(shard_tiles(plan.grid, shard, bounds))
