@@ -203,3 +203,19 @@ def test_two_tasks_of_one_share_never_both_write(slurm, job):
     refused = sum("is being written by" in log for log in logs)
     assert sum(computed) == 25 and len(computed) + refused == 2, logs  # every tile computed exactly once
     _assert_same(job, "twice.zarr")
+
+
+def test_dask_workers_as_slurm_jobs_equal_one_process(slurm, job):
+    """dask-jobqueue's SLURMCluster: two batch jobs of one worker each, the same output as one process."""
+    result = subprocess.run([SEAMFREE, *_arguments(job, "jobqueue.zarr"), "--cluster", "slurm", "--jobs", "2",
+                             "--workers", "1", "--job-memory", "1GB", "--interface", "lo", "--walltime", "00:10:00"],
+                            capture_output=True, text=True, cwd=job, env=_environment(), check=False, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"25 of 25 tiles in \d+ tasks on [12] workers", result.stdout), result.stdout
+    _assert_same(job, "jobqueue.zarr")
+    listed = subprocess.run(["squeue", "-h", "-n", "dask-worker"], capture_output=True, text=True, check=False)
+    deadline = time.time() + 60
+    while listed.stdout.strip() and time.time() < deadline:  # the jobs end with the run
+        time.sleep(1)
+        listed = subprocess.run(["squeue", "-h", "-n", "dask-worker"], capture_output=True, text=True, check=False)
+    assert not listed.stdout.strip()

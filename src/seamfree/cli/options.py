@@ -8,8 +8,23 @@ from typing import Any
 
 from seamfree._version import REMOVED_IN
 
-__all__ = ["RenamedOption", "add_input_options", "add_model_options", "add_renamed", "add_trust_code", "channel_list",
-           "float_tuple", "halo_value", "int_tuple", "name_list", "output_key", "positive_float", "series_index"]
+__all__ = [
+    "RenamedOption",
+    "add_cluster_options",
+    "add_input_options",
+    "add_model_options",
+    "add_renamed",
+    "add_trust_code",
+    "channel_list",
+    "float_tuple",
+    "halo_value",
+    "int_tuple",
+    "name_list",
+    "output_key",
+    "positive_float",
+    "series_index",
+    "uses_cluster",
+]
 
 TRUST_HELP = ("consent to run code that travels with the model: a pickled nn.Module or torch.export program, a "
               "bioimage.io architecture outside seamfree's list of network classes, TorchScript whose code reaches "
@@ -143,3 +158,23 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gray", action="store_true",
                         help="read the (selected) input channels as one gray channel, their mean (RGB for a "
                              "one-channel model)")
+
+
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """Where dask runs beyond a LocalCluster: batch jobs through dask-jobqueue, or a scheduler file."""
+    parser.add_argument("--cluster", choices=["slurm", "lsf", "pbs", "sge"],
+                        help="start the dask workers as batch jobs (dask-jobqueue; pip install 'seamfree[hpc]'): "
+                             "--jobs of --workers processes each")
+    parser.add_argument("--jobs", type=int, default=1, help="--cluster: number of batch jobs (default 1)")
+    parser.add_argument("--job-memory", default="4GB", help="--cluster: memory of each job (default 4GB)")
+    parser.add_argument("--walltime", help="--cluster: walltime of each job, e.g. 02:00:00")
+    parser.add_argument("--queue", help="--cluster: partition (SLURM) or queue")
+    parser.add_argument("--project", dest="account", help="--cluster: account to charge")
+    parser.add_argument("--interface", help="--cluster: network interface of the workers and scheduler, e.g. ib0")
+    parser.add_argument("--scheduler-file", help="use the dask scheduler described by this file (dask-mpi, "
+                                                 "SLURMRunner, dask scheduler --scheduler-file)")
+
+
+def uses_cluster(args: argparse.Namespace) -> bool:
+    """Whether the command's options send the work to dask."""
+    return bool(args.workers or args.scheduler or args.cluster or args.scheduler_file)

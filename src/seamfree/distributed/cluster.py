@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -12,8 +13,10 @@ from typing import Any
 from seamfree.allocator import allocator_environment
 from seamfree.errors import ConfigError, DataError, require
 
-__all__ = ["ClusterConfig", "connect", "start_local_cluster"]
+__all__ = ["JOBQUEUES", "ClusterConfig", "connect", "start_jobqueue_cluster", "start_local_cluster"]
 
+# dask-jobqueue's cluster class of each batch system (--cluster)
+JOBQUEUES = {"slurm": "SLURMCluster", "lsf": "LSFCluster", "pbs": "PBSCluster", "sge": "SGECluster"}
 _MEMORY = re.compile(r"\d+(\.\d+)?\s*([kKMGTP]i?B|[kKMGTP]|B)?")
 _ADDRESS = re.compile(r"([a-z]+://)?[\w.\-\[\]:]+:\d+")
 
@@ -25,9 +28,17 @@ class ClusterConfig:
     ----------
     scheduler : str, optional
         Address of a running dask scheduler (``tcp://host:8786``; any deployment: dask-jobqueue,
-        dask-kubernetes, manual). None starts a LocalCluster.
+        dask-kubernetes, manual). None starts a LocalCluster (or the ``jobqueue`` cluster).
+    scheduler_file : str, optional
+        The scheduler file of a scheduler started by the user (``dask-mpi``, ``dask_jobqueue.slurm.SLURMRunner``,
+        ``dask scheduler --scheduler-file``).
+    jobqueue : {"slurm", "lsf", "pbs", "sge"}, optional
+        Start the workers as batch jobs through dask-jobqueue (``SLURMCluster`` ...): ``jobs`` jobs, each with
+        ``workers`` worker processes of ``threads_per_worker`` threads, ``job_memory`` in all, ``walltime``,
+        ``queue`` (partition), ``account``, and the network ``interface`` the workers listen on (e.g. ``ib0``).
+        Jobs wait in the queue: ``worker_timeout`` bounds how long the run waits for the first worker.
     workers : int
-        LocalCluster worker processes.
+        LocalCluster worker processes (with ``jobqueue``: per job).
     threads_per_worker : int
         Torch threads per worker (and dask threads; one task runs per thread).
     memory_limit : str or int
@@ -48,6 +59,14 @@ class ClusterConfig:
     """
 
     scheduler: str | None = None
+    scheduler_file: str | None = None
+    jobqueue: str | None = None
+    jobs: int = 1
+    job_memory: str = "4GB"
+    walltime: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    interface: str | None = None
     workers: int = 2
     threads_per_worker: int = 1
     memory_limit: str | int = "auto"
@@ -67,6 +86,14 @@ class ClusterConfig:
                 self.memory_limit.strip()):
             raise ConfigError(f"memory_limit (CLI --memory-limit) must be 'auto', bytes or a size like '2GiB' or "
                               f"'1.5 GB', got {self.memory_limit!r}")
+        if self.jobqueue is not None and self.jobqueue not in JOBQUEUES:
+            raise ConfigError(f"cluster (CLI --cluster) must be one of {', '.join(JOBQUEUES)} (or leave it out for a "
+                              f"LocalCluster), got {self.jobqueue!r}")
+        if self.jobs < 1:
+            raise ConfigError(f"jobs (CLI --jobs) must be at least 1, got {self.jobs}")
+        if sum(x is not None for x in (self.scheduler, self.scheduler_file, self.jobqueue)) > 1:
+            raise ConfigError("give one of scheduler (--scheduler), scheduler_file (--scheduler-file) and jobqueue "
+                              "(--cluster), not several")
         if self.scheduler is not None and not _ADDRESS.fullmatch(self.scheduler):
             raise ConfigError(f"scheduler (CLI --scheduler) must be an address like tcp://host:8786, got "
                               f"{self.scheduler!r}")
@@ -104,20 +131,45 @@ def start_local_cluster(cluster: ClusterConfig) -> Any:
                 os.environ[name] = value
 
 
+def start_jobqueue_cluster(cluster: ClusterConfig) -> Any:
+    """Start the dask-jobqueue cluster ``cluster`` describes and ask for its ``jobs`` (they may wait in the
+    queue); the workers run this Python (the same environment and seamfree)."""
+    module = require("dask_jobqueue", "hpc")
+    assert cluster.jobqueue is not None
+    kind = getattr(module, JOBQUEUES[cluster.jobqueue])
+    options: dict[str, Any] = {
+        "cores": cluster.workers * cluster.threads_per_worker, "processes": cluster.workers,
+        "memory": cluster.job_memory, "python": sys.executable, "scheduler_options": {"dashboard_address": ":0"}}
+    for name in ("walltime", "queue", "account", "interface"):
+        if getattr(cluster, name) is not None:
+            options[name] = getattr(cluster, name)
+    jobs = kind(**options)
+    jobs.scale(jobs=cluster.jobs)
+    return jobs
+
+
 def connect(cluster: ClusterConfig) -> tuple[Any, Any]:
+    """A client of the cluster ``cluster`` describes, and the cluster started for it (None: one that was running)."""
     require("distributed", "dask")
     from distributed import Client
 
-    if cluster.scheduler is None:
+    if cluster.jobqueue is not None:
+        jobs = start_jobqueue_cluster(cluster)
+        return Client(jobs), jobs
+    if cluster.scheduler is None and cluster.scheduler_file is None:
         local = start_local_cluster(cluster)
         return Client(local), local
+    where = cluster.scheduler or f"the scheduler file {cluster.scheduler_file!r}"
     # Client's own timeout covers the TCP connect, not a peer that accepts and never answers the handshake: the
     # connection is made in a thread given a deadline, so that nothing waits without a word
     box: dict[str, Any] = {}
 
     def connect() -> None:
         try:
-            box["client"] = Client(cluster.scheduler, timeout=cluster.timeout)
+            if cluster.scheduler_file is not None:
+                box["client"] = Client(scheduler_file=cluster.scheduler_file, timeout=cluster.timeout)
+            else:
+                box["client"] = Client(cluster.scheduler, timeout=cluster.timeout)
         except BaseException as exc:
             box["error"] = exc
 
@@ -125,18 +177,18 @@ def connect(cluster: ClusterConfig) -> tuple[Any, Any]:
     thread.start()
     thread.join(cluster.timeout + 2.0)
     if thread.is_alive():
-        raise DataError(f"the dask scheduler at {cluster.scheduler!r} accepted the connection but did not answer "
+        raise DataError(f"the dask scheduler at {where!r} accepted the connection but did not answer "
                         f"within {cluster.timeout:.0f} s (--timeout): it is not a dask scheduler, or it is "
                         "overloaded; check the address (the scheduler prints it at start), or raise --timeout")
     error = box.get("error")
     if isinstance(error, OSError | TimeoutError):
-        raise DataError(f"could not reach the dask scheduler at {cluster.scheduler!r} within {cluster.timeout:.0f} s "
+        raise DataError(f"could not reach the dask scheduler at {where!r} within {cluster.timeout:.0f} s "
                         f"({error}); check the address and that the scheduler is running") from error
     if error is not None:
         raise error
     client = box["client"]
     try:
-        _check_worker_versions(client, cluster.scheduler)
+        _check_worker_versions(client, where)
     except BaseException:
         client.close()
         raise

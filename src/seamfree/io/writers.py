@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -210,6 +211,9 @@ def output_format(path: str | os.PathLike[str]) -> str:
                       "(OME-Zarr, resumable, the default) or .tif/.tiff")
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
 def check_target(target: Any) -> None:
     """ConfigError for an output that cannot be one, said before any work: bytes, an empty name, a folder such
     as ``.`` or ``/``, a read-only array or an object that is no array."""
@@ -220,6 +224,11 @@ def check_target(target: Any) -> None:
                           "decode it first, e.g. output.decode()")
     if isinstance(target, str | os.PathLike):
         text = os.fspath(target)
+        if isinstance(text, str) and _URL.match(text):  # also one that pathlib made "s3:/bucket/..."
+            raise ConfigError(f"the output {text!r} is a URL: seamfree writes outputs (with their locks and resume "
+                              "records) to a file system, which may be shared by every task (NFS, Lustre, GPFS, a "
+                              "mounted bucket); inputs may be URLs (s3://, https://). Write to a path, then copy it "
+                              "to object storage (e.g. aws s3 sync OUT.zarr s3://bucket/OUT.zarr)")
         name = Path(text).name
         if isinstance(text, bytes) or not name or name in (".", "..") or text.endswith(("/", os.sep)):
             raise ConfigError(f"the output {text!r} names a folder, not an output: pass a new path inside it, "

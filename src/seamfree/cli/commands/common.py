@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from seamfree.cli.options import uses_cluster
 from seamfree.errors import DataError, SeamfreeError
 
 if TYPE_CHECKING:
@@ -126,17 +127,20 @@ def cluster_of(args: argparse.Namespace) -> Any:
 
     if args.workers is not None and args.workers < 1:
         raise SeamfreeError(f"--workers must be at least 1, got {args.workers}; leave it out to run in this process")
-    return ClusterConfig(scheduler=args.scheduler, workers=args.workers or 2,
+    return ClusterConfig(scheduler=args.scheduler, workers=args.workers or (1 if args.cluster else 2),
                          threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
                          tiles_per_task=getattr(args, "tiles_per_task", 4), timeout=args.timeout,
-                         tune_allocator=getattr(args, "tune_allocator", False), worker_timeout=args.worker_timeout)
+                         tune_allocator=getattr(args, "tune_allocator", False), worker_timeout=args.worker_timeout,
+                         scheduler_file=args.scheduler_file, jobqueue=args.cluster, jobs=args.jobs,
+                         job_memory=args.job_memory, walltime=args.walltime, queue=args.queue, account=args.account,
+                         interface=args.interface)
 
 
 def run_segment(args: argparse.Namespace, prediction: Any, out: Path | None, options: dict[str, Any]) -> int:
     from seamfree.segment import SegmentConfig, segment
 
     config = SegmentConfig(**options)
-    if args.workers or args.scheduler:
+    if uses_cluster(args):
         from seamfree.distributed import cluster_runner
 
         with cluster_runner(cluster_of(args)) as run:

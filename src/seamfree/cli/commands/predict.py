@@ -17,6 +17,7 @@ from seamfree.cli.commands.common import (
     stop_on_signals,
 )
 from seamfree.cli.options import (
+    add_cluster_options,
     add_input_options,
     add_model_options,
     add_renamed,
@@ -26,6 +27,7 @@ from seamfree.cli.options import (
     int_tuple,
     name_list,
     positive_float,
+    uses_cluster,
 )
 from seamfree.errors import SeamfreeError
 from seamfree.segment.methods import METHODS
@@ -116,6 +118,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--segment", choices=list(METHODS), metavar="METHOD",
                    help="then segment the prediction into instance labels next to it (labels/METHOD; see seamfree "
                         "segment)")
+    add_cluster_options(p)
     add_model_options(p)
     p.set_defaults(handler=run)
 
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         raise SeamfreeError(f"--segment writes the labels next to an OME-Zarr prediction; the output {str(args.out)!r} "
                             "is not one: pass a .zarr output")
     shard = shard_of(args)
-    if args.workers or args.scheduler:
+    if uses_cluster(args):
         from seamfree.distributed import predict_distributed
 
         cluster = cluster_of(args)
@@ -209,6 +212,7 @@ def shard_of(args: argparse.Namespace) -> Any:
 
     shard = parse_shard(args.shard)
     clash = [flag for flag, given in (("--workers", args.workers), ("--scheduler", args.scheduler),
+                                      ("--cluster", args.cluster), ("--scheduler-file", args.scheduler_file),
                                       ("--segment", args.segment), ("--overwrite", args.overwrite)) if given]
     if clash:
         raise SeamfreeError(f"--shard {args.shard} runs one task of a job array and cannot go with {clash[0]}: "

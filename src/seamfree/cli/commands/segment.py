@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from seamfree.cli.commands.common import run_segment
-from seamfree.cli.options import int_tuple
+from seamfree.cli.options import add_cluster_options, int_tuple
 from seamfree.segment.methods import METHOD_KINDS, METHODS
 
 __all__ = ["add_parser", "run"]
@@ -50,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the scheduler")
     s.add_argument("--worker-timeout", type=float, default=120.0,
                    help="stop (and say so) when the scheduler has had no worker for this many seconds")
+    add_cluster_options(s)
     s.set_defaults(handler=run)
 
 
