@@ -12,9 +12,12 @@ import seamfree
 from seamfree.cli.parser import build_parser
 
 SOURCE = Path(seamfree.__file__).parent
-# other programs' flags that seamfree passes on (the headless Chromium that renders the report)
+# other programs' flags that seamfree passes on (the headless Chromium that renders the report; sbatch's, in the
+# scripts of seamfree submit)
 FOREIGN = {"report.py": {"--headless", "--disable-gpu", "--no-sandbox", "--screenshot", "--dump-dom",
-                         "--hide-scrollbars", "--user-data-dir", "--virtual-time-budget", "--window-size"}}
+                         "--hide-scrollbars", "--user-data-dir", "--virtual-time-budget", "--window-size"},
+           "submit.py": {"--requeue", "--dependency", "--open-mode", "--parsable", "--qos", "--job-name", "--chdir",
+                         "--signal", "--array"}}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
 

@@ -62,8 +62,9 @@ def stale_after() -> float:
 def _job() -> str | None:
     """This process's SLURM job as squeue names it: ``ARRAYJOB_TASK`` for a task of an array, else the job id."""
     job = os.environ.get("SLURM_JOB_ID")
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return None if not job else f"{array}_{task}" if array and task else job
+    array = os.environ.get("SLURM_ARRAY_JOB_ID") or job
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return None if not job else f"{array}_{task}" if task else job
 
 
 _QUEUE: dict[str, Any] = {"at": -1e9, "jobs": None}
