@@ -14,7 +14,7 @@ from seamfree.models import UNet
 from seamfree.testing import randomize_norm_statistics
 from seamfree.tiling import TileGrid, measure_receptive_field, suggest_tiling
 from seamfree.tiling.grid import MAX_TILE_TO_CORE_RATIO, round_up
-from seamfree.tiling.memory import forward_memory
+from seamfree.tiling.memory import engine_bytes, forward_memory
 
 CASES = [("2d", 2, None, 2), ("2d-depth4", 2, None, 4), ("3d", 3, None, 2),
          ("anisotropic", 3, [(1, 2, 2), (2, 2, 2)], 2)]
@@ -82,7 +82,9 @@ def test_suggested_tiles_stay_within_the_memory_budget(shape, budget_kib):
     at_minimum = all(c <= m for c, m in zip(suggestion.core, smallest))
     assert suggestion.estimated_bytes <= budget or at_minimum
     memory = forward_memory(net, 1, stride)
-    assert suggestion.estimated_bytes == memory.bytes(math.prod(suggestion.tile_shape), suggestion.tiles_per_batch)
+    voxels, batch = math.prod(suggestion.tile_shape), suggestion.tiles_per_batch
+    # the forward's measured memory and what the engine holds around it (read-ahead, conversion, digests)
+    assert suggestion.estimated_bytes == memory.bytes(voxels, batch) + engine_bytes(voxels, 1, 1, batch)
     # the cores cover the image, and a core is never larger than the (padded) image
     assert all(-(-n // c) * c >= n for n, c in zip(shape, suggestion.core))
     assert all(c <= -(-n // s) * s for n, c, s in zip(shape, suggestion.core, stride))

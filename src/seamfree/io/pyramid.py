@@ -56,14 +56,24 @@ def downsample(block: np.ndarray, method: Downsampling, lead: int = 1) -> np.nda
     if method == "stride":
         return block[(slice(None),) * lead + tuple(slice(0, None, 2) for _ in block.shape[lead:])]
     pad = [(0, 0)] * lead + [(0, s % 2) for s in block.shape[lead:]]
-    values = np.pad(block.astype(np.float64), pad, mode="edge")
-    shape = list(values.shape[:lead])
-    for s in values.shape[lead:]:
-        shape += [s // 2, 2]
-    mean = values.reshape(shape).mean(axis=tuple(range(lead + 1, len(shape), 2)))
+    shape = list(block.shape[:lead])
+    for s, (_, extra) in zip(block.shape[lead:], pad[lead:]):
+        shape += [(s + extra) // 2, 2]
+    axes = tuple(range(lead + 1, len(shape), 2))
     if np.issubdtype(block.dtype, np.integer):
-        return np.clip(np.rint(mean), np.iinfo(block.dtype).min, np.iinfo(block.dtype).max).astype(block.dtype)
-    return mean.astype(block.dtype)
+        # integer-exact: the sum in a wide integer, divided with rounding half to even (what np.rint of the
+        # float64 mean gives), without a float64 copy of the block
+        total = np.pad(block, pad, mode="edge") if any(extra for _, extra in pad) else block
+        total = total.astype(np.int64 if block.dtype.itemsize >= 4 else np.int32)
+        for axis in range(lead, block.ndim):  # pairs summed axis by axis: strided views, no reshape copies
+            ahead = (slice(None),) * axis
+            total = total[(*ahead, slice(0, None, 2))] + total[(*ahead, slice(1, None, 2))]
+        count = 2 ** len(axes)
+        quotient, remainder = np.divmod(total, count)
+        quotient += (2 * remainder > count) | ((2 * remainder == count) & (quotient % 2 == 1))
+        return quotient.astype(block.dtype)
+    values = np.pad(block.astype(np.float64), pad, mode="edge")
+    return values.reshape(shape).mean(axis=axes).astype(block.dtype)
 
 
 def blocks(shape: Sequence[int], chunks: Sequence[int], lead: int = 1) -> list[tuple[slice, ...]]:
@@ -106,7 +116,8 @@ def write_pyramid(group: Any, markers: Path, method: Downsampling, smallest: int
     shapes = level_shapes(base.shape, smallest, lead)
     done = markers / "pyramid"
     done.mkdir(parents=True, exist_ok=True)
-    chunks = tuple(base.chunks)  # a sharded level 0's inner chunks: the levels above are small, left unsharded
+    chunks = tuple(base.chunks)  # a sharded level 0's inner chunks
+    shards = getattr(base, "shards", None)  # and its shards: the levels above are sharded alike (few files)
     layout: dict[str, Any] = {"dimension_names": getattr(base.metadata, "dimension_names", None)}
     if base.metadata.zarr_format == 2:  # NGFF 0.4: "/" in chunk keys, no dimension names
         layout = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
@@ -114,9 +125,16 @@ def write_pyramid(group: Any, markers: Path, method: Downsampling, smallest: int
     for level, shape in enumerate(shapes, start=1):
         name = str(level)
         if name not in group:
-            level_chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
-            group.create_array(name, shape=shape, dtype=base.dtype, chunks=level_chunks, fill_value=0, **layout)
-        jobs = [(level, block, str(marker)) for block in blocks(shape, tuple(group[name].chunks), lead)
+            if shards is None:
+                level_layout = {"chunks": tuple(min(c, s) for c, s in zip(chunks, shape))}
+            else:
+                level_shards = tuple(min(c, s) for c, s in zip(shards, shape))
+                inner = tuple(_divisor_at_most(n, c) for n, c in zip(level_shards, chunks))
+                level_layout = ({"chunks": inner, "shards": level_shards} if inner != level_shards
+                                else {"chunks": level_shards})
+            group.create_array(name, shape=shape, dtype=base.dtype, fill_value=0, **level_layout, **layout)
+        unit = tuple(getattr(group[name], "shards", None) or group[name].chunks)  # one writer per stored file
+        jobs = [(level, block, str(marker)) for block in blocks(shape, unit, lead)
                 if not (marker := done / f"{level}_{'_'.join(str(w.start) for w in block)}").exists()]
         if run is None or path is None:
             _downsample_jobs(group, jobs, method, lead)
@@ -125,6 +143,11 @@ def write_pyramid(group: Any, markers: Path, method: Downsampling, smallest: int
                 [jobs[i:i + BLOCKS_PER_TASK] for i in range(0, len(jobs), BLOCKS_PER_TASK)])
         logger.info("pyramid level %d %s: %d blocks written", level, shape, len(jobs))
     return 1 + len(shapes)
+
+
+def _divisor_at_most(extent: int, edge: int) -> int:
+    """The largest divisor of ``extent`` that is at most ``edge`` (a shard holds a whole number of chunks)."""
+    return next(d for d in range(min(extent, edge), 0, -1) if extent % d == 0)
 
 
 def downsample_task(jobs: list[tuple[int, tuple[slice, ...], str]], *, path: str, method: Downsampling,

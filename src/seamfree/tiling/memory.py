@@ -35,7 +35,8 @@ from seamfree.layers.modes import eval_mode
 from seamfree.models.field_cache import load_record, store_record
 from seamfree.tiling.grid import round_up
 
-__all__ = ["ALLOCATOR_OVERHEAD", "ForwardMemory", "activation_bytes_per_voxel", "architecture_identity",
+__all__ = ["ALLOCATOR_OVERHEAD", "ENGINE_IN_BYTES", "ENGINE_OUT_BYTES", "ForwardMemory", "activation_bytes_per_voxel",
+           "architecture_identity", "engine_bytes",
            "forward_memory", "model_device", "peak_forward_bytes"]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,19 @@ _PROBES = {1: (4096, 8192), 2: (256, 512), 3: (64, 96)}
 # resident memory of a warm forward was up to 1.16x the live peak in the tests (2D U-Net, glibc malloc)
 ALLOCATOR_OVERHEAD = 1.25
 _CACHE: dict[tuple[str, int, str], ForwardMemory] = {}
+
+
+# Host bytes the engine holds per tile voxel around the forward, per input channel: the read-ahead batches of
+# normalized float32 input (PREFETCH_BATCHES queued and one being built), the raw window and its reflect-padded
+# copy (at most float32 each), the finiteness mask; per output channel: the forward's float32 result and its
+# activation, the converter's float32 temporaries (three), the stored values and a digest's copy of them.
+ENGINE_IN_BYTES = 4 * 3 + 2 * 4 + 1
+ENGINE_OUT_BYTES = 4 + 4 + 3 * 4 + 1 + 4
+
+
+def engine_bytes(voxels: int, in_channels: int, out_channels: int, batch: int = 1) -> int:
+    """Bytes the engine holds around the forward for ``batch`` tiles of ``voxels`` voxels (see the constants)."""
+    return int(batch * voxels * (ENGINE_IN_BYTES * in_channels + ENGINE_OUT_BYTES * out_channels))
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,7 @@ def _resolve_grid(model: nn.Module, info: ModelInfo, source: ImageSource, tiling
     if core is None or tiles_per_batch is None:
         suggestion = suggest_tiling(model, source.spatial_shape, memory_budget=tiling.memory_budget, device=device,
                                     receptive_field=rf or ReceptiveField(halo, halo, stride, False, 0.0), info=info,
-                                    timed=tiling.tile_timing, amp=amp)
+                                    timed=tiling.tile_timing, amp=amp, chunks=source.spatial_chunks)
         core = suggestion.core if core is None else core
         tiles_per_batch = suggestion.tiles_per_batch if tiles_per_batch is None else tiles_per_batch
     core_t = as_axis_tuple(core, dims, "core")

@@ -19,7 +19,7 @@ from seamfree.errors import ShapeError
 from seamfree.models.describe import ModelInfo, describe_model
 from seamfree.models.receptive import ReceptiveField
 from seamfree.tiling.grid import MAX_TILE_TO_CORE_RATIO, round_up
-from seamfree.tiling.memory import activation_bytes_per_voxel, architecture_identity, forward_memory
+from seamfree.tiling.memory import activation_bytes_per_voxel, architecture_identity, engine_bytes, forward_memory
 from seamfree.tiling.throughput import MIN_GAIN, MIN_TIMED_VOXELS, SLACK, tile_seconds
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ class TilingSuggestion:
 
 _Plan = tuple[list[int], list[int], list[int]]  # cores per axis, core, tile
 
+# A plan computing at most this many times the fewest voxels is good enough: smaller tiles are then preferred
+# (flat memory at any volume), down to MIN_TILE_VOXELS voxels per tile (a forward's fixed costs stay small).
+SUFFICIENT = 1.1
+MIN_TILE_VOXELS = 1 << 22
+
 
 def suggest_tiling(
     model: nn.Module,
@@ -59,6 +64,7 @@ def suggest_tiling(
     info: ModelInfo | None = None,
     timed: bool = True,
     amp: bool = False,
+    chunks: tuple[int, ...] | None = None,
 ) -> TilingSuggestion:
     """Return the core, halo and tiles per batch that fit ``memory_budget`` bytes and run fastest.
 
@@ -77,6 +83,12 @@ def suggest_tiling(
     (:func:`default_memory_budget`; batch 1 there); half of the free GPU memory on CUDA (batch up to 4).
     ``info``: the model's description (made if not given); ``receptive_field`` replaces its receptive field;
     ``amp``: time the forwards under bfloat16 autocast (CUDA), as the prediction will run them.
+
+    The budget counts what the engine holds around the forward too (:func:`~seamfree.tiling.memory.engine_bytes`:
+    the read-ahead batches, the normalized input, the output before and after conversion, the digests), not the
+    forward alone. ``chunks``: the input's spatial chunks; the cores are then multiples (or divisors) of them
+    wherever such cores fit, so that reads and writes are chunk-aligned and an input chunk is not decoded by many
+    tiles (and the plan does not depend on odd tile shapes where a library's convolution is slow).
     """
     info = info or describe_model(model, probe=False)
     rf = receptive_field or info.receptive_field
@@ -88,13 +100,14 @@ def suggest_tiling(
                             digest=info.digest)
 
     def fits(voxels: int) -> bool:
-        return memory.bytes(voxels) <= budget
+        return memory.bytes(voxels) + engine_bytes(voxels, info.in_channels, info.out_channels) <= budget
 
     def batch_of(tile: list[int]) -> int:
         return 1 if device == "cpu" else int(max(1, min(4, budget // max(memory.bytes(math.prod(tile)), 1))))
 
     padded = [round_up(n, s) for n, s in zip(image_shape, stride)]
-    counts, core, tile = _fewest_voxels(padded, stride, rf.halo, fits)
+    align = _alignment(chunks, stride, dims)
+    counts, core, tile = _smallest_sufficient(padded, stride, rf.halo, fits, align)
     expected = None
     if timed and fits(math.prod(tile)) and math.prod(tile) >= MIN_TIMED_VOXELS:
         identity = architecture_identity(model, info.digest)
@@ -105,9 +118,9 @@ def suggest_tiling(
                                   batch=batch, amp=amp)
             return timing.seconds(-(-math.prod(plan[0]) // batch))
 
-        (counts, core, tile), expected = _fastest(_alternatives(padded, stride, rf.halo, fits, (counts, core, tile)),
-                                                  seconds)
-    tile_bytes = memory.bytes(math.prod(tile))
+        (counts, core, tile), expected = _fastest(_alternatives(padded, stride, rf.halo, fits, (counts, core, tile),
+                                                                align), seconds)
+    tile_bytes = memory.bytes(math.prod(tile)) + engine_bytes(math.prod(tile), info.in_channels, info.out_channels)
     batch = batch_of(tile)
     ratio = math.prod(k * t for k, t in zip(counts, tile)) / math.prod(image_shape)
     if tile_bytes > budget:
@@ -122,8 +135,38 @@ def suggest_tiling(
     return TilingSuggestion(tuple(core), rf.halo, batch, tuple(tile), int(tile_bytes * batch), ratio, expected)
 
 
+def _alignment(chunks: tuple[int, ...] | None, stride: tuple[int, ...], dims: int) -> tuple[int, ...] | None:
+    """The chunk edge each core should be a multiple or divisor of (None: no chunks, or chunks the stride cannot
+    honour)."""
+    if chunks is None or len(chunks) != dims:
+        return None
+    if any(c < s or c % s for c, s in zip(chunks, stride)):
+        return None
+    return tuple(int(c) for c in chunks)
+
+
+def _smallest_sufficient(padded: list[int], stride: tuple[int, ...], halo: tuple[int, ...],
+                         fits: Callable[[int], bool], align: tuple[int, ...] | None) -> _Plan:
+    """The plan with the smallest tiles (at least :data:`MIN_TILE_VOXELS`) that computes at most
+    :data:`SUFFICIENT`× the fewest voxels any fitting plan computes: tiles stop growing with the volume once a
+    larger one saves less than that, so memory stays flat at any size (a model without halo computes each voxel
+    once whatever the tile: its tiles stay near MIN_TILE_VOXELS)."""
+    fewest = _fewest_voxels(padded, stride, halo, fits, align)
+    least = math.prod(k * t for k, t in zip(fewest[0], fewest[2]))
+    chosen, cap = fewest, math.prod(fewest[2]) // 2
+    while cap >= MIN_TILE_VOXELS:
+        def fits_cap(voxels: int, cap: int = cap) -> bool:
+            return voxels <= cap and fits(voxels)
+
+        plan = _fewest_voxels(padded, stride, halo, fits_cap, align)
+        if math.prod(plan[2]) > cap or math.prod(k * t for k, t in zip(plan[0], plan[2])) > SUFFICIENT * least:
+            break
+        chosen, cap = plan, math.prod(plan[2]) // 2
+    return chosen
+
+
 def _alternatives(padded: list[int], stride: tuple[int, ...], halo: tuple[int, ...], fits: Callable[[int], bool],
-                  fewest: _Plan) -> list[_Plan]:
+                  fewest: _Plan, align: tuple[int, ...] | None = None) -> list[_Plan]:
     """``fewest`` first, then the fewest-voxels plans with tiles of at most 1/2, 1/4, 1/8 and 1/16 of its voxels
     that compute at most SLACK× its voxels (distinct tiles only)."""
     def computed(plan: _Plan) -> int:
@@ -136,8 +179,9 @@ def _alternatives(padded: list[int], stride: tuple[int, ...], halo: tuple[int, .
         def fits_cap(voxels: int, cap: int = cap) -> bool:
             return voxels <= cap and fits(voxels)
 
-        plan = _fewest_voxels(padded, stride, halo, fits_cap)
-        if math.prod(plan[2]) <= cap and computed(plan) <= SLACK * computed(fewest) \
+        plan = _fewest_voxels(padded, stride, halo, fits_cap, align)
+        aligned = align is None or all(c % a == 0 or t >= p for c, t, a, p in zip(plan[1], plan[2], align, padded))
+        if aligned and math.prod(plan[2]) <= cap and computed(plan) <= SLACK * computed(fewest) \
                 and all(plan[2] != other[2] for other in plans):
             plans.append(plan)
     return plans
@@ -160,7 +204,8 @@ def _fastest(plans: list[_Plan], seconds: Callable[[_Plan], float]) -> tuple[_Pl
 
 
 def _fewest_voxels(padded: list[int], stride: tuple[int, ...], halo: tuple[int, ...],
-                   fits: Callable[[int], bool]) -> tuple[list[int], list[int], list[int]]:
+                   fits: Callable[[int], bool],
+                   align: tuple[int, ...] | None = None) -> tuple[list[int], list[int], list[int]]:
     """The cores per axis, core and tile whose tiles ``fit`` with the fewest voxels computed, then fewest tiles.
 
     Every distinct core per axis is a candidate (a multiple of the stride; cores smaller than the halo only when
@@ -177,7 +222,13 @@ def _fewest_voxels(padded: list[int], stride: tuple[int, ...], halo: tuple[int, 
 
     every = [options(p, s, h) for p, s, h in zip(padded, stride, halo)]
     wide = [[o for o in axis if o[1] >= max(h, s)] or axis for axis, h, s in zip(every, halo, stride)]
-    for per_axis in (wide, every):
+    tiers = [wide, every]
+    if align is not None:  # cores that are multiples of the input's chunks (or the whole axis), then divisors
+        multiples = [[o for o in axis if o[1] % a == 0 or o[2] >= p] for axis, a, p in zip(wide, align, padded)]
+        divisors = [[o for o in axis if o[1] % a == 0 or a % o[1] == 0 or o[2] >= p] or axis
+                    for axis, a, p in zip(wide, align, padded)]
+        tiers[:0] = [[m or d for m, d in zip(multiples, divisors)], divisors]
+    for per_axis in tiers:
         best: tuple[int, int, list[tuple[int, int, int]]] | None = None
         for head in itertools.product(*per_axis[:-1]):
             head_voxels = math.prod(t for _, _, t in head)
