@@ -79,8 +79,9 @@ def read_window(source: ImageSource, window: Sequence[slice]) -> np.ndarray:
 
 
 def _activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
+    """The activation of a forward's fresh output, in place where it can be (the same values, no copy)."""
     if activation == "sigmoid":
-        return torch.sigmoid(logits)
+        return logits.sigmoid_() if not logits.requires_grad else torch.sigmoid(logits)
     if activation == "softmax":
         return torch.softmax(logits, dim=1)
     return logits
@@ -116,7 +117,7 @@ def forward_batch(model: nn.Module, batch: np.ndarray | DeviceBatch, runtime: Ru
             y = torch.flip(y, dims) if dims else y
             total = y if total is None else total + y
     assert total is not None  # at least one flip (the identity) always runs
-    result = (total / len(flips)).cpu().numpy()
+    result = (total if len(flips) == 1 else total / len(flips)).cpu().numpy()
     if not np.isfinite(result).all():
         raise DataError(f"the model's output holds {int(np.isnan(result).sum())} NaN and "
                         f"{int(np.isinf(result).sum())} infinite values for a batch of finite inputs: the network "
@@ -144,9 +145,11 @@ def _prefetch(source: ImageSource, tiles: Iterator[Tile], normalization: Intensi
                 if not chunk:
                     break
                 raw = [read_window(source, t.read) for t in chunk]
-                batch = np.stack([normalization.apply(r) for r in raw])
+                normalized = [normalization.apply(r) for r in raw]
+                batch = normalized[0][np.newaxis] if len(normalized) == 1 else np.stack(normalized)
                 digests = [input_digest(r) if digests_wanted else None for r in raw]
-                if not np.isfinite(batch).all():
+                # integers normalized with finite statistics are finite: only float inputs are checked
+                if any(r.dtype.kind in "fc" for r in raw) and not np.isfinite(batch).all():
                     raise DataError(
                         f"the input {source.where} contains NaN or Inf values in the tile read at "
                         f"{chunk[0].read}; clean or mask them before prediction (e.g. numpy.nan_to_num)"

@@ -79,6 +79,11 @@ class IntensityNormalization:
             return _affine(x, lo, np.maximum(hi - lo, 1e-6))
         if self.offset is None or self.scale is None:
             raise ConfigError("normalization statistics are not computed; call compute_normalization first")
+        if x is not tile:  # a copy of ours already: normalized in place (the same values, no temporaries)
+            shape = (-1,) + (1,) * (x.ndim - 1)
+            x -= np.asarray(self.offset).astype(np.float32).reshape(shape)
+            x /= np.asarray(self.scale).astype(np.float32).reshape(shape)
+            return x
         return _affine(x, np.asarray(self.offset), np.asarray(self.scale))
 
     def to_dict(self) -> dict[str, object]:
@@ -189,14 +194,15 @@ class SlabStatistics:
                 "clean or mask them before prediction (e.g. numpy.nan_to_num)"
             )
         check_float32_range(slab, f"{source.where} in the region {window}")
+        if self.histograms is not None:  # 8/16-bit: the histogram holds the sums too (see finish)
+            for c in range(self.channels):
+                counts = np.bincount(slab[c].view(np.uint8) if slab.dtype == bool else slab[c], minlength=1 << 16)
+                self.histograms[c] += counts[: 1 << 16]
+            return
         values = slab.astype(np.float64)
         self.sums += values.sum(axis=1)
         self.squares += np.square(values).sum(axis=1)
-        if self.histograms is not None:
-            for c in range(self.channels):
-                self.histograms[c] += np.bincount(slab[c].astype(np.int64), minlength=1 << 16)[: 1 << 16]
-        else:
-            self.samples.append(slab[:, ::self.stride].astype(np.float32))
+        self.samples.append(slab[:, ::self.stride].astype(np.float32))
 
     def merge(self, other: SlabStatistics) -> None:
         """Add statistics computed on other slabs."""
@@ -208,6 +214,10 @@ class SlabStatistics:
 
     def finish(self, normalization: IntensityNormalization) -> IntensityNormalization:
         """Return ``normalization`` with the offset and scale these statistics give."""
+        if self.histograms is not None:
+            levels = np.arange(1 << 16, dtype=np.float64)
+            self.sums = self.histograms @ levels
+            self.squares = self.histograms @ np.square(levels)
         mean = self.sums / self.total
         std = np.sqrt(np.maximum(self.squares / self.total - mean**2, 0.0))
         if normalization.method == "meanstd":

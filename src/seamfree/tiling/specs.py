@@ -91,8 +91,11 @@ class OutputSpec:
         """
         if self.kind == "float32":
             return values.astype(np.float32, copy=False)
-        if self.kind == "uint8":
-            return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+        if self.kind == "uint8":  # one temporary, rounded and clipped in place (the same values)
+            scaled = values * np.float32(255.0) if values.dtype == np.float32 else values * 255.0
+            np.rint(scaled, out=scaled)
+            np.clip(scaled, 0, 255, out=scaled)
+            return scaled.astype(np.uint8)
         if values.shape[0] == 1:
             return (values > self.threshold).astype(np.uint8)
         return np.argmax(values, axis=0)[np.newaxis].astype(np.uint8)

@@ -1,0 +1,83 @@
+"""Plans at scale: chunk-aligned cores, tiles that do not grow with the volume, the engine's buffers counted in the
+budget, few output files (sharded pyramid levels) and an integer-exact pyramid mean."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from seamfree.io.pyramid import downsample
+from seamfree.tiling import PredictConfig, predict, suggest_tiling
+from seamfree.tiling.memory import engine_bytes, forward_memory
+
+zarr = pytest.importorskip("zarr")
+
+
+@pytest.fixture(scope="module")
+def pointwise():
+    """A cheap model without halo (a 1×1×1 convolution), as TorchScript like a user's export."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # torch 2.13 deprecates making TorchScript; users' files are TorchScript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(torch.nn.Conv3d(1, 1, 1).eval())
+
+
+def test_cores_are_multiples_of_the_input_chunks_and_do_not_grow_with_the_volume(pointwise):
+    chunks = (64, 256, 256)
+    plans = [suggest_tiling(pointwise, shape, chunks=chunks, timed=False, memory_budget=3 << 30)
+             for shape in ((128, 1024, 1024), (256, 2048, 2048), (1024, 4096, 4096))]
+    for plan in plans:
+        assert all(c % k == 0 for c, k in zip(plan.core, chunks)), plan.core
+        assert plan.compute_ratio == 1.0
+    assert len({p.tile_shape for p in plans}) == 1  # the same tile at 8× and 64× the voxels: flat memory
+    # deterministic: the same plan every time
+    assert suggest_tiling(pointwise, (256, 2048, 2048), chunks=chunks, timed=False,
+                          memory_budget=3 << 30) == plans[1]
+
+
+def test_the_budget_counts_the_engines_buffers_not_only_the_forward(pointwise):
+    budget = 64 << 20
+    plan = suggest_tiling(pointwise, (256, 2048, 2048), chunks=(64, 256, 256), timed=False, memory_budget=budget)
+    voxels = math.prod(plan.tile_shape)
+    forward = forward_memory(pointwise, 1, (1, 1, 1)).bytes(voxels)
+    assert plan.estimated_bytes == forward + engine_bytes(voxels, 1, 1) <= budget
+    assert engine_bytes(voxels, 1, 1) > forward  # for a cheap model the engine's buffers are most of it
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.uint32])
+def test_the_integer_pyramid_mean_is_the_rounded_float_mean(dtype, rng):
+    info = np.iinfo(dtype)
+    for shape, lead in (((1, 7, 9), 1), ((2, 8, 8, 5), 1), ((1, 3, 3, 3), 1), ((3, 1, 6, 7), 2)):
+        block = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+        pad = [(0, 0)] * lead + [(0, s % 2) for s in block.shape[lead:]]
+        values = np.pad(block.astype(np.float64), pad, mode="edge")
+        split = list(values.shape[:lead])
+        for s in values.shape[lead:]:
+            split += [s // 2, 2]
+        expected = np.rint(values.reshape(split).mean(axis=tuple(range(lead + 1, len(split), 2)))).astype(dtype)
+        found = downsample(block, "mean", lead)
+        assert found.dtype == dtype
+        np.testing.assert_array_equal(found, expected)
+
+
+def test_a_sharded_output_keeps_few_files_in_every_level(pointwise, tmp_path, rng):
+    image = rng.integers(0, 64, (64, 512, 512), dtype=np.uint8)
+    source = zarr.create_array(str(tmp_path / "in.zarr"), shape=image.shape, chunks=(32, 128, 128), dtype="u1")
+    source[:] = image
+    out = tmp_path / "out.zarr"
+    predict(pointwise, str(tmp_path / "in.zarr"), str(out),
+            config=PredictConfig(activation="sigmoid", output_kind="uint8", tile_timing=False))
+    group = zarr.open_group(str(out), mode="r")
+    levels = sorted(group.array_keys())
+    assert len(levels) >= 2
+    base_shards = group["0"].shards
+    assert base_shards is not None
+    for key in levels[1:]:
+        assert group[key].shards is not None or group[key].chunks == group[key].shape  # sharded like level 0
+    files = sum(1 for p in out.rglob("*") if p.is_file())
+    assert files <= 2 * math.prod(-(-n // c) for n, c in zip(group["0"].shape, base_shards)) + 10
+    assert not out.with_name(out.name + ".seamfree").exists()
