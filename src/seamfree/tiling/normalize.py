@@ -216,8 +216,8 @@ class SlabStatistics:
         """Return ``normalization`` with the offset and scale these statistics give."""
         if self.histograms is not None:
             levels = np.arange(1 << 16, dtype=np.float64)
-            self.sums = self.histograms @ levels
-            self.squares = self.histograms @ np.square(levels)
+            self.sums = np.asarray(self.histograms @ levels, dtype=np.float64)
+            self.squares = np.asarray(self.histograms @ np.square(levels), dtype=np.float64)
         mean = self.sums / self.total
         std = np.sqrt(np.maximum(self.squares / self.total - mean**2, 0.0))
         if normalization.method == "meanstd":
