@@ -40,7 +40,8 @@ def block_digest(data: np.ndarray) -> str:
     """sha256 of a block's values with its dtype and shape (what its done marker records)."""
     data = np.ascontiguousarray(data)
     digest = hashlib.sha256(f"{data.dtype.str}{data.shape}".encode())
-    digest.update(data.data.cast("B"))  # the array's own buffer: no bytes copy
+    if data.size:
+        digest.update(data.data.cast("B"))  # the array's own buffer: no bytes copy
     return digest.hexdigest()
 
 
