@@ -219,3 +219,18 @@ def test_dask_workers_as_slurm_jobs_equal_one_process(slurm, job):
         time.sleep(1)
         listed = subprocess.run(["squeue", "-h", "-n", "dask-worker"], capture_output=True, text=True, check=False)
     assert not listed.stdout.strip()
+
+
+def test_a_segmentation_array_equals_one_process(slurm, job):
+    arguments = [str(job / "ref.zarr"), str(job / "labels_array.zarr"), "--block", "16,64,64", "--threshold", "0.5"]
+    result = subprocess.run([SEAMFREE, "submit", "segment", *arguments, "--tasks", "3", "--wait"],
+                            capture_output=True, text=True, cwd=job, env=_environment(), check=False)
+    assert result.returncode == 0, result.stderr
+    subprocess.run([SEAMFREE, "segment", str(job / "ref.zarr"), str(job / "labels_one.zarr"), "--block", "16,64,64",
+                    "--threshold", "0.5", "-q"], check=True, capture_output=True, env=_environment())
+    one = zarr.open_group(str(job / "labels_one.zarr"), mode="r")
+    array = zarr.open_group(str(job / "labels_array.zarr"), mode="r")
+    for key in one.array_keys():
+        np.testing.assert_array_equal(np.asarray(array[key]), np.asarray(one[key]))
+    logs = _logs(job, "labels_array.zarr")
+    assert logs.count("shares still to do") + logs.count("another task joins") == 2, logs

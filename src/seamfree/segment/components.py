@@ -32,7 +32,7 @@ from seamfree.errors import require
 from seamfree.io.pyramid import Runner
 from seamfree.segment.blocks import BlockGrid, Window
 
-__all__ = ["Components", "blockwise_components", "global_labels", "run_here", "structure"]
+__all__ = ["Components", "blockwise_components", "global_labels", "prepare_scratch", "run_here", "structure"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +87,7 @@ def blockwise_components(root: Path, grid: BlockGrid, binary: Binary, *, connect
     """Label the connected components of the binary image that ``binary`` gives block by block; scratch files
     (and done markers) under ``root``. Rerunning after a kill redoes only the blocks without a table."""
     run = run or run_here
-    for folder in ("tables", "pairs"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    _scratch_array(root, grid)
+    prepare_scratch(root, grid)
     todo = [index for index in grid if not _table(root, grid, index).exists()]
     run(partial(label_task, binary=binary, grid=grid, root=str(root), connectivity=connectivity), _batches(todo))
     counts, sizes, lower, upper = _read_tables(root, grid)
@@ -98,6 +96,14 @@ def blockwise_components(root: Path, grid: BlockGrid, binary: Binary, *, connect
     todo = [index for index in grid if not _pairs(root, grid, index).exists()]
     run(partial(faces_task, grid=grid, root=str(root), connectivity=connectivity), _batches(todo))
     return _merge(root, grid, offsets, sizes, lower, upper, min_size)
+
+
+def prepare_scratch(root: Path, grid: BlockGrid) -> None:
+    """The folders and scratch array of a blockwise pass under ``root`` (made once; tasks of a job array have it
+    made under the output's lock before they write into it)."""
+    for folder in ("tables", "pairs"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    _scratch_array(root, grid)
 
 
 def _scratch_array(root: Path, grid: BlockGrid) -> None:

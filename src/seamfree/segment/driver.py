@@ -19,10 +19,12 @@ or, with ``run``, as block tasks on dask workers that share the storage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -32,15 +34,16 @@ from typing import Any, Literal
 import numpy as np
 
 from seamfree._version import __version__
-from seamfree.errors import ConfigError, DataError, ShapeError, require
+from seamfree.errors import ConfigError, DataError, OutputExistsError, ShapeError, require
 from seamfree.io.lock import output_lock
 from seamfree.io.pyramid import Runner
 from seamfree.io.safety import fingerprint_digest, resolved_path
 from seamfree.io.zarr_output import is_seamfree_zarr, seamfree_attrs
 from seamfree.segment.blocks import BlockGrid
-from seamfree.segment.components import blockwise_components, global_labels, run_here
+from seamfree.segment.components import blockwise_components, global_labels, prepare_scratch, run_here
 from seamfree.segment.methods import METHOD_KINDS, METHODS, Method, Prediction
 from seamfree.segment.output import BlockWriter, LabelTarget
+from seamfree.tiling.shards import Shard
 
 __all__ = ["SegmentConfig", "SegmentResult", "segment"]
 
@@ -150,6 +153,12 @@ class SegmentResult:
     seconds: float
     path: Path | None = None
     notes: tuple[str, ...] = field(default=())
+    pending: str | None = None  # a share of a job array that left the rest to another task: what is left
+
+    @property
+    def complete(self) -> bool:
+        """Whether the labels are written (False: a share whose task left the rest to another)."""
+        return self.pending is None
 
     @property
     def exact(self) -> bool:
@@ -164,7 +173,8 @@ class SegmentResult:
 
 
 def segment(prediction: Any, output: str | Path | None = None, *, method: str | None = None,
-            config: SegmentConfig | None = None, run: Runner | None = None) -> SegmentResult:
+            config: SegmentConfig | None = None, run: Runner | None = None,
+            shard: Shard | None = None) -> SegmentResult:
     """Instance labels of ``prediction``, block by block, equal to the whole-image result (see the module).
 
     Parameters
@@ -181,6 +191,10 @@ def segment(prediction: Any, output: str | Path | None = None, *, method: str | 
         The method's parameters, blocks and halo.
     run : Runner, optional
         Spreads the block tasks over workers sharing the storage (``seamfree.distributed.cluster_runner``).
+    shard : Shard, optional
+        One task of a job array (CLI ``--shard I/N``): labels its share of the blocks in the first pass (the
+        blockwise components, the bulk of the reading); the task that finds every share of it done joins the
+        objects across blocks and writes the labels (``result.pending`` says what a task left to others).
 
     Examples
     --------
@@ -206,20 +220,102 @@ def segment(prediction: Any, output: str | Path | None = None, *, method: str | 
     fingerprint = json.loads(json.dumps({  # as stored: lists, not tuples
         "input": _input_entry(source, prediction), "segment": config.fingerprinted(), "block": list(block),
         "seamfree": __version__.split("+")[0]}))
+    if shard is not None:
+        return _segment_share(steps, config, spatial, block, target, fingerprint, run or run_here, shard, started)
     with output_lock(target.lock):
         done = target.finished(fingerprint)
         if done is not None:
             logger.info("%s is complete (same settings): nothing to do", target.path)
-            labels, summary = done
-            return SegmentResult(labels, int(summary.get("objects", 0)), str(summary.get("method", "")), block,
-                                 tuple(summary.get("halo", ())), tuple(summary.get("halo_needed", ())),
-                                 int(summary.get("unverified_voxels", 0)), 0.0, target.path)
+            return _done_result(done, block, target.path)
         scratch = target.scratch(fingerprint)
         try:
             result = _segment(steps, config, spatial, block, scratch, target, fingerprint, run or run_here)
         finally:
             if target.path is None:
                 shutil.rmtree(scratch, ignore_errors=True)
+    return SegmentResult(**{**result.__dict__, "seconds": time.perf_counter() - started})
+
+
+def _done_result(done: tuple[Any, dict[str, Any]], block: tuple[int, ...], path: Path | None) -> SegmentResult:
+    labels, summary = done
+    return SegmentResult(labels, int(summary.get("objects", 0)), str(summary.get("method", "")), block,
+                         tuple(summary.get("halo", ())), tuple(summary.get("halo_needed", ())),
+                         int(summary.get("unverified_voxels", 0)), 0.0, path)
+
+
+class SharesPending(Exception):
+    """This task's share of the first pass is done; others are not (their tasks complete the labels)."""
+
+
+@dataclass
+class ShareRunner:
+    """Runs the share ``shard`` of the first blockwise pass, then (if every share of it is done and ``claim`` gets
+    the output's lock) every later pass alone; raises SharesPending otherwise."""
+
+    shard: Shard
+    folder: Path
+    base: Runner
+    claim: Any
+    calls: int = 0
+
+    def __call__(self, task: Any, batches: list[list[Any]]) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            self.base(task, batches)
+            return
+        jobs = [job for batch in batches for job in batch]
+        shares = [_share_of(job, self.shard.count) for job in jobs]
+        mine = [job for job, share in zip(jobs, shares) if share == self.shard.index]
+        self.base(task, [mine[i:i + 4] for i in range(0, len(mine), 4)])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for share in {self.shard.index} | (set(range(self.shard.count)) - set(shares)):
+            (self.folder / f"{share}.done").touch()  # this one, and those with nothing left in the pass
+        left = [i for i in range(self.shard.count) if not (self.folder / f"{i}.done").exists()]
+        if left:
+            raise SharesPending(f"shard {self.shard}: its {len(mine)} blocks of the first pass are labelled; "
+                                f"{len(left)} of {self.shard.count} shares still to do (e.g. {left[0]}): the task "
+                                "that finishes the last one joins the objects and writes the labels")
+        try:
+            self.claim()
+        except OutputExistsError:
+            raise SharesPending(f"shard {self.shard}: every share of the first pass is done; another task joins "
+                                "the objects and writes the labels") from None
+
+
+def _share_of(job: Any, count: int) -> int:
+    """The share of a block job: a hash of what names it, the same in every task."""
+    return zlib.crc32(repr(job).encode()) % count
+
+
+def _segment_share(method: Method, config: SegmentConfig, spatial: tuple[int, ...], block: tuple[int, ...],
+                   target: LabelTarget, fingerprint: dict[str, Any], run: Runner, shard: Shard,
+                   started: float) -> SegmentResult:
+    """One task of a job array (see :func:`segment`'s ``shard``)."""
+    if target.path is None or target.lock is None:
+        raise ConfigError("--shard splits a segmentation written to storage every task shares: segment a prediction "
+                          "file (an OME-Zarr), not an array in memory")
+    if config.overwrite:
+        raise ConfigError("--overwrite with --shard would let every task delete the others' work: remove the old "
+                          "labels once before starting the tasks")
+    with contextlib.ExitStack() as held:
+        with output_lock(target.lock, role="plan", wait_for=("plan", "finalize")):
+            done = target.finished(fingerprint)
+            if done is not None:
+                return _done_result(done, block, target.path)
+            scratch = target.scratch(fingerprint)
+            # the first pass's scratch made once here: tasks never race to create it
+            prepare_scratch(scratch / ("mask" if method.kind.seeded else "objects"),
+                            BlockGrid(spatial, block, (0,) * len(spatial)))
+            held.enter_context(output_lock(target.lock, part=f"segment-{target.name}-shard-{shard.index}-of-"
+                                           f"{shard.count}", role="shard"))
+        runner = ShareRunner(shard, scratch / "shards" / str(shard.count), run, lambda: held.enter_context(
+            output_lock(target.lock, role="finalize", wait_for=("plan",))))
+        try:
+            result = _segment(method, config, spatial, block, scratch, target, fingerprint, runner)
+        except SharesPending as pending:
+            logger.debug("%s", pending)  # said by the result (the CLI prints it)
+            return SegmentResult(None, 0, method.name, block, (), (), 0, time.perf_counter() - started,
+                                 target.path, pending=str(pending))
     return SegmentResult(**{**result.__dict__, "seconds": time.perf_counter() - started})
 
 

@@ -140,13 +140,24 @@ def run_segment(args: argparse.Namespace, prediction: Any, out: Path | None, opt
     from seamfree.segment import SegmentConfig, segment
 
     config = SegmentConfig(**options)
+    shard = None
+    if getattr(args, "shard", None) is not None:
+        from seamfree.tiling.shards import parse_shard
+
+        shard = parse_shard(args.shard)
+        if uses_cluster(args):
+            raise SeamfreeError(f"--shard {args.shard} runs one task of a job array and cannot go with a dask "
+                                "cluster (--workers, --scheduler, --cluster, --scheduler-file): choose one")
     if uses_cluster(args):
         from seamfree.distributed import cluster_runner
 
         with cluster_runner(cluster_of(args)) as run:
             result = segment(str(prediction), out, config=config, run=run)
     else:
-        result = segment(str(prediction), out, config=config)
+        result = segment(str(prediction), out, config=config, shard=shard)
+    if result.pending is not None:
+        print(result.pending)
+        return 0
     exact = ("exact (every voxel proven equal to the whole-image result)" if result.exact else
              f"{result.unverified_voxels} voxels not proven exact (see the warning)")
     print(f"wrote {result.path}: {result.objects} objects ({result.method}, blocks {result.block}, halo "

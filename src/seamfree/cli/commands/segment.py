@@ -50,6 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the scheduler")
     s.add_argument("--worker-timeout", type=float, default=120.0,
                    help="stop (and say so) when the scheduler has had no worker for this many seconds")
+    s.add_argument("--shard", metavar="I/N",
+                   help="label only share I (from 0) of N of the blocks' first pass: the tasks of a job array each run "
+                        "one (auto reads the scheduler's index); the one that finishes the last share joins the "
+                        "objects and writes the labels (seamfree submit segment ... --tasks N)")
     add_cluster_options(s)
     s.set_defaults(handler=run)
 

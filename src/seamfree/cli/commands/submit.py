@@ -4,8 +4,9 @@ The sbatch script runs ``seamfree predict ARGS --shard $SLURM_ARRAY_TASK_ID/N`` 
 a signal (USR1) two minutes before the walltime: the task writes its batch in flight, records its progress,
 exits with status 75 and the script requeues it (``--requeue``), so a prediction longer than the walltime goes
 on in the next run of the same task. A preemption (SIGTERM from SLURM) pauses the task the same way and SLURM
-requeues it. The script and the tasks' logs go to ``OUT.seamfree-jobs/``. ``predict --segment METHOD`` chains a
-one-task ``seamfree segment`` job after the array (``--dependency=afterok``).
+requeues it. The script and the tasks' logs go to ``OUT.seamfree-jobs/``. ``segment`` runs as an array the same
+way (each task labels its share of the blocks; the last joins the objects). ``predict --segment METHOD`` chains a
+segment array after the prediction's (``--dependency=afterok``).
 """
 
 from __future__ import annotations
@@ -137,9 +138,6 @@ def run(args: argparse.Namespace) -> int:
     parsed = build_parser().parse_args([args.what, *command_args])  # a typo fails here, not in every task
     if args.what == "predict" and (parsed.workers or parsed.scheduler):
         raise SeamfreeError("seamfree submit runs each share in its own task; remove --workers/--scheduler")
-    if args.what == "segment" and tasks != 1:
-        raise SeamfreeError(f"segment joins objects across the whole image in one job: use --tasks 1, got {tasks} "
-                            "(predict --segment METHOD chains it after a sharded prediction)")
     output = _output_of(args.what, parsed).resolve()
     folder = output.with_name(output.name + ".seamfree-jobs")
     workdir = Path.cwd()
@@ -149,12 +147,11 @@ def run(args: argparse.Namespace) -> int:
         position = main_args.index("--segment")
         del main_args[position:position + 2]
     scripts = [(f"seamfree-{args.what}", sbatch_script([*_seamfree(), args.what, *main_args],
-                                                       name=f"seamfree-{args.what}",
-                                                       tasks=tasks if args.what == "predict" else None,
-                                                       logs=folder, options=options, workdir=workdir))]
+                                                       name=f"seamfree-{args.what}", tasks=tasks, logs=folder,
+                                                       options=options, workdir=workdir))]
     if segment_method is not None:
         segment = [*_seamfree(), "segment", str(parsed.out), "--method", segment_method]
-        scripts.append(("seamfree-segment", sbatch_script(segment, name="seamfree-segment", tasks=None, logs=folder,
+        scripts.append(("seamfree-segment", sbatch_script(segment, name="seamfree-segment", tasks=tasks, logs=folder,
                                                           options=options, workdir=workdir,
                                                           dependency="afterok:{previous}")))
     if options.dry_run:
@@ -172,11 +169,13 @@ def run(args: argparse.Namespace) -> int:
         previous = _sbatch(path, options.wait and name == scripts[-1][0])
         print(f"submitted {name}: job {previous} ({path})")
     print(f"follow it with: seamfree status {shlex.quote(str(output))}")
-    if options.wait:
+    if options.wait and args.what == "predict" and segment_method is None:
         from seamfree.cli.commands.status import _text
         from seamfree.io.progress import output_status
 
         print(_text(output_status(output)))
+    elif options.wait:
+        print(f"the job ended; its tasks' logs are in {folder}")
     return 0
 
 
