@@ -81,3 +81,33 @@ def test_a_sharded_output_keeps_few_files_in_every_level(pointwise, tmp_path, rn
     files = sum(1 for p in out.rglob("*") if p.is_file())
     assert files <= 2 * math.prod(-(-n // c) for n, c in zip(group["0"].shape, base_shards)) + 10
     assert not out.with_name(out.name + ".seamfree").exists()
+
+
+def test_the_report_says_what_bounded_the_run(pointwise, tmp_path, rng, capsys):
+    import json
+
+    from seamfree.cli.main import main
+
+    image = rng.integers(0, 64, (32, 128, 128), dtype=np.uint8)
+    source = zarr.create_array(str(tmp_path / "in.zarr"), shape=image.shape, chunks=(32, 64, 64), dtype="u1")
+    source[:] = image
+    report: list = []
+    predict(pointwise, str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), report=report,
+            config=PredictConfig(activation="sigmoid", output_kind="uint8", tile_timing=False))
+    done = report[0]
+    stages = done.stages.to_dict()
+    assert set(stages) == {"plan", "read", "forward", "write", "pyramid"}
+    assert all(v >= 0 for v in stages.values()) and stages["forward"] > 0 and stages["write"] > 0
+    assert sum(stages.values()) <= done.seconds * 1.05
+    assert done.cpu_seconds > 0 and done.peak_rss_bytes > 10e6 and done.memory_budget > 0
+    line = done.summary()
+    assert "Mvoxel/s" in line and "CPU ns/voxel" in line and "peak" in line and "time: " in line
+    assert done.to_dict()["bounded_by"] in stages
+    model = tmp_path / "m.pt"
+    with warnings.catch_warnings():  # torch 2.13 deprecates saving TorchScript; users' files are TorchScript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(pointwise, str(model))
+    assert main(["predict", str(model), str(tmp_path / "in.zarr"), str(tmp_path / "cli.zarr"), "--activation",
+                 "sigmoid", "--output-kind", "uint8", "--no-tile-timing", "-q", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["bounded_by"] in stages and printed["voxels_per_second"] > 0 and printed["tiles_total"] >= 1

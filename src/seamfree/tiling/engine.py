@@ -11,7 +11,9 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -46,6 +48,7 @@ class TileRun(Protocol):
     def tiles_per_batch(self) -> int: ...
 
 __all__ = [
+    "StageSeconds",
     "eval_mode",
     "forward_batch",
     "predict_batches",
@@ -133,7 +136,7 @@ def input_digest(raw: np.ndarray) -> str:
 
 def _prefetch(source: ImageSource, tiles: Iterator[Tile], normalization: IntensityNormalization,
               tiles_per_batch: int, stop: threading.Event, digests_wanted: bool,
-              transfer: BatchTransfer) -> Iterator[tuple[list[Tile], DeviceBatch, list[str | None]]]:
+              transfer: BatchTransfer) -> Generator[tuple[list[Tile], DeviceBatch, list[str | None]], None, None]:
     """Yield (tiles, normalized batch sent to the device, input digests or Nones) read by a background thread, a
     few batches ahead; on CUDA the copy to the GPU starts in that thread, overlapping the forward passes."""
     buffer: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_BATCHES)
@@ -187,18 +190,54 @@ def predict_batches(model: nn.Module, source: ImageSource, tiles: Iterable[Tile]
         yield batch_tiles, predictions
 
 
+@dataclass
+class StageSeconds:
+    """Wall seconds of the main thread by stage: waiting for tiles to be read and normalized (``read``), the
+    forward passes (``forward``), handing predictions to the sink (``write``: conversion, digests, the store's
+    encoding and writing), and, filled by the caller, planning (``plan``) and the pyramid (``pyramid``)."""
+
+    plan: float = 0.0
+    read: float = 0.0
+    forward: float = 0.0
+    write: float = 0.0
+    pyramid: float = 0.0
+
+    def bounded_by(self) -> str:
+        """The stage that took the most time."""
+        shares = self.to_dict()
+        return max(shares, key=shares.__getitem__)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"plan": self.plan, "read": self.read, "forward": self.forward, "write": self.write,
+                "pyramid": self.pyramid}
+
+
 def _predict(model: nn.Module, source: ImageSource, tiles: Iterable[Tile], normalization: IntensityNormalization,
-             runtime: RuntimeSpec, tiles_per_batch: int,
-             digests_wanted: bool = False) -> Generator[tuple[list[Tile], np.ndarray, list[str | None]], None, None]:
+             runtime: RuntimeSpec, tiles_per_batch: int, digests_wanted: bool = False,
+             times: StageSeconds | None = None) -> Generator[tuple[list[Tile], np.ndarray, list[str | None]], None,
+                                                               None]:
     if not normalization.resolved:
         raise ConfigError(f"tiles need resolved intensity statistics, got {normalization}; "
                           "call compute_normalization(source, normalization) first")
     stop = threading.Event()
     transfer = BatchTransfer(runtime.device)
+    times = times or StageSeconds()
     with eval_mode(model), torch.inference_mode():
-        for batch_tiles, batch, digests in _prefetch(source, iter(tiles), normalization, tiles_per_batch, stop,
-                                                     digests_wanted, transfer):
-            yield batch_tiles, forward_batch(model, batch, runtime), digests
+        batches = _prefetch(source, iter(tiles), normalization, tiles_per_batch, stop, digests_wanted, transfer)
+        try:
+            while True:
+                started = time.perf_counter()
+                item = next(batches, None)
+                ready = time.perf_counter()
+                times.read += ready - started
+                if item is None:
+                    return
+                batch_tiles, batch, digests = item
+                predictions = forward_batch(model, batch, runtime)
+                times.forward += time.perf_counter() - ready
+                yield batch_tiles, predictions, digests
+        finally:
+            batches.close()
 
 
 def _changed_inputs(source: ImageSource, done: Sequence[Tile], sink: TileSink) -> list[Tile]:
@@ -218,7 +257,7 @@ def _changed_inputs(source: ImageSource, done: Sequence[Tile], sink: TileSink) -
 
 def run_tiles(model: nn.Module, plan: TileRun, source: ImageSource, tiles: Sequence[Tile],
               sink: TileSink, *, progress: Callable[[int, int], None] | None = None,
-              stop: Callable[[], bool] | None = None) -> int:
+              stop: Callable[[], bool] | None = None, times: StageSeconds | None = None) -> int:
     """Predict the ``tiles`` the sink still needs and hand each prediction to it; return how many ran.
 
     ``progress(done, total)`` is called once before the first batch (tiles already done, e.g. on resume) and after
@@ -232,12 +271,15 @@ def run_tiles(model: nn.Module, plan: TileRun, source: ImageSource, tiles: Seque
     done = len(tiles) - len(todo)
     if progress is not None:
         progress(done, len(tiles))
+    times = times or StageSeconds()
     batches = _predict(model, source, todo if stop is None or not stop() else [], plan.normalization,
-                       plan.runtime, plan.tiles_per_batch, sink.records_inputs)
+                       plan.runtime, plan.tiles_per_batch, sink.records_inputs, times)
     try:
         for batch_tiles, predictions, digests in batches:
+            started = time.perf_counter()
             for tile, prediction, digest in zip(batch_tiles, predictions, digests):
                 sink.add(tile, prediction, digest)
+            times.write += time.perf_counter() - started
             done += len(batch_tiles)
             if progress is not None:
                 progress(done, len(tiles))
@@ -245,7 +287,9 @@ def run_tiles(model: nn.Module, plan: TileRun, source: ImageSource, tiles: Seque
                 break
     finally:
         batches.close()
+    started = time.perf_counter()
     sink.finish()
+    times.write += time.perf_counter() - started
     if done < len(tiles):
         raise Paused(f"paused at {100 * done / max(len(tiles), 1):.0f} % ({done} of {len(tiles)} tiles)",
                      done, len(tiles))

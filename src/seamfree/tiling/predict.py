@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -28,7 +30,15 @@ from seamfree.io.safety import fingerprint_digest
 from seamfree.io.writers import check_target, create_output, frame_target, recorded_fingerprint
 from seamfree.models.describe import describe_model
 from seamfree.models.receptive import ReceptiveField
-from seamfree.tiling.engine import eval_mode, forward_batch, predict_batches, read_window, resolve_activation, run_tiles
+from seamfree.tiling.engine import (
+    StageSeconds,
+    eval_mode,
+    forward_batch,
+    predict_batches,
+    read_window,
+    resolve_activation,
+    run_tiles,
+)
 from seamfree.tiling.grid import Tile, TileGrid, round_up
 from seamfree.tiling.near_exact import HaloCheck
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization, resolve_normalization
@@ -45,6 +55,7 @@ from seamfree.tiling.sharded import predict_shard, running_shards
 from seamfree.tiling.shards import Shard
 from seamfree.tiling.sinks import sink_for
 from seamfree.tiling.specs import Activation, RuntimeSpec
+from seamfree.tiling.suggest import default_memory_budget
 
 __all__ = [
     "PredictConfig",
@@ -76,6 +87,29 @@ class PredictionReport:
     activation: str
     frames: int | None = None  # a time series: how many frames (the normalization is the first frame's)
     halo_check: HaloCheck | None = None  # the near-exact mode (halo="effective"): its measured error
+    stages: StageSeconds | None = None  # where the wall time went (plan, read, forward, write, pyramid)
+    cpu_seconds: float | None = None  # CPU of this process during the prediction (every thread)
+    peak_rss_bytes: int | None = None  # this process's peak resident memory so far
+    memory_budget: int | None = None  # the budget the plan was made for (bytes)
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.grid.image_shape) * (self.frames or 1)
+
+    def summary(self) -> str:
+        """One line a user can act on: throughput, CPU per voxel, memory against the budget, what bounded it."""
+        parts = [f"{self.voxels / max(self.seconds, 1e-9) / 1e6:.3g} Mvoxel/s"]
+        if self.cpu_seconds is not None:
+            parts.append(f"{self.cpu_seconds * 1e9 / max(self.voxels, 1):.1f} CPU ns/voxel")
+        if self.peak_rss_bytes is not None:
+            budget = f" (memory budget {self.memory_budget / 1e6:.0f} MB)" if self.memory_budget else ""
+            parts.append(f"peak {self.peak_rss_bytes / 1e6:.0f} MB resident{budget}")
+        if self.stages is not None:
+            shares = self.stages.to_dict()
+            total = sum(shares.values()) or 1.0
+            parts.append("time: " + ", ".join(f"{name} {100 * value / total:.0f} %" for name, value in
+                                               sorted(shares.items(), key=lambda kv: -kv[1]) if value > 0))
+        return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +121,10 @@ class PredictionReport:
             "tiles_computed": self.tiles_computed, "seconds": self.seconds, "tiles_per_batch": self.tiles_per_batch,
             "activation": self.activation, "frames": self.frames,
             "near_exact": self.halo_check.to_dict() if self.halo_check else None,
+            "stages_seconds": self.stages.to_dict() if self.stages else None,
+            "bounded_by": self.stages.bounded_by() if self.stages else None, "cpu_seconds": self.cpu_seconds,
+            "peak_rss_bytes": self.peak_rss_bytes, "memory_budget": self.memory_budget,
+            "voxels_per_second": self.voxels / max(self.seconds, 1e-9),
         }
 
 
@@ -161,19 +199,24 @@ def predict(
         return _predict_shard(model, image, source, output, config, info, shard, progress, report, stop)
     if isinstance(source, FrameSeries):
         return _predict_series(model, image, source, output, config, info, progress, report, stop)
+    stages = StageSeconds()
+    cpu = time.process_time()
     try:
         started = time.perf_counter()
         with output_lock(output):  # one writer per output path, taken before any work
             _refuse_running_shards(output)
             plan = plan_prediction(model, source, config, info=info, recorded=_recorded(output, config))
+            stages.plan = time.perf_counter() - started
             target = create_output(output, shape=plan.output_shape, dtype=plan.output_dtype, chunks=plan.grid.core,
                                    fingerprint=plan.fingerprint, overwrite=config.overwrite,
                                    calibration=output_calibration(source, config), input_path=source.path,
                                    **zarr_options(config, plan.out_channels, model))
             tiles = list(plan.grid.tiles())
             computed = run_tiles(model, plan, source, tiles, sink_for(plan, target, source),
-                                 progress=_progress(progress), stop=stop)
+                                 progress=_progress(progress), stop=stop, times=stages)
+            finishing = time.perf_counter()
             result = target.finalize()
+            stages.pyramid = time.perf_counter() - finishing
     finally:
         if source is not image:
             source.close()
@@ -182,8 +225,21 @@ def predict(
                 plan.grid.halo, seconds)
     if report is not None:
         report.append(PredictionReport(plan.grid, plan.receptive_field, plan.normalization, len(tiles), computed,
-                                       seconds, plan.tiles_per_batch, plan.activation, halo_check=plan.halo_check))
+                                       seconds, plan.tiles_per_batch, plan.activation, halo_check=plan.halo_check,
+                                       stages=stages, cpu_seconds=time.process_time() - cpu,
+                                       peak_rss_bytes=peak_rss_bytes(),
+                                       memory_budget=config.memory_budget or default_memory_budget(config.device)))
     return result
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _predict_shard(model: nn.Module, image: Any, source: ImageSource | FrameSeries, output: Any,

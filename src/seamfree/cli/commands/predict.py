@@ -100,6 +100,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_trust_code(p)
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar and no informational lines (warnings and errors still show)")
+    p.add_argument("--json", action="store_true",
+                   help="print the run's report as JSON: geometry, tiles, seconds, Mvoxel/s, CPU, peak memory "
+                        "against the budget, and the time of each stage (plan, read, forward, write, pyramid)")
     p.add_argument("--workers", type=int, help="run on a dask LocalCluster with this many worker processes")
     p.add_argument("--scheduler", help="run on the dask cluster of this scheduler address (tcp://host:8786)")
     p.add_argument("--threads-per-worker", type=int, default=1)
@@ -195,10 +198,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"shard {shard} of {args.out}: {done.tiles_computed} of its {done.tiles_total} tiles computed in "
               f"{done.seconds:.1f} s; {after}")
         return 0
+    if args.json:
+        import json
+
+        print(json.dumps({"output": str(args.out), **done.to_dict()}, indent=1, default=str))
+        return _segment_after(args)
     frames = f" in {done.frames} frames" if done.frames is not None else ""
     print(f"wrote {args.out}: {done.tiles_computed} of {done.tiles_total} tiles{frames} computed in "
           f"{done.seconds:.1f} s (core {done.grid.core}, halo {done.grid.halo}, "
           f"{done.grid.compute_ratio:.2f}× voxels computed)")
+    if done.stages is not None:
+        print(done.summary())
     if done.halo_check is not None:
         print(done.halo_check.summary())
     return _segment_after(args)
