@@ -111,3 +111,22 @@ def test_the_report_says_what_bounded_the_run(pointwise, tmp_path, rng, capsys):
                  "sigmoid", "--output-kind", "uint8", "--no-tile-timing", "-q", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["bounded_by"] in stages and printed["voxels_per_second"] > 0 and printed["tiles_total"] >= 1
+
+
+@pytest.mark.parametrize(("kind", "bound"), [("uint8", 0.5 / 255), ("uint16", 0.5 / 65535), ("float16", 2.5e-4)])
+def test_compact_output_kinds_and_their_error_against_float32(kind, bound, tmp_path, rng):
+    from seamfree.models import UNet
+
+    torch.manual_seed(0)
+    net = UNet(2, 1, 2, depth=2, features=4, norm="batchrenorm").eval()
+    image = rng.normal(size=(300, 280)).astype(np.float32)
+    config = PredictConfig(core=64, tiles_per_batch=1)
+    reference = predict(net, image, config=config)
+    out = tmp_path / f"{kind}.zarr"
+    predict(net, image, str(out), config=PredictConfig(core=64, tiles_per_batch=1, output_kind=kind))
+    group = zarr.open_group(str(out), mode="r")
+    stored = np.asarray(group["0"])
+    assert stored.dtype == np.dtype(kind)
+    scale = {"uint8": 255.0, "uint16": 65535.0}.get(kind, 1.0)
+    assert np.abs(stored.astype(np.float64) / scale - reference).max() <= bound + 1e-7
+    assert np.asarray(group["1"]).dtype == np.dtype(kind)  # the pyramid keeps the kind

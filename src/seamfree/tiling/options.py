@@ -108,8 +108,9 @@ class PredictConfig:
     activation : {"auto", "none", "sigmoid", "softmax"}
         Applied to the model output; "auto": sigmoid/softmax for seamfree models that output logits,
         none for other models.
-    output_kind : {"float32", "uint8", "mask"}
-        Probabilities, probabilities scaled to 0..255, or a mask (threshold for one channel, argmax otherwise).
+    output_kind : {"float32", "float16", "uint16", "uint8", "mask"}
+        Probabilities (float32; float16: half the bytes, error below 5e-4), probabilities scaled to 0..65535 or
+        0..255, or a mask (threshold for one channel, argmax otherwise).
     threshold : float
         Threshold for ``output_kind="mask"``.
     memory_budget : int, optional

@@ -129,7 +129,7 @@ def zarr_options(config: PredictConfig, out_channels: int, model: nn.Module | No
     mask = spec.kind == "mask"
     labels_from = None
     if config.labels:
-        scale = 255.0 if spec.kind == "uint8" else 1.0
+        scale = spec.full_scale or 1.0
         labels_from = partial(_mask_of, OutputSpec("mask", config.threshold), scale)
     return {"pyramid": config.pyramid, "downsampling": "stride" if mask else "mean", "channel_names": names,
             "label_values": max(out_channels, 2) if mask else None, "labels_from": labels_from,

@@ -13,7 +13,10 @@ __all__ = ["ACTIVATIONS", "Activation", "OutputKind", "OutputSpec", "RuntimeSpec
 
 Activation = Literal["auto", "none", "sigmoid", "softmax"]
 ACTIVATIONS = ("auto", "none", "sigmoid", "softmax")
-OutputKind = Literal["float32", "uint8", "mask"]
+OutputKind = Literal["float32", "float16", "uint16", "uint8", "mask"]
+# what each kind stores, and the largest stored value of a probability of 1 (integer kinds)
+OUTPUT_KINDS = {"float32": (np.float32, None), "float16": (np.float16, None), "uint16": (np.uint16, 65535.0),
+                "uint8": (np.uint8, 255.0), "mask": (np.uint8, None)}
 Stitching = Literal["crop", "blend"]
 
 
@@ -58,7 +61,8 @@ class RuntimeSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """What a prediction stores: probabilities (float32), probabilities as uint8 (0..255), or a mask.
+    """What a prediction stores: probabilities (float32, or float16: half the bytes, error below 5e-4), probabilities
+    as integers (uint8: 0..255, error at most 1/510; uint16: 0..65535, at most 1/131070), or a mask.
 
     A mask thresholds one channel at ``threshold`` and takes the argmax of several.
     """
@@ -67,15 +71,20 @@ class OutputSpec:
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.kind not in ("float32", "uint8", "mask"):
-            raise ConfigError(f"output_kind must be 'float32', 'uint8' or 'mask', got {self.kind!r}")
+        if self.kind not in OUTPUT_KINDS:
+            raise ConfigError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {self.kind!r}")
         if not 0.0 <= self.threshold <= 1.0:  # also refuses NaN, which would give an all-zero mask
             raise ConfigError(f"threshold must lie in [0, 1] (a probability), got {self.threshold}")
 
     @property
     def dtype(self) -> np.dtype:
         """dtype of the stored values."""
-        return np.dtype(np.float32 if self.kind == "float32" else np.uint8)
+        return np.dtype(OUTPUT_KINDS[self.kind][0])
+
+    @property
+    def full_scale(self) -> float | None:
+        """The stored value of a probability of 1 for the integer kinds (uint8: 255, uint16: 65535), else None."""
+        return OUTPUT_KINDS[self.kind][1]
 
     def stored_channels(self, out_channels: int) -> int:
         """Return how many channels are stored for a model with ``out_channels`` outputs."""
@@ -89,13 +98,14 @@ class OutputSpec:
         >>> OutputSpec("uint8").convert(np.array([[0.0, 0.5, 1.0]])).tolist()
         [[0, 128, 255]]
         """
-        if self.kind == "float32":
-            return values.astype(np.float32, copy=False)
-        if self.kind == "uint8":  # one temporary, rounded and clipped in place (the same values)
-            scaled = values * np.float32(255.0) if values.dtype == np.float32 else values * 255.0
+        if self.kind in ("float32", "float16"):
+            return values.astype(self.dtype, copy=False)
+        full = self.full_scale
+        if full is not None:  # uint8, uint16: one temporary, rounded and clipped in place
+            scaled = values * np.float32(full) if values.dtype == np.float32 else values * full
             np.rint(scaled, out=scaled)
-            np.clip(scaled, 0, 255, out=scaled)
-            return scaled.astype(np.uint8)
+            np.clip(scaled, 0, full, out=scaled)
+            return scaled.astype(self.dtype)
         if values.shape[0] == 1:
             return (values > self.threshold).astype(np.uint8)
         return np.argmax(values, axis=0)[np.newaxis].astype(np.uint8)

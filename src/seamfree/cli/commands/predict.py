@@ -78,7 +78,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_renamed(p, "--intensity-offset", "--offset", type=float,
                  help="given intensity offset (skips the statistics pass), with --intensity-scale")
     add_renamed(p, "--intensity-scale", "--scale", type=float, help="given intensity scale, with --intensity-offset")
-    p.add_argument("--output-kind", choices=["float32", "uint8", "mask"], default="float32")
+    p.add_argument("--output-kind", choices=["float32", "float16", "uint16", "uint8", "mask"], default="float32",
+                   help="stored values: probabilities as float32, float16 (error < 5e-4), uint16 (0-65535) or uint8 "
+                        "(0-255: a quarter of float32's bytes, error at most 1/510), or a mask (an OME-Zarr label "
+                        "image)")
     p.add_argument("--voxel-size", type=float_tuple, metavar="SIZE",
                    help="voxel size for the output's metadata when the input records none, e.g. 2,0.5,0.5")
     p.add_argument("--unit", help="space unit of --voxel-size (um, nm, micrometer, ...)")
