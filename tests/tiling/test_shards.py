@@ -231,7 +231,7 @@ def test_cli_shard_status_and_submit(job, capsys):
                           (["submit", "predict", *base[1:]], "needs --tasks N"),
                           (["submit", "predict", *base[1:], "--tasks", "2", "--shard", "0/2"], "adds --shard"),
                           (["submit", "predict", *base[1:], "--tasks", "2", "--time", "2h"], "walltime format"),
-                          (["submit", "segment", str(folder / "cli.zarr"), "--tasks", "3"], "--tasks 1")):
+                          (["submit", "predict", *base[1:], "--tasks", "2", "--workers", "2"], "remove --workers")):
         assert main(argv) == 2
         assert message in capsys.readouterr().err
     assert main(["submit", "--dry-run", "predict", *base[1:], "--tasks", "4", "--time", "01:00:00",
@@ -243,6 +243,9 @@ def test_cli_shard_status_and_submit(job, capsys):
                  "scontrol requeue"):
         assert line in script, line
     assert not (folder / "cli.zarr.seamfree-jobs").exists()  # a dry run writes nothing
+    assert main(["submit", "--dry-run", "segment", str(folder / "cli.zarr"), "--tasks", "3"]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --array=0-2" in script and "segment" in script and '--shard "${SLURM_ARRAY_TASK_ID}/3"' in script
 
 
 def test_status_of_a_single_process_run(job, capsys):

@@ -229,7 +229,7 @@ def _fewest_voxels(padded: list[int], stride: tuple[int, ...], halo: tuple[int, 
                     for axis, a, p in zip(wide, align, padded)]
         tiers[:0] = [[m or d for m, d in zip(multiples, divisors)], divisors]
     for per_axis in tiers:
-        best: tuple[int, int, list[tuple[int, int, int]]] | None = None
+        best: tuple[int, int, float, list[tuple[int, int, int]]] | None = None
         for head in itertools.product(*per_axis[:-1]):
             head_voxels = math.prod(t for _, _, t in head)
             last = next((o for o in per_axis[-1] if fits(head_voxels * o[2])), None)  # the fewest cores that fit
@@ -238,10 +238,13 @@ def _fewest_voxels(padded: list[int], stride: tuple[int, ...], halo: tuple[int, 
             choice = [*head, last]
             computed = math.prod(k * t for k, _, t in choice)
             tiles = math.prod(k for k, _, _ in choice)
-            if best is None or (computed, tiles) < best[:2]:
-                best = (computed, tiles, choice)
+            # ties go to the more cubic tile (a slab one voxel thick reads across every chunk, and some
+            # convolution kernels are many times slower on it)
+            aspect = max(t for _, _, t in choice) / min(t for _, _, t in choice)
+            if best is None or (computed, tiles, aspect) < best[:3]:
+                best = (computed, tiles, aspect, choice)
         if best is not None:
-            chosen = best[2]
+            chosen = best[3]
             break
     else:
         chosen = [axis[-1] for axis in every]
