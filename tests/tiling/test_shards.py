@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 
@@ -258,3 +259,41 @@ def test_status_of_a_single_process_run(job, capsys):
     assert status["units_total"] == 12  # 1 × 3 × 4 cores
     with pytest.raises(DataError, match="not a seamfree output"):
         output_status(folder / "nothing.zarr")
+
+
+@pytest.mark.integration
+def test_ctrl_c_pauses_a_whole_run_after_the_batch_in_flight(tmp_path):
+    """SIGINT (Ctrl-C) to `seamfree predict`: the batch in flight is written, the run exits with 75 and one line,
+    and the same command resumes to the uninterrupted output."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    model = save_model(UNet(2, 1, 1, depth=2, features=8, norm="batchrenorm").eval(), tmp_path / "m.pt")
+    image = np.random.default_rng(3).integers(0, 255, (1024, 1024), dtype=np.uint8)
+    np.save(tmp_path / "image.npy", image)
+    seamfree = str(Path(sys.executable).parent / "seamfree")
+
+    def command(out):
+        return [seamfree, "predict", str(model), str(tmp_path / "image.npy"), str(out), "--core", "64",
+                "--tiles-per-batch", "1", "-q"]
+
+    subprocess.run(command(tmp_path / "reference.zarr"), check=True, capture_output=True)
+    out = tmp_path / "out.zarr"
+    process = subprocess.Popen(command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = out.with_name(out.name + ".seamfree") / "done"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (done.is_dir() and sum(1 for _ in done.iterdir()) >= 3):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=60)
+    assert process.returncode == 75, error
+    assert re.search(r"seamfree predict: paused at \d+ % \(\d+ of 256 tiles\)", error), error
+    written = sum(1 for _ in done.iterdir())
+    assert 3 <= written < 256
+    subprocess.run(command(out), check=True, capture_output=True)
+    expected, found = zarr.open_group(str(tmp_path / "reference.zarr"), mode="r"), zarr.open_group(str(out), mode="r")
+    for key in expected.array_keys():
+        np.testing.assert_array_equal(np.asarray(found[key]), np.asarray(expected[key]))
