@@ -121,7 +121,7 @@ def output_status(output: str | os.PathLike[str]) -> dict[str, Any]:
 def _complete(path: Path, mark: dict[str, Any]) -> dict[str, Any]:
     found = mark.get("run")
     run: dict[str, Any] = found if isinstance(found, dict) else {}
-    units = run.get("units")
+    units = run.get("units", _units(mark.get("fingerprint")))  # a single process's output records no run
     count = run.get("shards")
     shards = ([{"shard": i, "state": "done"} for i in range(count)]
               if isinstance(count, int) and count <= 100_000 else [])
