@@ -26,7 +26,15 @@ from seamfree.io.lock import lock_path, lock_state
 from seamfree.io.markers import MARKER_DIR, atomic_write_text
 from seamfree.io.zarr_output import seamfree_attrs
 
-__all__ = ["RECORD_EVERY_S", "ShardProgress", "output_status", "shard_lock_part", "shards_folder"]
+__all__ = [
+    "RECORD_EVERY_S",
+    "ShardProgress",
+    "current_count",
+    "output_status",
+    "shard_lock_part",
+    "shards_folder",
+    "share_records",
+]
 
 RECORD_EVERY_S = 2.0
 
@@ -97,6 +105,17 @@ def _current_count(markers: Path) -> int | None:
     value = _read_json(markers / "shards" / "current.json")
     count = (value or {}).get("count")
     return count if isinstance(count, int) and count > 0 else None
+
+
+def current_count(output: str | os.PathLike[str]) -> int | None:
+    """The number of shares the tasks writing ``output`` now use (None: not a sharded run)."""
+    return _current_count(shards_folder(output, 1).parent.parent)
+
+
+def share_records(output: str | os.PathLike[str], count: int) -> list[dict[str, Any] | None]:
+    """The record of every share of ``count`` (None: none yet, or unreadable)."""
+    folder = shards_folder(output, count)
+    return [_read_json(folder / f"{index}.json") for index in range(count)]
 
 
 def output_status(output: str | os.PathLike[str]) -> dict[str, Any]:

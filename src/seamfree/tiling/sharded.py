@@ -32,7 +32,7 @@ from torch import nn
 from seamfree.errors import ConfigError, OutputExistsError, Paused
 from seamfree.io.lock import lock_path, lock_state, output_lock
 from seamfree.io.markers import atomic_write_text
-from seamfree.io.progress import ShardProgress, shard_lock_part, shards_folder
+from seamfree.io.progress import ShardProgress, current_count, shard_lock_part, shards_folder, share_records
 from seamfree.io.readers import ImageSource
 from seamfree.io.writers import ZarrOutput, create_output, output_format, recorded_fingerprint
 from seamfree.models.describe import ModelInfo
@@ -80,20 +80,11 @@ def check_shardable(output: Any, config: PredictConfig) -> None:
 
 def running_shards(output: Any) -> list[str]:
     """The shares of ``output`` whose tasks hold their lock now (``"3/16"``)."""
-    folder = shards_folder(output, 1).parent
-    current = _read_count(folder)
+    current = current_count(output)
     if current is None:
         return []
     return [f"{i}/{current}" for i in range(current)
             if (state := lock_state(lock_path(output, shard_lock_part(i, current)))) is not None and state.held]
-
-
-def _read_count(folder: Any) -> int | None:
-    try:
-        value = json.loads((folder / "current.json").read_text()).get("count")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) and value > 0 else None
 
 
 def _shared_normalization(recorded: dict[str, Any] | None, config: PredictConfig,
@@ -115,7 +106,7 @@ def _record_shares(output: Any, shard: Shard, plan: PredictionPlan) -> list[int]
     """Write (once per ``N``) the cut into shares and make ``N`` the output's current count; refuse while tasks of
     another count run."""
     folder = shards_folder(output, shard.count)
-    current = _read_count(folder.parent)
+    current = current_count(output)
     if current is not None and current != shard.count:
         others = running_shards(output)
         if others:
@@ -190,20 +181,9 @@ def predict_shard(model: nn.Module, source: ImageSource, output: Any, config: Pr
     return ShardReport(shard, plan, len(tiles), computed, time.perf_counter() - started, completed)
 
 
-def _records(output: Any, count: int) -> list[dict[str, Any] | None]:
-    folder = shards_folder(output, count)
-    records: list[dict[str, Any] | None] = []
-    for index in range(count):
-        try:
-            records.append(json.loads((folder / f"{index}.json").read_text()))
-        except (OSError, ValueError):
-            records.append(None)
-    return records
-
-
 def _left(output: Any, count: int) -> list[int]:
     """The shares whose records do not say done."""
-    return [i for i, r in enumerate(_records(output, count)) if not (r and r.get("state") == "done")]
+    return [i for i, r in enumerate(share_records(output, count)) if not (r and r.get("state") == "done")]
 
 
 def _complete_if_last(output: Any, target: ZarrOutput, shard: Shard) -> bool:
@@ -218,7 +198,7 @@ def _complete_if_last(output: Any, target: ZarrOutput, shard: Shard) -> bool:
             plan_path = shards_folder(output, shard.count) / "plan.json"
             if target.finished or not plan_path.exists() or running_shards(output) or _left(output, shard.count):
                 return False  # completed meanwhile, or a rerun of a share runs: it completes the output
-            done = [r for r in _records(output, shard.count) if r]
+            done = [r for r in share_records(output, shard.count) if r]
             first = min(float(r.get("started", time.time())) for r in done)
             finished = time.time()
             units = sum(int(r.get("units", 0)) for r in done)
