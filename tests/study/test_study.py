@@ -16,11 +16,10 @@ from seamfree.study import (
     load_study_config,
     plan_runs,
     read_rows,
-    run_directories,
     run_study,
     select_runs,
 )
-from seamfree.study.runner import COLUMNS
+from seamfree.study.runner import COLUMNS, model_directories
 
 pytestmark = pytest.mark.integration  # end to end: runs in CI, not in the inner loop
 
@@ -107,11 +106,10 @@ def test_study_runs_caches_and_resumes(tiny_config, tmp_path):
     assert [row["status"] for row in rows] == ["done", "missing", "missing", "missing"]
     assert list(rows[0]) == list(COLUMNS)
     # an interrupted run: its training stopped after the first checkpoint; the rerun resumes it
-    directories = run_directories(config, out)
-    interrupted = directories["grid/synthetic/unet-instance-b2-s0"] / "train"
+    interrupted = model_directories(config, out)["grid/synthetic/unet-instance-b2-s0"] / "train"
     run_study(load_study_config(tiny_config, overrides=["training.iterations=4"]), tmp_path / "scratch",
               only=["grid/synthetic/unet-instance-b2-*"])
-    partial = next((tmp_path / "scratch" / "runs").glob("grid/synthetic/unet-instance-b2-*/train"))
+    partial = next((tmp_path / "scratch" / "models").glob("*/train"))
     interrupted.parent.mkdir(parents=True)
     partial.rename(interrupted)
     second = run_study(config, out)
@@ -162,7 +160,7 @@ def test_claims_read_the_table():
     verdicts = {claim: c.verdict for claim, c in checks.items()}
     assert verdicts["Tile-wise norms (InstanceNorm, GroupNorm, LayerNorm) cause tiling artifacts"] == "reproduced"
     assert verdicts["BatchNorm has a train/eval disparity that grows as the training batch shrinks"] == "reproduced"
-    assert "d: b1 0.300 − b8 0.050 = 0.250 [0.250, 0.250] (n=9)" in \
+    assert "d: b1 0.300 − b8 0.050 = 0.250 [0.250, 0.250] (n=9 in 3 seeds; seed means 0.250, 0.250, 0.250)" in \
         checks["BatchNorm has a train/eval disparity that grows as the training batch shrinks"].evidence
     assert verdicts["BatchRenorm removes the train/eval disparity, even with small batches"] == "reproduced"
     # BatchRenorm 0.9 at both batch sizes; the best peer is InstanceNorm at 0.9 (b1) and BatchNorm at 0.9 (b8)

@@ -20,7 +20,12 @@ import numpy as np
 from torch import nn
 
 from seamfree.config import apply_renamed
-from seamfree.diagnostics.disparity import TrainEvalDisparity, ted_batch_count, train_eval_disparity
+from seamfree.diagnostics.disparity import (
+    TrainEvalDisparity,
+    ted_batch_count,
+    train_eval_disparity,
+    training_foreground_fraction,
+)
 from seamfree.diagnostics.exactness import ExactnessCheck, exactness_check, whole_forward_crop
 from seamfree.diagnostics.instances import InstanceMismatch, instance_scores, instance_tile_mismatch
 from seamfree.diagnostics.mismatch import TileMismatch, shifted_tiles, tile_mismatch
@@ -283,7 +288,8 @@ def _diagnose_region(model: nn.Module, info: ModelInfo, region: np.ndarray, wind
                                      batch_size=batch_size, batches=config.ted_batches or ted_batch_count(batch_size),
                                      ground_truth=gt,
                                      runtime=plan.runtime, threshold=config.threshold, seed=config.seed,
-                                     info=info, foreground_fraction=_ted_foreground_fraction(model, config))
+                                     info=info, foreground_fraction=0.0 if config.ted_sampling == "uniform"
+                                     else training_foreground_fraction(model))
     seconds["train_eval_disparity"] = _lap(clock)
     clock = time.perf_counter()
     stage("exactness", 0.75)
@@ -368,15 +374,6 @@ def _grids(model: nn.Module, info: ModelInfo, shape: tuple[int, ...], halo: tupl
             f"image (at least {tuple(2 * c + 2 * h for c, h in zip(grid_a.core, grid_a.halo))})"
         )
     return grid_a, grid_b
-
-
-def _ted_foreground_fraction(model: nn.Module, config: DiagnoseConfig) -> float:
-    """The share of TED patches centred on foreground: the model's training value for "training" sampling."""
-    if config.ted_sampling == "uniform":
-        return 0.0
-    training = (model_metadata(model).get("train_config") or {}).get("training") or {}
-    value = training.get("foreground_fraction")
-    return float(value) if isinstance(value, int | float) else 0.5
 
 
 def _training_batch(model: nn.Module, dims: int, config: DiagnoseConfig) -> tuple[tuple[int, ...], int]:

@@ -31,6 +31,7 @@ from seamfree.data.patches import foreground_points, patch_origin
 from seamfree.errors import ConfigError
 from seamfree.io.readers import ImageSource
 from seamfree.metrics import binarize, dice, masks_from_ground_truth
+from seamfree.models.checkpoint import model_metadata
 from seamfree.models.describe import ModelInfo, describe_model
 from seamfree.tiling.engine import eval_mode, forward_batch, read_window, resolve_activation
 from seamfree.tiling.grid import as_axis_tuple
@@ -38,7 +39,7 @@ from seamfree.tiling.normalize import IntensityNormalization
 from seamfree.tiling.specs import RuntimeSpec
 
 __all__ = ["MIN_TED_BATCHES", "MIN_TED_PATCHES", "TrainEvalDisparity", "batch_statistics_copy", "ted_batch_count",
-           "train_eval_disparity"]
+           "train_eval_disparity", "training_foreground_fraction"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,14 @@ class TrainEvalDisparity:
                 "patches_with_foreground": self.patches_with_foreground,
                 "ted_dice_se": self.ted_dice_se, "delta_dice_se": self.delta_dice_se,
                 "sampling": "uniform" if self.foreground_fraction == 0 else "training"}
+
+
+def training_foreground_fraction(model: nn.Module) -> float:
+    """The share of training patches the model's sampler centred on foreground (its recorded training
+    configuration's ``foreground_fraction``; 0.5, the trainer's default, when it recorded none)."""
+    training = (model_metadata(model).get("train_config") or {}).get("training") or {}
+    value = training.get("foreground_fraction")
+    return float(value) if isinstance(value, int | float) else 0.5
 
 
 def batch_statistics_copy(model: nn.Module) -> tuple[nn.Module, int]:

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +36,62 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from seamfree.errors import ConfigError, ShapeError
 
-__all__ = ["DEFAULT_MOMENTUM", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "BatchRenormNd", "RenormSchedule",
-           "batch_statistics_only", "set_renorm_schedule"]
+__all__ = [
+    "DEFAULT_MOMENTUM",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
+    "BatchRenormNd",
+    "ClipCount",
+    "RenormSchedule",
+    "batch_statistics_only",
+    "counting_clips",
+    "set_renorm_schedule",
+]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclass
+class ClipCount:
+    """How often BatchRenorm's corrections hit their bounds in training-mode forwards: ``statistics`` is the number
+    of (layer, channel, forward) corrections made with r_max > 1 or d_max > 0, ``r_clipped`` / ``d_clipped`` how
+    many of them had r outside [1/r_max, r_max] or |d| > d_max, ``clipped`` how many had either."""
+
+    statistics: int = 0
+    r_clipped: int = 0
+    d_clipped: int = 0
+    clipped: int = 0
+
+    def rate(self, which: str = "any") -> float | None:
+        """The clipped share ("any", "r" or "d"); None when no correction was made."""
+        count = {"any": self.clipped, "r": self.r_clipped, "d": self.d_clipped}[which]
+        return count / self.statistics if self.statistics else None
+
+
+_CLIP_COUNT: ContextVar[ClipCount | None] = ContextVar("seamfree_renorm_clip_count", default=None)
+
+
+@contextlib.contextmanager
+def counting_clips() -> Iterator[ClipCount]:
+    """Count, within the block, how often every BatchRenorm layer's r and d are clipped in training mode (any
+    model, copies included): where they are not, a training-mode forward equals the eval-mode one, so BatchRenorm's
+    train/eval disparity is 0 by construction and only the clip rate can make it otherwise.
+
+    Examples
+    --------
+    >>> layer = BatchRenorm2d(2, warmup_steps=0, ramp_steps=0)  # running statistics 0 and 1: r, d off at once
+    >>> with counting_clips() as count:
+    ...     _ = layer(torch.randn(4, 2, 8, 8) * 10 + 20)
+    >>> count.statistics, count.rate()
+    (2, 1.0)
+    """
+    count = ClipCount()
+    token = _CLIP_COUNT.set(count)
+    try:
+        yield count
+    finally:
+        _CLIP_COUNT.reset(token)
 
 
 # The running statistics' default momentum (torch's BatchNorm has 0.1).
@@ -173,8 +227,13 @@ class BatchRenormNd(_BatchNorm):
             reduce_dims = [0, *range(2, x.dim())]
             batch_var, batch_mean = torch.var_mean(x, dim=reduce_dims, correction=0)
             running_std = torch.sqrt(self.running_var + self.eps)
-            r = (torch.sqrt(batch_var + self.eps) / running_std).clamp_(1.0 / r_max, r_max)
-            d = ((batch_mean - self.running_mean) / running_std).clamp_(-d_max, d_max)
+            r = torch.sqrt(batch_var + self.eps) / running_std
+            d = (batch_mean - self.running_mean) / running_std
+            count = _CLIP_COUNT.get()
+            if count is not None:
+                _count_clips(count, r, d, r_max, d_max)
+            r.clamp_(1.0 / r_max, r_max)
+            d.clamp_(-d_max, d_max)
         if self.weight is None or self.bias is None:
             return r, d
         return self.weight * r, torch.addcmul(self.bias, self.weight, d)
@@ -185,6 +244,15 @@ class BatchRenormNd(_BatchNorm):
             f"{super().extra_repr()}, r_max={s.r_max}, d_max={s.d_max}, "
             f"warmup_steps={s.warmup_steps}, ramp_steps={s.ramp_steps}"
         )
+
+
+def _count_clips(count: ClipCount, r: Tensor, d: Tensor, r_max: float, d_max: float) -> None:
+    r_out = (r < 1.0 / r_max) | (r > r_max)
+    d_out = d.abs() > d_max
+    count.statistics += r.numel()
+    count.r_clipped += int(r_out.sum())
+    count.d_clipped += int(d_out.sum())
+    count.clipped += int((r_out | d_out).sum())
 
 
 class BatchRenorm1d(BatchRenormNd):

@@ -4,6 +4,7 @@
 - :mod:`seamfree.study.runs`: the runs of a study, identified by content hashes
 - :mod:`seamfree.study.evaluate`: how one model is measured (``diagnose`` at two tile sizes)
 - :mod:`seamfree.study.runner`: ``run_study``: cached, resumable, in pieces; ``study.csv``
+- :mod:`seamfree.study.statistics`, :mod:`seamfree.study.protocol`: seed-level intervals; the pre-registered rules
 - :mod:`seamfree.study.claims`, :mod:`seamfree.study.results`: verdicts on the paper's claims, results page
 - :mod:`seamfree.study.demo`: ``seamfree demo``
 """

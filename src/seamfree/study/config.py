@@ -7,6 +7,7 @@ A study configuration has these sections (see ``examples/study.yaml``)::
     evaluation:  test images per dataset, the diagnosis core, the small core, TED batches
     vit:         ViT-based rows (one dataset; norms × batch sizes)
     volume:      the 3D experiment on the drosophila-vnc stack (anisotropic U-Net)
+    samples:     the equal-samples arm (batch 1 at 8× the iterations, a learning-rate sweep)
     transfer:    source → target pairs (coelho2009 gnf → ic100, isbi2012 → drosophila-vnc membranes): zero-shot,
                  recalibration, fine-tuning on k images, conversion, from scratch; Dice vs k with seeds
 
@@ -27,6 +28,7 @@ from seamfree.layers.registry import check_norm_name
 __all__ = [
     "PROFILES",
     "TRANSFER_STAGES",
+    "EqualSamplesConfig",
     "EvaluationConfig",
     "GridConfig",
     "Recipe",
@@ -115,6 +117,12 @@ class EvaluationConfig:
         (:func:`~seamfree.diagnostics.disparity.ted_batch_count`).
     vit_halo : int
         Halo of ViT tiles (self-attention has no finite receptive field to measure).
+    measurement_batches : tuple of int
+        TED also measured at these batch sizes (of 1, 2, 4, 8), for models with running statistics: with the
+        training batch size, a 2-D table that separates the two; BatchRenorm's r/d clip rate beside it.
+    blend_overlaps, blend_norms, blend_images : tuple, tuple, int
+        The stitching arm: for models of ``blend_norms``, crop stitching against Gaussian blending at each core
+        overlap (of 0.25, 0.5) on the first ``blend_images`` test images (:mod:`seamfree.study.arms`).
     """
 
     test_images: int = 2
@@ -122,10 +130,24 @@ class EvaluationConfig:
     small_core: int | tuple[int, ...] | None = None
     ted_batches: int | None = None
     vit_halo: int = 32
+    measurement_batches: tuple[int, ...] = ()
+    blend_overlaps: tuple[float, ...] = ()
+    blend_norms: tuple[str, ...] = ("batch", "instance")
+    blend_images: int = 2
 
     def __post_init__(self) -> None:
-        if self.test_images < 1 or (self.ted_batches is not None and self.ted_batches < 1):
-            raise ConfigError(f"test_images and ted_batches must be >= 1, got {self.test_images}, {self.ted_batches}")
+        from seamfree.study.arms import BLEND_OVERLAPS, MEASUREMENT_BATCHES
+
+        if self.test_images < 1 or (self.ted_batches is not None and self.ted_batches < 1) or self.blend_images < 1:
+            raise ConfigError(f"test_images, ted_batches and blend_images must be >= 1, got {self.test_images}, "
+                              f"{self.ted_batches}, {self.blend_images}")
+        if not set(self.measurement_batches) <= set(MEASUREMENT_BATCHES):
+            raise ConfigError(f"evaluation.measurement_batches must be among {list(MEASUREMENT_BATCHES)}, got "
+                              f"{list(self.measurement_batches)}")
+        if not set(self.blend_overlaps) <= set(BLEND_OVERLAPS):
+            raise ConfigError(f"evaluation.blend_overlaps must be among {list(BLEND_OVERLAPS)}, got "
+                              f"{list(self.blend_overlaps)}")
+        _check_norms(self.blend_norms, "evaluation.blend_norms")
 
 
 @dataclass(frozen=True)
@@ -238,6 +260,34 @@ class TransferConfig:
 
 
 @dataclass(frozen=True)
+class EqualSamplesConfig:
+    """The equal-samples arm: models trained at ``batch_size`` for ``reference_batch / batch_size`` times the
+    recipe's iterations, so that they see as many training samples as the grid's ``reference_batch`` models, at
+    each of ``learning_rates`` (empty: the recipe's). The learning rate reported for a norm is the one with the best
+    mean validation Dice over seeds (chosen without the test images).
+
+    The grid compares batch sizes at equal iterations: a batch-1 model has seen 8× fewer samples than a batch-8
+    one, at one untuned learning rate; this arm tells the budget from the batch size.
+    """
+
+    enabled: bool = False
+    datasets: tuple[StudyDataset, ...] = ()
+    norms: tuple[str, ...] = ("batch", "batchrenorm")
+    batch_size: int = 1
+    reference_batch: int = 8
+    learning_rates: tuple[float, ...] = ()
+    seeds: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_norms(self.norms, "samples.norms")
+        _check_batch_sizes((self.batch_size, self.reference_batch), "samples batch sizes")
+        if self.reference_batch % self.batch_size or any(lr <= 0 for lr in self.learning_rates):
+            raise ConfigError(f"samples.reference_batch must be a multiple of samples.batch_size and every "
+                              f"learning rate positive, got {self.reference_batch}, {self.batch_size}, "
+                              f"{list(self.learning_rates)}")
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study: what to train, how to measure, where to run."""
 
@@ -245,6 +295,7 @@ class StudyConfig:
     grid: GridConfig = field(default_factory=GridConfig)
     training: Recipe = field(default_factory=Recipe)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    samples: EqualSamplesConfig = field(default_factory=EqualSamplesConfig)
     vit: ViTConfig = field(default_factory=ViTConfig)
     volume: VolumeConfig = field(default_factory=VolumeConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
@@ -282,7 +333,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                  "batch_sizes": [1, 4]},
         "training": {"iterations": 60, "patch_size": [64, 64], "features": 4, "learning_rate": 3e-3,
                      "checkpoint_every": 20},
-        "evaluation": {"test_images": 1, "core": 128, "ted_batches": 2},
+        "evaluation": {"test_images": 1, "core": 128, "ted_batches": 2, "measurement_batches": [1, 4],
+                       "blend_overlaps": [0.25], "blend_images": 1},
         "vit": {"dataset": {"name": "isbi2012"}, "norms": ["batch", "layer"], "batch_sizes": [2],
                 "recipe": {"iterations": 30, "patch_size": [64, 64], "features": 4, "checkpoint_every": 10}},
         "volume": {"enabled": True, "norms": ["batch", "instance"],
@@ -299,7 +351,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     "standard": {
         "grid": {"datasets": _REAL_DATASETS, "norms": _ALL_NORMS, "batch_sizes": [1, 8], "seeds": [0, 1, 2]},
         "training": {"iterations": 500, "patch_size": [128, 128], "features": 8},
-        "evaluation": {"test_images": 10, "core": 256},
+        "evaluation": {"test_images": 10, "core": 256, "measurement_batches": [1, 8], "blend_overlaps": [0.25, 0.5]},
+        # batch 1 for 8× the iterations on the groups where BatchRenorm did worst in round two
+        "samples": {"enabled": True, "datasets": [{"name": "drosophila-vnc", "target": "mitochondria"},
+                                                  {"name": "isbi2012"}],
+                    "norms": ["batch", "batchrenorm"], "learning_rates": [1e-3, 2e-3]},
         "vit": {"dataset": {"name": "isbi2012"}, "norms": ["batch", "batchrenorm", "layer"], "batch_sizes": [8],
                 "recipe": {"iterations": 400, "patch_size": [128, 128], "features": 8}},
         "volume": {"enabled": True, "norms": ["batch", "batchrenorm", "instance"], "batch_sizes": [2],
@@ -315,7 +371,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "training": {"iterations": 5000, "patch_size": [256, 256], "features": 32, "depth": 4,
                      "learning_rate": 1e-3, "renorm_warmup": 0.1, "renorm_ramp": 0.4, "running_momentum": 0.01,
                      "checkpoint_every": 250},
-        "evaluation": {"test_images": 10, "core": 512},
+        "evaluation": {"test_images": 10, "core": 512, "measurement_batches": [1, 2, 8],
+                       "blend_overlaps": [0.25, 0.5]},
+        "samples": {"enabled": True, "datasets": [{"name": "drosophila-vnc", "target": "mitochondria"},
+                                                  {"name": "isbi2012"}],
+                    "norms": ["batch", "batchrenorm", "instance"], "learning_rates": [5e-4, 1e-3, 2e-3]},
         "vit": {"dataset": {"name": "isbi2012"}, "norms": ["batch", "batchrenorm", "layer"], "batch_sizes": [1, 8],
                 "recipe": {"iterations": 5000, "patch_size": [256, 256], "features": 32, "learning_rate": 1e-3,
                            "renorm_warmup": 0.1, "renorm_ramp": 0.4, "running_momentum": 0.01}},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,9 @@ from seamfree.data.sources import Pair
 from seamfree.diagnostics.diagnose import DiagnoseConfig, Diagnosis, diagnose
 from seamfree.errors import ConfigError
 from seamfree.models.checkpoint import model_metadata
+from seamfree.study.arms import ARM_METRICS, measurement_batch_disparity, stitching_arm
 from seamfree.tiling.normalize import IntensityNormalization
+from seamfree.tiling.options import PredictConfig
 
 __all__ = ["ACCURACY", "METRICS", "PER_IMAGE", "Evaluation", "dataset_normalization", "evaluate_accuracy",
            "evaluate_model", "load_test_pairs"]
@@ -27,15 +29,16 @@ __all__ = ["ACCURACY", "METRICS", "PER_IMAGE", "Evaluation", "dataset_normalizat
 logger = logging.getLogger(__name__)
 
 # The metric columns of the study table, in order.
-METRICS = ("dice", "dice_small", "tm_dice", "tm_abs", "tm_dice_small", "tm_abs_small", "ted_dice", "ted_abs",
+METRICS = ("dice", "dice_small", "dice_whole", "tm_dice", "tm_abs", "tm_dice_small", "tm_abs_small", "ted_dice",
+           "ted_abs",
            "delta_dice", "delta_dice_se", "dice_train_mode", "dice_eval_mode", "seam_score", "seam_score_small",
            "exact_max_abs",
            "seams_detected", "seams_detected_small", "seam_z", "seam_z_small", "instance_tm", "instance_tm_small",
-           "msa", "sa50", "matched_iou")
-# What an accuracy-only evaluation (adapted transfer models) measures.
+           "msa", "sa50", "matched_iou", *ARM_METRICS)
+# What an accuracy-only evaluation (adapted transfer models) measures (and dice_small, dice_whole with tile sizes).
 ACCURACY = ("dice", "msa", "sa50", "matched_iou")
 # Metrics also kept image by image, for confidence intervals and paired differences over images and seeds.
-PER_IMAGE = ("dice", "delta_dice", "msa", "ted_dice")
+PER_IMAGE = ("dice", "delta_dice", "msa", "ted_dice", *ARM_METRICS)
 
 
 @dataclass(frozen=True)
@@ -113,13 +116,19 @@ def evaluate_model(
     seed: int = 0,
     objects: str = "foreground",
     ted_sampling: str = "training",
+    measurement_batches: tuple[int, ...] = (),
+    blend_overlaps: tuple[float, ...] = (),
+    blend_images: int = 2,
 ) -> Evaluation:
     """Return the study's metrics of ``model`` on ``pairs`` (means over images).
 
     ``region`` limits each image to its central box of that spatial shape. TED uses the model's own training
     patch and batch size (from its checkpoint metadata), patches drawn like its training batches
     (``ted_sampling="training"``; "uniform": anywhere). ``objects`` is what the instance metrics label: the
-    foreground (nuclei, mitochondria) or the background (cells between membranes).
+    foreground (nuclei, mitochondria) or the background (cells between membranes). ``measurement_batches``: TED
+    also at these batch sizes, with BatchRenorm's clip rate; ``blend_overlaps``: the stitching arm (crop against
+    Gaussian blending at these overlaps, :mod:`seamfree.study.arms`), on the study's core, for the first
+    ``blend_images`` images.
     """
     metadata = model_metadata(model)
     per_image = []
@@ -135,7 +144,14 @@ def evaluate_model(
                           config=DiagnoseConfig(core=core, ted_batches=ted_batches, **options))
         small = diagnose(model, image, ground_truth=mask, config=DiagnoseConfig(core=small_core, ted_batches=1,
                                                                                 **options))
-        per_image.append(_metrics(normal, small))
+        values = _metrics(normal, small)
+        if measurement_batches:
+            values.update(measurement_batch_disparity(model, image, mask, batch_sizes=measurement_batches,
+                                                      seed=seed))
+        if blend_overlaps and k < blend_images:
+            values.update(stitching_arm(model, image, mask, core=normal.geometry["core"],
+                                        halo=tuple(normal.geometry["halo"]), overlaps=blend_overlaps))
+        per_image.append({name: values.get(name) for name in METRICS})
         if k == 0:
             example = {"image": small.image[0].astype(np.float32), "prediction": small.prediction[0].astype(np.float16),
                        "mask": np.asarray(mask[0] > 0, dtype=np.uint8),
@@ -144,7 +160,8 @@ def evaluate_model(
                     "–" if normal.dice is None else f"{normal.dice:.3f}", normal.tile_mismatch.tm_dice,
                     normal.disparity.ted_dice)
     metrics = {name: _mean([m[name] for m in per_image]) for name in METRICS}
-    return Evaluation(metrics, len(pairs), example, {name: [m[name] for m in per_image] for name in PER_IMAGE})
+    measured = [name for name in PER_IMAGE if any(m[name] is not None for m in per_image)]
+    return Evaluation(metrics, len(pairs), example, {name: [m[name] for m in per_image] for name in measured})
 
 
 def dataset_normalization(pairs: list[Pair], *, low: float = 1.0, high: float = 99.8) -> IntensityNormalization:
@@ -159,40 +176,65 @@ def dataset_normalization(pairs: list[Pair], *, low: float = 1.0, high: float = 
 
 
 def evaluate_accuracy(model: nn.Module, pairs: list[Pair], *, normalization: str = "image",
-                      objects: str = "foreground", threshold: float = 0.5) -> Evaluation:
+                      objects: str = "foreground", threshold: float = 0.5, core: Any = None, halo: Any = "auto",
+                      small_core: Any = None, tile_sizes: bool = False,
+                      measurement_batches: tuple[int, ...] = ()) -> Evaluation:
     """Return Dice and instance scores (:data:`ACCURACY`) of ``model``'s exact tiled prediction on ``pairs``.
 
     ``normalization`` is "image" (each image's own percentiles 1 and 99.8, as in training) or "dataset" (the
-    percentiles of all test images pooled, :func:`dataset_normalization`).
+    percentiles of all test images pooled, :func:`dataset_normalization`). ``core`` and ``halo``: the tiling (the
+    study's, as the full evaluation uses; None: predict's own choice). ``tile_sizes`` adds Dice with the
+    ``small_core`` and of the whole image in one tile (``dice_small``, ``dice_whole``: for models whose prediction
+    depends on the tile). ``measurement_batches``: TED and the clip rate at these batch sizes
+    (:func:`~seamfree.study.arms.measurement_batch_disparity`).
     """
-    from seamfree.diagnostics.instances import instance_scores
-    from seamfree.metrics import binarize, dice, masks_from_ground_truth
-    from seamfree.tiling.plan import PredictConfig
-    from seamfree.tiling.predict import PredictionReport, predict
-
     if normalization not in ("image", "dataset"):
         raise ConfigError(f"normalization must be 'image' or 'dataset', got {normalization!r}")
-    config = PredictConfig(normalization=dataset_normalization(pairs)) if normalization == "dataset" \
+    base = PredictConfig(normalization=dataset_normalization(pairs)) if normalization == "dataset" \
         else PredictConfig()
     per_image: list[dict[str, float | None]] = []
     example: dict[str, np.ndarray] = {}
     for k, (image, mask) in enumerate(pairs):
-        report: list[PredictionReport] = []
-        prediction = np.asarray(predict(model, image, config=config, report=report))
-        activation = report[0].activation
-        masks = masks_from_ground_truth(mask, prediction.shape[0], image.shape[1:])
-        predicted = binarize(prediction, activation=activation, threshold=threshold)
-        values: dict[str, float | None] = {
-            "dice": float(np.mean([dice(predicted[c], masks[c]) for c in range(prediction.shape[0])]))}
-        scores = instance_scores(prediction, mask, activation=activation, threshold=threshold, objects=objects) \
-            if prediction.shape[0] == 1 else {}
-        values.update({name: (float(scores[name]) if name in scores else None) for name in ACCURACY[1:]})
+        tilings = {"dice": core}
+        if tile_sizes:
+            tilings.update(dice_small=small_core, dice_whole=tuple(image.shape[1:]))
+        values: dict[str, float | None] = {}
+        for key, tile_core in tilings.items():
+            config = replace(base, core=tile_core, halo=halo, tile_timing=False) if tile_core is not None else base
+            prediction, scores = _accuracy(model, image, mask, config, objects, threshold)
+            values[key] = scores.pop("dice")
+            if key == "dice":
+                values.update(scores)
+                if k == 0:
+                    example = {"image": np.asarray(image[0], dtype=np.float32),
+                               "prediction": prediction[0].astype(np.float16),
+                               "mask": np.asarray(mask[0] > 0, dtype=np.uint8)}
+        if measurement_batches:
+            values.update(measurement_batch_disparity(model, image, mask, batch_sizes=measurement_batches))
         per_image.append(values)
-        if k == 0:
-            example = {"image": np.asarray(image[0], dtype=np.float32), "prediction": prediction[0].astype(np.float16),
-                       "mask": np.asarray(mask[0] > 0, dtype=np.uint8)}
         logger.info("test image %d: Dice %.3f", k, values["dice"])
     metrics: dict[str, float | None] = {name: None for name in METRICS}
-    metrics.update({name: _mean([m.get(name) for m in per_image]) for name in ACCURACY})
+    metrics.update({name: _mean([m.get(name) for m in per_image]) for name in METRICS
+                    if any(m.get(name) is not None for m in per_image)})
     return Evaluation(metrics, len(pairs), example,
-                      {name: [m.get(name) for m in per_image] for name in PER_IMAGE})
+                      {name: [m.get(name) for m in per_image] for name in PER_IMAGE
+                       if any(m.get(name) is not None for m in per_image)})
+
+
+def _accuracy(model: nn.Module, image: np.ndarray, mask: np.ndarray, config: Any, objects: str,
+              threshold: float) -> tuple[np.ndarray, dict[str, float | None]]:
+    from seamfree.diagnostics.instances import instance_scores
+    from seamfree.metrics import binarize, dice, masks_from_ground_truth
+    from seamfree.tiling.predict import PredictionReport, predict
+
+    report: list[PredictionReport] = []
+    prediction = np.asarray(predict(model, image, config=config, report=report))
+    activation = report[0].activation
+    masks = masks_from_ground_truth(mask, prediction.shape[0], image.shape[1:])
+    predicted = binarize(prediction, activation=activation, threshold=threshold)
+    values: dict[str, float | None] = {
+        "dice": float(np.mean([dice(predicted[c], masks[c]) for c in range(prediction.shape[0])]))}
+    scores = instance_scores(prediction, mask, activation=activation, threshold=threshold, objects=objects) \
+        if prediction.shape[0] == 1 else {}
+    values.update({name: (float(scores[name]) if name in scores else None) for name in ACCURACY[1:]})
+    return prediction, values

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from seamfree.errors import require
-from seamfree.study.claims import per_image_values
-from seamfree.study.statistics import Estimate, bootstrap_ci
+from seamfree.study import values
+from seamfree.study.statistics import Estimate
 
 __all__ = ["NORM_COLOURS", "estimate", "format_value", "interval", "markdown_table", "pyplot"]
 
@@ -47,14 +47,19 @@ def markdown_table(headers: Sequence[str], lines: Sequence[Sequence[Any]]) -> st
 
 
 def estimate(rows: Sequence[dict[str, Any]], key: str = "dice") -> Estimate | None:
-    """The mean of ``key`` over the rows' test images (every seed) with its 95 % bootstrap interval; None when no
-    row has it."""
-    rows = [r for r in rows if r.get(key) is not None]
-    return bootstrap_ci(per_image_values(rows, key)) if rows else None
+    """The mean of ``key`` over the rows' test images with its 95 % seed-level bootstrap interval (the seed is the
+    unit, :mod:`~seamfree.study.statistics`); None when no row has it."""
+    rows = [r for r in rows if values.known(r.get(key))]
+    return values.estimate(rows, key) if rows else None
 
 
-def interval(value: Estimate | None) -> str:
-    """A table cell for an estimate: "0.951 [0.940, 0.961]", or "–"."""
+def interval(value: Estimate | None, *, signed: bool = False) -> str:
+    """A table cell for an estimate with the mean of every seed after it: "0.951 [0.940, 0.961] · 0.95 0.96 0.94",
+    or "–"."""
     if value is None:
         return "–"
-    return f"{value.mean:.3f} [{value.low:.3f}, {value.high:.3f}]"
+    sign = "+" if signed else ""
+    text = f"{value.mean:{sign}.3f} [{value.low:{sign}.3f}, {value.high:{sign}.3f}]"
+    if len(value.unit_means) > 1:
+        text += " · " + " ".join(f"{m:{sign}.2f}" for m in value.unit_means)
+    return text

@@ -20,6 +20,13 @@ import numpy as np
 
 from seamfree.errors import OutputExistsError
 from seamfree.layers.registry import NORMS, display_order
+from seamfree.study.arms_report import (
+    blending_section,
+    equal_samples_section,
+    instance_noise_section,
+    statistics_note,
+    ted_table_section,
+)
 from seamfree.study.claims import check_claims
 from seamfree.study.config import TransferConfig
 from seamfree.study.page import NORM_COLOURS, estimate, format_value, interval, markdown_table, pyplot
@@ -78,8 +85,8 @@ def _done(rows: Sequence[Row], kind: str) -> list[Row]:
 IN_DISTRIBUTION = ("norm", "batch", "seeds", "Dice", "Dice small tiles", "TM_dice", "TM_abs", "TM_abs small tiles",
                    "TED_dice", "ΔDice", "seam score", "seam score small", "max Δ tiled vs whole",
                    "instance TM small tiles", "mSA")
-TABLE_NOTE = ("Dice, TED_dice and ΔDice: mean over the test images of every seed, with its 95 % bootstrap interval; "
-              "the other columns: mean over seeds (max Δ tiled vs whole: the largest).")
+TABLE_NOTE = ("Dice, TED_dice and ΔDice: mean over the seeds' test images, with its 95 % seed-level bootstrap interval "
+              "and each seed's mean after ·; the other columns: mean over seeds (max Δ tiled vs whole: the largest).")
 
 
 def _mean(rows: Sequence[Row], key: str) -> float | None:
@@ -124,21 +131,24 @@ def _dice_vs_tm(rows: Sequence[Row], path: Path) -> bool:
     if not selected:
         return False
     plt = pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    datasets = sorted({r["dataset"] for r in selected})
+    figure, axes = plt.subplots(1, len(datasets), figsize=(3.9 * len(datasets) + 0.6, 4), squeeze=False)
     markers = {"grid": "o", "vit": "^", "volume": "s"}
-    for norm in sorted({r["norm"] for r in selected}, key=_norm_key):
-        for kind, marker in markers.items():
-            points = [r for r in selected if r["norm"] == norm and r["kind"] == kind]
-            if points:
-                axis.scatter([max(r["tm_abs"], 1e-9) for r in points], [r["dice"] for r in points], marker=marker,
-                             color=NORM_COLOURS.get(norm, "black"), alpha=0.8, s=40,
-                             label=NORM_LABELS.get(norm, norm) if kind == "grid" else None)
-    axis.set_xscale("log")
-    axis.axvline(1e-4, color="grey", lw=0.8, ls="--")
-    axis.set_xlabel("tile mismatch TM_abs (log; values ≤ 1e-9 drawn at 1e-9)")
-    axis.set_ylabel("test Dice (tiled, eval mode)")
-    axis.set_title("Accuracy vs tile mismatch (○ 2D U-Net, △ ViT, □ 3D U-Net)")
-    axis.legend(fontsize=8, loc="lower left")
+    for axis, dataset in zip(axes[0], datasets):
+        for norm in sorted({r["norm"] for r in selected}, key=_norm_key):
+            for kind, marker in markers.items():
+                points = [r for r in selected if r["norm"] == norm and r["kind"] == kind and r["dataset"] == dataset]
+                if points:
+                    axis.scatter([max(r["tm_abs"], 1e-9) for r in points], [r["dice"] for r in points],
+                                 marker=marker, color=NORM_COLOURS.get(norm, "black"), alpha=0.8, s=40,
+                                 label=NORM_LABELS.get(norm, norm) if kind == "grid" else None)
+        axis.set_xscale("log")
+        axis.axvline(1e-4, color="grey", lw=0.8, ls="--")
+        axis.set_xlabel("TM_abs (log; ≤ 1e-9 drawn at 1e-9)", fontsize=8)
+        axis.set_title(dataset, fontsize=9)
+    axes[0][0].set_ylabel("test Dice (tiled, eval mode), one point per seed")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    figure.suptitle("Accuracy vs tile mismatch per dataset (○ 2D U-Net, △ ViT, □ 3D U-Net)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -167,7 +177,7 @@ def _ted_vs_batch(rows: Sequence[Row], path: Path) -> bool:
         axis.set_xticks(sizes, [str(b) for b in sizes])
         axis.set_title(dataset, fontsize=9)
         axis.set_xlabel("training batch size")
-    axes[0][0].set_ylabel("TED_dice (mean, 95 % interval over images and seeds)")
+    axes[0][0].set_ylabel("TED_dice (mean, 95 % seed-level interval)")
     axes[0][-1].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -316,9 +326,17 @@ def write_results(rows: Sequence[Row], path: str | Path, *, run_dirs: dict[str, 
         "train/eval disparity TED and ΔDice = Dice(train-mode normalization) − Dice(eval mode) on training-like "
         "batches; seam score (≈ 1 is seamless); and the same with small tiles (half the training patch). "
         "Definitions: PAPER.md and docs/diagnose.md. The full table is `study.csv` in the study's output folder.",
+        statistics_note(),
         "## The paper's claims on this data\n\n" + _claims_section(rows),
         "## In-distribution: 2D U-Net grid\n\n" + _grid_section(rows),
     ]
+    for title, section in (("Train/eval disparity: training batch × measurement batch", ted_table_section(rows)),
+                           ("The blending arm: Gaussian blending against crop stitching", blending_section(rows)),
+                           ("The equal-samples arm: batch 1 at 8× the iterations", equal_samples_section(rows)),
+                           ("Instance-level damage and the seed-to-seed noise floor",
+                            instance_noise_section(rows, run_dirs))):
+        if section:
+            parts.append(f"## {title}\n\n{section}")
     vit = _done(rows, "vit")
     if vit:
         parts.append("## ViT-based (UNETR-like) models\n\nSelf-attention spans the whole tile, so every ViT is "

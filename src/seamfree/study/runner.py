@@ -2,11 +2,14 @@
 
 Layout of the output directory::
 
-    runs/<run name>-<digest>/train/       the trainer's output (checkpoints, state.pt, logs); resumes exactly
-    runs/<run name>-<digest>/model.pt     the model that was measured
+    models/<model digest>/train/          the trainer's output (checkpoints, state.pt, logs); resumes exactly
+    models/<model digest>/model.pt        a trained or recalibrated model; model.json: how long it took
     runs/<run name>-<digest>/example.npz  the first test image's small-tile prediction (for figures)
     runs/<run name>-<digest>/result.json  written last, atomically: the run is done when it exists
     study.csv                             one row per run of the configuration (done, failed or missing)
+
+Models are keyed by what makes them (training mapping, recalibration, the model they start from), runs by that and
+how they are measured: changing the evaluation re-measures the cached models and trains nothing again.
 
 Interrupting a study (Ctrl-C, SIGKILL, a lost machine) and rerunning the same command continues where it
 stopped: finished runs are read from ``result.json``, an interrupted training resumes from its ``state.pt``.
@@ -38,11 +41,12 @@ from seamfree.study.config import StudyConfig
 from seamfree.study.evaluate import METRICS, PER_IMAGE, evaluate_accuracy, evaluate_model, load_test_pairs
 from seamfree.study.runs import StudyRun, plan_runs
 
-__all__ = ["COLUMNS", "StudyResult", "read_rows", "run_directories", "run_study", "select_runs"]
+__all__ = ["COLUMNS", "StudyResult", "model_directories", "model_keys", "read_rows", "run_directories", "run_study",
+           "select_runs"]
 
 logger = logging.getLogger(__name__)
 
-LABELS = ("dataset", "test", "architecture", "dims", "norm", "batch_size", "seed", "stage", "images")
+LABELS = ("dataset", "test", "architecture", "dims", "norm", "batch_size", "seed", "stage", "images", "learning_rate")
 IMAGE_COLUMNS = tuple(f"{k}_images" for k in PER_IMAGE)
 COLUMNS = ("name", "kind", "status", *LABELS, *METRICS, "val_dice", "train_seconds", "eval_seconds", "digest",
            "error", *IMAGE_COLUMNS)
@@ -88,11 +92,28 @@ def _run_dir(out: Path, run: StudyRun, digest: str) -> Path:
     return out / "runs" / f"{run.name}-{digest}"
 
 
+def model_keys(runs: Sequence[StudyRun]) -> dict[str, str]:
+    """Return run name → the digest of the model it measures (its own, or its source's for a measuring run)."""
+    keys: dict[str, str] = {}
+    for run in runs:
+        source = keys[run.source] if run.source else None
+        key = run.model_digest(source) or source
+        if key is None:
+            raise ConfigError(f"run {run.name} neither trains nor starts from another run")
+        keys[run.name] = key
+    return keys
+
+
 def run_directories(config: StudyConfig, out_dir: str | Path) -> dict[str, Path]:
     """Return run name → the directory where ``config``'s run keeps its results under ``out_dir``."""
     runs = plan_runs(config)
     digests = _digests(runs)
     return {run.name: _run_dir(Path(out_dir), run, digests[run.name]) for run in runs}
+
+
+def model_directories(config: StudyConfig, out_dir: str | Path) -> dict[str, Path]:
+    """Return run name → the directory of the model ``config``'s run measures under ``out_dir``."""
+    return {name: Path(out_dir) / "models" / key for name, key in model_keys(plan_runs(config)).items()}
 
 
 def _check_datasets(runs: Sequence[StudyRun]) -> None:
@@ -112,22 +133,39 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     partial.replace(path)
 
 
-def _trained_model(run: StudyRun, directory: Path, source_dir: Path | None, config: StudyConfig) -> tuple[Path, float]:
+def _trained_model(run: StudyRun, directory: Path, source_model: Path | None, config: StudyConfig) -> Path:
     from seamfree.training.config import load_config
     from seamfree.training.loop import train
 
     mapping = copy.deepcopy(run.train) or {}
-    if source_dir is not None:
-        mapping["model"]["checkpoint"] = str(source_dir / "model.pt")
+    if source_model is not None:
+        mapping["model"]["checkpoint"] = str(source_model)
     mapping["output"] = str(directory / "train")
     mapping["training"]["device"] = config.device
     result = train(load_config(base=mapping), resume=True)
     model_path = directory / "model.pt"
-    shutil.copyfile(result.last, model_path)
-    return model_path, result.seconds
+    shutil.copyfile(result.last, model_path.with_name("model.pt.partial"))
+    _write_json(directory / "model.json", {"seconds": round(result.seconds, 2)})
+    model_path.with_name("model.pt.partial").replace(model_path)
+    return model_path
 
 
-def _recalibrated_model(run: StudyRun, source_dir: Path, directory: Path, config: StudyConfig) -> Path:
+def _model(run: StudyRun, directory: Path, source_model: Path | None, config: StudyConfig) -> tuple[Path, float]:
+    """Return the model ``run`` measures (trained, recalibrated or its source's) and the training seconds it took
+    (0 when it was cached or only recalibrated)."""
+    model_path = directory / "model.pt"
+    if model_path.exists():  # trained for another run, or by an earlier study of the same model
+        return model_path, 0.0
+    directory.mkdir(parents=True, exist_ok=True)
+    if run.train is not None:
+        model_path = _trained_model(run, directory, source_model, config)
+        return model_path, float(json.loads((directory / "model.json").read_text())["seconds"])
+    if "recalibrate" in run.evaluation and source_model is not None:
+        return _recalibrated_model(run, source_model, directory, config), 0.0
+    raise ConfigError(f"run {run.name} neither trains nor recalibrates a model")
+
+
+def _recalibrated_model(run: StudyRun, source_model: Path, directory: Path, config: StudyConfig) -> Path:
     from seamfree.config import from_mapping
     from seamfree.data.config import DataConfig
     from seamfree.data.sources import load_pairs
@@ -135,7 +173,7 @@ def _recalibrated_model(run: StudyRun, source_dir: Path, directory: Path, config
 
     options = run.evaluation["recalibrate"]
     data = options["dataset"]
-    model = load_model(source_dir / "model.pt", device=config.device)
+    model = load_model(source_model, device=config.device)
     # the same target images the fine-tuning runs of this k and seed train on
     pairs = load_pairs(from_mapping(DataConfig, data), spatial_dims=2)[0][:options["images"]]
     metadata = model_metadata(model)
@@ -144,33 +182,36 @@ def _recalibrated_model(run: StudyRun, source_dir: Path, directory: Path, config
     recalibrate_on_images(model, [image for image, _ in pairs], patch_size=tuple(metadata["patch_size"]),
                           batch_size=options["batch_size"], batches=options["batches"], device=config.device,
                           masks=masks)
-    return save_model(model, directory / "model.pt", metadata={**metadata, "recalibrated_on": data})
+    partial = save_model(model, directory / "model.pt.partial", metadata={**metadata, "recalibrated_on": data})
+    return partial.replace(directory / "model.pt")
 
 
-def _execute(run: StudyRun, digest: str, directory: Path, source_dir: Path | None,
+def _execute(run: StudyRun, digest: str, directory: Path, model_dir: Path, source_model: Path | None,
              config: StudyConfig) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
-    train_seconds = 0.0
-    if run.train is not None:
-        model_path, train_seconds = _trained_model(run, directory, source_dir, config)
-    elif "recalibrate" in run.evaluation and source_dir is not None:
-        model_path = _recalibrated_model(run, source_dir, directory, config)
-    elif source_dir is not None:
-        model_path = source_dir / "model.pt"
+    if run.train is None and "recalibrate" not in run.evaluation:
+        if source_model is None:
+            raise ConfigError(f"run {run.name} neither trains nor starts from another run")
+        model_path, train_seconds = source_model, 0.0
     else:
-        raise ConfigError(f"run {run.name} neither trains nor starts from another run")
+        model_path, train_seconds = _model(run, model_dir, source_model, config)
     model = load_model(model_path, device=config.device)
     e = run.evaluation
     started = time.perf_counter()
     pairs = load_test_pairs(e["dataset"], spatial_dims=e["spatial_dims"], split=e["split"], count=e["images"])
     objects = "background" if e["dataset"].get("target") == "membranes" else "foreground"
-    if e.get("metrics") == "accuracy":
-        evaluation = evaluate_accuracy(model, pairs, normalization=e.get("normalization", "image"), objects=objects)
+    if e.get("metrics") in ("accuracy", "light"):  # light: accuracy and TED at the measurement batches
+        evaluation = evaluate_accuracy(model, pairs, normalization=e.get("normalization", "image"), objects=objects,
+                                       core=_axes(e["core"]), halo=e["halo"], small_core=_axes(e["small_core"]),
+                                       tile_sizes=e.get("tile_sizes", False),
+                                       measurement_batches=tuple(e.get("measurement_batches", ())))
     else:
         evaluation = evaluate_model(model, pairs, core=_axes(e["core"]), small_core=_axes(e["small_core"]),
                                     halo=e["halo"], region=tuple(e["region"]) if e.get("region") else None,
                                     ted_batches=e["ted_batches"], ted_sampling=e.get("ted_sampling", "uniform"),
-                                    objects=objects)
+                                    objects=objects, measurement_batches=tuple(e.get("measurement_batches", ())),
+                                    blend_overlaps=tuple(e.get("blend_overlaps", ())),
+                                    blend_images=e.get("blend_images", 2))
     np.savez_compressed(directory / "example.npz", **evaluation.example)  # type: ignore[arg-type]
     return {"name": run.name, "kind": run.kind, "digest": digest, "labels": run.labels,
             "metrics": evaluation.metrics, "per_image": evaluation.per_image, "test_images": evaluation.images,
@@ -221,7 +262,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
             for key, text in raw.items():
                 if text == "":
                     row[key] = None
-                elif key in (*METRICS, "val_dice", "train_seconds", "eval_seconds"):
+                elif key in (*METRICS, "val_dice", "train_seconds", "eval_seconds", "learning_rate"):
                     row[key] = float(text)
                 elif key in IMAGE_COLUMNS:  # per-image values, ";"-separated, "nan" for an unknown one
                     row[key] = [float(v) for v in text.split(";")]
@@ -245,6 +286,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, only: Sequence[str] |
     runs = plan_runs(config)
     digests = _digests(runs)
     directories = {run.name: _run_dir(out, run, digests[run.name]) for run in runs}
+    models = model_keys(runs)
     selected = select_runs(runs, only)
     if not dry_run:
         _check_datasets(selected)
@@ -265,13 +307,14 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, only: Sequence[str] |
             rows.append(_row(run, digest, None, "missing"))
             continue
         source_dir = directories[run.source] if run.source else None
+        source_model = out / "models" / models[run.source] / "model.pt" if run.source else None
         if source_dir is not None and not (source_dir / "result.json").exists():
             rows.append(_row(run, digest, None, "failed", f"its source run {run.source} did not finish"))
             failed.append(run.name)
             continue
         logger.info("[%d/%d] %s", index + 1, len(runs), run.name)
         try:
-            record = _execute(run, digest, directory, source_dir, config)
+            record = _execute(run, digest, directory, out / "models" / models[run.name], source_model, config)
         except Exception as exc:  # one failing run must not stop a study of hours; the table records it
             logger.error("run %s failed: %s", run.name, exc)
             rows.append(_row(run, digest, None, "failed", f"{type(exc).__name__}: {exc}"))

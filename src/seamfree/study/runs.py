@@ -14,13 +14,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from seamfree.layers.registry import norms_where
+from seamfree.layers.registry import norm_spec, norms_where
 from seamfree.study.config import Recipe, StudyConfig, StudyDataset, TransferPair
 
-__all__ = ["RUNNING_STATISTICS", "STUDY_FORMAT", "StudyRun", "plan_runs"]
+__all__ = ["MODEL_FORMAT", "RUNNING_STATISTICS", "STUDY_FORMAT", "StudyRun", "plan_runs"]
 
 # Bump when the evaluation changes meaning, so that cached results are not mixed with new ones.
-STUDY_FORMAT = 1
+STUDY_FORMAT = 2
+# Bump when training changes meaning, so that cached models are trained again.
+MODEL_FORMAT = 1
 
 # Norms whose eval mode uses running statistics (recalibration applies to them).
 RUNNING_STATISTICS = norms_where(running_statistics=True)
@@ -57,10 +59,27 @@ class StudyRun:
 
     def digest(self, source_digest: str | None = None) -> str:
         """Return the 12-hex-digit content hash of this run (given the digest of its source run)."""
-        payload = {"format": STUDY_FORMAT, "kind": self.kind, "train": self.train, "evaluation": self.evaluation,
-                   "source": source_digest}
-        text = json.dumps(payload, sort_keys=True, default=list)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return _hash({"format": STUDY_FORMAT, "kind": self.kind, "train": self.train, "evaluation": self.evaluation,
+                      "source": source_digest})
+
+    def model_digest(self, source_model: str | None = None) -> str | None:
+        """Return the content hash of the model this run measures (given its source's model hash), or None for a
+        run that measures its source's model as it is.
+
+        Only what makes the model counts (the training mapping, the recalibration, the model it starts from), not
+        how it is measured: a change of the evaluation re-measures the cached models and trains nothing.
+        """
+        if self.train is not None:
+            return _hash({"format": MODEL_FORMAT, "train": self.train, "source": source_model})
+        if "recalibrate" in self.evaluation:
+            return _hash({"format": MODEL_FORMAT, "recalibrate": self.evaluation["recalibrate"],
+                          "source": source_model})
+        return None
+
+
+def _hash(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _dataset_mapping(dataset: StudyDataset, spatial_dims: int) -> dict[str, Any]:
@@ -113,6 +132,17 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple | list) else value
 
 
+def _arms(config: StudyConfig, norm: str) -> dict[str, Any]:
+    """The evaluation's extra arms for a model of ``norm`` (:mod:`seamfree.study.arms`), where they apply."""
+    e = config.evaluation
+    arms: dict[str, Any] = {}
+    if e.measurement_batches and norm in RUNNING_STATISTICS:
+        arms["measurement_batches"] = list(e.measurement_batches)
+    if e.blend_overlaps and norm in e.blend_norms:
+        arms.update(blend_overlaps=list(e.blend_overlaps), blend_images=e.blend_images)
+    return arms
+
+
 def _grid_run(config: StudyConfig, dataset: StudyDataset, norm: str, batch_size: int, seed: int) -> StudyRun:
     recipe = config.training
     return StudyRun(
@@ -120,20 +150,46 @@ def _grid_run(config: StudyConfig, dataset: StudyDataset, norm: str, batch_size:
         {"dataset": dataset.label, "architecture": "unet", "dims": 2, "norm": norm, "batch_size": batch_size,
          "seed": seed, "stage": "in-distribution", "test": dataset.label},
         _train_mapping(dataset, recipe, norm, batch_size, seed),
-        _evaluation(config, dataset, patch_size=recipe.patch_size))
+        {**_evaluation(config, dataset, patch_size=recipe.patch_size), **_arms(config, norm)})
 
 
 def _in_distribution_runs(config: StudyConfig, kind: str, architecture: str, dataset: StudyDataset,
                           recipe: Recipe, norms: tuple[str, ...], batch_sizes: tuple[int, ...],
                           evaluation: dict[str, Any]) -> list[StudyRun]:
-    seed, dims = config.grid.seeds[0], len(recipe.patch_size)
+    dims = len(recipe.patch_size)
     return [StudyRun(
         f"{kind}/{dataset.label}/{architecture}-{norm}-b{batch_size}-s{seed}", kind,
         {"dataset": dataset.label, "architecture": architecture, "dims": dims, "norm": norm,
          "batch_size": batch_size, "seed": seed, "stage": "in-distribution", "test": dataset.label},
         _train_mapping(dataset, recipe, norm, batch_size, seed, architecture="vit" if kind == "vit" else "unet",
                        spatial_dims=dims),
-        evaluation) for norm in norms for batch_size in batch_sizes]
+        evaluation) for norm in norms for batch_size in batch_sizes for seed in config.grid.seeds]
+
+
+def _equal_samples_runs(config: StudyConfig) -> list[StudyRun]:
+    arm, recipe = config.samples, config.training
+    if not arm.enabled:
+        return []
+    runs = []
+    factor = arm.reference_batch // arm.batch_size
+    for dataset in arm.datasets:
+        for norm in arm.norms:
+            for rate in arm.learning_rates or (recipe.learning_rate,):
+                for seed in arm.seeds or config.grid.seeds:
+                    train = _train_mapping(dataset, recipe, norm, arm.batch_size, seed)
+                    iterations = recipe.iterations * factor
+                    train["training"].update(iterations=iterations, validate_every=iterations, learning_rate=rate,
+                                             checkpoint_every=recipe.checkpoint_every * factor)
+                    evaluation = {**_evaluation(config, dataset, patch_size=recipe.patch_size), "metrics": "light"}
+                    if "measurement_batches" in _arms(config, norm):
+                        evaluation["measurement_batches"] = _arms(config, norm)["measurement_batches"]
+                    runs.append(StudyRun(
+                        f"equal-samples/{dataset.label}/unet-{norm}-b{arm.batch_size}x{factor}-lr{rate:g}-s{seed}",
+                        "equal-samples",
+                        {"dataset": dataset.label, "architecture": "unet", "dims": 2, "norm": norm,
+                         "batch_size": arm.batch_size, "seed": seed, "stage": "equal samples",
+                         "test": dataset.label, "learning_rate": rate}, train, evaluation))
+    return runs
 
 
 def _vit_runs(config: StudyConfig) -> list[StudyRun]:
@@ -170,7 +226,7 @@ def _transfer_runs(config: StudyConfig) -> list[StudyRun]:
     return runs
 
 
-def _transfer_evaluation(config: StudyConfig, target: StudyDataset, *, full: bool = False,
+def _transfer_evaluation(config: StudyConfig, target: StudyDataset, norm: str, *, full: bool = False,
                          normalization: str = "image") -> dict[str, Any]:
     """The target's test split: the whole diagnosis for zero-shot models (ΔDice under domain shift), accuracy
     only (Dice and instance scores of the exact tiled prediction) for adapted ones."""
@@ -178,7 +234,10 @@ def _transfer_evaluation(config: StudyConfig, target: StudyDataset, *, full: boo
     evaluation = _evaluation(config, target, patch_size=config.training.patch_size)
     evaluation["images"] = t.test_images  # None: every test image
     if not full:
+        # the zero-shot diagnosis's tiling (core, halo) at every stage, and for norms whose prediction depends on
+        # the tile also the small core and the whole image (the tile size is a hidden hyper-parameter under shift)
         evaluation["metrics"] = "accuracy"
+        evaluation["tile_sizes"] = norm_spec(norm).tile_dependent
     if normalization != "image":
         evaluation["normalization"] = normalization
     return evaluation
@@ -219,11 +278,11 @@ def _adapted_runs(config: StudyConfig, pair: TransferPair, norm: str, batch_size
     runs = [source]
     if "zero-shot" in t.stages:
         runs.append(StudyRun(f"{prefix}/zero-shot", "zero-shot", {**base, "stage": "zero-shot"}, None,
-                             _transfer_evaluation(config, pair.target, full=True), source.name))
+                             _transfer_evaluation(config, pair.target, norm, full=True), source.name))
         runs.append(StudyRun(f"{prefix}/zero-shot-dataset", "zero-shot-dataset",
                              {**base, "stage": "zero-shot, dataset-level normalization"}, None,
-                             _transfer_evaluation(config, pair.target, normalization="dataset"), source.name))
-    evaluation = _transfer_evaluation(config, pair.target)
+                             _transfer_evaluation(config, pair.target, norm, normalization="dataset"), source.name))
+    evaluation = _transfer_evaluation(config, pair.target, norm)
     finetune = _finetune_training(config, seed, t.finetune_iterations)
     for k in t.finetune_images:
         data = _target_images(pair.target, k, seed)
@@ -271,7 +330,7 @@ def _scratch_runs(config: StudyConfig, pair: TransferPair, norm: str, seed: int)
             f"transfer/{pair.label}/unet-{norm}-scratch-s{seed}/k{k}", "scratch",
             {"dataset": pair.target.label, "architecture": "unet", "dims": 2, "norm": norm,
              "batch_size": t.finetune_batch_size, "seed": seed, "test": pair.target.label, "images": k,
-             "stage": "from scratch"}, train, _transfer_evaluation(config, pair.target)))
+             "stage": "from scratch"}, train, _transfer_evaluation(config, pair.target, norm)))
     return runs
 
 
@@ -280,7 +339,7 @@ def plan_runs(config: StudyConfig) -> list[StudyRun]:
     runs = [_grid_run(config, dataset, norm, batch_size, seed)
             for dataset in config.grid.datasets for norm in config.grid.norms
             for batch_size in config.grid.batch_sizes for seed in config.grid.seeds]
-    runs += _vit_runs(config) + _volume_runs(config) + _transfer_runs(config)
+    runs += _equal_samples_runs(config) + _vit_runs(config) + _volume_runs(config) + _transfer_runs(config)
     unique: dict[str, StudyRun] = {}
     for run in runs:
         unique.setdefault(run.name, run)

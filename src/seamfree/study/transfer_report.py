@@ -1,5 +1,5 @@
 """The transfer part of the results page: per source → target pair, a table of Dice by norm, stage and number k
-of target images (mean and 95 % bootstrap interval over test images and seeds), paired differences between
+of target images (mean and 95 % seed-level bootstrap interval, the seed being the unit), paired differences between
 norms at each k, and a Dice-vs-k figure.
 
 Rows come from :func:`seamfree.study.runs.plan_runs`'s transfer runs, named ``transfer/<pair>/…``; k = 0 is the
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from seamfree.layers.registry import display_order, norm_spec
-from seamfree.study.claims import paired_values
 from seamfree.study.config import TransferConfig
 from seamfree.study.page import estimate, interval, markdown_table, pyplot
 from seamfree.study.statistics import compare, paired_difference
+from seamfree.study.values import paired_values
 
 __all__ = ["STAGES", "transfer_section"]
 
@@ -77,10 +77,10 @@ def _differences(rows: Sequence[Row], ks: Sequence[int]) -> str:
     def add(label: str, a: Sequence[Row], b: Sequence[Row]) -> None:
         cells, seen = [], False
         for k in ks:
-            x, y = paired_values([r for r in a if _k(r) == k], [r for r in b if _k(r) == k], "dice")
+            x, y, units = paired_values([r for r in a if _k(r) == k], [r for r in b if _k(r) == k], "dice")
             if x:
-                d = paired_difference(x, y)
-                cells.append(f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] {compare(d)}")
+                d = paired_difference(x, y, units=units)
+                cells.append(f"{interval(d, signed=True)} {compare(d)}")
                 seen = True
             else:
                 cells.append("–")
@@ -102,8 +102,9 @@ def _differences(rows: Sequence[Row], ks: Sequence[int]) -> str:
     if not lines:
         return ""
     return ("Paired differences of Dice, image by image on the same test images, seeds, source batch size and k "
-            "target images (95 % bootstrap interval; higher/lower when the interval excludes 0, else "
-            "inconclusive):\n\n" + markdown_table(("difference", *(f"k={k}" for k in ks)), lines))
+            "target images (95 % two-stage bootstrap interval that resamples seeds, then images within seeds; the "
+            "mean of each seed after ·; higher/lower when the interval excludes 0, else inconclusive):\n\n"
+            + markdown_table(("difference", *(f"k={k}" for k in ks)), lines))
 
 
 def _figure(rows: Sequence[Row], ks: Sequence[int], path: Path, title: str) -> bool:
@@ -158,8 +159,9 @@ def _protocol(config: TransferConfig | None, rows: Sequence[Row]) -> str:
     tests = sorted({len(r.get("dice_images") or []) for r in rows} - {0})
     seeds = sorted({r["seed"] for r in rows})
     text = (f"Each cell: mean Dice of the exact tiled eval-mode prediction on the target's test images "
-            f"({'/'.join(map(str, tests)) or '?'} images) pooled over seeds {seeds}, with its 95 % bootstrap "
-            "interval over those image-and-seed values. k = 0 is the source model unchanged (zero-shot); for k ≥ 1 "
+            f"({'/'.join(map(str, tests)) or '?'} images) over seeds {seeds}, with its 95 % bootstrap "
+            "interval whose unit is the seed (seeds resampled, then the images of each seed), and each seed's "
+            "mean after ·. k = 0 is the source model unchanged (zero-shot); for k ≥ 1 "
             "the k target training images are a random subset per seed, nested as k grows, and no test image is "
             "among them. Intensity normalization: every image is mapped by its own percentiles 1 and 99.8 to "
             "[0, 1], in training and at test time; the row 'dataset-level normalization' maps every test image by "
