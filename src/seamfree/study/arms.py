@@ -97,6 +97,9 @@ def stitching_arm(model: nn.Module, image: np.ndarray, mask: np.ndarray, *, core
                                      "overlap": tuple(max(1, round(c * overlap)) for c in core)}
     truth = mask[0] if mask.ndim == image.ndim else mask
     inner = (slice(None), *(slice(c, -c) for c in core))
+    # one intensity normalization (the whole image's) for both: the cut image's own percentiles would differ
+    normalization = compute_normalization(open_image(image, spatial_dims=image.ndim - 1),
+                                          resolve_normalization(IntensityNormalization("auto"), model))
     values: dict[str, float | None] = {}
     for mode, options in modes.items():
         # half the step between tile starts (the core less the overlap): every tile boundary moves to where the
@@ -105,7 +108,8 @@ def stitching_arm(model: nn.Module, image: np.ndarray, mask: np.ndarray, *, core
         start = (slice(None), *(slice(s // 2, None) for s in step))
         if any(n <= s // 2 + 2 * c for n, s, c in zip(image.shape[1:], step, core)):
             continue  # too small to compare away from the borders
-        config = PredictConfig(core=core, halo=halo, allow_small_halo=True, tile_timing=False, **options)
+        config = PredictConfig(core=core, halo=halo, allow_small_halo=True, tile_timing=False,
+                               normalization=normalization, **options)
         first = _prediction(model, image, config)
         second = _prediction(model, image[start], config)
         masks = masks_from_ground_truth(truth, first.shape[0], image.shape[1:])

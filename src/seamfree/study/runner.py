@@ -41,8 +41,8 @@ from seamfree.study.config import StudyConfig
 from seamfree.study.evaluate import METRICS, PER_IMAGE, evaluate_accuracy, evaluate_model, load_test_pairs
 from seamfree.study.runs import StudyRun, plan_runs
 
-__all__ = ["COLUMNS", "StudyResult", "model_directories", "model_keys", "read_rows", "run_directories", "run_study",
-           "select_runs"]
+__all__ = ["COLUMNS", "StudyResult", "model_directories", "model_keys", "pending_runs", "read_rows", "run_directories",
+           "run_study", "select_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,22 @@ def model_directories(config: StudyConfig, out_dir: str | Path) -> dict[str, Pat
     return {name: Path(out_dir) / "models" / key for name, key in model_keys(plan_runs(config)).items()}
 
 
+def pending_runs(config: StudyConfig, out_dir: str | Path, *, only: Sequence[str] | None = None) -> list[StudyRun]:
+    """The selected runs of ``config`` that have no result under ``out_dir`` yet (those a study would run)."""
+    runs = plan_runs(config)
+    directories = run_directories(config, out_dir)
+    return [run for run in select_runs(runs, only) if not (directories[run.name] / "result.json").exists()]
+
+
+def exact_float32() -> None:
+    """Turn TF32 off (matrix products and cuDNN convolutions in full float32 on NVIDIA GPUs): the study's exactness
+    claims (tiled prediction equal to whole-image prediction to 1e-5) compare float32 results, which TF32's 10-bit
+    mantissa would blur into ~1e-3 differences that are not tiling artifacts."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
 def _check_datasets(runs: Sequence[StudyRun]) -> None:
     from seamfree.data.datasets import dataset_path
 
@@ -147,6 +163,11 @@ def _trained_model(run: StudyRun, directory: Path, source_model: Path | None, co
     shutil.copyfile(result.last, model_path.with_name("model.pt.partial"))
     _write_json(directory / "model.json", {"seconds": round(result.seconds, 2)})
     model_path.with_name("model.pt.partial").replace(model_path)
+    # the model is kept twice (model.pt, the last; train/best.pt): the resumable state and the last checkpoint are
+    # only needed while training runs, and are most of a paper-scale study's disk
+    for pruned in (directory / "train" / "state.pt", Path(result.last)):
+        if pruned.exists() and pruned.resolve() != model_path.resolve():
+            pruned.unlink()
     return model_path
 
 
@@ -292,6 +313,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, only: Sequence[str] |
         _check_datasets(selected)
     if config.threads:
         torch.set_num_threads(config.threads)
+    exact_float32()
     rows, ran, cached, failed = [], [], [], []
     selected_names = {run.name for run in selected}
     for index, run in enumerate(runs):

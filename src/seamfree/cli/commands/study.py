@@ -26,6 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--list", action="store_true", help="list the runs and which are done; run nothing")
     s.add_argument("--report-only", action="store_true",
                    help="write the table and the results page from the runs already done; run nothing")
+    s.add_argument("--estimate", action="store_true",
+                   help="print how long the runs still to do should take on this device (training timed here) and "
+                        "the disk their models need; run nothing (printed before every study that runs)")
     s.add_argument("--device", help="cpu or cuda")
     s.add_argument("--threads", type=int, help="torch CPU threads")
     s.set_defaults(handler=run)
@@ -48,6 +51,15 @@ def run(args: argparse.Namespace) -> int:
             state = "done" if (directories[run.name] / "result.json").exists() else "to do"
             print(f"{state:6s} {run.name}")
         return 0
+    if not args.report_only:
+        from seamfree.study.estimate import estimate_study
+        from seamfree.study.runner import pending_runs
+
+        pending = pending_runs(config, args.out, only=args.only)
+        if pending:
+            print(f"estimate: {estimate_study(config, pending).describe()}", flush=True)
+        if args.estimate:
+            return 0
     # per-tile and per-step messages of the library would bury the study's progress; restored afterwards
     quieted = {name: logging.getLogger(name) for name in ("seamfree.tiling", "seamfree.diagnostics",
                                                          "seamfree.training")}
