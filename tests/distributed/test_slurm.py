@@ -97,7 +97,9 @@ def _wait(job_id: str, limit: float = 300) -> None:
     deadline = time.time() + limit
     while time.time() < deadline:
         listed = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True, check=False)
-        if not listed.stdout.strip():
+        # ended: no longer listed, or already forgotten ("Invalid job id"); a controller too busy to answer (a
+        # timeout on a loaded machine, seen in CI) is no answer, so keep asking
+        if (listed.returncode == 0 and not listed.stdout.strip()) or "Invalid job id" in listed.stderr:
             return
         time.sleep(1)
     subprocess.run(["scancel", job_id], check=False)
@@ -135,6 +137,17 @@ def _logs(folder: Path, out: str) -> str:
     return "".join(p.read_text() for p in sorted((folder / f"{out}.seamfree-jobs").glob("*.log")))
 
 
+def _logs_holding(folder: Path, out: str, text: str, limit: float = 60) -> str:
+    """The logs once they hold ``text`` (a job's last lines can reach the file after squeue stops listing it), or
+    as they are after ``limit`` seconds."""
+    deadline = time.time() + limit
+    logs = _logs(folder, out)
+    while text not in logs and time.time() < deadline:
+        time.sleep(0.5)
+        logs = _logs(folder, out)
+    return logs
+
+
 def test_a_job_array_equals_one_process(slurm, job):
     result = subprocess.run([SEAMFREE, "submit", *_arguments(job, "array.zarr"), "--tasks", "4", "--wait"],
                             capture_output=True, text=True, cwd=job, env=_environment(), check=False)
@@ -168,7 +181,7 @@ def test_preempted_and_walltime_warned_tasks_resume_to_the_same_output(slurm, jo
     subprocess.run(["scancel", "--signal=USR1", "--batch", second], check=True)
     _release_requeued(second)
     _wait(second, 300)
-    logs = _logs(job, "preempted.zarr")
+    logs = _logs_holding(job, "preempted.zarr", "the output is complete")
     assert len(re.findall(r"paused at", logs)) == 2, logs
     assert "the output is complete" in logs, logs
     _assert_same(job, "preempted.zarr")

@@ -55,6 +55,7 @@ def test_profiles_plan_the_whole_grid_with_sources_first():
             assert run.source in names[:index]
     kinds = {run.kind for run in standard}
     assert kinds == {"grid", "vit", "volume", "transfer-source", "zero-shot", "zero-shot-dataset", "finetune",
+                     "recalibrate-label-free", "equal-samples",
                      "convert", "recalibrate", "recalibrate-finetune", "scratch"}
     # the transfer protocol: k in {1, 2, 4, 8} target images, 3 seeds, two pairs, sources at batch 2 and 8
     tuned = [run for run in standard if run.kind == "finetune"]

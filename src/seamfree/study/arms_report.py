@@ -20,8 +20,8 @@ from seamfree.study.page import estimate, format_value, interval, markdown_table
 from seamfree.study.protocol import protocol
 from seamfree.study.values import Row, done, known, paired_estimate, within_difference
 
-__all__ = ["blending_section", "equal_samples_section", "instance_noise_section", "statistics_note",
-           "ted_table_section"]
+__all__ = ["blending_section", "equal_samples_section", "instance_noise_section", "seam_test_section",
+           "statistics_note", "ted_table_section"]
 
 
 def statistics_note() -> str:
@@ -206,3 +206,27 @@ def _example_prediction(directory: Path) -> np.ndarray | None:
     with np.load(path) as data:
         prediction: Any = data["prediction"]
         return np.asarray(prediction, dtype=np.float32)
+
+
+def seam_test_section(rows: Sequence[Row]) -> str:
+    """The calibrated seam test's rates on the study's models, which no calibration or validation case came from."""
+    from seamfree.study.claims import FIXED, TILE_WISE
+
+    grid = [r for r in done(rows, kind=("grid", "vit", "volume")) if known(r.get("seams_detected"))]
+    if not grid:
+        return ""
+    lines = []
+    for label, norms, threshold in (("tile-wise norms (artifacts expected)", TILE_WISE, "detected"),
+                                    ("global statistics (exact tiling)", FIXED, "false alarm")):
+        for key, tiles in (("seams_detected", "study tiles"), ("seams_detected_small", "small tiles")):
+            selected = [r for r in grid if r["norm"] in norms and known(r.get(key))]
+            images = [len(r.get("dice_images") or [0]) for r in selected]
+            flagged = sum(r[key] * n for r, n in zip(selected, images))
+            total = sum(images)
+            if total:
+                lines.append([label, tiles, len(selected), total, f"{flagged:.0f} of {total} ({flagged / total:.0%})",
+                              threshold])
+    return ("The seam test of `seamfree diagnose` (thresholds calibrated once on synthetic and held-out cases, "
+            "`benchmarks/seam_calibration.py`, validated on others, `benchmarks/seam_validation.py`) applied to "
+            "this page's models, none of which took part in either: the share of test images flagged as seamed.\n\n"
+            + markdown_table(("models", "tiles", "models", "test images", "flagged", "reads as"), lines))

@@ -199,7 +199,8 @@ class TransferPair:
         return f"{self.source.label}-to-{self.target.label}"
 
 
-TRANSFER_STAGES = ("zero-shot", "recalibrate", "finetune", "convert", "recalibrate-finetune", "scratch")
+TRANSFER_STAGES = ("zero-shot", "recalibrate", "recalibrate-label-free", "finetune", "convert", "recalibrate-finetune",
+                   "scratch")
 
 
 def _coelho_pair() -> tuple[TransferPair, ...]:
@@ -214,7 +215,9 @@ class TransferConfig:
     split (with per-image and with dataset-level intensity normalization), then adapted with k of the target's
     training images for every k in ``finetune_images`` (a random subset per seed, nested as k grows):
 
-    - ``recalibrate``: running statistics recomputed on the k images (norms with running statistics);
+    - ``recalibrate``: running statistics recomputed on the k images (norms with running statistics), on patches
+      placed as training placed them (centred on labelled foreground: this uses the labels);
+    - ``recalibrate-label-free``: the same on uniformly placed patches (no label used);
     - ``finetune``: fine-tuned on them; ``convert``: BatchNorm converted to BatchRenorm, then fine-tuned;
     - ``recalibrate-finetune``: recalibrated, then fine-tuned;
     - ``scratch``: a model trained from scratch on the k images only (the baseline transfer must beat).

@@ -24,6 +24,7 @@ from seamfree.study.arms_report import (
     blending_section,
     equal_samples_section,
     instance_noise_section,
+    seam_test_section,
     statistics_note,
     ted_table_section,
 )
@@ -334,7 +335,8 @@ def write_results(rows: Sequence[Row], path: str | Path, *, run_dirs: dict[str, 
                            ("The blending arm: Gaussian blending against crop stitching", blending_section(rows)),
                            ("The equal-samples arm: batch 1 at 8× the iterations", equal_samples_section(rows)),
                            ("Instance-level damage and the seed-to-seed noise floor",
-                            instance_noise_section(rows, run_dirs))):
+                            instance_noise_section(rows, run_dirs)),
+                           ("The seam test on held-out models", seam_test_section(rows))):
         if section:
             parts.append(f"## {title}\n\n{section}")
     vit = _done(rows, "vit")

@@ -298,7 +298,8 @@ def _adapted_runs(config: StudyConfig, pair: TransferPair, norm: str, batch_size
                 {**tuned, "model": {"checkpoint": "<source>", "convert_norm": "batchrenorm",
                                     "norm_options": _norm_options("batchrenorm", config.training)}},
                 evaluation, source.name))
-        if norm in RUNNING_STATISTICS and {"recalibrate", "recalibrate-finetune"} & set(t.stages):
+        if norm in RUNNING_STATISTICS and {"recalibrate", "recalibrate-label-free", "recalibrate-finetune"} & set(
+                t.stages):
             recalibrated = StudyRun(
                 f"{prefix}/k{k}/recalibrate", "recalibrate", {**labels, "stage": "recalibrated"}, None,
                 {**evaluation, "recalibrate": {"dataset": data, "images": k, "batch_size": 8,
@@ -306,6 +307,12 @@ def _adapted_runs(config: StudyConfig, pair: TransferPair, norm: str, batch_size
                                                # patches centred on foreground like the model's training patches
                                                "sampling": "training"}}, source.name)
             runs.append(recalibrated)
+            if "recalibrate-label-free" in t.stages:
+                runs.append(StudyRun(
+                    f"{prefix}/k{k}/recalibrate-label-free", "recalibrate-label-free",
+                    {**labels, "stage": "recalibrated without labels"}, None,
+                    {**evaluation, "recalibrate": {**recalibrated.evaluation["recalibrate"], "sampling": "uniform"}},
+                    source.name))
             if "recalibrate-finetune" in t.stages:
                 runs.append(StudyRun(f"{prefix}/k{k}/recalibrate-finetune", "recalibrate-finetune",
                                      {**labels, "stage": "recalibrated, fine-tuned"}, tuned, evaluation,

@@ -39,11 +39,14 @@ def _best_transfer(rows: list[Row]) -> tuple[str, str]:
 
 
 def _recalibration(rows: list[Row]) -> tuple[str, str]:
-    recalibrated = done(rows, ("dice",), kind="recalibrate", norm="batch")
+    """Judged on every recalibration arm present: with patches placed by the labels and without labels."""
     zero = done(rows, ("dice",), kind="zero-shot", norm="batch")
-    if not recalibrated or not zero:
+    groups = []
+    for kind, how in (("recalibrate-label-free", "without labels"), ("recalibrate", "patches placed with labels")):
+        recalibrated = done(rows, ("dice",), kind=kind, norm="batch")
+        groups += [Group(f"{how} {_k_label(k)}", _at(recalibrated, k), zero) for k in _ks(recalibrated)]
+    if not groups or not zero:
         return "not measured", "no recalibrated and zero-shot BatchNorm runs to pair"
-    groups = [Group(_k_label(k), _at(recalibrated, k), zero) for k in _ks(recalibrated)]
     return judge_groups("recalibration", groups, "paired Dice of BatchNorm recalibrated on k target images − "
                                                  "zero-shot, on the target test images")
 

@@ -24,7 +24,8 @@ Row = dict[str, Any]
 
 # row kind → what was done to the source model, in the order the tables list them
 STAGES = {"zero-shot": "zero-shot, per-image normalization", "zero-shot-dataset": "zero-shot, dataset-level "
-          "normalization", "recalibrate": "recalibrated", "finetune": "fine-tuned",
+          "normalization", "recalibrate": "recalibrated (patches placed with the labels)",
+          "recalibrate-label-free": "recalibrated without labels (uniform patches)", "finetune": "fine-tuned",
           "convert": "converted to BatchRenorm, fine-tuned", "recalibrate-finetune": "recalibrated, fine-tuned",
           "scratch": "trained from scratch on the k images"}
 ZERO_SHOT = ("zero-shot", "zero-shot-dataset")
@@ -119,9 +120,11 @@ def _figure(rows: Sequence[Row], ks: Sequence[int], path: Path, title: str) -> b
                                 squeeze=False, sharey=True)
     positions = {k: i for i, k in enumerate(ks)}
     styles = {"zero-shot": ("o", "-"), "zero-shot-dataset": ("D", "-"), "recalibrate": ("s", "--"),
+              "recalibrate-label-free": ("s", ":"),
               "finetune": ("o", "-"), "convert": ("^", "-."), "recalibrate-finetune": ("v", ":"),
               "scratch": ("x", "--")}
-    colours = {"zero-shot": "black", "zero-shot-dataset": "#7f7f7f", "recalibrate": "#1f77b4", "finetune": "#2ca02c",
+    colours = {"zero-shot": "black", "zero-shot-dataset": "#7f7f7f", "recalibrate": "#1f77b4",
+               "recalibrate-label-free": "#17becf", "finetune": "#2ca02c",
                "convert": "#9467bd", "recalibrate-finetune": "#ff7f0e", "scratch": "#d62728"}
     for row_axes, batch in zip(axes, batches):
         for axis, norm in zip(row_axes, norms):
