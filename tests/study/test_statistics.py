@@ -80,6 +80,9 @@ def test_the_protocol_file_is_the_one_place_the_thresholds_live():
     p = protocol()
     assert p.rules["renorm_accuracy"].bound == -0.03 and p.rules["renorm_ted"].side == "below"
     assert p.thresholds["artifact_tm_abs"] == 1e-4 and "artifact_tm_abs: 1.0e-4" in text
+    from seamfree.diagnostics.recommend import TM_ABS_NOISE
+
+    assert p.thresholds["artifact_tm_abs"] == TM_ABS_NOISE  # the study's artifact is the diagnosis's
     assert p.group_level(4) == pytest.approx(0.9875)
     # no claim module defines a margin of its own
     for module in ("claims.py", "transfer_claims.py", "values.py"):

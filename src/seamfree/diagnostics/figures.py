@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from seamfree.diagnostics.diagnose import Diagnosis
+from seamfree.diagnostics.recommend import TM_ABS_NOISE
 from seamfree.diagnostics.seams import seam_positions
 from seamfree.errors import require
 from seamfree.metrics import binarize
@@ -334,7 +335,7 @@ def bars_figure(diagnoses: Sequence[Diagnosis]) -> bytes:
     axis.set_yscale("log")
     axis.set_ylim(floor / 2, 2.0)
     axis.set_xticks(range(len(names)), names)
-    axis.axhline(1e-4, color="grey", linestyle=":", linewidth=0.8)
+    axis.axhline(TM_ABS_NOISE, color="grey", linestyle=":", linewidth=0.8)
     axis.set_ylabel("value (log scale)")
     axis.set_title("tile mismatch and train/eval disparity (lower is better; no bar: 0)", fontsize=10)
     axis.legend(fontsize=8)

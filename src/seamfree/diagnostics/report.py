@@ -27,6 +27,7 @@ import numpy as np
 
 from seamfree.diagnostics.diagnose import Diagnosis
 from seamfree.diagnostics.figures import Crops, bars_figure, crops, crops_figure, overview_figures, pyplot
+from seamfree.diagnostics.recommend import TM_ABS_NOISE
 from seamfree.errors import DataError
 from seamfree.io.owned import write_owned
 
@@ -178,7 +179,7 @@ def write_report(diagnoses: Diagnosis | Sequence[Diagnosis], out_dir: str | os.P
         f"{_comparison_table(items)}{_dice_note(items)}"
         f"{_crops_section(items, cut) if cut is not None else ''}{_HOW_TO_READ}"
         f"<figure><img alt='indicators' src='{_data_uri(bars)}'><figcaption>TM and TED per model; the dotted "
-        f"line is the noise level of TM_abs (1e-4)</figcaption></figure>"
+        f"line is the noise level of TM_abs ({TM_ABS_NOISE:g})</figcaption></figure>"
         f"<div class='models'>{''.join(sections)}</div></body></html>")
     write_owned(out, files, what="the diagnosis report", legacy=_legacy_report, last="report.html",
                 fix="choose another report folder (--out), or move those files away")
@@ -209,11 +210,11 @@ def _slugs(items: Sequence[Diagnosis]) -> list[str]:
     return result
 
 
-_HOW_TO_READ = """<div class="howto"><h3>How to read this</h3><p>
+_HOW_TO_READ_TEMPLATE = """<div class="howto"><h3>How to read this</h3><p>
 <b>Tile mismatch (TM)</b> compares two tiled predictions of the same image, on grid A and on grid B shifted by
 half a core: where two tiles overlap, a model whose output depends on the tile disagrees with itself.
 <b>TM_abs</b> is the mean |A − B| of the outputs, <b>TM_dice</b> 1 − Dice of the two binarized predictions;
-about 0 (below 1e-4) means tiling cannot change the result.
+about 0 (below TM_ABS_NOISE) means tiling cannot change the result.
 <b>Train/eval disparity (TED)</b> compares the model in training mode, on training-like batches, with eval mode
 on the same patches: large values mean the running statistics do not describe the data (BatchNorm's problem,
 not a tiling one). <b>Seam score</b>: the jump of the prediction across each seam over the jump at the same place
@@ -224,6 +225,7 @@ and <b>faint</b> when the interval lies above 1.05 with 2 &lt; z ≤ 4 (a weak b
 exact. The crops show one seam crossing (magenta ticks in the margins mark the seams) for every model on the same
 colour scales. The definitions, and how the seam test was validated on real images, are in the seamfree
 documentation: <code>docs/diagnose.md</code>.</p></div>"""
+_HOW_TO_READ = _HOW_TO_READ_TEMPLATE.replace("TM_ABS_NOISE", f"{TM_ABS_NOISE:g}")
 
 
 def _crops_section(items: Sequence[Diagnosis], cut: Crops) -> str:

@@ -31,6 +31,7 @@ from seamfree.study.arms_report import (
 from seamfree.study.claims import check_claims
 from seamfree.study.config import TransferConfig
 from seamfree.study.page import NORM_COLOURS, estimate, format_value, interval, markdown_table, pyplot
+from seamfree.study.protocol import protocol
 from seamfree.study.transfer_report import transfer_section
 
 __all__ = ["Hardware", "describe_hardware", "write_results"]
@@ -144,7 +145,7 @@ def _dice_vs_tm(rows: Sequence[Row], path: Path) -> bool:
                                  marker=marker, color=NORM_COLOURS.get(norm, "black"), alpha=0.8, s=40,
                                  label=NORM_LABELS.get(norm, norm) if kind == "grid" else None)
         axis.set_xscale("log")
-        axis.axvline(1e-4, color="grey", lw=0.8, ls="--")
+        axis.axvline(protocol().thresholds["artifact_tm_abs"], color="grey", lw=0.8, ls="--")
         axis.set_xlabel("TM_abs (log; ≤ 1e-9 drawn at 1e-9)", fontsize=8)
         axis.set_title(dataset, fontsize=9)
     axes[0][0].set_ylabel("test Dice (tiled, eval mode), one point per seed")
