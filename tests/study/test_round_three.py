@@ -39,6 +39,7 @@ def _image() -> tuple[np.ndarray, np.ndarray]:
     return image, (image > 0.6).astype(np.uint8)
 
 
+@pytest.mark.integration  # ~25 s of CPU: outside the inner loop
 def test_ted_is_measured_at_each_batch_size_with_the_renorm_clip_rate(tmp_path):
     image, mask = _image()
     batchnorm = measurement_batch_disparity(_trained_like("batch", tmp_path), image, mask, batch_sizes=(1, 4))
@@ -63,6 +64,7 @@ def test_ted_is_measured_at_each_batch_size_with_the_renorm_clip_rate(tmp_path):
     assert count.statistics == seen  # nothing counted outside the block
 
 
+@pytest.mark.integration  # ~35 s of CPU: outside the inner loop
 def test_blending_hides_seams_that_crop_stitching_shows_and_changes_nothing_for_exact_models(tmp_path):
     image, mask = _image()
     exact = stitching_arm(_trained_like("batch", tmp_path), image, mask, core=(64, 64), overlaps=(0.25, 0.5))
