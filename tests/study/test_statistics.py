@@ -134,7 +134,7 @@ def test_transfer_verdicts_rest_on_seed_level_paired_intervals():
     assert check.verdict == "reproduced", check.evidence
     assert "− BatchNorm : 0.060 [0.060, 0.060] (n=12 in 3 seeds; seed means 0.060, 0.060, 0.060) → holds" \
         in check.evidence
-    assert "at 97.50% (bonferroni over 2 groups)" in check.evidence
+    assert "at 97.5 % (bonferroni over 2 groups)" in check.evidence
     # two target images and one seed, as the first study had: never a verdict
     two = [row("finetune", "batchrenorm", [0.5, 0.6]), row("finetune", "batch", [0.4, 0.45])]
     assert verdicts(two)[TRANSFER] == "inconclusive"

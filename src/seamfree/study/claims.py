@@ -85,7 +85,7 @@ def judge_groups(rule_name: str, groups: Sequence[Group], what: str) -> tuple[st
         parts.append(f"{group.label}: {group.note}{value} → {outcome}" + "".join(group.extra))
     if not outcomes:
         return "not measured", f"{what}: no group to judge"
-    return decide(outcomes), (f"{what}, {rule.words()} claimed; seed-level intervals at {level:.2%} "
+    return decide(outcomes), (f"{what}, {rule.words()} claimed; seed-level intervals at {level * 100:g} % "
                               f"({protocol().correction} over {len(groups)} groups): " + "; ".join(parts)
                               + f" ({summary(outcomes)})")
 
@@ -109,8 +109,8 @@ def _tile_wise_artifacts(rows: list[Row]) -> tuple[str, str]:
     hits = [r for r in selected if r["tm_abs"] > bound]
     values = [r["tm_dice"] for r in selected if r["tm_dice"] is not None]
     return count_verdict(len(hits), len(selected)), (
-        f"{len(hits)} of {len(selected)} tile-wise CNN models have TM_abs > {bound:g}; TM_dice "
-        f"{_fmt(min(values, default=None))}–{_fmt(max(values, default=None))}")
+        f"{len(hits)} of {len(selected)} tile-wise CNN models have TM_abs > {bound:g}"
+        + (f"; TM_dice {_fmt(min(values))}–{_fmt(max(values))}" if values else ""))
 
 
 def _global_exact(rows: list[Row]) -> tuple[str, str]:
@@ -204,7 +204,7 @@ def _artifacts_grow(rows: list[Row]) -> tuple[str, str]:
     drops = [r["dice"] - r["dice_small"] for r in selected if known(r.get("dice")) and known(r.get("dice_small"))]
     return count_verdict(len(hits), len(selected)), (
         f"TM_abs with small tiles exceeds TM_abs with the study's tiles in {len(hits)} of {len(selected)} tile-wise "
-        f"models; Dice drop with small tiles {_fmt(min(drops, default=None))}–{_fmt(max(drops, default=None))}")
+        "models" + (f"; Dice drop with small tiles {_fmt(min(drops))}–{_fmt(max(drops))}" if drops else ""))
 
 
 def _architecture(kind: str, label: str) -> Callable[[list[Row]], tuple[str, str]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +45,7 @@ class StudyEstimate:
         hours = (self.train_seconds + self.eval_seconds) / 3600
         return (f"{self.runs} run(s) to do on {self.device}: about {hours:.1f} h ({self.train_seconds / 3600:.1f} h "
                 f"training {self.trainings} model(s), timed here; {self.eval_seconds / 3600:.1f} h evaluation, "
-                f"estimated) and {self.model_bytes / 1e9:.1f} GB of models")
+                f"estimated) and {self.model_bytes / 1e9:.2f} GB of new models")
 
 
 def _network(run: StudyRun, config: StudyConfig) -> torch.nn.Module:
@@ -111,10 +111,11 @@ def test_image_voxels(runs: Sequence[StudyRun]) -> dict[str, int]:
     return voxels
 
 
-def estimate_study(config: StudyConfig, runs: Sequence[StudyRun], *,
-                   image_voxels: dict[str, int] | None = None) -> StudyEstimate:
+def estimate_study(config: StudyConfig, runs: Sequence[StudyRun], *, image_voxels: dict[str, int] | None = None,
+                   trained: Collection[str] = ()) -> StudyEstimate:
     """Return the estimate of ``runs`` (the pending ones) under ``config``; ``image_voxels``: dataset label → voxels
-    of one test image (default :func:`test_image_voxels`)."""
+    of one test image (default :func:`test_image_voxels`); ``trained``: names of runs whose model is already
+    trained (only measured)."""
     device = config.device
     voxels = test_image_voxels(runs) if image_voxels is None else image_voxels
     steps: dict[str, float] = {}
@@ -123,7 +124,7 @@ def estimate_study(config: StudyConfig, runs: Sequence[StudyRun], *,
     model_bytes = trainings = 0
     for run in runs:
         network = _network(run, config)
-        if run.train is not None:
+        if run.train is not None and run.name not in trained:
             t = run.train["training"]
             key = repr((run.train["model"], run.labels.get("norm"), t["batch_size"], t["patch_size"]))
             if key not in steps:

@@ -139,7 +139,9 @@ def _arms(config: StudyConfig, norm: str) -> dict[str, Any]:
     if e.measurement_batches and norm in RUNNING_STATISTICS:
         arms["measurement_batches"] = list(e.measurement_batches)
     if e.blend_overlaps and norm in e.blend_norms:
-        arms.update(blend_overlaps=list(e.blend_overlaps), blend_images=e.blend_images)
+        # both predictions of the arm normalized with the whole image's statistics (a cut image's own would differ)
+        arms.update(blend_overlaps=list(e.blend_overlaps), blend_images=e.blend_images,
+                    blend_normalization="whole image")
     return arms
 
 

@@ -57,8 +57,8 @@ class Estimate:
         if self.units is None:
             return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.count})"
         means = ", ".join(f"{m:+.3f}" if self.low < 0 else f"{m:.3f}" for m in self.unit_means)
-        return (f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.count} in {self.units} seeds; "
-                f"seed means {means})")
+        seeds = "1 seed; its mean" if self.units == 1 else f"{self.units} seeds; seed means"
+        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.count} in {seeds} {means})"
 
     def to_dict(self) -> dict[str, object]:
         return {"mean": self.mean, "low": self.low, "high": self.high, "count": self.count, "units": self.units,

@@ -53,11 +53,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.report_only:
         from seamfree.study.estimate import estimate_study
-        from seamfree.study.runner import pending_runs
+        from seamfree.study.runner import model_directories, pending_runs
 
         pending = pending_runs(config, args.out, only=args.only)
         if pending:
-            print(f"estimate: {estimate_study(config, pending).describe()}", flush=True)
+            trained = {name for name, folder in model_directories(config, args.out).items()
+                       if (folder / "model.pt").exists()}
+            print(f"estimate: {estimate_study(config, pending, trained=trained).describe()}", flush=True)
         if args.estimate:
             return 0
     # per-tile and per-step messages of the library would bury the study's progress; restored afterwards
