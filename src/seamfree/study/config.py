@@ -264,29 +264,31 @@ class TransferConfig:
 
 @dataclass(frozen=True)
 class EqualSamplesConfig:
-    """The equal-samples arm: models trained at ``batch_size`` for ``reference_batch / batch_size`` times the
-    recipe's iterations, so that they see as many training samples as the grid's ``reference_batch`` models, at
-    each of ``learning_rates`` (empty: the recipe's). The learning rate reported for a norm is the one with the best
-    mean validation Dice over seeds (chosen without the test images).
+    """The equal-samples arm: models trained at each of ``batch_sizes`` for ``reference_batch / batch size`` times
+    the recipe's iterations, so that they see as many training samples as the grid's ``reference_batch`` models, at
+    each of ``learning_rates`` (empty: the recipe's), for every seed. The learning rate reported for a norm and
+    batch size is the one with the best mean validation Dice over seeds (chosen without the test images).
 
     The grid compares batch sizes at equal iterations: a batch-1 model has seen 8× fewer samples than a batch-8
-    one, at one untuned learning rate; this arm tells the budget from the batch size.
+    one, at one untuned learning rate; this arm tells the budget from the batch size, and the learning-rate sweep
+    at the reference batch tells an untuned rate from the norm. A run whose training equals a grid run's (the
+    reference batch at the recipe's rate) reuses that model.
     """
 
     enabled: bool = False
     datasets: tuple[StudyDataset, ...] = ()
     norms: tuple[str, ...] = ("batch", "batchrenorm")
-    batch_size: int = 1
+    batch_sizes: tuple[int, ...] = (1,)
     reference_batch: int = 8
     learning_rates: tuple[float, ...] = ()
     seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_norms(self.norms, "samples.norms")
-        _check_batch_sizes((self.batch_size, self.reference_batch), "samples batch sizes")
-        if self.reference_batch % self.batch_size or any(lr <= 0 for lr in self.learning_rates):
-            raise ConfigError(f"samples.reference_batch must be a multiple of samples.batch_size and every "
-                              f"learning rate positive, got {self.reference_batch}, {self.batch_size}, "
+        _check_batch_sizes((*self.batch_sizes, self.reference_batch), "samples batch sizes")
+        if any(self.reference_batch % b for b in self.batch_sizes) or any(lr <= 0 for lr in self.learning_rates):
+            raise ConfigError(f"samples.reference_batch must be a multiple of every samples.batch_sizes and every "
+                              f"learning rate positive, got {self.reference_batch}, {list(self.batch_sizes)}, "
                               f"{list(self.learning_rates)}")
 
 
@@ -358,7 +360,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         # batch 1 for 8× the iterations on the groups where BatchRenorm did worst in round two
         "samples": {"enabled": True, "datasets": [{"name": "drosophila-vnc", "target": "mitochondria"},
                                                   {"name": "isbi2012"}],
-                    "norms": ["batch", "batchrenorm"], "learning_rates": [1e-3, 2e-3]},
+                    "norms": ["batch", "batchrenorm"], "batch_sizes": [1, 8], "learning_rates": [1e-3, 2e-3],
+                    "seeds": [0, 1, 2, 3, 4]},
         "vit": {"dataset": {"name": "isbi2012"}, "norms": ["batch", "batchrenorm", "layer"], "batch_sizes": [8],
                 "recipe": {"iterations": 400, "patch_size": [128, 128], "features": 8}},
         "volume": {"enabled": True, "norms": ["batch", "batchrenorm", "instance"], "batch_sizes": [2],
@@ -378,7 +381,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                        "blend_overlaps": [0.25, 0.5]},
         "samples": {"enabled": True, "datasets": [{"name": "drosophila-vnc", "target": "mitochondria"},
                                                   {"name": "isbi2012"}],
-                    "norms": ["batch", "batchrenorm", "instance"], "learning_rates": [5e-4, 1e-3, 2e-3]},
+                    "norms": ["batch", "batchrenorm", "instance"], "batch_sizes": [1, 8],
+                    "learning_rates": [5e-4, 1e-3, 2e-3]},
         "vit": {"dataset": {"name": "isbi2012"}, "norms": ["batch", "batchrenorm", "layer"], "batch_sizes": [1, 8],
                 "recipe": {"iterations": 5000, "patch_size": [256, 256], "features": 32, "learning_rate": 1e-3,
                            "renorm_warmup": 0.1, "renorm_ramp": 0.4, "running_momentum": 0.01}},

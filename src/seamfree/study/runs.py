@@ -173,24 +173,28 @@ def _equal_samples_runs(config: StudyConfig) -> list[StudyRun]:
     if not arm.enabled:
         return []
     runs = []
-    factor = arm.reference_batch // arm.batch_size
     for dataset in arm.datasets:
         for norm in arm.norms:
-            for rate in arm.learning_rates or (recipe.learning_rate,):
-                for seed in arm.seeds or config.grid.seeds:
-                    train = _train_mapping(dataset, recipe, norm, arm.batch_size, seed)
-                    iterations = recipe.iterations * factor
-                    train["training"].update(iterations=iterations, validate_every=iterations, learning_rate=rate,
-                                             checkpoint_every=recipe.checkpoint_every * factor)
-                    evaluation = {**_evaluation(config, dataset, patch_size=recipe.patch_size), "metrics": "light"}
-                    if "measurement_batches" in _arms(config, norm):
-                        evaluation["measurement_batches"] = _arms(config, norm)["measurement_batches"]
-                    runs.append(StudyRun(
-                        f"equal-samples/{dataset.label}/unet-{norm}-b{arm.batch_size}x{factor}-lr{rate:g}-s{seed}",
-                        "equal-samples",
-                        {"dataset": dataset.label, "architecture": "unet", "dims": 2, "norm": norm,
-                         "batch_size": arm.batch_size, "seed": seed, "stage": "equal samples",
-                         "test": dataset.label, "learning_rate": rate}, train, evaluation))
+            for batch in arm.batch_sizes:
+                factor = arm.reference_batch // batch
+                for rate in arm.learning_rates or (recipe.learning_rate,):
+                    for seed in arm.seeds or config.grid.seeds:
+                        train = _train_mapping(dataset, recipe, norm, batch, seed)
+                        if factor != 1 or rate != recipe.learning_rate:  # else exactly the grid's training
+                            iterations = recipe.iterations * factor
+                            train["training"].update(iterations=iterations, validate_every=iterations,
+                                                     learning_rate=rate,
+                                                     checkpoint_every=recipe.checkpoint_every * factor)
+                        evaluation = {**_evaluation(config, dataset, patch_size=recipe.patch_size),
+                                      "metrics": "light"}
+                        if "measurement_batches" in _arms(config, norm):
+                            evaluation["measurement_batches"] = _arms(config, norm)["measurement_batches"]
+                        runs.append(StudyRun(
+                            f"equal-samples/{dataset.label}/unet-{norm}-b{batch}x{factor}-lr{rate:g}-s{seed}",
+                            "equal-samples",
+                            {"dataset": dataset.label, "architecture": "unet", "dims": 2, "norm": norm,
+                             "batch_size": batch, "seed": seed, "stage": "equal samples", "test": dataset.label,
+                             "learning_rate": rate}, train, evaluation))
     return runs
 
 
