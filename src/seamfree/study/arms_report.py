@@ -126,7 +126,8 @@ def _by(rows: Sequence[Row], dataset: str) -> list[tuple[tuple[str, int], list[R
 
 
 def equal_samples_section(rows: Sequence[Row]) -> str:
-    """The equal-samples arm beside the grid's batch-1 and batch-8 models, learning rate chosen on validation."""
+    """The equal-samples arm beside the grid's models: each batch size and learning rate, the rate to read chosen
+    on validation Dice."""
     arm = done(rows, ("dice",), kind="equal-samples")
     if not arm:
         return ""
@@ -135,28 +136,40 @@ def equal_samples_section(rows: Sequence[Row]) -> str:
     for dataset in sorted({r["dataset"] for r in arm}):
         lines = []
         for norm in sorted({r["norm"] for r in arm if r["dataset"] == dataset}, key=display_order):
+            peers = [r for r in grid if r["dataset"] == dataset and r["norm"] == norm]
+            reference = [r for r in peers if r["batch_size"] == max((p["batch_size"] for p in peers), default=0)]
+            for batch in sorted({r["batch_size"] for r in peers}):
+                group = [r for r in peers if r["batch_size"] == batch]
+                lines.append([_label(norm), f"grid: batch {batch}, recipe", len(group), _estimate(group, "dice"),
+                              _estimate(group, "ted_dice"), format_value(_mean(group, "val_dice")), ""])
             mine = [r for r in arm if r["dataset"] == dataset and r["norm"] == norm]
-            rates = sorted({r["learning_rate"] for r in mine})
-            chosen = max(rates, key=lambda lr: _mean([r for r in mine if r["learning_rate"] == lr], "val_dice") or 0)
-            for batch in sorted({r["batch_size"] for r in grid if r["dataset"] == dataset and r["norm"] == norm}):
-                peers = [r for r in grid if r["dataset"] == dataset and r["norm"] == norm and r["batch_size"] == batch]
-                lines.append([_label(norm), f"grid, batch {batch}", "recipe", len(peers), _estimate(peers, "dice"),
-                              _estimate(peers, "ted_dice"), format_value(_mean(peers, "val_dice")), ""])
-            reference = [r for r in grid if r["dataset"] == dataset and r["norm"] == norm and r["batch_size"] > 1]
-            for rate in rates:
-                group = [r for r in mine if r["learning_rate"] == rate]
-                versus = paired_estimate(_unbatched(group), _unbatched(reference), "dice") if reference else None
-                lines.append([_label(norm), f"batch {group[0]['batch_size']}, equal samples",
-                              f"{rate:g}" + (" ★" if rate == chosen else ""), len(group), _estimate(group, "dice"),
-                              _estimate(group, f"ted_dice_m{group[0]['batch_size']}"),
-                              format_value(_mean(group, "val_dice")), interval(versus, signed=True)])
+            for batch in sorted({r["batch_size"] for r in mine}):
+                sized = [r for r in mine if r["batch_size"] == batch]
+                rates = sorted({r["learning_rate"] for r in sized})
+                chosen = max(rates, key=lambda lr: _mean([r for r in sized if r["learning_rate"] == lr],
+                                                         "val_dice") or 0)
+                factor = _factor(sized[0])
+                for rate in rates:
+                    group = [r for r in sized if r["learning_rate"] == rate]
+                    versus = paired_estimate(_unbatched(group), _unbatched(reference), "dice") if reference else None
+                    lines.append([_label(norm), f"batch {batch} × {factor} the iterations, lr {rate:g}"
+                                  + (" ★" if rate == chosen and len(rates) > 1 else ""), len(group),
+                                  _estimate(group, "dice"), _estimate(group, f"ted_dice_m{batch}"),
+                                  format_value(_mean(group, "val_dice")), interval(versus, signed=True)])
         parts.append(f"### {dataset}\n\n" + markdown_table(
-            ("norm", "model", "learning rate", "seeds", "Dice", "TED_dice (at its training batch)", "validation Dice",
-             "Dice − the grid's larger batch (paired)"), lines))
+            ("norm", "model", "seeds", "Dice", "TED_dice (at its training batch)", "validation Dice",
+             "Dice − the grid's largest batch (paired)"), lines))
     return ("The grid trains every batch size for the same iterations, so a batch-1 model sees 8× fewer samples than "
             "a batch-8 one, at one learning rate. Here batch-1 models train for 8× the iterations (as many samples "
-            "as batch 8) at each learning rate of a small sweep; ★ marks the rate with the best mean validation "
-            "Dice over seeds (chosen without the test images), the one to read.\n\n" + "\n\n".join(parts))
+            "as batch 8), and every batch size at each learning rate of a small sweep; ★ marks the rate with the "
+            "best mean validation Dice over seeds (chosen without the test images), the one to read.\n\n"
+            + "\n\n".join(parts))
+
+
+def _factor(row: Row) -> str:
+    name = str(row.get("name", ""))
+    marker = f"-b{row['batch_size']}x"
+    return name.split(marker, 1)[1].split("-", 1)[0] if marker in name else "?"
 
 
 def _seed_pairs_fraction(predictions: list[np.ndarray], objects: str) -> list[float]:
