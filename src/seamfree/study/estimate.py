@@ -20,7 +20,7 @@ import torch
 from seamfree.study.config import StudyConfig
 from seamfree.study.runs import StudyRun
 
-__all__ = ["EVALUATION_FORWARDS", "StudyEstimate", "estimate_study", "test_image_voxels"]
+__all__ = ["EVALUATION_FORWARDS", "StudyEstimate", "estimate_study", "measured_voxels"]
 
 # Forwards of the whole test image per evaluation: a full diagnosis (two tilings at two cores, exactness, TED, the
 # measurement batches and the blending arm) and an accuracy-only one (one tiling, or three with tile sizes).
@@ -96,28 +96,30 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def test_image_voxels(runs: Sequence[StudyRun]) -> dict[str, int]:
-    """Test dataset label → voxels of its first test image, for the datasets ``runs`` are measured on."""
+def measured_voxels(runs: Sequence[StudyRun]) -> dict[str, int]:
+    """Test dataset label → voxels of all the test images a run of ``runs`` measures on it (at most the
+    evaluation's ``images``; a region when the evaluation has one)."""
     from seamfree.study.evaluate import load_test_pairs
 
     voxels: dict[str, int] = {}
     for run in runs:
         label, e = str(run.labels.get("test")), run.evaluation
         if label not in voxels:
-            image, _ = load_test_pairs(e["dataset"], spatial_dims=e["spatial_dims"], split=e["split"], count=1)[0]
+            pairs = load_test_pairs(e["dataset"], spatial_dims=e["spatial_dims"], split=e["split"], count=e["images"])
             region = e.get("region")
-            shape = image.shape[1:] if not region else [min(n, r) for n, r in zip(image.shape[1:], region)]
-            voxels[label] = math.prod(shape)
+            voxels[label] = sum(math.prod(image.shape[1:] if not region else
+                                          [min(n, r) for n, r in zip(image.shape[1:], region)])
+                                for image, _ in pairs)
     return voxels
 
 
 def estimate_study(config: StudyConfig, runs: Sequence[StudyRun], *, image_voxels: dict[str, int] | None = None,
                    trained: Collection[str] = ()) -> StudyEstimate:
     """Return the estimate of ``runs`` (the pending ones) under ``config``; ``image_voxels``: dataset label → voxels
-    of one test image (default :func:`test_image_voxels`); ``trained``: names of runs whose model is already
+    of the test images one run measures (default :func:`measured_voxels`); ``trained``: names of runs whose model is already
     trained (only measured)."""
     device = config.device
-    voxels = test_image_voxels(runs) if image_voxels is None else image_voxels
+    voxels = measured_voxels(runs) if image_voxels is None else image_voxels
     steps: dict[str, float] = {}
     throughput: dict[str, float] = {}
     train_seconds = eval_seconds = 0.0
@@ -139,7 +141,6 @@ def estimate_study(config: StudyConfig, runs: Sequence[StudyRun], *, image_voxel
         key = repr((run.labels.get("architecture"), run.labels.get("norm"), core))
         if key not in throughput:
             throughput[key] = _voxels_per_second(network, [c + 96 for c in core], device)
-        images = e.get("images") or 10
-        eval_seconds += EVALUATION_FORWARDS[kind] * images * voxels.get(str(run.labels.get("test")), 1 << 20) \
+        eval_seconds += EVALUATION_FORWARDS[kind] * voxels.get(str(run.labels.get("test")), 10 << 20) \
             / throughput[key]
     return StudyEstimate(len(runs), trainings, train_seconds, eval_seconds, model_bytes, device)
