@@ -116,8 +116,8 @@ def measured_voxels(runs: Sequence[StudyRun]) -> dict[str, int]:
 def estimate_study(config: StudyConfig, runs: Sequence[StudyRun], *, image_voxels: dict[str, int] | None = None,
                    trained: Collection[str] = ()) -> StudyEstimate:
     """Return the estimate of ``runs`` (the pending ones) under ``config``; ``image_voxels``: dataset label → voxels
-    of the test images one run measures (default :func:`measured_voxels`); ``trained``: names of runs whose model is already
-    trained (only measured)."""
+    of the test images one run measures (default :func:`measured_voxels`); ``trained``: names of runs whose model
+    is already trained (only measured)."""
     device = config.device
     voxels = measured_voxels(runs) if image_voxels is None else image_voxels
     steps: dict[str, float] = {}
