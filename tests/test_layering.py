@@ -167,6 +167,20 @@ def test_the_cli_answers_help_and_version_without_importing_torch(argv):
     assert "seamfree" in result.stdout
 
 
+def test_one_torch_free_halo_parser_for_the_cli_and_the_library():
+    # --halo is checked before any model loads, by the parser the library validates with
+    code = ("import sys, argparse\nfrom seamfree.cli.options import halo_value\n"
+            "assert halo_value('8,32,32') == (8, 32, 32) and halo_value('effective:1e-2') == 'effective:1e-2'\n"
+            "try:\n    halo_value('effective:2')\nexcept argparse.ArgumentTypeError as exc:\n"
+            "    assert '0 < TOL < 1' in str(exc), exc\nelse:\n    raise AssertionError('accepted effective:2')\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    from seamfree.tiling import near_exact, specs
+
+    assert near_exact.effective_tolerance is specs.effective_tolerance
+
+
 def _imports_of(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     found = set()

@@ -67,21 +67,15 @@ def int_tuple(text: str) -> int | tuple[int, ...]:
 
 
 def halo_value(text: str) -> int | tuple[int, ...] | str:
-    """Parse ``--halo``: voxels per side (``"32"``, ``"8,32,32"``) or the near-exact ``effective[:TOL]``."""
-    if text == "effective" or text.startswith("effective:"):  # checked here without importing torch
-        try:
-            tolerance = float(text.partition(":")[2] or "1e-3")
-        except ValueError:
-            tolerance = -1.0
-        if not 0.0 < tolerance < 1.0:
-            raise argparse.ArgumentTypeError(f"expected effective or effective:TOL with 0 < TOL < 1 (a relative "
-                                             f"gradient threshold such as 1e-3), got {text!r}")
-        return text
+    """Parse ``--halo``: voxels per side (``"32"``, ``"8,32,32"``), ``auto`` or the near-exact ``effective[:TOL]``
+    (:func:`seamfree.tiling.specs.parse_halo`, which the library uses too; torch-free)."""
+    from seamfree.errors import ConfigError
+    from seamfree.tiling.specs import parse_halo
+
     try:
-        return int_tuple(text)
-    except argparse.ArgumentTypeError as exc:
-        raise argparse.ArgumentTypeError(f"expected voxels per side (32 or 8,32,32) or effective[:TOL] (the "
-                                         f"near-exact mode, e.g. effective:1e-3), got {text!r}") from exc
+        return parse_halo(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def positive_float(text: str) -> float:

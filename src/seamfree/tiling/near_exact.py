@@ -21,18 +21,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from seamfree.errors import ConfigError
 from seamfree.io.readers import ImageSource
 from seamfree.tiling.engine import eval_mode, forward_batch, read_window
 from seamfree.tiling.grid import round_up
 from seamfree.tiling.normalize import IntensityNormalization
-from seamfree.tiling.specs import RuntimeSpec
+from seamfree.tiling.specs import DEFAULT_TOLERANCE, RuntimeSpec, effective_tolerance
 
 __all__ = ["DEFAULT_TOLERANCE", "HaloCheck", "check_halo", "effective_tolerance", "widen"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TOLERANCE = 1e-3
 # The sample windows' exact-halo reads use about this share of the image's voxels, within these counts (fewer in
 # 3D, where an exact window is large).
 SAMPLE_SHARE = 0.1
@@ -42,23 +40,6 @@ MAX_SAMPLES = 16
 # A halo is accepted when the sampled error is at most this share of the bound: the samples see part of the image,
 # and the whole prediction's max |Δ| was up to 1.2× the sampled one in the tests.
 SAFETY = 0.5
-
-
-def effective_tolerance(halo: object) -> float | None:
-    """The gradient tolerance of ``halo="effective"`` / ``"effective:TOL"``; None for any other halo."""
-    if not isinstance(halo, str) or not halo.startswith("effective"):
-        return None
-    rest = halo[len("effective"):]
-    if not rest:
-        return DEFAULT_TOLERANCE
-    try:
-        tolerance = float(rest[1:]) if rest.startswith(":") else math.nan
-    except ValueError:
-        tolerance = math.nan
-    if not 0.0 < tolerance < 1.0:
-        raise ConfigError(f"halo {halo!r} is not 'effective' or 'effective:TOL' with 0 < TOL < 1 (a relative "
-                          "gradient threshold, e.g. effective:1e-3)")
-    return tolerance
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,8 @@ from seamfree.config import apply_renamed
 from seamfree.errors import ConfigError
 from seamfree.io.ome import NGFF_VERSIONS
 from seamfree.tiling.blend import BlendWindow
-from seamfree.tiling.near_exact import effective_tolerance
 from seamfree.tiling.normalize import IntensityNormalization
-from seamfree.tiling.specs import Activation, OutputKind, OutputSpec, RuntimeSpec, Stitching
+from seamfree.tiling.specs import Activation, OutputKind, OutputSpec, RuntimeSpec, Stitching, effective_tolerance
 from seamfree.tiling.stitching import stitching
 
 __all__ = ["DEFAULT_MAX_ERROR", "FINGERPRINTED_IF_SET", "NOT_FINGERPRINTED", "PredictConfig", "TilingSpec"]

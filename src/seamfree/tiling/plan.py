@@ -30,7 +30,7 @@ from seamfree.models.describe import ModelInfo, describe_model, select_output
 from seamfree.models.receptive import ReceptiveField, measure_receptive_field
 from seamfree.tiling.blend import BlendWindow
 from seamfree.tiling.grid import TileGrid, as_axis_tuple, round_up
-from seamfree.tiling.near_exact import HaloCheck, check_halo, effective_tolerance
+from seamfree.tiling.near_exact import HaloCheck, check_halo
 from seamfree.tiling.normalize import IntensityNormalization, compute_normalization, resolve_normalization
 from seamfree.tiling.options import (
     FINGERPRINTED_IF_SET,
@@ -38,7 +38,7 @@ from seamfree.tiling.options import (
     PredictConfig,
     TilingSpec,
 )
-from seamfree.tiling.specs import OutputSpec, RuntimeSpec, Stitching
+from seamfree.tiling.specs import OutputSpec, RuntimeSpec, Stitching, effective_tolerance
 from seamfree.tiling.stitching import STITCHINGS, stitching
 from seamfree.tiling.suggest import suggest_tiling
 

@@ -9,7 +9,11 @@ import numpy as np
 
 from seamfree.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "Activation", "OutputKind", "OutputSpec", "RuntimeSpec", "Stitching"]
+__all__ = ["ACTIVATIONS", "DEFAULT_TOLERANCE", "Activation", "OutputKind", "OutputSpec", "RuntimeSpec", "Stitching",
+           "effective_tolerance", "parse_halo"]
+
+# The near-exact mode's default gradient tolerance (``halo="effective"``, :mod:`seamfree.tiling.near_exact`).
+DEFAULT_TOLERANCE = 1e-3
 
 Activation = Literal["auto", "none", "sigmoid", "softmax"]
 ACTIVATIONS = ("auto", "none", "sigmoid", "softmax")
@@ -109,3 +113,49 @@ class OutputSpec:
         if values.shape[0] == 1:
             return (values > self.threshold).astype(np.uint8)
         return np.argmax(values, axis=0)[np.newaxis].astype(np.uint8)
+
+
+def effective_tolerance(halo: object) -> float | None:
+    """The gradient tolerance of ``halo="effective"`` / ``"effective:TOL"``; None for any other halo.
+
+    Examples
+    --------
+    >>> effective_tolerance("effective"), effective_tolerance("effective:1e-2"), effective_tolerance(32)
+    (0.001, 0.01, None)
+    """
+    if not isinstance(halo, str) or not halo.startswith("effective"):
+        return None
+    rest = halo[len("effective"):]
+    if not rest:
+        return DEFAULT_TOLERANCE
+    try:
+        tolerance = float(rest[1:]) if rest.startswith(":") else float("nan")
+    except ValueError:
+        tolerance = float("nan")
+    if not 0.0 < tolerance < 1.0:
+        raise ConfigError(f"halo {halo!r} is not 'effective' or 'effective:TOL' with 0 < TOL < 1 (a relative "
+                          "gradient threshold, e.g. effective:1e-3)")
+    return tolerance
+
+
+def parse_halo(text: str) -> int | tuple[int, ...] | str:
+    """A halo written as text (the CLI's ``--halo``, a YAML value): ``"auto"``, the near-exact ``"effective"`` /
+    ``"effective:TOL"``, voxels per side (``"32"``) or per axis (``"8,32,32"``). Torch-free, so that a command line
+    is checked before any model is loaded.
+
+    Examples
+    --------
+    >>> parse_halo("32"), parse_halo("8,32,32"), parse_halo("effective:1e-2")
+    (32, (8, 32, 32), 'effective:1e-2')
+    """
+    text = text.strip()
+    if text == "auto" or effective_tolerance(text) is not None:
+        return text
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 0:
+        raise ConfigError(f"halo must be 'auto', voxels per side (32, or 8,32,32 per axis) or effective[:TOL] (the "
+                          f"near-exact mode, e.g. effective:1e-3), got {text!r}")
+    return values[0] if len(values) == 1 else values
