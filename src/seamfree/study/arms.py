@@ -5,8 +5,9 @@
   separated; BatchRenorm's r/d clip rate on the same batches (with r and d unclipped its TED is 0 by construction).
 - **Blending**: the practitioner's workaround the paper argues against. Gaussian-weighted blend stitching at two
   core overlaps against crop stitching (:func:`stitching_arm`): Dice against the ground truth, and how far two
-  predictions whose tile grids are shifted by half a core differ (mean |Δ| over the whole image: 0 for an exact
-  method whatever the grid, the size of the seams otherwise).
+  predictions whose tile grids are shifted by half a tile step differ (mean |Δ| a core away from the image's
+  borders: 0 for a method whose prediction does not depend on where the tiles lie, the size of the seams
+  otherwise).
 """
 
 from __future__ import annotations
