@@ -108,11 +108,15 @@ def test_study_runs_caches_and_resumes(tiny_config, tmp_path):
     assert list(rows[0]) == list(COLUMNS)
     # an interrupted run: its training stopped after the first checkpoint; the rerun resumes it
     interrupted = model_directories(config, out)["grid/synthetic/unet-instance-b2-s0"] / "train"
-    run_study(load_study_config(tiny_config, overrides=["training.iterations=4"]), tmp_path / "scratch",
-              only=["grid/synthetic/unet-instance-b2-*"])
-    partial = next((tmp_path / "scratch" / "models").glob("*/train"))
-    interrupted.parent.mkdir(parents=True)
-    partial.rename(interrupted)
+    # (trained directly: a finished study prunes the resumable state, which an interrupted one still has)
+    from seamfree.training.config import load_config
+    from seamfree.training.loop import train
+
+    run = next(r for r in plan_runs(config) if r.name == "grid/synthetic/unet-instance-b2-s0")
+    mapping = {**run.train, "output": str(interrupted)}
+    mapping["training"] = {**mapping["training"], "iterations": 4}
+    train(load_config(base=mapping))
+    assert (interrupted / "state.pt").exists()
     second = run_study(config, out)
     assert second.cached == ["grid/synthetic/unet-batch-b1-s0"] and len(second.ran) == 3
     log = (interrupted / "log.jsonl").read_text().splitlines()
