@@ -18,7 +18,7 @@ from seamfree.layers.registry import display_order, norm_spec
 from seamfree.study.arms import BLEND_OVERLAPS, MEASUREMENT_BATCHES, blend_key
 from seamfree.study.page import estimate, format_value, interval, markdown_table
 from seamfree.study.protocol import protocol
-from seamfree.study.values import Row, done, known, paired_estimate, within_difference
+from seamfree.study.values import Row, done, known, paired_estimate, row_mean, within_difference
 
 __all__ = ["blending_section", "equal_samples_section", "instance_noise_section", "seam_test_section",
            "statistics_note", "ted_table_section"]
@@ -41,9 +41,6 @@ def _label(norm: str) -> str:
     return norm_spec(norm).label
 
 
-def _mean(rows: Sequence[Row], key: str) -> float | None:
-    values = [r[key] for r in rows if known(r.get(key))]
-    return float(np.mean(values)) if values else None
 
 
 def _estimate(rows: Sequence[Row], key: str) -> str:
@@ -104,7 +101,7 @@ def blending_section(rows: Sequence[Row]) -> str:
             lines.append([_label(norm), batch, *(_estimate(group, f"dice_{m}") for m in modes),
                           *(interval(within_difference(group, f"dice_{m}", "dice_crop"), signed=True)
                             for m in modes[1:]),
-                          *(format_value(_mean(group, f"shift_abs_{m}")) for m in modes)])
+                          *(format_value(row_mean(group, f"shift_abs_{m}")) for m in modes)])
         parts.append(f"### {dataset}\n\n" + markdown_table(
             ("norm", "batch", *(f"Dice {names[m]}" for m in modes), *(f"Dice {names[m]} − crop" for m in modes[1:]),
              *(f"shift |Δ| {names[m]}" for m in modes)), lines))
@@ -141,12 +138,12 @@ def equal_samples_section(rows: Sequence[Row]) -> str:
             for batch in sorted({r["batch_size"] for r in peers}):
                 group = [r for r in peers if r["batch_size"] == batch]
                 lines.append([_label(norm), f"grid: batch {batch}, recipe", len(group), _estimate(group, "dice"),
-                              _estimate(group, "ted_dice"), format_value(_mean(group, "val_dice")), ""])
+                              _estimate(group, "ted_dice"), format_value(row_mean(group, "val_dice")), ""])
             mine = [r for r in arm if r["dataset"] == dataset and r["norm"] == norm]
             for batch in sorted({r["batch_size"] for r in mine}):
                 sized = [r for r in mine if r["batch_size"] == batch]
                 rates = sorted({r["learning_rate"] for r in sized})
-                chosen = max(rates, key=lambda lr: _mean([r for r in sized if r["learning_rate"] == lr],
+                chosen = max(rates, key=lambda lr: row_mean([r for r in sized if r["learning_rate"] == lr],
                                                          "val_dice") or 0)
                 factor = _factor(sized[0])
                 for rate in rates:
@@ -155,7 +152,7 @@ def equal_samples_section(rows: Sequence[Row]) -> str:
                     lines.append([_label(norm), f"batch {batch} × {factor} the iterations, lr {rate:g}"
                                   + (" ★" if rate == chosen and len(rates) > 1 else ""), len(group),
                                   _estimate(group, "dice"), _estimate(group, f"ted_dice_m{batch}"),
-                                  format_value(_mean(group, "val_dice")), interval(versus, signed=True)])
+                                  format_value(row_mean(group, "val_dice")), interval(versus, signed=True)])
         parts.append(f"### {dataset}\n\n" + markdown_table(
             ("norm", "model", "seeds", "Dice", "TED_dice (at its training batch)", "validation Dice",
              "Dice − the grid's largest batch (paired)"), lines))
@@ -195,8 +192,8 @@ def instance_noise_section(rows: Sequence[Row], run_dirs: dict[str, Path]) -> st
         for (norm, batch), group in _by(grid, dataset):
             predictions = [_example_prediction(run_dirs[r["name"]]) for r in group]
             floor = _seed_pairs_fraction([p for p in predictions if p is not None], objects)
-            lines.append([_label(norm), batch, len(group), format_value(_mean(group, "instance_tm")),
-                          format_value(_mean(group, "instance_tm_small")),
+            lines.append([_label(norm), batch, len(group), format_value(row_mean(group, "instance_tm")),
+                          format_value(row_mean(group, "instance_tm_small")),
                           format_value(float(np.mean(floor)) if floor else None),
                           format_value(max(floor) if floor else None)])
         if lines:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from seamfree.layers.registry import display_order, norm_spec, norms_where
 from seamfree.study.protocol import count_verdict, decide, group_outcome, protocol, summary
-from seamfree.study.statistics import bootstrap_ci
-from seamfree.study.values import Row, done, grid_groups, known, paired_estimate, paired_values, unit_values
+from seamfree.study.statistics import bootstrap_ci, paired_difference
+from seamfree.study.values import Row, done, grid_groups, known, paired_estimate, paired_values, row_mean, unit_values
 
 __all__ = ["CLAIMS", "Claim", "ClaimCheck", "Group", "check_claims", "judge_groups", "untrained_dice",
            "usable_rows"]
@@ -79,7 +79,7 @@ def judge_groups(rule_name: str, groups: Sequence[Group], what: str) -> tuple[st
             a, b, units = paired_values(group.rows, group.versus, group.key)
             if not a:
                 continue
-            value = bootstrap_ci([x - y for x, y in zip(a, b)], units=units, level=level, resamples=resamples)
+            value = paired_difference(a, b, units=units, level=level, resamples=resamples)
         outcome = group_outcome(value, rule)
         outcomes.append(outcome)
         parts.append(f"{group.label}: {group.note}{value} → {outcome}" + "".join(group.extra))
@@ -143,7 +143,8 @@ def _batchnorm_disparity(rows: list[Row]) -> tuple[str, str]:
         # the two batch sizes are paired with each other: their own batch size is left out of the matching
         small, large = ([{**r, "batch_size": None} for r in measured if r["dataset"] == dataset
                          and r["batch_size"] == size] for size in (sizes[0], sizes[-1]))
-        note = f"b{sizes[0]} {_fmt3(_mean(small, 'ted_dice'))} − b{sizes[-1]} {_fmt3(_mean(large, 'ted_dice'))} = "
+        means = [_fmt3(row_mean(rows_at, "ted_dice")) for rows_at in (small, large)]
+        note = f"b{sizes[0]} {means[0]} − b{sizes[-1]} {means[1]} = "
         groups.append(Group(dataset, small, large, "ted_dice", note))
     if not groups:
         return "not measured", "no dataset with BatchNorm models at two training batch sizes"
@@ -217,8 +218,8 @@ def _architecture(kind: str, label: str) -> Callable[[list[Row]], tuple[str, str
             by_norm.setdefault(row["norm"], []).append(row)
         parts, hits, total = [], 0, 0
         for norm, norm_rows in sorted(by_norm.items()):
-            parts.append(f"{norm} ({len(norm_rows)} seeds): TM_abs {_fmt(_mean(norm_rows, 'tm_abs'))}, TED_dice "
-                         f"{_fmt(_mean(norm_rows, 'ted_dice'))}, Dice {_fmt(_mean(norm_rows, 'dice'))}")
+            parts.append(f"{norm} ({len(norm_rows)} seeds): TM_abs {_fmt(row_mean(norm_rows, 'tm_abs'))}, TED_dice "
+                         f"{_fmt(row_mean(norm_rows, 'ted_dice'))}, Dice {_fmt(row_mean(norm_rows, 'dice'))}")
         for row in selected:
             if row["norm"] == "batchrenorm" and known(row.get("ted_dice")):
                 peers = [r["ted_dice"] for r in by_norm.get("batch", []) if r["seed"] == row["seed"]
@@ -236,9 +237,6 @@ def _architecture(kind: str, label: str) -> Callable[[list[Row]], tuple[str, str
     return check
 
 
-def _mean(rows: Sequence[Row], key: str) -> float | None:
-    values = [r[key] for r in rows if known(r.get(key))]
-    return sum(values) / len(values) if values else None
 
 
 def _claims() -> tuple[Claim, ...]:

@@ -122,12 +122,12 @@ def _quantiles(means: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], *, units: Sequence[Hashable] | None = None,
-                      seed: int = 0, level: float = LEVEL) -> Estimate:
+                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = LEVEL) -> Estimate:
     """The mean of ``a[i] - b[i]`` over matched pairs, with its bootstrap interval (over ``units`` when given:
     the seed of pair i, see :func:`bootstrap_ci`)."""
     if len(a) != len(b):
         raise ConfigError(f"paired values must match one to one, got {len(a)} and {len(b)}")
-    return bootstrap_ci([x - y for x, y in zip(a, b)], units=units, seed=seed, level=level)
+    return bootstrap_ci([x - y for x, y in zip(a, b)], units=units, resamples=resamples, seed=seed, level=level)
 
 
 def compare(difference: Estimate, *, min_count: int = 3, margin: float = 0.0) -> str:

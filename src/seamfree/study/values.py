@@ -15,7 +15,7 @@ from seamfree.study.protocol import protocol
 from seamfree.study.statistics import Estimate, bootstrap_ci, paired_difference
 
 __all__ = ["Row", "done", "estimate", "grid_groups", "known", "paired_estimate", "paired_values", "per_image_values",
-           "unit", "unit_values", "within_difference"]
+           "row_mean", "unit", "unit_values", "within_difference"]
 
 Row = dict[str, Any]
 
@@ -67,6 +67,12 @@ def unit_values(rows: Sequence[Row], key: str) -> tuple[list[float], list[Hashab
     return values, units
 
 
+def row_mean(rows: Sequence[Row], key: str) -> float | None:
+    """The mean of ``key`` over the rows where it is known (None when none is)."""
+    values = [r[key] for r in rows if known(r.get(key))]
+    return sum(values) / len(values) if values else None
+
+
 def per_image_values(rows: Sequence[Row], key: str) -> list[float]:
     """The values of :func:`unit_values` without their units."""
     return unit_values(rows, key)[0]
@@ -111,7 +117,8 @@ def paired_estimate(a_rows: Sequence[Row], b_rows: Sequence[Row], key: str, *,
     a, b, units = paired_values(a_rows, b_rows, key)
     if not a:
         return None
-    return paired_difference(a, b, units=units, level=level or protocol().level)
+    return paired_difference(a, b, units=units, level=level or protocol().level,
+                             resamples=protocol().bootstrap_resamples)
 
 
 def within_difference(rows: Sequence[Row], key_a: str, key_b: str) -> Estimate | None:
