@@ -121,18 +121,20 @@ def estimate_study(config: StudyConfig, runs: Sequence[StudyRun], *, image_voxel
     device = config.device
     voxels = measured_voxels(runs) if image_voxels is None else image_voxels
     steps: dict[str, float] = {}
+    sizes: dict[str, int] = {}
     throughput: dict[str, float] = {}
     train_seconds = eval_seconds = 0.0
     model_bytes = trainings = 0
     for run in runs:
-        network = _network(run, config)
         if run.train is not None and run.name not in trained:
             t = run.train["training"]
             key = repr((run.train["model"], run.labels.get("norm"), t["batch_size"], t["patch_size"]))
-            if key not in steps:
+            if key not in steps:  # each distinct network and batch is built and timed once
+                network = _network(run, config)
                 steps[key] = _step_seconds(network, t["batch_size"], t["patch_size"], device)
+                sizes[key] = sum(v.numel() * v.element_size() for v in network.state_dict().values())
             train_seconds += steps[key] * t["iterations"]
-            model_bytes += 2 * sum(v.numel() * v.element_size() for v in network.state_dict().values())
+            model_bytes += 2 * sizes[key]
             trainings += 1
         e = run.evaluation
         kind = "full" if e.get("metrics") is None else "tile_sizes" if e.get("tile_sizes") else "accuracy"
@@ -140,7 +142,7 @@ def estimate_study(config: StudyConfig, runs: Sequence[StudyRun], *, image_voxel
         core = [int(c) for c in e["core"]] if isinstance(e["core"], list) else [int(e["core"])] * dims
         key = repr((run.labels.get("architecture"), run.labels.get("norm"), core))
         if key not in throughput:
-            throughput[key] = _voxels_per_second(network, [c + 96 for c in core], device)
+            throughput[key] = _voxels_per_second(_network(run, config), [c + 96 for c in core], device)
         eval_seconds += EVALUATION_FORWARDS[kind] * voxels.get(str(run.labels.get("test")), 10 << 20) \
             / throughput[key]
     return StudyEstimate(len(runs), trainings, train_seconds, eval_seconds, model_bytes, device)
